@@ -1,0 +1,435 @@
+"""Every setting, declared once: its type, default, validation, help and reason.
+
+A setting lives in one section class below (``[server]``, ``[connection]``, ...);
+the TOML file uses the same sections and names, and the command line overrides any
+of them with ``--set section.name=value``. An unknown section or key, or a value
+that does not validate, is a :class:`ConfigError` that names the key and the file.
+
+Adding a setting means adding one ``setting(...)`` field to its section; the
+loader, ``check-config`` and ``python -m trioserver settings`` pick it up.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tomllib
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+import attrs
+
+__all__ = [
+    "Address",
+    "Config",
+    "ConfigError",
+    "ConnectionSettings",
+    "LoggingSettings",
+    "ServerSettings",
+    "describe_settings",
+    "load_config",
+    "parse_address",
+]
+
+T = TypeVar("T")
+Parser = Callable[[Any], Any]
+
+
+class ConfigError(ValueError):
+    """A config file or override is wrong; the message names the key and the source."""
+
+
+# ---------------------------------------------------------------------------
+# Value parsers: raw TOML / command-line value -> typed value, or ValueError.
+
+
+@attrs.frozen(order=True)
+class Address:
+    """A host and a TCP port to listen on."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_address(text: str) -> Address:
+    """``"127.0.0.1:10000"``, ``"[::1]:10000"`` or ``":10000"`` (all IPv4 interfaces)."""
+    if not isinstance(text, str):
+        raise ValueError(f"expected a 'host:port' string, got {text!r}")
+    host, sep, port_text = text.rpartition(":")
+    if not sep:
+        raise ValueError(f"{text!r} is not 'host:port'")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not host:
+        host = "0.0.0.0"
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ValueError(f"{text!r}: port {port_text!r} is not a number") from None
+    if not 0 <= port <= 65535:
+        raise ValueError(f"{text!r}: port {port} is outside 0..65535")
+    return Address(host, port)
+
+
+def _addresses(value: Any) -> tuple[Address, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list | tuple):
+        raise ValueError(f"expected a list of 'host:port' strings, got {value!r}")
+    return tuple(v if isinstance(v, Address) else parse_address(v) for v in value)
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
+def _int(lo: int, hi: int | None = None) -> Parser:
+    def parse(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"expected an integer, got {value!r}")
+        if value < lo or (hi is not None and value > hi):
+            bound = f"{lo}..{hi}" if hi is not None else f">= {lo}"
+            raise ValueError(f"{value!r} is outside {bound}")
+        return value
+
+    return parse
+
+
+def _float(lo: float, hi: float | None = None, *, lo_open: bool = False) -> Parser:
+    def parse(value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"expected a number, got {value!r}")
+        value = float(value)
+        if not math.isfinite(value):
+            raise ValueError(f"expected a finite number, got {value!r}")
+        if value < lo or (lo_open and value == lo) or (hi is not None and value > hi):
+            low = f"> {lo}" if lo_open else f">= {lo}"
+            bound = f"{low} and <= {hi}" if hi is not None else low
+            raise ValueError(f"{value!r} must be {bound}")
+        return value
+
+    return parse
+
+
+def _str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {value!r}")
+    return value
+
+
+def _choice(*choices: str) -> Parser:
+    def parse(value: Any) -> str:
+        if value not in choices:
+            raise ValueError(f"{value!r} is not one of {', '.join(map(repr, choices))}")
+        return str(value)
+
+    return parse
+
+
+def _optional_path(value: Any) -> Path | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, Path):
+        return value
+    return Path(_str(value))
+
+
+def _path(value: Any) -> Path:
+    if isinstance(value, Path):
+        return value
+    return Path(_str(value))
+
+
+def setting(default: T, help: str, parse: Parser, *, why: str = "") -> T:
+    """Declare one setting: an attrs field whose metadata the loader reads."""
+    return attrs.field(  # type: ignore[no-any-return]
+        default=default, metadata={"help": help, "why": why, "parse": parse}
+    )
+
+
+# ---------------------------------------------------------------------------
+# The sections.
+
+
+@attrs.frozen
+class ServerSettings:
+    """``[server]``: the binary-protocol listeners and one worker's capacity."""
+
+    listen: tuple[Address, ...] = setting(
+        (Address("127.0.0.1", 10000),),
+        "Addresses the binary protocol listens on, as 'host:port' strings.",
+        _addresses,
+        why="Loopback by default: exposing a server is a decision, not an accident "
+        "(the original bound 0.0.0.0 only).",
+    )
+    max_connections: int = setting(
+        10000,
+        "Most connections one worker holds (open plus resting); one more is accepted "
+        "and closed at once.",
+        _int(1, 1_000_000),
+        why="The connection pool is allocated up front, so this is memory paid at start; "
+        "10,000 is the original's order of magnitude and a few MB here.",
+    )
+    handler_tasks: int = setting(
+        8,
+        "Handler tasks consuming the message queue (the original's thread pool size).",
+        _int(1, 10_000),
+        why="Handlers that await (database, hashing threads) overlap up to this many; "
+        "pure handlers gain nothing from more.",
+    )
+    queue_size: int = setting(
+        1024,
+        "Connections with work that may wait in the shared message queue before readers "
+        "stop reading (TCP backpressure).",
+        _int(1, 1_000_000),
+    )
+    inbox_size: int = setting(
+        64,
+        "Packets one connection may have waiting for a handler before its reader stops "
+        "reading from it.",
+        _int(1, 100_000),
+        why="Bounds a pipelining client's memory to inbox_size x max_packet_length.",
+    )
+    max_packet_length: int = setting(
+        29000,
+        "Largest pkgLen accepted (header included); a larger one closes the connection.",
+        _int(8, 65535),
+        why="The original's 30000-byte buffer minus its 1000-byte margin.",
+    )
+    receive_size: int = setting(
+        65536,
+        "Most bytes read from a socket in one receive.",
+        _int(1024, 16 * 1024 * 1024),
+    )
+    backlog: int = setting(
+        511,
+        "listen() backlog for each listening socket.",
+        _int(1, 65535),
+        why="nginx's default; the kernel caps it at net.core.somaxconn anyway.",
+    )
+    drain_timeout: float = setting(
+        10.0,
+        "Seconds a stopping worker gives in-flight requests and queued replies before "
+        "closing every connection.",
+        _float(0.0),
+    )
+
+
+@attrs.frozen
+class ConnectionSettings:
+    """``[connection]``: the life rules of PROTOCOL.md ("Behaviour")."""
+
+    heartbeat: bool = setting(
+        True,
+        "Close connections that stop pinging (3 x heartbeat_wait + 10 s without a ping).",
+        _bool,
+        why="Detects dead peers (a pulled cable is invisible to TCP) and slow-drip headers.",
+    )
+    heartbeat_wait: float = setting(
+        20.0,
+        "W, the client's ping interval; a connection silent for 3W + 10 s is closed.",
+        _float(0.0, lo_open=True),
+        why="The original's Sock_MaxWaitTime.",
+    )
+    any_packet_refreshes: bool = setting(
+        False,
+        "Let any valid packet, not only ping, refresh the heartbeat deadline.",
+        _bool,
+        why="The original counts pings only; clients that speak often may not ping.",
+    )
+    session_lifetime: float = setting(
+        0.0,
+        "Hard limit on a connection's age in seconds, pings or not (0 = off).",
+        _float(0.0),
+        why="The original's Sock_TimeOutKick; off by default as there.",
+    )
+    flood_check: bool = setting(
+        True,
+        "Close a connection that sends flood_kick_counter packets in a row each less "
+        "than flood_interval apart.",
+        _bool,
+        why="On in the original; turn it off for pipelining clients and benchmarks.",
+    )
+    flood_interval: float = setting(
+        0.1,
+        "Seconds; a packet arriving sooner than this after the previous one counts "
+        "towards a flood.",
+        _float(0.0, lo_open=True),
+        why="The original's 100 ms.",
+    )
+    flood_kick_counter: int = setting(
+        10,
+        "Fast packets in a row that make a flood (that packet is dropped, the connection closed).",
+        _int(1),
+        why="The original's 10.",
+    )
+    max_pending_replies: int = setting(
+        400,
+        "A connection with more replies than this waiting to be sent is closed as malicious.",
+        _int(1),
+        why="The original's 400.",
+    )
+    max_pending_bytes: int = setting(
+        4 * 1024 * 1024,
+        "A connection with more reply bytes than this waiting to be sent is closed.",
+        _int(1024),
+        why="400 replies of up to 29 KB would be 11.6 MB per client; bytes need a cap of "
+        "their own. 4 MiB covers 400 register replies a hundred times over.",
+    )
+    recycle_delay: float = setting(
+        1.0,
+        "Seconds a closed connection's slot rests before reuse.",
+        _float(0.0),
+        why="Long enough for every message already queued for the old connection to be "
+        "seen as stale and for its tasks to unwind; short enough that a full server "
+        "frees room quickly. (The original waits 60 s because its threads kept raw "
+        "pointers; sequence numbers make that unnecessary.)",
+    )
+
+
+@attrs.frozen
+class LoggingSettings:
+    """``[logging]``: where log lines go."""
+
+    level: str = setting(
+        "info",
+        "Lowest level logged.",
+        _choice("debug", "info", "warning", "error", "critical"),
+    )
+    file: Path | None = setting(
+        None,
+        "Log file path; empty means standard error.",
+        _optional_path,
+    )
+    json: bool = setting(False, "Write one JSON object per line.", _bool)
+
+
+SECTIONS: Final[Mapping[str, type]] = {
+    "server": ServerSettings,
+    "connection": ConnectionSettings,
+    "logging": LoggingSettings,
+}
+
+
+@attrs.frozen
+class Config:
+    """The whole configuration: one frozen record per section."""
+
+    server: ServerSettings = ServerSettings()
+    connection: ConnectionSettings = ConnectionSettings()
+    logging: LoggingSettings = LoggingSettings()
+    #: Where it came from, for error messages and reload.
+    source: str = "<built-in defaults>"
+
+    def replace(self, **sections: Any) -> Config:
+        """A copy with whole sections or ``section__name=value`` settings replaced."""
+        flat: dict[str, dict[str, Any]] = {}
+        whole: dict[str, Any] = {}
+        for key, value in sections.items():
+            section, sep, name = key.partition("__")
+            if sep:
+                flat.setdefault(section, {})[name] = value
+            else:
+                whole[key] = value
+        for section, values in flat.items():
+            whole[section] = attrs.evolve(whole.get(section, getattr(self, section)), **values)
+        return attrs.evolve(self, **whole)
+
+
+def _section_fields(cls: type) -> Iterator[attrs.Attribute[Any]]:
+    yield from attrs.fields(cls)
+
+
+def _build_section(cls: type, raw: Mapping[str, Any], source: str, section: str) -> Any:
+    known = {f.name: f for f in _section_fields(cls)}
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        field = known.get(key)
+        if field is None:
+            hint = ", ".join(sorted(known))
+            raise ConfigError(f"{source}: unknown setting [{section}] {key!r} (known: {hint})")
+        try:
+            values[key] = field.metadata["parse"](value)
+        except ValueError as exc:
+            raise ConfigError(f"{source}: [{section}] {key}: {exc}") from None
+    return cls(**values)
+
+
+def _parse_override(text: str) -> tuple[str, str, Any]:
+    key, sep, value_text = text.partition("=")
+    section, dot, name = key.strip().partition(".")
+    if not sep or not dot or not section or not name:
+        raise ConfigError(f"override {text!r} is not 'section.name=value'")
+    try:
+        value = tomllib.loads(f"v = {value_text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = value_text  # a bare string, as people type it on a command line
+    return section, name, value
+
+
+def load_config(path: str | os.PathLike[str] | None = None, overrides: tuple[str, ...] = ()) -> Config:
+    """Read a TOML file (or nothing: the defaults) and apply ``section.name=value`` overrides."""
+    raw: dict[str, Any] = {}
+    source = "<built-in defaults>"
+    if path is not None:
+        source = str(path)
+        try:
+            with open(path, "rb") as f:
+                raw = tomllib.load(f)
+        except OSError as exc:
+            raise ConfigError(f"{source}: cannot read config file: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    merged: dict[str, dict[str, Any]] = {}
+    for section, values in raw.items():
+        if section not in SECTIONS:
+            raise ConfigError(
+                f"{source}: unknown section [{section}] (known: {', '.join(SECTIONS)})"
+            )
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: {section!r} must be a [section] table")
+        merged[section] = dict(values)
+    for text in overrides:
+        section, name, value = _parse_override(text)
+        if section not in SECTIONS:
+            raise ConfigError(
+                f"--set {text}: unknown section [{section}] (known: {', '.join(SECTIONS)})"
+            )
+        merged.setdefault(section, {})[name] = value
+    where = source if not overrides else f"{source} with --set overrides"
+    built = {
+        name: _build_section(cls, merged.get(name, {}), where, name)
+        for name, cls in SECTIONS.items()
+    }
+    return Config(**built, source=source)
+
+
+def describe_settings() -> str:
+    """Every setting with its default, help and reason, as TOML-flavoured text."""
+    lines: list[str] = []
+    for section, cls in SECTIONS.items():
+        lines.append(f"[{section}]")
+        for field in _section_fields(cls):
+            default = field.default
+            if isinstance(default, tuple):
+                shown = "[" + ", ".join(f'"{v}"' for v in default) + "]"
+            elif isinstance(default, bool):
+                shown = "true" if default else "false"
+            elif isinstance(default, str | Path):
+                shown = f'"{default}"'
+            elif default is None:
+                shown = '""'
+            else:
+                shown = repr(default)
+            lines.append(f"# {field.metadata['help']}")
+            if field.metadata["why"]:
+                lines.append(f"# Why: {field.metadata['why']}")
+            lines.append(f"{field.name} = {shown}")
+            lines.append("")
+    return "\n".join(lines)
