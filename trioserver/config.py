@@ -105,14 +105,14 @@ def _float(lo: float, hi: float | None = None, *, lo_open: bool = False) -> Pars
     def parse(value: Any) -> float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValueError(f"expected a number, got {value!r}")
-        value = float(value)
-        if not math.isfinite(value):
+        number = float(value)
+        if not math.isfinite(number):
             raise ValueError(f"expected a finite number, got {value!r}")
-        if value < lo or (lo_open and value == lo) or (hi is not None and value > hi):
+        if number < lo or (lo_open and number == lo) or (hi is not None and number > hi):
             low = f"> {lo}" if lo_open else f">= {lo}"
             bound = f"{low} and <= {hi}" if hi is not None else low
             raise ValueError(f"{value!r} must be {bound}")
-        return value
+        return number
 
     return parse
 
@@ -148,9 +148,7 @@ def _path(value: Any) -> Path:
 
 def setting(default: T, help: str, parse: Parser, *, why: str = "") -> T:
     """Declare one setting: an attrs field whose metadata the loader reads."""
-    return attrs.field(  # type: ignore[no-any-return]
-        default=default, metadata={"help": help, "why": why, "parse": parse}
-    )
+    return attrs.field(default=default, metadata={"help": help, "why": why, "parse": parse})
 
 
 # ---------------------------------------------------------------------------
@@ -373,7 +371,9 @@ def _parse_override(text: str) -> tuple[str, str, Any]:
     return section, name, value
 
 
-def load_config(path: str | os.PathLike[str] | None = None, overrides: tuple[str, ...] = ()) -> Config:
+def load_config(
+    path: str | os.PathLike[str] | None = None, overrides: tuple[str, ...] = ()
+) -> Config:
     """Read a TOML file (or nothing: the defaults) and apply ``section.name=value`` overrides."""
     raw: dict[str, Any] = {}
     source = "<built-in defaults>"

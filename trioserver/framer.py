@@ -35,8 +35,8 @@ __all__ = [
     "HEADER_SIZE",
     "NEED_DATA",
     "PING",
-    "Discarded",
     "DiscardReason",
+    "Discarded",
     "FrameDecoder",
     "LocalProtocolError",
     "NeedData",
@@ -161,7 +161,7 @@ class FrameDecoder:
     object ever buffers beyond what one ``receive_data`` call hands it.
     """
 
-    __slots__ = ("_buf", "_error", "_eof", "_max", "_pos")
+    __slots__ = ("_buf", "_eof", "_error", "_max", "_pos")
 
     def __init__(self, max_packet_length: int = DEFAULT_MAX_PACKET_LENGTH) -> None:
         if not HEADER_SIZE <= max_packet_length <= ABSOLUTE_MAX_PACKET_LENGTH:

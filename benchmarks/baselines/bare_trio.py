@@ -1,0 +1,90 @@
+"""Bare trio server of the binary protocol: the ceiling for anything built on trio.
+
+One task per connection. Each receive is parsed completely (every whole packet it
+brings, CRC checked), and all the replies it produces go out in one send. Bad CRC,
+unknown codes and wrong sizes are dropped silently; a pkgLen outside 8..29000
+closes the connection. Nothing is printed on the hot path.
+
+    python benchmarks/baselines/bare_trio.py --port 10000
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import zlib
+
+import trio
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _protocol import HEADER, LOGIN_REPLY, MAX_PACKET, PING, REGISTER_REPLY  # noqa: E402
+
+RECEIVE_SIZE = 65536
+
+
+async def handle(stream: trio.SocketStream) -> None:
+    unpack_from = HEADER.unpack_from
+    crc32 = zlib.crc32
+    buf = bytearray()
+    try:
+        while True:
+            data = await stream.receive_some(RECEIVE_SIZE)
+            if not data:
+                return
+            if buf:
+                buf += data
+                view: bytes | bytearray = buf
+            else:
+                view = data
+            end = len(view)
+            pos = 0
+            out = bytearray()
+            while end - pos >= 8:
+                length, code, crc = unpack_from(view, pos)
+                if length < 8 or length > MAX_PACKET:
+                    return
+                if end - pos < length:
+                    break
+                if length == 8:
+                    if code == 0 and crc == 0:
+                        out += PING
+                elif crc32(view[pos + 8 : pos + length]) == crc:
+                    if code == 5 and length == 108:
+                        out += REGISTER_REPLY
+                    elif code == 6 and length == 104:
+                        out += LOGIN_REPLY
+                pos += length
+            if pos < end:
+                buf = bytearray(view[pos:])
+            else:
+                buf = bytearray()
+            if out:
+                await stream.send_all(out)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+    finally:
+        await stream.aclose()
+
+
+def raise_fd_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+async def main(host: str, port: int) -> None:
+    await trio.serve_tcp(handle, port, host=host, backlog=65535)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=10000)
+    args = parser.parse_args()
+    raise_fd_limit()
+    try:
+        trio.run(main, args.host, args.port)
+    except KeyboardInterrupt:
+        pass

@@ -1,0 +1,254 @@
+"""The message queue, its handler tasks, the router, and the stale check.
+
+Order on a connection, with N handler tasks (DESIGN.md): the shared queue does
+not carry packets, it carries *connections that have work*. A connection's
+packets wait in its own inbox; a connection is in the queue at most once
+(``Connection.scheduled``), so exactly one handler task drains a given inbox at
+a time, in arrival order, and replies enter the outbox in request order.
+
+Batching: a reader appends everything one receive decoded and schedules the
+connection once; a handler drains the whole inbox in one visit; the queue is
+tried with ``*_nowait`` first and awaited only when full or empty. A full queue
+makes readers wait, which stops them reading: TCP backpressure, nothing dropped.
+
+Stale check: a connection carries the sequence its slot had when it opened;
+once it closes the slot's sequence moves on, and whatever remained in its
+inbox is dropped and counted as stale.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable, Iterator
+from typing import Final
+
+import attrs
+import trio
+
+from .framer import Packet
+from .handlers.context import Context, Handler, Services
+from .nursery_pool import Connection
+from .reasons import DropReason, KickReason
+from .stats import Counters
+
+__all__ = ["RESERVED_CODES", "MessageQueue", "Route", "Router"]
+
+log = logging.getLogger("trioserver.dispatch")
+
+#: Message codes 1-4 are reserved by the protocol (PROTOCOL.md, "Messages").
+RESERVED_CODES: Final = frozenset(range(1, 5))
+#: A handler task yields to the scheduler at least this often while the queue stays full.
+_YIELD_EVERY: Final = 64
+
+
+@attrs.frozen
+class Route:
+    """One message code's handler and the body size it requires (None: any size)."""
+
+    code: int
+    handler: Handler
+    body_size: int | None
+    is_async: bool
+    name: str
+
+
+class Router:
+    """msgCode → handler; the table readers check and handler tasks call.
+
+    ``body_size`` makes the reader drop a packet of the wrong size before it
+    costs a queue hop (PROTOCOL.md: wrong body sizes are dropped silently).
+    """
+
+    def __init__(self) -> None:
+        self._routes: dict[int, Route] = {}
+
+    def add(
+        self,
+        code: int,
+        handler: Handler,
+        *,
+        body_size: int | None = None,
+        name: str | None = None,
+        replace: bool = False,
+    ) -> Route:
+        """Serve ``code`` with ``handler`` (a plain or an async function)."""
+        if isinstance(code, bool) or not isinstance(code, int) or not 0 <= code <= 0xFFFF:
+            raise ValueError(f"message code must be an int in 0..65535, got {code!r}")
+        if code in RESERVED_CODES:
+            raise ValueError(f"message code {code} is reserved by the protocol (1-4)")
+        if body_size is not None and not 0 <= body_size <= 0xFFFF - 8:
+            raise ValueError(f"body_size {body_size!r} cannot fit a packet")
+        if not callable(handler):
+            raise TypeError(f"handler for code {code} must be callable, got {handler!r}")
+        if code in self._routes and not replace:
+            raise ValueError(
+                f"message code {code} is already served by {self._routes[code].name}; "
+                "pass replace=True to override it"
+            )
+        route = Route(
+            code=code,
+            handler=handler,
+            body_size=body_size,
+            is_async=inspect.iscoroutinefunction(handler),
+            name=name or str(getattr(handler, "__qualname__", None) or repr(handler)),
+        )
+        self._routes[code] = route
+        return route
+
+    def route(
+        self, code: int, *, body_size: int | None = None, replace: bool = False
+    ) -> Callable[[Handler], Handler]:
+        """Decorator form of :meth:`add`."""
+
+        def decorate(handler: Handler) -> Handler:
+            self.add(code, handler, body_size=body_size, replace=replace)
+            return handler
+
+        return decorate
+
+    def get(self, code: int) -> Route | None:
+        return self._routes.get(code)
+
+    def __contains__(self, code: object) -> bool:
+        return code in self._routes
+
+    def __iter__(self) -> Iterator[Route]:
+        return iter(sorted(self._routes.values(), key=lambda r: r.code))
+
+    def check(self, packet: Packet) -> DropReason | None:
+        """Why ``packet`` must be dropped before queueing, or None if a handler takes it."""
+        route = self._routes.get(packet.code)
+        if route is None:
+            return DropReason.UNKNOWN_CODE
+        if route.body_size is not None and len(packet.body) != route.body_size:
+            return DropReason.BAD_BODY_SIZE
+        return None
+
+
+class MessageQueue:
+    """The bounded queue of connections with work, and the N handler tasks draining it."""
+
+    def __init__(
+        self,
+        router: Router,
+        services: Services,
+        counters: Counters,
+        *,
+        size: int,
+        handler_tasks: int,
+        max_pending_replies: int,
+        max_pending_bytes: int,
+    ) -> None:
+        if handler_tasks < 1:
+            raise ValueError(f"handler_tasks must be at least 1, got {handler_tasks!r}")
+        self.router = router
+        self.services = services
+        self._counters = counters
+        self._size = size
+        self._handler_tasks = handler_tasks
+        self._max_replies = max_pending_replies
+        self._max_bytes = max_pending_bytes
+        self._send, self._receive = trio.open_memory_channel[Connection](size)
+        self.busy = 0
+
+    @property
+    def depth(self) -> int:
+        return self._send.statistics().current_buffer_used
+
+    @property
+    def capacity(self) -> int:
+        return self._size
+
+    async def schedule(self, conn: Connection) -> None:
+        """Put ``conn`` in the queue unless it is already there (waits when full)."""
+        if conn.scheduled:
+            return
+        conn.scheduled = True
+        try:
+            self._send.send_nowait(conn)
+        except trio.WouldBlock:
+            try:
+                await self._send.send(conn)
+            except BaseException:
+                conn.scheduled = False
+                raise
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the handler tasks until cancelled."""
+        async with trio.open_nursery() as nursery:
+            for _ in range(self._handler_tasks):
+                nursery.start_soon(self._handler_task)
+            task_status.started()
+
+    def close(self) -> None:
+        """No more connections will be scheduled: handler tasks end once the queue is empty."""
+        self._send.close()
+
+    async def _handler_task(self) -> None:
+        receive_nowait = self._receive.receive_nowait
+        receive = self._receive.receive
+        streak = 0
+        while True:
+            try:
+                conn = receive_nowait()
+                streak += 1
+                if streak >= _YIELD_EVERY:
+                    streak = 0
+                    await trio.lowlevel.checkpoint()
+            except trio.WouldBlock:
+                streak = 0
+                try:
+                    conn = await receive()
+                except trio.EndOfChannel:
+                    return
+            except trio.EndOfChannel:
+                return
+            self.busy += 1
+            try:
+                await self._drain(conn)
+            finally:
+                self.busy -= 1
+
+    async def _drain(self, conn: Connection) -> None:
+        """Handle every packet in ``conn``'s inbox, in order; then unschedule it."""
+        inbox = conn.inbox
+        try:
+            if conn.stale:
+                self._drop_stale(conn)
+                return
+            routes = self.router._routes
+            ctx = Context(conn, self.services, self._counters, self._max_replies, self._max_bytes)
+            while inbox:
+                packet = inbox.popleft()
+                route = routes.get(packet.code)
+                if route is None:  # removed since the reader checked it
+                    self._counters.drop(conn, DropReason.UNKNOWN_CODE, packet.code)
+                    continue
+                try:
+                    if route.is_async:
+                        await route.handler(ctx, packet)  # type: ignore[misc]
+                    else:
+                        route.handler(ctx, packet)
+                except Exception:
+                    self._counters.handler_errors += 1
+                    log.exception(
+                        "handler %s raised on msgCode %d from %s (conn %s); closing it",
+                        route.name,
+                        packet.code,
+                        conn.peer,
+                        conn.id,
+                    )
+                    conn.kick(KickReason.HANDLER_ERROR)
+                if conn.stale or conn.kick_reason is not None:
+                    self._drop_stale(conn)
+                    return
+        finally:
+            conn.scheduled = False
+            conn.reader_wakeup.wake()
+            conn.writer_wakeup.wake()
+
+    def _drop_stale(self, conn: Connection) -> None:
+        if conn.inbox:
+            self._counters.drop(conn, DropReason.STALE, conn.inbox[0].code, len(conn.inbox))
+            conn.inbox.clear()

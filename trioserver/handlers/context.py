@@ -1,0 +1,123 @@
+"""What a message handler gets: a ``Context`` to reply, kick and reach the worker's services.
+
+A handler is ``def handler(ctx, packet)`` or ``async def handler(ctx, packet)``;
+plain functions are called without a coroutine, which matters for the cheap,
+hot handlers (ping). A handler replies with ``ctx.reply(code, body)``; replies
+leave in request order, batched into one send with the rest of what is queued.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeAlias
+
+import attrs
+
+from ..config import Config
+from ..framer import Packet, encode
+from ..nursery_pool import Connection
+from ..reasons import KickReason
+from ..stats import Counters
+
+__all__ = ["Context", "Handler", "Services"]
+
+log = logging.getLogger("trioserver.handlers")
+
+
+@attrs.define(eq=False)
+class Services:
+    """The worker's shared objects, reachable from every handler as ``ctx.services``.
+
+    ``accounts`` is the account store when one is configured; ``app`` holds
+    whatever the embedding application passed to the worker.
+    """
+
+    config: Config = attrs.Factory(Config)
+    accounts: Any = None
+    app: dict[str, Any] = attrs.Factory(dict)
+
+
+class Context:
+    """One connection as a handler sees it, for the span of one handler visit."""
+
+    __slots__ = ("_conn", "_counters", "_max_bytes", "_max_replies", "services")
+
+    def __init__(
+        self,
+        conn: Connection,
+        services: Services,
+        counters: Counters,
+        max_replies: int,
+        max_bytes: int,
+    ) -> None:
+        self._conn = conn
+        self.services = services
+        self._counters = counters
+        self._max_replies = max_replies
+        self._max_bytes = max_bytes
+
+    @property
+    def peer(self) -> str:
+        """The client's address as ``host:port`` (as given by a PROXY header if any)."""
+        return self._conn.peer
+
+    @property
+    def connection_id(self) -> str:
+        """``slot#sequence``: unique within the worker, the id used in its logs."""
+        return self._conn.id
+
+    @property
+    def user(self) -> str | None:
+        """The logged-in user's name, or None before a successful login."""
+        return self._conn.user
+
+    @user.setter
+    def user(self, name: str | None) -> None:
+        self._conn.user = name
+
+    @property
+    def state(self) -> dict[str, Any]:
+        """Free per-connection storage for the application."""
+        return self._conn.state
+
+    @property
+    def closed(self) -> bool:
+        """True once the connection closed; replies made after that are dropped."""
+        return self._conn.stale or self._conn.kick_reason is not None
+
+    def reply(self, code: int, body: bytes = b"") -> None:
+        """Queue one packet for this connection (the CRC and length are computed)."""
+        self.send(encode(code, body))
+
+    def send(self, data: bytes) -> None:
+        """Queue already-encoded bytes (one or more whole packets) as one reply.
+
+        A peer that lets more than ``max_pending_replies`` replies or
+        ``max_pending_bytes`` bytes wait unread is kicked; the reply that crossed
+        the line is not queued.
+        """
+        conn = self._conn
+        if conn.stale or conn.kick_reason is not None:
+            return
+        replies = conn.pending_replies + 1
+        size = conn.pending_bytes + len(data)
+        if replies > self._max_replies:
+            conn.kick(KickReason.SEND_QUEUE)
+            return
+        if size > self._max_bytes:
+            conn.kick(KickReason.SEND_BYTES)
+            return
+        conn.pending_replies = replies
+        conn.pending_bytes = size
+        conn.outbox.append(data)
+        conn.writer_wakeup.wake()
+
+    def kick(self, reason: str | None = None) -> None:
+        """Close this connection now; replies still queued are not sent."""
+        if reason:
+            log.info("handler kicks %s (conn %s): %s", self._conn.peer, self._conn.id, reason)
+        self._conn.kick(KickReason.APPLICATION)
+
+
+Handler: TypeAlias = Callable[[Context, Packet], Awaitable[None] | None]

@@ -1,0 +1,66 @@
+"""Why a connection was closed or a packet dropped: one table, one counter key each.
+
+Every kick and every drop is counted under its reason's ``value`` (the label the
+statistics and metrics use) and logged with the reason's text, once per kick and
+once per connection and drop reason (a hostile client cannot flood the log).
+"""
+
+from __future__ import annotations
+
+import enum
+
+__all__ = ["DropReason", "KickReason"]
+
+
+class KickReason(enum.Enum):
+    """Why the server closed a connection; ``str(reason)`` is the log text."""
+
+    BAD_LENGTH = "bad_length"
+    TRUNCATED = "truncated"
+    HEARTBEAT = "heartbeat"
+    LIFETIME = "lifetime"
+    FLOOD = "flood"
+    SEND_QUEUE = "send_queue"
+    SEND_BYTES = "send_bytes"
+    HANDLER_ERROR = "handler_error"
+    APPLICATION = "application"
+    DRAIN_TIMEOUT = "drain_timeout"
+
+    def __str__(self) -> str:
+        return _KICK_TEXT[self]
+
+
+_KICK_TEXT = {
+    KickReason.BAD_LENGTH: "sent a header whose pkgLen is out of range",
+    KickReason.TRUNCATED: "closed its side in the middle of a packet",
+    KickReason.HEARTBEAT: "sent no ping within the heartbeat deadline",
+    KickReason.LIFETIME: "reached the hard session lifetime",
+    KickReason.FLOOD: "sent packets faster than the flood rule allows",
+    KickReason.SEND_QUEUE: "let too many replies wait unread (max_pending_replies)",
+    KickReason.SEND_BYTES: "let too many reply bytes wait unread (max_pending_bytes)",
+    KickReason.HANDLER_ERROR: "made a handler raise (a bug, logged with its traceback)",
+    KickReason.APPLICATION: "was kicked by an application handler",
+    KickReason.DRAIN_TIMEOUT: "was still open when the worker's drain timeout ran out",
+}
+
+
+class DropReason(enum.Enum):
+    """Why a packet was dropped without a reply while its connection stays open."""
+
+    BAD_CRC = "bad_crc"
+    CRC_ON_EMPTY_BODY = "crc_on_empty_body"
+    UNKNOWN_CODE = "unknown_code"
+    BAD_BODY_SIZE = "bad_body_size"
+    STALE = "stale"
+
+    def __str__(self) -> str:
+        return _DROP_TEXT[self]
+
+
+_DROP_TEXT = {
+    DropReason.BAD_CRC: "a packet whose CRC does not match its body",
+    DropReason.CRC_ON_EMPTY_BODY: "an empty-bodied packet with a nonzero CRC",
+    DropReason.UNKNOWN_CODE: "a packet with a message code no handler serves",
+    DropReason.BAD_BODY_SIZE: "a packet whose body size is wrong for its message code",
+    DropReason.STALE: "a packet whose connection closed before a handler reached it",
+}

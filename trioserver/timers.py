@@ -1,0 +1,130 @@
+"""Connection time rules: heartbeat deadline, hard lifetime, flood accounting, recycle.
+
+None of these polls. The heartbeat and the hard lifetime are the deadline of the
+connection's cancel scope: a ping moves it (``refresh``), and when it passes,
+trio cancels the connection's tasks, which is the kick. The flood rule is a
+counter checked on each completed packet. The delayed recycle is one task per
+worker sleeping until the oldest resting slot is due.
+
+A header that never completes (a client dripping a byte now and then) sends no
+valid ping, so the heartbeat deadline closes it: no separate read timeout is
+needed for the binary protocol.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+
+import attrs
+import trio
+
+from .config import ConnectionSettings
+from .nursery_pool import Connection, ConnectionPool, Slot, Wakeup
+from .reasons import KickReason
+
+__all__ = ["ConnectionRules", "RecycleTimer"]
+
+
+@attrs.frozen
+class ConnectionRules:
+    """The per-connection time rules of one worker, precomputed from its settings."""
+
+    #: Seconds a connection may go without a refreshing packet (3W + 10), or inf.
+    heartbeat_timeout: float
+    any_packet_refreshes: bool
+    lifetime: float
+    flood_check: bool
+    flood_interval: float
+    flood_kick_counter: int
+
+    @classmethod
+    def from_settings(cls, s: ConnectionSettings) -> ConnectionRules:
+        return cls(
+            heartbeat_timeout=3 * s.heartbeat_wait + 10 if s.heartbeat else math.inf,
+            any_packet_refreshes=s.any_packet_refreshes,
+            lifetime=s.session_lifetime if s.session_lifetime > 0 else math.inf,
+            flood_check=s.flood_check,
+            flood_interval=s.flood_interval,
+            flood_kick_counter=s.flood_kick_counter,
+        )
+
+    def open(self, conn: Connection, now: float) -> None:
+        """Arm a new connection's deadline: heartbeat from now, capped by the lifetime."""
+        conn.hard_deadline = now + self.lifetime
+        conn.scope.deadline = min(now + self.heartbeat_timeout, conn.hard_deadline)
+
+    def refresh(self, conn: Connection, now: float) -> None:
+        """A refreshing packet arrived: push the heartbeat deadline out again."""
+        conn.scope.deadline = min(now + self.heartbeat_timeout, conn.hard_deadline)
+
+    def deadline_reason(self, conn: Connection) -> KickReason:
+        """Which rule's deadline fired, once the connection's scope ran out of time."""
+        if conn.scope.deadline >= conn.hard_deadline:
+            return KickReason.LIFETIME
+        return KickReason.HEARTBEAT
+
+    def is_flood(self, conn: Connection, now: float) -> bool:
+        """Account one completed packet; True means it is the one that makes a flood.
+
+        The original's rule: a packet arriving less than ``flood_interval`` after
+        the previous one extends the run of fast packets, a slower one resets it;
+        the packet that brings the run to ``flood_kick_counter`` is the flood. With
+        the defaults (100 ms, 10) ten fast packets pass and the eleventh kicks.
+        """
+        if now - conn.last_packet_at < self.flood_interval:
+            conn.flood_count += 1
+            if conn.flood_count >= self.flood_kick_counter:
+                return True
+        else:
+            conn.flood_count = 0
+        conn.last_packet_at = now
+        return False
+
+
+class RecycleTimer:
+    """Delayed recycle: closed connections' slots rest ``delay`` seconds, then go free.
+
+    The delay is the same for every slot, so the resting slots are already in due
+    order: a deque, and one task that sleeps until the oldest is due.
+    """
+
+    def __init__(self, pool: ConnectionPool, delay: float) -> None:
+        if delay < 0:
+            raise ValueError(f"recycle delay must be >= 0, got {delay!r}")
+        self._pool = pool
+        self._delay = delay
+        self._resting: collections.deque[tuple[float, Slot]] = collections.deque()
+        self._wakeup = Wakeup()
+
+    @property
+    def delay(self) -> float:
+        return self._delay
+
+    def rest(self, slot: Slot) -> None:
+        """Release ``slot`` from its connection and start its rest."""
+        self._pool.release(slot)
+        if self._delay == 0:
+            self._pool.recycle(slot)
+            return
+        self._resting.append((trio.current_time() + self._delay, slot))
+        self._wakeup.wake()
+
+    def recycle_all(self) -> None:
+        """End every rest now (the worker is stopping)."""
+        while self._resting:
+            self._pool.recycle(self._resting.popleft()[1])
+
+    async def run(self) -> None:
+        """Return slots to the free list as their rest ends; runs until cancelled."""
+        resting = self._resting
+        while True:
+            if not resting:
+                await self._wakeup.wait()
+                continue
+            due, slot = resting[0]
+            if trio.current_time() < due:
+                await trio.sleep_until(due)
+                continue
+            resting.popleft()
+            self._pool.recycle(slot)

@@ -1,0 +1,433 @@
+"""One worker: its listeners, connection pool, message queue and timers in one root nursery.
+
+::
+
+    worker = Worker(config, router)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(worker.serve)      # returns once it accepts connections
+        ...
+        worker.stop()                          # or cancel: both drain
+
+Shape (DESIGN.md, "One worker")::
+
+    serve
+    └─ shielded root nursery
+       ├─ recycle timer                    (timers.RecycleTimer)
+       ├─ handler tasks                    (dispatch.MessageQueue)
+       └─ connection nursery               (its deadline is the drain deadline)
+          ├─ accept loops, one per listener
+          └─ per connection: reader (this task) + writer, inside the connection's
+             cancel scope, whose deadline is the heartbeat
+
+Stopping (``stop()``, or cancelling ``serve``) drains: the accept loops end, every
+reader stops reading, handlers finish what was read, writers flush every reply and
+close; what is still open after ``drain_timeout`` is closed. The tasks run under a
+shielded scope so that an outside cancellation turns into this drain instead of
+killing connections mid-reply.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import math
+import socket as stdlib_socket
+from collections.abc import Sequence
+from typing import Any
+
+import trio
+
+from .config import Address, Config
+from .dispatch import MessageQueue, Router
+from .framer import Discarded, FrameDecoder, Packet, RemoteProtocolError, TruncatedPacketError
+from .handlers import Services, default_router
+from .nursery_pool import Connection, ConnectionPool, Slot
+from .reasons import DropReason, KickReason
+from .stats import Counters, WorkerStatistics
+from .timers import ConnectionRules, RecycleTimer
+
+__all__ = ["Worker", "open_listeners", "run_worker"]
+
+log = logging.getLogger("trioserver.worker")
+
+#: accept() errors that mean "out of a resource, try again later" (trio's own list).
+_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+#: Back-off after a capacity error: starts small, doubles, capped (never spins).
+_BACKOFF_START = 0.1
+_BACKOFF_MAX = 1.0
+
+
+async def open_listeners(addresses: Sequence[Address], backlog: int) -> list[trio.SocketListener]:
+    """Bind each address by hand with SO_REUSEADDR and SO_REUSEPORT.
+
+    SO_REUSEPORT lets every worker process bind the same port after the fork, so
+    the kernel balances new connections across them (DESIGN.md, "Scale").
+    """
+    listeners: list[trio.SocketListener] = []
+    try:
+        for address in addresses:
+            infos = await trio.socket.getaddrinfo(
+                address.host,
+                address.port,
+                type=stdlib_socket.SOCK_STREAM,
+                flags=stdlib_socket.AI_PASSIVE,
+            )
+            if not infos:  # pragma: no cover - getaddrinfo raises instead
+                raise OSError(f"cannot resolve listen address {address}")
+            family, type_, proto, _, sockaddr = infos[0]
+            sock = trio.socket.socket(family, type_, proto)
+            try:
+                sock.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_REUSEADDR, 1)
+                sock.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_REUSEPORT, 1)
+                if family == stdlib_socket.AF_INET6:
+                    sock.setsockopt(stdlib_socket.IPPROTO_IPV6, stdlib_socket.IPV6_V6ONLY, 1)
+                await sock.bind(sockaddr)
+                sock.listen(backlog)
+            except OSError as exc:
+                sock.close()
+                raise OSError(exc.errno, f"cannot listen on {address}: {exc.strerror}") from None
+            listeners.append(trio.SocketListener(sock))
+    except BaseException:
+        for listener in listeners:
+            listener.socket.close()
+        raise
+    return listeners
+
+
+def _peer_of(stream: trio.abc.Stream) -> str:
+    if isinstance(stream, trio.SocketStream):
+        try:
+            name = stream.socket.getpeername()
+        except OSError:
+            return "unknown"
+        if isinstance(name, tuple):
+            host = name[0]
+            return f"[{host}]:{name[1]}" if ":" in host else f"{host}:{name[1]}"
+        return str(name) or "unix"
+    peer = getattr(stream, "peer", None)
+    return str(peer) if peer is not None else type(stream).__name__
+
+
+class Worker:
+    """One worker's root nursery (see the module docstring)."""
+
+    def __init__(
+        self,
+        config: Config | None = None,
+        router: Router | None = None,
+        *,
+        services: Services | None = None,
+        listeners: Sequence[trio.abc.Listener[Any]] | None = None,
+        index: int = 0,
+    ) -> None:
+        self.config = config = config if config is not None else Config()
+        self.router = router if router is not None else default_router()
+        self.services = services if services is not None else Services(config=config)
+        self.index = index
+        server, conn = config.server, config.connection
+        self.pool = ConnectionPool(server.max_connections)
+        self.counters = Counters()
+        self.rules = ConnectionRules.from_settings(conn)
+        self.recycler = RecycleTimer(self.pool, conn.recycle_delay)
+        self.queue = MessageQueue(
+            self.router,
+            self.services,
+            self.counters,
+            size=server.queue_size,
+            handler_tasks=server.handler_tasks,
+            max_pending_replies=conn.max_pending_replies,
+            max_pending_bytes=conn.max_pending_bytes,
+        )
+        self._given_listeners = list(listeners) if listeners is not None else None
+        self._listeners: list[trio.abc.Listener[Any]] = []
+        self._connections: dict[int, Connection] = {}
+        self._accept_scope = trio.CancelScope()
+        self._conn_nursery: trio.Nursery | None = None
+        self._stopping = False
+        self._drain_deadline = math.inf
+        self._stopped = trio.Event()
+
+    # -- public face -------------------------------------------------------------------
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        """The (host, port) each socket listener is bound to (port 0 resolved)."""
+        out = []
+        for listener in self._listeners:
+            if isinstance(listener, trio.SocketListener):
+                name = listener.socket.getsockname()
+                out.append((name[0], name[1]))
+        return out
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def connections(self) -> list[Connection]:
+        """The open connections (a snapshot)."""
+        return list(self._connections.values())
+
+    def statistics(self) -> WorkerStatistics:
+        return self.counters.snapshot(
+            self.pool.statistics(),
+            list(self._connections.values()),
+            self.queue.depth,
+            self.queue.capacity,
+        )
+
+    def stop(self, grace: float | None = None) -> None:
+        """Drain: stop accepting and reading, finish and flush, close after ``grace``.
+
+        ``grace`` defaults to ``server.drain_timeout``; 0 closes everything now.
+        Calling it again can only shorten the grace.
+        """
+        grace = self.config.server.drain_timeout if grace is None else grace
+        deadline = trio.current_time() + grace
+        if not self._stopping:
+            self._stopping = True
+            log.info(
+                "worker %d stopping: %d connections get %.1f s to finish",
+                self.index,
+                len(self._connections),
+                grace,
+            )
+            self._accept_scope.cancel()
+            for conn in self._connections.values():
+                conn.read_scope.cancel()
+        self._drain_deadline = min(self._drain_deadline, deadline)
+        if self._conn_nursery is not None:
+            self._conn_nursery.cancel_scope.deadline = self._drain_deadline
+
+    async def serve(
+        self, *, task_status: trio.TaskStatus[Worker] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Serve until ``stop()`` or cancellation, then drain; ``started`` once accepting."""
+        if self._given_listeners is not None:
+            self._listeners = list(self._given_listeners)
+        else:
+            self._listeners = list(
+                await open_listeners(self.config.server.listen, self.config.server.backlog)
+            )
+        async with trio.open_nursery() as outer:
+            await outer.start(self._run)
+            task_status.started(self)
+            try:
+                await self._stopped.wait()
+            finally:
+                if not self._stopped.is_set():
+                    # Cancelled from outside: drain under a shield, bounded by drain_timeout.
+                    self.stop()
+                    with trio.CancelScope(shield=True):
+                        await self._stopped.wait()
+
+    # -- the root nursery ------------------------------------------------------------------
+
+    async def _run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            with trio.CancelScope(shield=True):
+                async with trio.open_nursery() as services:
+                    services.start_soon(self.recycler.run)
+                    await services.start(self.queue.run)
+                    async with trio.open_nursery() as conns:
+                        self._conn_nursery = conns
+                        conns.cancel_scope.deadline = self._drain_deadline
+                        with self._accept_scope:
+                            for listener in self._listeners:
+                                conns.start_soon(self._accept_loop, listener)
+                            log.info(
+                                "worker %d serving on %s",
+                                self.index,
+                                ", ".join(f"{h}:{p}" for h, p in self.addresses) or "memory",
+                            )
+                            task_status.started()
+                    services.cancel_scope.cancel()
+        finally:
+            self.recycler.recycle_all()
+            self._stopped.set()
+
+    async def _accept_loop(self, listener: trio.abc.Listener[Any]) -> None:
+        backoff = _BACKOFF_START
+        try:
+            with self._accept_scope:
+                while True:
+                    try:
+                        stream = await listener.accept()
+                    except OSError as exc:
+                        if exc.errno not in _CAPACITY_ERRNOS:
+                            raise
+                        self.counters.accept_errors += 1
+                        log.warning(
+                            "accept failed (%s); backing off %.1f s: raise the open-file "
+                            "limit or lower server.max_connections",
+                            errno.errorcode.get(exc.errno or 0, exc.errno),
+                            backoff,
+                        )
+                        await trio.sleep(backoff)
+                        backoff = min(backoff * 2, _BACKOFF_MAX)
+                        continue
+                    backoff = _BACKOFF_START
+                    slot = self.pool.acquire()
+                    if slot is None:
+                        self.counters.refused += 1
+                        await trio.aclose_forcefully(stream)
+                        continue
+                    assert self._conn_nursery is not None
+                    self._conn_nursery.start_soon(self._connection, stream, slot)
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(listener)
+
+    # -- one connection -------------------------------------------------------------------------
+
+    async def _connection(self, stream: trio.abc.Stream, slot: Slot) -> None:
+        now = trio.current_time()
+        conn = Connection(slot, slot.sequence, stream, _peer_of(stream), now)
+        self.counters.accepted += 1
+        self.rules.open(conn, now)
+        self._connections[slot.index] = conn
+        if self._stopping:
+            conn.read_scope.cancel()
+        clean = False
+        try:
+            with conn.scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._writer, conn)
+                    await self._reader(conn)
+            clean = True
+        except Exception:
+            log.exception("bug while serving %s (conn %s); closing it", conn.peer, conn.id)
+            clean = True
+        finally:
+            del self._connections[slot.index]
+            reason = conn.kick_reason
+            if reason is None and not clean:
+                reason = KickReason.DRAIN_TIMEOUT
+            elif reason is None and not conn.peer_gone and conn.scope.cancelled_caught:
+                reason = self.rules.deadline_reason(conn)
+            if reason is not None:
+                self.counters.kick(conn, reason)
+            self.recycler.rest(slot)  # bumps the sequence: anything queued is now stale
+            conn.reader_wakeup.wake()
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(stream)
+
+    async def _reader(self, conn: Connection) -> None:
+        """Bytes → packets → checks → the connection's inbox, batch by batch."""
+        server = self.config.server
+        decoder = FrameDecoder(server.max_packet_length)
+        receive_some = conn.stream.receive_some
+        receive_size = server.receive_size
+        inbox_size = server.inbox_size
+        inbox = conn.inbox
+        rules = self.rules
+        flood_check = rules.flood_check
+        any_refreshes = rules.any_packet_refreshes
+        routes = self.router
+        counters = self.counters
+        by_code = counters.packets_by_code
+        try:
+            with conn.read_scope:
+                while True:
+                    try:
+                        data = await receive_some(receive_size)
+                    except trio.BrokenResourceError:
+                        conn.peer_gone = True  # reset by peer: nothing more to deliver
+                        conn.scope.cancel()
+                        return
+                    if not data:
+                        decoder.receive_data(b"")
+                        try:
+                            decoder.next_packet()
+                        except TruncatedPacketError:
+                            conn.kick(KickReason.TRUNCATED)
+                        return
+                    try:
+                        events = decoder.receive_packets(data)
+                    except RemoteProtocolError:
+                        conn.kick(KickReason.BAD_LENGTH)
+                        return
+                    if not events:
+                        continue
+                    now = trio.current_time()
+                    refreshed = False
+                    for event in events:
+                        code = event.code
+                        by_code[code] += 1
+                        if flood_check and rules.is_flood(conn, now):
+                            conn.kick(KickReason.FLOOD)
+                            return
+                        if type(event) is Discarded:
+                            counters.drop(conn, DropReason(event.reason.value), code)
+                            continue
+                        assert type(event) is Packet
+                        drop = routes.check(event)
+                        if drop is not None:
+                            counters.drop(conn, drop, code)
+                            continue
+                        if code == 0 or any_refreshes:
+                            refreshed = True
+                        inbox.append(event)
+                    if refreshed:
+                        rules.refresh(conn, now)
+                    if inbox:
+                        if not conn.scheduled:
+                            await self.queue.schedule(conn)
+                        while len(inbox) >= inbox_size:
+                            await conn.reader_wakeup.wait()
+        finally:
+            conn.reading = False
+            conn.writer_wakeup.wake()
+
+    async def _writer(self, conn: Connection) -> None:
+        """Send everything queued in one ``send_all``; close once the connection is finished."""
+        outbox = conn.outbox
+        send_all = conn.stream.send_all
+        wait = conn.writer_wakeup.wait
+        while True:
+            if outbox:
+                count = len(outbox)
+                data = outbox[0] if count == 1 else b"".join(outbox)
+                outbox.clear()
+                try:
+                    await send_all(data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    conn.peer_gone = True  # the peer is gone; nothing more to deliver
+                    conn.scope.cancel()
+                    return
+                conn.pending_replies -= count
+                conn.pending_bytes -= len(data)
+            elif not (conn.reading or conn.scheduled or conn.inbox):
+                return  # finished: the reader is done and every reply is sent
+            else:
+                await wait()
+
+
+def run_worker(
+    config: Config, router: Router | None = None, *, services: Services | None = None
+) -> None:
+    """Run one worker in this process until SIGTERM (drain) or SIGINT/SIGQUIT (fast stop)."""
+    trio.run(serve_until_signalled, Worker(config, router, services=services))
+
+
+async def serve_until_signalled(worker: Worker) -> None:
+    """Serve ``worker``; SIGTERM drains it, SIGINT or SIGQUIT (or a second signal) stops it now."""
+    import signal
+
+    async def watch(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGQUIT) as sigs:
+            task_status.started()
+            async for signum in sigs:
+                name = signal.Signals(signum).name
+                if signum == signal.SIGTERM and not worker.stopping:
+                    log.info(
+                        "%s: draining (up to %.1f s)", name, worker.config.server.drain_timeout
+                    )
+                    worker.stop()
+                else:
+                    log.info("%s: stopping now", name)
+                    worker.stop(grace=0)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(watch)
+        await worker.serve()
+        nursery.cancel_scope.cancel()
