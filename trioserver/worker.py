@@ -231,48 +231,53 @@ class Worker:
                     async with trio.open_nursery() as conns:
                         self._conn_nursery = conns
                         conns.cancel_scope.deadline = self._drain_deadline
-                        with self._accept_scope:
-                            for listener in self._listeners:
-                                conns.start_soon(self._accept_loop, listener)
-                            log.info(
-                                "worker %d serving on %s",
-                                self.index,
-                                ", ".join(f"{h}:{p}" for h, p in self.addresses) or "memory",
-                            )
-                            task_status.started()
+                        await conns.start(self._accept_all)
+                        log.info(
+                            "worker %d serving on %s",
+                            self.index,
+                            ", ".join(f"{h}:{p}" for h, p in self.addresses) or "memory",
+                        )
+                        task_status.started()
                     services.cancel_scope.cancel()
         finally:
             self.recycler.recycle_all()
             self._stopped.set()
 
+    async def _accept_all(self, *, task_status: trio.TaskStatus[None]) -> None:
+        """Run one accept loop per listener until ``stop()`` cancels them all."""
+        with self._accept_scope:
+            async with trio.open_nursery() as nursery:
+                for listener in self._listeners:
+                    nursery.start_soon(self._accept_loop, listener)
+                task_status.started()
+
     async def _accept_loop(self, listener: trio.abc.Listener[Any]) -> None:
         backoff = _BACKOFF_START
         try:
-            with self._accept_scope:
-                while True:
-                    try:
-                        stream = await listener.accept()
-                    except OSError as exc:
-                        if exc.errno not in _CAPACITY_ERRNOS:
-                            raise
-                        self.counters.accept_errors += 1
-                        log.warning(
-                            "accept failed (%s); backing off %.1f s: raise the open-file "
-                            "limit or lower server.max_connections",
-                            errno.errorcode.get(exc.errno or 0, exc.errno),
-                            backoff,
-                        )
-                        await trio.sleep(backoff)
-                        backoff = min(backoff * 2, _BACKOFF_MAX)
-                        continue
-                    backoff = _BACKOFF_START
-                    slot = self.pool.acquire()
-                    if slot is None:
-                        self.counters.refused += 1
-                        await trio.aclose_forcefully(stream)
-                        continue
-                    assert self._conn_nursery is not None
-                    self._conn_nursery.start_soon(self._connection, stream, slot)
+            while True:
+                try:
+                    stream = await listener.accept()
+                except OSError as exc:
+                    if exc.errno not in _CAPACITY_ERRNOS:
+                        raise
+                    self.counters.accept_errors += 1
+                    log.warning(
+                        "accept failed (%s); backing off %.1f s: raise the open-file "
+                        "limit or lower server.max_connections",
+                        errno.errorcode.get(exc.errno or 0, exc.errno),
+                        backoff,
+                    )
+                    await trio.sleep(backoff)
+                    backoff = min(backoff * 2, _BACKOFF_MAX)
+                    continue
+                backoff = _BACKOFF_START
+                slot = self.pool.acquire()
+                if slot is None:
+                    self.counters.refused += 1
+                    await trio.aclose_forcefully(stream)
+                    continue
+                assert self._conn_nursery is not None
+                self._conn_nursery.start_soon(self._connection, stream, slot)
         finally:
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(listener)

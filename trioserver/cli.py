@@ -1,0 +1,142 @@
+"""The command line: ``python -m trioserver [serve|client|check-config|settings] ...``.
+
+With no command it serves on the built-in defaults (binary protocol on
+127.0.0.1:10000), so ``python -m trioserver`` is a complete server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+from .config import Config, ConfigError, describe_settings, load_config, parse_address
+from .logs import configure_logging
+
+__all__ = ["main"]
+
+log = logging.getLogger("trioserver")
+
+COMMANDS = ("serve", "client", "check-config", "settings")
+
+
+def _config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-c", "--config", metavar="FILE", help="TOML config file")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        metavar="SECTION.NAME=VALUE",
+        action="append",
+        default=[],
+        help="override one setting (repeatable), e.g. --set connection.heartbeat_wait=30",
+    )
+    parser.add_argument(
+        "--listen",
+        metavar="HOST:PORT",
+        action="append",
+        help="binary-protocol listen address (repeatable); same as --set server.listen=[...]",
+    )
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m trioserver",
+        description="A trio server for long-lived TCP connections (the course's binary "
+        "protocol). Without a command, serves on the built-in defaults.",
+    )
+    parser.add_argument("--version", action="version", version=f"trioserver {__version__}")
+    sub = parser.add_subparsers(dest="command")
+
+    serve = sub.add_parser("serve", help="run the server in the foreground (the default)")
+    _config_args(serve)
+
+    check = sub.add_parser("check-config", help="validate a config file and exit")
+    check.add_argument("file", help="TOML config file")
+    check.add_argument("--set", dest="overrides", action="append", default=[])
+
+    sub.add_parser("settings", help="print every setting with its default and reason")
+
+    client = sub.add_parser("client", help="talk to a running server")
+    client.add_argument("--server", default="127.0.0.1:10000", metavar="HOST:PORT")
+    client_sub = client.add_subparsers(dest="action", required=True)
+    ping = client_sub.add_parser("ping", help="send pings and print each round trip")
+    ping.add_argument("-n", "--count", type=int, default=1)
+    for name in ("register", "login"):
+        action = client_sub.add_parser(name, help=f"{name} an account")
+        action.add_argument("username")
+        action.add_argument("password")
+    return parser
+
+
+def _load(args: argparse.Namespace) -> Config:
+    overrides = list(args.overrides)
+    if getattr(args, "listen", None):
+        quoted = ", ".join(f'"{a}"' for a in args.listen)
+        overrides.append(f"server.listen=[{quoted}]")
+    return load_config(args.config, tuple(overrides))
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .worker import run_worker
+
+    config = _load(args)
+    configure_logging(config.logging)
+    log.info("trioserver %s starting (config: %s)", __version__, config.source)
+    try:
+        run_worker(config)
+    except OSError as exc:
+        log.error("cannot serve: %s", exc)
+        return 1
+    return 0
+
+
+def _client(args: argparse.Namespace) -> int:
+    from .client import BlockingClient, ConnectionClosed
+    from .messages import ResultCode
+
+    address = parse_address(args.server)
+    try:
+        with BlockingClient.connect(address.host, address.port) as client:
+            if args.action == "ping":
+                for _ in range(args.count):
+                    rtt = client.ping()
+                    print(f"ping {address}: {rtt * 1e3:.3f} ms")
+                return 0
+            call = client.register if args.action == "register" else client.login
+            reply = call(args.username, args.password)
+    except (OSError, ConnectionClosed) as exc:
+        print(f"error: {address}: {exc}", file=sys.stderr)
+        return 1
+    try:
+        result = ResultCode(reply.result).name.lower()
+    except ValueError:
+        result = f"unknown result {reply.result}"
+    print(f"{args.action} {reply.username.decode('utf-8', 'replace')!r}: {result}")
+    return 0 if reply.result == ResultCode.OK else 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")):
+        argv.insert(0, "serve")
+    args = _build_parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            return _serve(args)
+        if args.command == "check-config":
+            config = load_config(args.file, tuple(args.overrides))
+            print(f"{config.source}: ok")
+            return 0
+        if args.command == "settings":
+            print(describe_settings())
+            return 0
+        if args.command == "client":
+            return _client(args)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    raise AssertionError(f"unhandled command {args.command!r}")

@@ -1,0 +1,217 @@
+"""Clients for the binary protocol: one for trio code, one blocking.
+
+::
+
+    async with await Client.connect("127.0.0.1", 10000) as client:
+        rtt = await client.ping()
+        reply = await client.register("alice", "secret")
+
+    with BlockingClient.connect("127.0.0.1", 10000) as client:
+        client.ping()
+
+Both frame with :class:`~trioserver.framer.FrameDecoder`, so a reply split across
+reads or several replies in one read are handled alike. ``Client`` wraps any
+``trio.abc.Stream``, so tests can drive a worker over in-memory streams.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from types import TracebackType
+
+import trio
+
+from .framer import NEED_DATA, PING, Discarded, FrameDecoder, Packet, encode
+from .messages import (
+    LOGIN,
+    PING_CODE,
+    REGISTER,
+    LoginReply,
+    RegisterReply,
+    decode_login_reply,
+    decode_register_reply,
+    encode_login,
+    encode_register,
+)
+
+__all__ = ["BlockingClient", "Client", "ConnectionClosed", "UnexpectedReply"]
+
+#: The largest packet a client accepts from a server (pkgLen is a u16).
+_CLIENT_MAX_PACKET = 0xFFFF
+
+
+class ConnectionClosed(ConnectionError):
+    """The server closed the connection before the expected reply arrived."""
+
+
+class UnexpectedReply(ValueError):
+    """The server answered with a message code other than the one expected."""
+
+
+def _check(packet: Packet, code: int) -> Packet:
+    if packet.code != code:
+        raise UnexpectedReply(f"expected a reply with msgCode {code}, got {packet.code}")
+    return packet
+
+
+class Client:
+    """A trio client over any stream (a TCP connection, or a memory stream in tests)."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self._decoder = FrameDecoder(_CLIENT_MAX_PACKET)
+
+    @classmethod
+    async def connect(cls, host: str, port: int) -> Client:
+        return cls(await trio.open_tcp_stream(host, port))
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+    async def send_raw(self, data: bytes) -> None:
+        """Send bytes as they are (whole packets, fragments, garbage)."""
+        await self.stream.send_all(data)
+
+    async def send(self, code: int, body: bytes = b"") -> None:
+        await self.stream.send_all(encode(code, body))
+
+    async def receive_packet(self) -> Packet:
+        """The next packet from the server; ``ConnectionClosed`` at EOF."""
+        while True:
+            event = self._decoder.next_packet()
+            if event is NEED_DATA:
+                try:
+                    data = await self.stream.receive_some(65536)
+                except trio.BrokenResourceError as exc:
+                    raise ConnectionClosed("connection reset by the server") from exc
+                if not data:
+                    raise ConnectionClosed("the server closed the connection")
+                self._decoder.receive_data(data)
+                continue
+            if isinstance(event, Discarded):
+                raise UnexpectedReply(f"server sent a packet with a bad CRC: {event}")
+            return event
+
+    async def at_eof(self) -> bool:
+        """Read until the server closes; True if it closed cleanly with nothing unread."""
+        try:
+            packet = await self.receive_packet()
+        except ConnectionClosed:
+            return True
+        raise UnexpectedReply(f"expected EOF, got a packet: {packet}")
+
+    async def request(self, code: int, body: bytes = b"") -> Packet:
+        """Send one packet and return the next packet received."""
+        await self.send(code, body)
+        return await self.receive_packet()
+
+    async def ping(self) -> float:
+        """Round trip of one ping, in seconds (of trio's clock)."""
+        start = trio.current_time()
+        await self.stream.send_all(PING)
+        _check(await self.receive_packet(), PING_CODE)
+        return trio.current_time() - start
+
+    async def register(
+        self, username: str | bytes, password: str | bytes, itype: int = 1
+    ) -> RegisterReply:
+        await self.stream.send_all(encode_register(username, password, itype))
+        return decode_register_reply(_check(await self.receive_packet(), REGISTER).body)
+
+    async def login(self, username: str | bytes, password: str | bytes) -> LoginReply:
+        await self.stream.send_all(encode_login(username, password))
+        return decode_login_reply(_check(await self.receive_packet(), LOGIN).body)
+
+
+class BlockingClient:
+    """The same client over a plain blocking socket, for scripts and threads."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._decoder = FrameDecoder(_CLIENT_MAX_PACKET)
+
+    @classmethod
+    def connect(cls, host: str, port: int, timeout: float | None = 10.0) -> BlockingClient:
+        sock = socket.create_connection((host, port), timeout=timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return cls(sock)
+
+    def __enter__(self) -> BlockingClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def send_raw(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def send(self, code: int, body: bytes = b"") -> None:
+        self.sock.sendall(encode(code, body))
+
+    def shutdown_write(self) -> None:
+        """Half-close: tell the server no more requests follow."""
+        self.sock.shutdown(socket.SHUT_WR)
+
+    def receive_packet(self) -> Packet:
+        while True:
+            event = self._decoder.next_packet()
+            if event is NEED_DATA:
+                try:
+                    data = self.sock.recv(65536)
+                except ConnectionResetError as exc:
+                    raise ConnectionClosed("connection reset by the server") from exc
+                if not data:
+                    raise ConnectionClosed("the server closed the connection")
+                self._decoder.receive_data(data)
+                continue
+            if isinstance(event, Discarded):
+                raise UnexpectedReply(f"server sent a packet with a bad CRC: {event}")
+            return event
+
+    def at_eof(self) -> bool:
+        try:
+            packet = self.receive_packet()
+        except ConnectionClosed:
+            return True
+        raise UnexpectedReply(f"expected EOF, got a packet: {packet}")
+
+    def request(self, code: int, body: bytes = b"") -> Packet:
+        self.send(code, body)
+        return self.receive_packet()
+
+    def ping(self) -> float:
+        """Round trip of one ping, in seconds."""
+        start = time.perf_counter()
+        self.sock.sendall(PING)
+        _check(self.receive_packet(), PING_CODE)
+        return time.perf_counter() - start
+
+    def register(
+        self, username: str | bytes, password: str | bytes, itype: int = 1
+    ) -> RegisterReply:
+        self.sock.sendall(encode_register(username, password, itype))
+        return decode_register_reply(_check(self.receive_packet(), REGISTER).body)
+
+    def login(self, username: str | bytes, password: str | bytes) -> LoginReply:
+        self.sock.sendall(encode_login(username, password))
+        return decode_login_reply(_check(self.receive_packet(), LOGIN).body)

@@ -1,0 +1,76 @@
+"""Logging set-up for the command line. Never called when trioserver is a library.
+
+Every line carries the process role and pid, so lines from a master and its
+workers interleaved in one file can be told apart.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+
+from .config import LoggingSettings
+
+__all__ = ["configure_logging", "set_role"]
+
+_role = "server"
+
+
+def set_role(role: str) -> None:
+    """Name this process in log lines ("master", "worker 1", ...)."""
+    global _role
+    _role = role
+
+
+class _RoleFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.role = _role
+        record.pid = os.getpid()
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, role, pid, message."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "role": getattr(record, "role", _role),
+            "pid": getattr(record, "pid", os.getpid()),
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def configure_logging(settings: LoggingSettings) -> logging.Handler:
+    """Send the ``trioserver`` logger to stderr or a file, replacing our earlier handler."""
+    logger = logging.getLogger("trioserver")
+    for old in list(logger.handlers):
+        if getattr(old, "_trioserver", False):
+            logger.removeHandler(old)
+            old.close()
+    handler: logging.Handler
+    if settings.file is not None:
+        handler = logging.FileHandler(settings.file, encoding="utf-8")
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    setattr(handler, "_trioserver", True)  # noqa: B010 - marks the handler we own
+    handler.addFilter(_RoleFilter())
+    if settings.json:
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s [%(role)s %(pid)d] %(name)s: %(message)s")
+        )
+    logger.addHandler(handler)
+    logger.setLevel(settings.level.upper())
+    logger.propagate = False
+    return handler
