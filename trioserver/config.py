@@ -25,6 +25,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "ConnectionSettings",
+    "HttpSettings",
     "LoggingSettings",
     "ServerSettings",
     "describe_settings",
@@ -292,6 +293,103 @@ class ConnectionSettings:
 
 
 @attrs.frozen
+class HttpSettings:
+    """``[http]``: the static file server beside the binary protocol (issue 6)."""
+
+    listen: tuple[Address, ...] = setting(
+        (Address("127.0.0.1", 8080),),
+        "Addresses HTTP listens on, as 'host:port' strings; an empty list turns HTTP off.",
+        _addresses,
+        why="Loopback by default, like [server] listen.",
+    )
+    document_root: Path | None = setting(
+        None,
+        "Directory served; empty means the small bundled site that says what is running.",
+        _optional_path,
+        why="A fresh install answers at once, and serves nothing of the machine's by accident.",
+    )
+    index: str = setting(
+        "index.html",
+        "File served for a path that names a directory (there is no directory listing).",
+        _str,
+    )
+    keep_alive_timeout: float = setting(
+        15.0,
+        "Seconds an idle keep-alive connection is kept open waiting for its next request.",
+        _float(0.0, lo_open=True),
+        why="Long enough for a page's follow-up requests; short because each idle "
+        "connection holds a slot of the worker's pool (nginx 75 s, Apache 5 s).",
+    )
+    header_timeout: float = setting(
+        10.0,
+        "Seconds from a request's first byte (or the connection's start) to its complete "
+        "headers; later, the client gets 408 and the connection closes.",
+        _float(0.0, lo_open=True),
+        why="Bounds a slow-drip (slowloris) client to one slot for this long, however "
+        "slowly it sends.",
+    )
+    send_timeout: float = setting(
+        60.0,
+        "Seconds a response may make no progress (the client reads nothing) before the "
+        "connection is closed.",
+        _float(0.0, lo_open=True),
+        why="nginx's send_timeout; a client that stops reading must not hold a slot forever.",
+    )
+    max_request_line: int = setting(
+        8192,
+        "Longest request target in bytes; longer gets 414.",
+        _int(64, 1024 * 1024),
+        why="nginx's large_client_header_buffers size.",
+    )
+    max_header_size: int = setting(
+        16384,
+        "Most bytes of header fields in one request; more gets 431.",
+        _int(256, 1024 * 1024),
+        why="Browsers with large cookies stay well under 16 KiB; the parser buffers at "
+        "most this plus one receive per connection.",
+    )
+    max_body_size: int = setting(
+        16384,
+        "Largest request body read (and thrown away); larger gets 413 and the connection closes.",
+        _int(0, 1024 * 1024 * 1024),
+        why="A static server has no use for bodies; reading small ones keeps keep-alive "
+        "connections in sync, refusing large ones costs nothing.",
+    )
+    access_log: bool = setting(
+        False,
+        "Log one line per request (logger 'trioserver.http.access', level INFO).",
+        _bool,
+        why="Off by default: a log line costs about as much as serving a small file.",
+    )
+    cache_max_file_size: int = setting(
+        65536,
+        "Files up to this many bytes are kept in memory; larger ones are sent from disk.",
+        _int(0),
+        why="Above this size sendfile costs less than the copy it saves.",
+    )
+    cache_max_bytes: int = setting(
+        4 * 1024 * 1024,
+        "Most bytes of file contents one worker keeps in memory.",
+        _int(0),
+        why="Fits a typical site's pages, scripts and icons and stays well inside the "
+        "40 MB per worker target.",
+    )
+    cache_max_entries: int = setting(
+        1024,
+        "Most URL paths whose resolved file (and its headers) one worker remembers.",
+        _int(0),
+        why="Bounds memory when a client asks for many different paths.",
+    )
+    cache_check_interval: float = setting(
+        1.0,
+        "Seconds a cached path is trusted before the file is checked again (0 = every request).",
+        _float(0.0),
+        why="A path check (realpath + stat) costs more than serving a cached file; "
+        "Last-Modified has one-second resolution anyway.",
+    )
+
+
+@attrs.frozen
 class LoggingSettings:
     """``[logging]``: where log lines go."""
 
@@ -312,6 +410,7 @@ SECTIONS: Final[Mapping[str, type]] = {
     "server": ServerSettings,
     "connection": ConnectionSettings,
     "logging": LoggingSettings,
+    "http": HttpSettings,
 }
 
 
@@ -322,6 +421,7 @@ class Config:
     server: ServerSettings = ServerSettings()
     connection: ConnectionSettings = ConnectionSettings()
     logging: LoggingSettings = LoggingSettings()
+    http: HttpSettings = HttpSettings()
     #: Where it came from, for error messages and reload.
     source: str = "<built-in defaults>"
 

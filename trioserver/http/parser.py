@@ -251,7 +251,8 @@ class HttpConnection:
             # Upgrade or CONNECT: we serve neither, so answer what came and close.
             self._finish_after_last_request()
         except httptools.HttpParserError as exc:
-            if self._state is not _State.DONE:
+            # The callbacks moved the state; mypy cannot see that, so ask a method.
+            if not self.finished:
                 rejected = self._error or Rejected(400, f"malformed request: {exc}")
                 self._reject(rejected)
         else:
@@ -305,8 +306,7 @@ class HttpConnection:
         self._progress = True
         size = self._head_bytes = self._head_bytes + len(name) + len(value) + 4
         if size > self._max_header:
-            raise_ = _too_large_head(self._max_header)
-            self._fail(raise_.status, raise_.detail)
+            self._fail(431, _too_large_head(self._max_header).detail)
         name = name.lower()
         headers = self._headers
         if name in _FRAMING:

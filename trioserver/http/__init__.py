@@ -1,0 +1,37 @@
+"""HTTP/1.1 static files beside the binary protocol: a pure policy and a trio adapter.
+
+The pieces, one concept each (imports flow downwards):
+
+- ``server``: the trio adapter, :func:`serve_http_connection` / :func:`refuse_http_connection`
+- ``policy``: :class:`StaticSite`, a parsed request -> :class:`Response` (no trio)
+- ``parser``: :class:`HttpConnection`, bytes -> requests over httptools (no trio)
+- ``files``: URL path -> checked file, with the hot-file cache
+- ``paths``, ``conditional``, ``status``, ``content_types``: the rules, as tables and pure functions
+"""
+
+from .files import FileRange
+from .parser import (
+    NEED_DATA,
+    ConnectionClosed,
+    HttpConnection,
+    LocalProtocolError,
+    Rejected,
+    Request,
+)
+from .policy import BUNDLED_SITE, Response, StaticSite
+from .server import refuse_http_connection, serve_http_connection
+
+__all__ = [
+    "BUNDLED_SITE",
+    "NEED_DATA",
+    "ConnectionClosed",
+    "FileRange",
+    "HttpConnection",
+    "LocalProtocolError",
+    "Rejected",
+    "Request",
+    "Response",
+    "StaticSite",
+    "refuse_http_connection",
+    "serve_http_connection",
+]

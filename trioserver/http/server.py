@@ -1,0 +1,333 @@
+"""The trio adapter: moves bytes between one stream and the sans-I/O parser and policy.
+
+::
+
+    site = StaticSite.from_settings(config.http)
+    await serve_http_connection(stream, site, config.http)   # one connection, to its end
+    await refuse_http_connection(stream)                     # worker full: 503 and close
+
+One task per connection, one loop: receive, parse every request the bytes
+completed, decide every response, send them in one write, repeat. Pipelined
+requests are therefore answered in order with one ``send_all`` for all the small
+responses of one receive; a file too large for the cache flushes what is pending
+together with its head and goes out with ``os.sendfile`` (see :func:`_send_file`).
+
+Time limits are one cancel scope whose deadline moves (no timer tasks):
+
+==========================  ================================================  ==========
+while                       deadline                                          then
+==========================  ================================================  ==========
+waiting for a request head  its first byte (first request: the connection's   408, close
+                            start) + ``header_timeout``; not moved by later
+                            bytes, so a one-byte-a-second client is closed
+idle between requests       last response + ``keep_alive_timeout``            close
+sending                     last progress + ``send_timeout``                  close
+==========================  ================================================  ==========
+
+Failures: a policy exception is our bug: logged on ``trioserver.http`` with its
+traceback, answered 500, and the connection closes; any other exception from the
+adapter is logged and closes the connection. Nothing but ``Cancelled`` leaves
+:func:`serve_http_connection`, so a bad request never takes the worker down.
+A connection closed after a protocol error first shuts its sending side and reads
+what the client still sends for a moment ("lingering close"), so the client sees
+the error instead of a reset.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import socket
+import time
+from typing import TYPE_CHECKING, Final
+
+import trio
+
+from .files import FileRange
+from .parser import ConnectionClosed, HttpConnection, Rejected, Request
+from .policy import Response, StaticSite, service_unavailable
+
+if TYPE_CHECKING:
+    from trioserver.config import HttpSettings
+
+__all__ = ["refuse_http_connection", "serve_http_connection"]
+
+log: Final = logging.getLogger("trioserver.http")
+access_log: Final = logging.getLogger("trioserver.http.access")
+
+#: Most bytes read in one receive.
+RECEIVE_SIZE: Final = 65536
+#: Pending small responses are written once they reach this many bytes.
+COALESCE_BYTES: Final = 65536
+#: Chunk size when a file cannot go by sendfile (read in a thread, then sent).
+COPY_CHUNK: Final = 256 * 1024
+#: Most bytes one sendfile call is asked for, and between two scheduler checkpoints
+#: on a socket that never blocks (loopback), so other connections are not starved.
+SENDFILE_CHUNK: Final = 4 * 1024 * 1024
+#: Seconds given to a goodbye (408, 503, lingering close) before closing regardless.
+FAREWELL_TIMEOUT: Final = 1.0
+#: Most bytes read and thrown away during a lingering close.
+LINGER_BYTES: Final = 256 * 1024
+
+_MSG_MORE: Final = getattr(socket, "MSG_MORE", 0)
+
+
+class _FileShrank(Exception):
+    """A file got shorter while it was being sent: the promised length cannot be kept."""
+
+
+async def serve_http_connection(
+    stream: trio.abc.Stream, app: StaticSite, settings: HttpSettings
+) -> None:
+    """Serve HTTP/1.1 requests on ``stream`` until the connection ends; then close it.
+
+    Returns normally on every peer behaviour and on our own bugs (logged); only
+    cancellation propagates. The stream is closed when this returns.
+    """
+    try:
+        await _Connection(stream, app, settings).serve()
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass  # the peer went away
+    except _FileShrank as exc:
+        log.warning("closing an HTTP connection: %s", exc)
+    except Exception:
+        log.exception("HTTP connection failed; closing it")
+    finally:
+        await trio.aclose_forcefully(stream)
+
+
+async def refuse_http_connection(stream: trio.abc.Stream) -> None:
+    """Answer 503 (worker full) without reading the request, then close the stream."""
+    try:
+        with trio.move_on_after(FAREWELL_TIMEOUT):
+            await stream.send_all(service_unavailable(time.time()))
+            await _linger(stream)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+    finally:
+        await trio.aclose_forcefully(stream)
+
+
+async def _linger(stream: trio.abc.Stream) -> None:
+    """Shut our sending side, then read and drop what the client still sends, briefly."""
+    if isinstance(stream, trio.abc.HalfCloseableStream):
+        await stream.send_eof()
+    drained = 0
+    with trio.move_on_after(FAREWELL_TIMEOUT):
+        while drained < LINGER_BYTES:
+            data = await stream.receive_some(RECEIVE_SIZE)
+            if not data:
+                return
+            drained += len(data)
+
+
+class _Connection:
+    """One connection's loop and its moving deadline."""
+
+    def __init__(self, stream: trio.abc.Stream, site: StaticSite, settings: HttpSettings) -> None:
+        self.stream = stream
+        self.site = site
+        self.settings = settings
+        self.parser = HttpConnection(
+            max_request_line=settings.max_request_line,
+            max_header_size=settings.max_header_size,
+            max_body_size=settings.max_body_size,
+        )
+        self.scope = trio.CancelScope()
+        self.peer = _peer_name(stream) if settings.access_log else "-"
+
+    async def serve(self) -> None:
+        stream = self.stream
+        parser = self.parser
+        settings = self.settings
+        scope = self.scope
+        header_timeout = settings.header_timeout
+        keep_alive_timeout = settings.keep_alive_timeout
+        send_timeout = settings.send_timeout
+        now = trio.current_time
+        head_deadline = scope.deadline = now() + header_timeout
+        started = 1  # the first request's clock started with the connection
+        linger = False
+        with scope:
+            while True:
+                data = await stream.receive_some(RECEIVE_SIZE)
+                events = parser.receive_events(data)
+                if events:
+                    scope.deadline = now() + send_timeout
+                    outcome = await self._answer(events)
+                    if outcome is not _KEEP_OPEN:
+                        linger = outcome is _LINGER
+                        break
+                if parser.in_request or parser.requests_started == 0:
+                    if parser.requests_started > started:
+                        started = parser.requests_started
+                        head_deadline = now() + header_timeout
+                    scope.deadline = head_deadline
+                else:
+                    scope.deadline = now() + keep_alive_timeout
+        if scope.cancelled_caught:
+            if parser.in_request and scope.deadline == head_deadline:
+                timeout = self.site.error(408)
+                assert isinstance(timeout.body, bytes)
+                with trio.move_on_after(FAREWELL_TIMEOUT):
+                    await stream.send_all(timeout.head + timeout.body)
+        elif linger:
+            with trio.move_on_after(FAREWELL_TIMEOUT):
+                await _linger(stream)
+
+    async def _answer(self, events: list[Request | Rejected | ConnectionClosed]) -> _Outcome:
+        """Send the responses to ``events`` in order; say whether the connection stays."""
+        site = self.site
+        stream = self.stream
+        access = self.settings.access_log
+        pending: list[bytes] = []
+        pending_size = 0
+        for event in events:
+            if type(event) is Request:
+                try:
+                    response = site.respond(event)
+                except Exception:
+                    log.exception("bug answering %r; sent 500", event)
+                    response = site.error(500)
+                body = response.body
+                if type(body) is bytes:
+                    pending.append(response.head)
+                    pending.append(body)
+                    pending_size += len(response.head) + len(body)
+                    if pending_size >= COALESCE_BYTES:
+                        await stream.send_all(b"".join(pending))
+                        pending.clear()
+                        pending_size = 0
+                else:
+                    response = await self._send_file(event, response, pending)
+                    pending.clear()
+                    pending_size = 0
+                if access:
+                    self._log_access(event, response)
+                if response.close:
+                    break
+            elif type(event) is Rejected:
+                response = site.error(event.status)
+                pending.append(response.head)
+                pending.append(response.body if isinstance(response.body, bytes) else b"")
+                await stream.send_all(b"".join(pending))
+                return _LINGER
+            else:
+                break  # ConnectionClosed: nothing more will come
+        else:
+            if pending:
+                await stream.send_all(b"".join(pending))
+            return _KEEP_OPEN
+        if pending:
+            await stream.send_all(b"".join(pending))
+        return _CLOSE
+
+    async def _send_file(
+        self, request: Request, response: Response, pending: list[bytes]
+    ) -> Response:
+        """Send ``pending``, then ``response`` whose body is on disk; return what was sent."""
+        site = self.site
+        body = response.body
+        assert isinstance(body, FileRange)
+        fd = site.open_range(body)
+        if fd is None:  # the file changed since the cache looked: decide again
+            response = site.respond(request, recheck=True)
+            body = response.body
+            fd = site.open_range(body) if isinstance(body, FileRange) else None
+            if isinstance(body, FileRange) and fd is None:
+                log.warning("file %r keeps changing; sent 500", body.path)
+                response = site.error(500)
+                body = response.body
+            if isinstance(body, bytes):
+                await self.stream.send_all(b"".join((*pending, response.head, body)))
+                return response
+        assert fd is not None and isinstance(body, FileRange)
+        try:
+            head = b"".join((*pending, response.head))
+            stream = self.stream
+            if isinstance(stream, trio.SocketStream) and body.length:
+                await self._sendfile(stream.socket, head, fd, body.offset, body.length)
+            else:
+                await stream.send_all(head)
+                await self._copy(fd, body.offset, body.length)
+        finally:
+            os.close(fd)
+        return response
+
+    async def _sendfile(
+        self, sock: trio.socket.SocketType, head: bytes, fd: int, offset: int, length: int
+    ) -> None:
+        """Head with MSG_MORE (it leaves with the first data), then the file by sendfile."""
+        scope = self.scope
+        send_timeout = self.settings.send_timeout
+        view = memoryview(head)
+        while view:
+            sent = await sock.send(view, _MSG_MORE)
+            view = view[sent:]
+        out = sock.fileno()
+        since_checkpoint = 0
+        while length:
+            try:
+                sent = os.sendfile(out, fd, offset, min(length, SENDFILE_CHUNK))
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(sock)
+                continue
+            if sent == 0:
+                raise _FileShrank(f"file shrank by {length} bytes while being sent")
+            offset += sent
+            length -= sent
+            scope.deadline = trio.current_time() + send_timeout
+            since_checkpoint += sent
+            if since_checkpoint >= SENDFILE_CHUNK:
+                since_checkpoint = 0
+                await trio.lowlevel.checkpoint()
+
+    async def _copy(self, fd: int, offset: int, length: int) -> None:
+        """Send a file range over a stream that is not a socket: read in a thread, send."""
+        scope = self.scope
+        send_timeout = self.settings.send_timeout
+        while length:
+            chunk = await trio.to_thread.run_sync(os.pread, fd, min(length, COPY_CHUNK), offset)
+            if not chunk:
+                raise _FileShrank(f"file shrank by {length} bytes while being sent")
+            await self.stream.send_all(chunk)
+            offset += len(chunk)
+            length -= len(chunk)
+            scope.deadline = trio.current_time() + send_timeout
+
+    def _log_access(self, request: Request, response: Response) -> None:
+        access_log.info(
+            '%s "%s %s HTTP/%s" %d %d',
+            self.peer,
+            request.method.decode("ascii", "replace"),
+            request.target.decode("latin-1"),
+            request.version.decode("ascii"),
+            response.status,
+            response.body_length,
+        )
+
+
+class _Outcome(enum.Enum):
+    """What a batch of responses leaves the connection to do."""
+
+    KEEP_OPEN = "keep open"
+    CLOSE = "close"  # the client asked for it, or it ended
+    LINGER = "linger"  # a protocol error: shut down writing, drain, then close
+
+
+_KEEP_OPEN: Final = _Outcome.KEEP_OPEN
+_CLOSE: Final = _Outcome.CLOSE
+_LINGER: Final = _Outcome.LINGER
+
+
+def _peer_name(stream: trio.abc.Stream) -> str:
+    if isinstance(stream, trio.SocketStream):
+        try:
+            peer = stream.socket.getpeername()
+        except OSError:
+            return "-"
+        if isinstance(peer, tuple):
+            return str(peer[0])
+        return str(peer) or "-"
+    return "-"
