@@ -833,14 +833,14 @@ int main(int argc, char **argv) {
                ",\"reset_by_server\":%" PRIu64 ",\"connect_failed\":%" PRIu64 ",\"send_errors\":%" PRIu64
                ",\"bad_replies\":%" PRIu64 ",\"unexpected_replies\":%" PRIu64 ","
                "\"loadgen_cpu_pct\":%.1f,\"server_cpu_pct\":%.1f,"
-               "\"reads\":%" PRIu64 ",\"writes\":%" PRIu64 ",\"replies_per_read\":%.2f",
+               "\"loadgen_cpu_s\":%.3f,\"server_cpu_s\":%.3f,\"reads\":%" PRIu64 ",\"writes\":%" PRIu64 ",\"replies_per_read\":%.2f",
                opt_idle ? "idle" : (opt_total ? "count" : "load"), opt_port, opt_conns, connected,
                opt_depth, opt_idle ? "ping" : opt_mix, opt_idle ? 0.0 : opt_warmup, wall, connect_s,
                m_replies, rps, p50, p99, p999, mean, maxl, m_kind_replies[0], m_kind_replies[1],
                m_kind_replies[2], m_kind_replies[3], m_result[0], m_result[1], m_result[2],
                m_result[3], m_result[4], m_result[5], errors, kicks, closed_by_server,
                reset_by_server, connect_failed, send_errors, m_bad_reply, m_unexpected, lg_cpu,
-               srv_cpu, m_reads, m_writes, m_reads ? (double)m_replies / (double)m_reads : 0.0);
+               srv_cpu, cpu1 - cpu0, srv_cpu >= 0 ? scpu1 - scpu0 : -1.0, m_reads, m_writes, m_reads ? (double)m_replies / (double)m_reads : 0.0);
         if (opt_idle)
             printf(",\"idle\":{\"hold_s\":%.3f,\"closed_during_hold\":%" PRIu64 ",\"pinged\":%" PRIu64
                    ",\"answered\":%" PRIu64 ",\"server_rss_kib_before\":%ld,"

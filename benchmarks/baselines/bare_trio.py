@@ -13,13 +13,15 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import signal
 import sys
 import zlib
+from functools import partial
 
 import trio
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _protocol import HEADER, LOGIN_REPLY, MAX_PACKET, PING, REGISTER_REPLY  # noqa: E402
+from _protocol import HEADER, LOGIN_REPLY, MAX_PACKET, PING, REGISTER_REPLY
 
 RECEIVE_SIZE = 65536
 
@@ -56,10 +58,7 @@ async def handle(stream: trio.SocketStream) -> None:
                     elif code == 6 and length == 104:
                         out += LOGIN_REPLY
                 pos += length
-            if pos < end:
-                buf = bytearray(view[pos:])
-            else:
-                buf = bytearray()
+            buf = bytearray(view[pos:]) if pos < end else bytearray()
             if out:
                 await stream.send_all(out)
     except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -75,7 +74,13 @@ def raise_fd_limit() -> None:
 
 
 async def main(host: str, port: int) -> None:
-    await trio.serve_tcp(handle, port, host=host, backlog=65535)
+    """Serve until SIGTERM or SIGINT (the benchmark runner stops servers with SIGTERM)."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(partial(trio.serve_tcp, handle, port, host=host, backlog=65535))
+            async for _ in signals:
+                nursery.cancel_scope.cancel()
+                break
 
 
 if __name__ == "__main__":
@@ -84,7 +89,4 @@ if __name__ == "__main__":
     parser.add_argument("--port", type=int, default=10000)
     args = parser.parse_args()
     raise_fd_limit()
-    try:
-        trio.run(main, args.host, args.port)
-    except KeyboardInterrupt:
-        pass
+    trio.run(main, args.host, args.port)

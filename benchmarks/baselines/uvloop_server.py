@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import os
 import resource
+import signal
 import sys
 import zlib
 from typing import cast
@@ -20,7 +21,7 @@ from typing import cast
 import uvloop
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _protocol import HEADER, LOGIN_REPLY, MAX_PACKET, PING, REGISTER_REPLY  # noqa: E402
+from _protocol import HEADER, LOGIN_REPLY, MAX_PACKET, PING, REGISTER_REPLY
 
 _unpack_from = HEADER.unpack_from
 _crc32 = zlib.crc32
@@ -74,9 +75,12 @@ def raise_fd_limit() -> None:
 
 async def main(host: str, port: int) -> None:
     loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):  # the runner stops servers with SIGTERM
+        loop.add_signal_handler(signum, stop.set)
     server = await loop.create_server(BinaryProtocol, host, port, backlog=65535)
-    async with server:
-        await server.serve_forever()
+    await stop.wait()
+    server.close()
 
 
 if __name__ == "__main__":
@@ -85,7 +89,4 @@ if __name__ == "__main__":
     parser.add_argument("--port", type=int, default=10000)
     args = parser.parse_args()
     raise_fd_limit()
-    try:
-        uvloop.run(main(args.host, args.port))
-    except KeyboardInterrupt:
-        pass
+    uvloop.run(main(args.host, args.port))
