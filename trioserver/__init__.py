@@ -1,5 +1,55 @@
-"""trioserver: long-lived TCP connections on trio, speaking the course's binary protocol."""
+"""trioserver: long-lived TCP connections on trio, speaking the course's binary protocol.
+
+The public face, flat as trio's::
+
+    import trioserver
+
+    router = trioserver.default_router()
+
+    @router.route(100)
+    async def echo(ctx: trioserver.Context, packet: trioserver.Packet) -> None:
+        ctx.reply(100, packet.body)
+
+    trio.run(trioserver.serve_until_signalled, trioserver.Worker(trioserver.Config(), router))
+"""
 
 from __future__ import annotations
 
+from .client import BlockingClient, Client, ConnectionClosed, UnexpectedReply
+from .config import Address, Config, ConfigError, load_config
+from .dispatch import Router
+from .framer import NEED_DATA, FrameDecoder, Packet, encode
+from .handlers import Context, Services, default_router
+from .messages import ResultCode
+from .reasons import DropReason, KickReason
+from .stats import WorkerStatistics
+from .worker import Worker, run_worker, serve_until_signalled
+
 __version__ = "0.1.0"
+
+__all__ = [
+    "NEED_DATA",
+    "Address",
+    "BlockingClient",
+    "Client",
+    "Config",
+    "ConfigError",
+    "ConnectionClosed",
+    "Context",
+    "DropReason",
+    "FrameDecoder",
+    "KickReason",
+    "Packet",
+    "ResultCode",
+    "Router",
+    "Services",
+    "UnexpectedReply",
+    "Worker",
+    "WorkerStatistics",
+    "__version__",
+    "default_router",
+    "encode",
+    "load_config",
+    "run_worker",
+    "serve_until_signalled",
+]

@@ -245,18 +245,27 @@ class FrameDecoder:
             raise self._error
         return NEED_DATA
 
-    def receive_packets(self, data: bytes | bytearray | memoryview) -> list[Event]:
-        """Buffer ``data`` and return every event it completed (the batch hot path).
+    def next_packets(self, limit: int | None = None) -> list[Event]:
+        """Up to ``limit`` events from what is buffered (the batch hot path).
 
+        The limit lets a reader take no more packets than its inbox has room for
+        and leave the rest as bytes, which are far smaller than decoded packets.
         On a framing error the events decoded before it are lost with the
         connection; the error is raised and stays sticky.
         """
-        self.receive_data(data)
         out: list[Event] = []
         append = out.append
         next_packet = self.next_packet
-        while True:
+        remaining = -1 if limit is None else limit
+        while remaining:
             event = next_packet()
             if event is NEED_DATA:
-                return out
+                break
             append(event)
+            remaining -= 1
+        return out
+
+    def receive_packets(self, data: bytes | bytearray | memoryview) -> list[Event]:
+        """Buffer ``data`` and return every event it completed."""
+        self.receive_data(data)
+        return self.next_packets()

@@ -173,6 +173,9 @@ class Connection:
     #: False once the peer sent EOF or the worker stopped reading.
     reading: bool = True
     kick_reason: KickReason | None = None
+    #: Set when the reader stopped for a rule (flood, bad length): what was already
+    #: read is still answered, then the connection closes and this reason is counted.
+    finish_reason: KickReason | None = None
     #: True once the peer reset or vanished (not a kick: nothing to count).
     peer_gone: bool = False
     #: Replies waiting for the writer, and the reply count / bytes they hold.

@@ -223,6 +223,11 @@ class Worker:
     # -- the root nursery ------------------------------------------------------------------
 
     async def _run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        # -- accounts (issue 4): open the store [accounts] names unless services has one --
+        from .accounts import open_worker_accounts
+
+        owned_accounts = await open_worker_accounts(self.services, self.config.accounts)
+        # -- end accounts ------------------------------------------------------------------
         try:
             with trio.CancelScope(shield=True):
                 async with trio.open_nursery() as services:
@@ -241,6 +246,9 @@ class Worker:
                     services.cancel_scope.cancel()
         finally:
             self.recycler.recycle_all()
+            if owned_accounts is not None:  # accounts (issue 4): close after the last handler
+                with trio.CancelScope(shield=True):
+                    await owned_accounts.aclose()
             self._stopped.set()
 
     async def _accept_all(self, *, task_status: trio.TaskStatus[None]) -> None:
@@ -304,7 +312,7 @@ class Worker:
             clean = True
         finally:
             del self._connections[slot.index]
-            reason = conn.kick_reason
+            reason = conn.kick_reason or conn.finish_reason
             if reason is None and not clean:
                 reason = KickReason.DRAIN_TIMEOUT
             elif reason is None and not conn.peer_gone and conn.scope.cancelled_caught:
@@ -344,39 +352,47 @@ class Worker:
                         try:
                             decoder.next_packet()
                         except TruncatedPacketError:
-                            conn.kick(KickReason.TRUNCATED)
+                            conn.finish_reason = KickReason.TRUNCATED
                         return
-                    try:
-                        events = decoder.receive_packets(data)
-                    except RemoteProtocolError:
-                        conn.kick(KickReason.BAD_LENGTH)
-                        return
-                    if not events:
-                        continue
-                    now = trio.current_time()
-                    refreshed = False
-                    for event in events:
-                        code = event.code
-                        by_code[code] += 1
-                        if flood_check and rules.is_flood(conn, now):
-                            conn.kick(KickReason.FLOOD)
+                    decoder.receive_data(data)
+                    # Take at most what the inbox has room for; the rest stays as bytes.
+                    while True:
+                        room = inbox_size - len(inbox)
+                        try:
+                            events = decoder.next_packets(room)
+                        except RemoteProtocolError:
+                            conn.finish_reason = KickReason.BAD_LENGTH
                             return
-                        if type(event) is Discarded:
-                            counters.drop(conn, DropReason(event.reason.value), code)
-                            continue
-                        assert type(event) is Packet
-                        drop = routes.check(event)
-                        if drop is not None:
-                            counters.drop(conn, drop, code)
-                            continue
-                        if code == 0 or any_refreshes:
-                            refreshed = True
-                        inbox.append(event)
-                    if refreshed:
-                        rules.refresh(conn, now)
-                    if inbox:
-                        if not conn.scheduled:
+                        if not events:
+                            break
+                        now = trio.current_time()
+                        refreshed = False
+                        for event in events:
+                            code = event.code
+                            by_code[code] += 1
+                            if flood_check and rules.is_flood(conn, now):
+                                # Drop this packet, answer what came before it, then close.
+                                conn.finish_reason = KickReason.FLOOD
+                                break
+                            if type(event) is Discarded:
+                                counters.drop(conn, DropReason(event.reason.value), code)
+                                continue
+                            assert type(event) is Packet
+                            drop = routes.check(event)
+                            if drop is not None:
+                                counters.drop(conn, drop, code)
+                                continue
+                            if code == 0 or any_refreshes:
+                                refreshed = True
+                            inbox.append(event)
+                        if refreshed:
+                            rules.refresh(conn, now)
+                        if inbox and not conn.scheduled:
                             await self.queue.schedule(conn)
+                        if conn.finish_reason is not None:
+                            return
+                        if len(events) < room:
+                            break  # the buffer holds no further whole packet
                         while len(inbox) >= inbox_size:
                             await conn.reader_wakeup.wait()
         finally:

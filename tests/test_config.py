@@ -1,0 +1,85 @@
+"""Settings: defaults, TOML files, overrides, and errors that name the key and the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from trioserver.config import Address, Config, ConfigError, describe_settings, load_config
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "trioserver.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults() -> None:
+    config = load_config()
+    assert config == Config()
+    assert config.server.listen == (Address("127.0.0.1", 10000),)
+    assert config.server.max_packet_length == 29000
+    assert config.connection.heartbeat_wait == 20.0
+    assert config.connection.max_pending_replies == 400
+    assert (config.connection.flood_interval, config.connection.flood_kick_counter) == (0.1, 10)
+
+
+def test_file_and_overrides(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '[server]\nlisten = ["0.0.0.0:9000", "[::1]:9001"]\nhandler_tasks = 4\n'
+        "[connection]\nheartbeat_wait = 5\n",
+    )
+    config = load_config(path, ("connection.flood_check=false", "server.handler_tasks=2"))
+    assert config.server.listen == (Address("0.0.0.0", 9000), Address("::1", 9001))
+    assert config.server.handler_tasks == 2
+    assert config.connection.heartbeat_wait == 5.0
+    assert config.connection.flood_check is False
+    assert config.source == str(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[server]\nlistn = []\n", "unknown setting [server] 'listn'"),
+        ("[sever]\n", "unknown section [sever]"),
+        ("[server]\nhandler_tasks = 0\n", "[server] handler_tasks: 0 is outside 1..10000"),
+        ("[server]\nhandler_tasks = '4'\n", "[server] handler_tasks: expected an integer"),
+        ("[server]\nlisten = ['localhost']\n", "[server] listen: 'localhost' is not 'host:port'"),
+        ("[server]\nlisten = ['h:99999']\n", "outside 0..65535"),
+        ("[connection]\nheartbeat = 1\n", "[connection] heartbeat: expected true or false"),
+        ("[connection]\nheartbeat_wait = 0\n", "heartbeat_wait: 0 must be > 0.0"),
+        ("[logging]\nlevel = 'loud'\n", "[logging] level: 'loud' is not one of"),
+        ("server = 3\n", "must be a [section] table"),
+        ("[server\n", "not valid TOML"),
+    ],
+)
+def test_errors_name_the_key_and_the_file(tmp_path: Path, text: str, message: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert message in str(info.value)
+    assert str(path) in str(info.value)
+
+
+def test_override_errors() -> None:
+    with pytest.raises(ConfigError, match=r"not 'section\.name=value'"):
+        load_config(None, ("heartbeat=1",))
+    with pytest.raises(ConfigError, match=r"--set .*unknown section \[nope\]"):
+        load_config(None, ("nope.x=1",))
+    with pytest.raises(ConfigError, match="with --set overrides: unknown setting"):
+        load_config(None, ("server.x=1",))
+    # a bare word is taken as a string, as typed on a command line
+    assert load_config(None, ("logging.level=debug",)).logging.level == "debug"
+
+
+def test_missing_file() -> None:
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config("/nonexistent/trioserver.toml")
+
+
+def test_every_setting_is_described() -> None:
+    text = describe_settings()
+    assert "[server]" in text and "max_pending_replies = 400" in text
+    assert text.count("# Why:") >= 10

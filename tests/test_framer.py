@@ -1,0 +1,166 @@
+"""The sans-I/O framer: PROTOCOL.md's vectors, every decoder case fed whole, byte by
+byte and with trailing bytes, and a Hypothesis round trip split at random points."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from trioserver.framer import (
+    NEED_DATA,
+    PING,
+    Discarded,
+    DiscardReason,
+    FrameDecoder,
+    LocalProtocolError,
+    Packet,
+    PacketLengthError,
+    TruncatedPacketError,
+    encode,
+    encode_header,
+)
+from trioserver.messages import encode_login, encode_register
+
+
+def test_crc_vectors() -> None:
+    assert zlib.crc32(b"123456789") == 0xCBF43926
+    assert zlib.crc32(bytes(100)) == 0x9988C6CA
+    assert zlib.crc32(bytes(96)) == 0xBAF465AE
+
+
+def test_packet_vectors() -> None:
+    assert bytes.fromhex("0008 0000 00000000") == PING
+    register = encode_register("alice", "secret", 1)
+    assert register[:8] == bytes.fromhex("006c 0005 a514f7a1")
+    assert register[8:18] == bytes.fromhex("00000001 616c696365 00".replace(" ", ""))
+    assert len(register) == 0x6C
+    login = encode_login("alice", "secret")
+    assert login[:8] == bytes.fromhex("0068 0006 f3ddf1d4")
+    assert login[8:14] == bytes.fromhex("616c696365 00".replace(" ", ""))
+
+
+def events_of(data: bytes, *, chunk: int | None = None, **kw: int) -> list[object]:
+    """Feed ``data`` whole or ``chunk`` bytes at a time; collect every event."""
+    decoder = FrameDecoder(**kw)
+    out: list[object] = []
+    step = chunk or max(len(data), 1)
+    for i in range(0, len(data), step):
+        out.extend(decoder.receive_packets(data[i : i + step]))
+    return out
+
+
+CASES = [
+    ("ping", PING, [Packet(0, b"")]),
+    ("body", encode(9, b"hello"), [Packet(9, b"hello")]),
+    ("two", PING + encode(7, b"x"), [Packet(0, b""), Packet(7, b"x")]),
+    (
+        "bad crc",
+        struct.pack(">HHI", 13, 7, 1234) + b"hello",
+        [Discarded(7, DiscardReason.BAD_CRC, 13)],
+    ),
+    (
+        "crc on empty body",
+        struct.pack(">HHI", 8, 0, 1),
+        [Discarded(0, DiscardReason.CRC_ON_EMPTY_BODY, 8)],
+    ),
+    ("max size", encode(7, bytes(28992)), [Packet(7, bytes(28992))]),
+]
+
+
+@pytest.mark.parametrize("chunk", [None, 1, 3])
+@pytest.mark.parametrize(("name", "data", "expected"), CASES, ids=[c[0] for c in CASES])
+def test_decoder_cases(name: str, data: bytes, expected: list[object], chunk: int | None) -> None:
+    assert events_of(data, chunk=chunk) == expected
+    # with trailing bytes: the events are the same and the tail stays buffered
+    decoder = FrameDecoder()
+    assert decoder.receive_packets(data + PING[:5]) == expected
+    assert decoder.pending == 5
+    assert decoder.next_packet() is NEED_DATA
+
+
+@pytest.mark.parametrize("length", [0, 7, 29001, 0xFFFF])
+@pytest.mark.parametrize("chunk", [None, 1])
+def test_bad_length_is_fatal_and_sticky(length: int, chunk: int | None) -> None:
+    decoder = FrameDecoder()
+    data = PING + struct.pack(">HHI", length, 0, 0) + PING
+    with pytest.raises(PacketLengthError) as info:
+        step = chunk or len(data)
+        for i in range(0, len(data), step):
+            decoder.receive_packets(data[i : i + step])
+    assert info.value.length == length
+    assert "29000" in str(info.value)
+    with pytest.raises(PacketLengthError):
+        decoder.next_packet()
+    assert decoder.error is info.value
+
+
+def test_max_packet_length_is_a_setting() -> None:
+    assert events_of(encode(7, bytes(92)), max_packet_length=100) == [Packet(7, bytes(92))]
+    with pytest.raises(PacketLengthError):
+        events_of(encode(7, bytes(93)), max_packet_length=100)
+    with pytest.raises(ValueError, match="max_packet_length"):
+        FrameDecoder(7)
+    with pytest.raises(ValueError, match="max_packet_length"):
+        FrameDecoder(70000)
+
+
+def test_eof_mid_packet_is_truncated() -> None:
+    decoder = FrameDecoder()
+    decoder.receive_data(encode(7, b"hello")[:10])
+    assert decoder.next_packet() is NEED_DATA
+    decoder.receive_data(b"")
+    with pytest.raises(TruncatedPacketError):
+        decoder.next_packet()
+
+
+def test_clean_eof() -> None:
+    decoder = FrameDecoder()
+    assert decoder.receive_packets(PING) == [Packet(0)]
+    decoder.receive_data(b"")
+    assert decoder.next_packet() is NEED_DATA
+    assert decoder.they_are_done
+    with pytest.raises(LocalProtocolError):
+        decoder.receive_data(b"more")
+
+
+def test_encode_rejects_what_cannot_be_framed() -> None:
+    with pytest.raises(LocalProtocolError, match="u16"):
+        encode(70000)
+    with pytest.raises(LocalProtocolError, match="does not fit"):
+        encode_header(7, bytes(65528))
+    assert len(encode(7, bytes(65527))) == 65535
+
+
+packets = st.lists(
+    st.tuples(st.integers(0, 0xFFFF), st.binary(max_size=300)), min_size=1, max_size=20
+)
+
+
+@given(packets, st.data())
+def test_round_trip_split_anywhere(items: list[tuple[int, bytes]], data: st.DataObject) -> None:
+    wire = b"".join(encode(code, body) for code, body in items)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(wire)), max_size=10)))
+    decoder = FrameDecoder()
+    out: list[object] = []
+    previous = 0
+    for cut in [*cuts, len(wire)]:
+        if cut > previous:  # b"" would mean EOF
+            out.extend(decoder.receive_packets(wire[previous:cut]))
+        previous = cut
+    assert out == [Packet(code, body) for code, body in items]
+    assert decoder.pending == 0
+
+
+@given(st.binary(max_size=2000))
+def test_garbage_only_raises_documented_errors(blob: bytes) -> None:
+    decoder = FrameDecoder()
+    try:
+        for event in decoder.receive_packets(blob):
+            assert isinstance(event, Packet | Discarded)
+    except PacketLengthError:
+        pass
+    assert decoder.pending <= len(blob)

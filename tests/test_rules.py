@@ -1,0 +1,253 @@
+"""Connection life rules in virtual time: heartbeat, lifetime, flood, send queue,
+max connections, delayed recycle, half-close, abrupt reset."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+import trio
+import trio.testing
+
+from trioserver.client import Client
+from trioserver.framer import PING, Packet, encode
+from trioserver.handlers import Context, default_router
+from trioserver.testing import serve_in_memory
+
+from .conftest import make_config
+
+W = 20.0  # the default heartbeat wait
+HEARTBEAT = 3 * W + 10  # 70 s
+
+
+def app_router() -> object:
+    router = default_router()
+    router.add(100, lambda ctx, p: ctx.reply(100, p.body), name="echo")
+    return router
+
+
+async def closed_after(client: Client) -> float:
+    """Wait for the server to close ``client``; return how long that took (virtual)."""
+    start = trio.current_time()
+    assert await client.at_eof()
+    return trio.current_time() - start
+
+
+async def test_silent_client_closed_at_exactly_3w_plus_10(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with serve_in_memory() as server:
+        client = await server.connect()
+        assert await closed_after(client) == pytest.approx(HEARTBEAT, abs=1e-9)
+        assert server.worker.statistics().kicks_by_reason == {"heartbeat": 1}
+
+
+async def test_pinging_every_w_is_never_closed(autojump_clock: trio.testing.MockClock) -> None:
+    async with serve_in_memory() as server:
+        client = await server.connect()
+        start = trio.current_time()
+        for _ in range(10):
+            await trio.sleep(W)
+            await client.ping()
+        assert trio.current_time() - start == pytest.approx(10 * W)
+        # ... and after the last ping it still gets the whole 3W + 10
+        assert await closed_after(client) == pytest.approx(HEARTBEAT, abs=1e-9)
+
+
+async def test_non_ping_traffic_does_not_refresh_by_default(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with serve_in_memory(router=app_router()) as server:  # type: ignore[arg-type]
+        client = await server.connect()
+        start = trio.current_time()
+        with pytest.raises(Exception):  # noqa: B017 - closed mid-loop, whatever the call
+            while True:
+                await trio.sleep(W)
+                await client.request(100, b"hi")
+        assert trio.current_time() - start == pytest.approx(HEARTBEAT + 10, abs=1e-9)
+        assert server.worker.statistics().kicks_by_reason == {"heartbeat": 1}
+
+
+async def test_any_packet_refreshes_when_configured(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    config = make_config(connection__any_packet_refreshes=True)
+    async with serve_in_memory(config, app_router()) as server:  # type: ignore[arg-type]
+        client = await server.connect()
+        for _ in range(10):
+            await trio.sleep(W)
+            assert (await client.request(100, b"hi")).body == b"hi"
+        assert server.worker.statistics().kicks_by_reason == {}
+
+
+async def test_hard_lifetime_closes_at_its_time(autojump_clock: trio.testing.MockClock) -> None:
+    config = make_config(connection__session_lifetime=45.0)
+    async with serve_in_memory(config) as server:
+        client = await server.connect()
+        start = trio.current_time()
+
+        async def keep_pinging() -> None:
+            try:
+                while True:
+                    await client.ping()
+                    await trio.sleep(5)
+            except Exception:
+                return
+
+        await keep_pinging()
+        assert trio.current_time() - start == pytest.approx(45.0, abs=1e-9)
+        assert server.worker.statistics().kicks_by_reason == {"lifetime": 1}
+
+
+async def test_heartbeat_off_keeps_silent_clients(autojump_clock: trio.testing.MockClock) -> None:
+    async with serve_in_memory(make_config(connection__heartbeat=False)) as server:
+        client = await server.connect()
+        await trio.sleep(10 * HEARTBEAT)
+        await client.ping()
+
+
+async def test_slow_drip_header_is_closed_by_the_heartbeat(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with serve_in_memory() as server:
+        stream = await server.connect_stream()
+        start = trio.current_time()
+
+        async def drip() -> None:
+            for byte in encode(100, b"x" * 100):  # 108 bytes at one a second
+                await stream.send_all(bytes([byte]))
+                await trio.sleep(1)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(drip)
+            assert await stream.receive_some() == b""  # the server closed it
+            nursery.cancel_scope.cancel()
+        assert trio.current_time() - start == pytest.approx(HEARTBEAT, abs=1e-9)
+        assert server.worker.statistics().kicks_by_reason == {"heartbeat": 1}
+
+
+async def test_flood_ten_fast_pass_the_eleventh_closes(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with serve_in_memory() as server:
+        client = await server.connect()
+        for _ in range(10):
+            await client.ping()
+            await trio.sleep(0.05)
+        await client.send_raw(PING)
+        assert await client.at_eof()
+        assert server.worker.statistics().kicks_by_reason == {"flood": 1}
+        assert server.worker.statistics().packets_by_code[0] == 11
+
+
+async def test_flood_ten_pipelined_pass_the_eleventh_closes() -> None:
+    async with serve_in_memory() as server:
+        client = await server.connect()
+        await client.send_raw(PING * 11)
+        for _ in range(10):
+            assert await client.receive_packet() == Packet(0)
+        assert await client.at_eof()
+
+
+async def test_110ms_spacing_never_floods(autojump_clock: trio.testing.MockClock) -> None:
+    async with serve_in_memory() as server:
+        client = await server.connect()
+        for _ in range(200):
+            await client.ping()
+            await trio.sleep(0.11)
+        assert server.worker.statistics().kicks_by_reason == {}
+
+
+async def test_reader_that_never_reads_is_kicked_and_others_keep_being_served() -> None:
+    config = make_config(connection__flood_check=False)
+    async with serve_in_memory(config) as server:
+        attacker = await server.connect_stream(lockstep=True)
+        victim = await server.connect()
+        # The attacker pipelines pings and never reads a reply: the writer blocks
+        # in send_all, and replies pile up until the 401st kicks it.
+        sent = 0
+        with pytest.raises(trio.BrokenResourceError):
+            while True:
+                await attacker.send_all(PING * 50)
+                sent += 50
+                await victim.ping()  # served throughout
+                conns = server.worker.statistics()
+                assert conns.outbox_replies <= 400  # bounded while it lasts
+                assert sent < 10_000, "never kicked"
+        stats = server.worker.statistics()
+        assert stats.kicks_by_reason == {"send_queue": 1}
+        await victim.ping()
+
+
+async def test_unread_reply_bytes_are_capped() -> None:
+    router = default_router()
+    router.add(100, lambda ctx, p: ctx.reply(100, bytes(20000)), name="big")
+    config = make_config(connection__flood_check=False, connection__max_pending_bytes=100_000)
+    async with serve_in_memory(config, router) as server:
+        attacker = await server.connect_stream(lockstep=True)
+        with pytest.raises(trio.BrokenResourceError):
+            for _ in range(100):
+                await attacker.send_all(encode(100))
+        assert server.worker.statistics().kicks_by_reason == {"send_bytes": 1}
+
+
+async def test_max_connections_then_recycle_delay(autojump_clock: trio.testing.MockClock) -> None:
+    config = make_config(server__max_connections=3, connection__recycle_delay=2.5)
+    async with serve_in_memory(config) as server:
+        clients = [await server.connect() for _ in range(3)]
+        for client in clients:
+            await client.ping()
+        extra = await server.connect()
+        assert await closed_after(extra) == 0  # accepted and closed at once
+        assert server.worker.statistics().connections_refused == 1
+        await clients[0].aclose()
+        await trio.testing.wait_all_tasks_blocked()
+        closed_at = trio.current_time()
+        # the slot rests: a connection made during the rest is refused too
+        await trio.sleep(2.4)
+        early = await server.connect()
+        assert await closed_after(early) == 0
+        # after the delay it is served
+        await trio.sleep(0.1)
+        assert trio.current_time() - closed_at == pytest.approx(2.5)
+        late = await server.connect()
+        await late.ping()
+        assert server.worker.statistics().connections_refused == 2
+
+
+async def test_half_close_gets_every_reply_then_eof() -> None:
+    router = default_router()
+
+    @router.route(100)
+    async def slow(ctx: Context, packet: Packet) -> None:
+        await trio.sleep(0.001)
+        ctx.reply(100, packet.body)
+
+    config = make_config(connection__flood_check=False)
+    async with serve_in_memory(config, router) as server:
+        stream = await server.connect_stream()
+        client = Client(stream)
+        await stream.send_all(b"".join(encode(100, struct.pack(">I", i)) for i in range(100)))
+        await stream.send_eof()  # type: ignore[attr-defined]
+        for i in range(100):
+            assert (await client.receive_packet()).body == struct.pack(">I", i)
+        assert await client.at_eof()
+        assert server.worker.statistics().kicks_by_reason == {}
+
+
+async def test_abrupt_disconnect_with_1000_replies_queued_harms_nothing() -> None:
+    router = default_router()
+    router.add(100, lambda ctx, p: ctx.reply(100, bytes(1000)), name="big")
+    config = make_config(connection__flood_check=False)
+    async with serve_in_memory(config, router) as server:
+        stream = await server.connect_stream(lockstep=True)
+        await stream.send_all(encode(100) * 300)
+        await trio.testing.wait_all_tasks_blocked()
+        await trio.aclose_forcefully(stream)  # vanish with replies queued
+        other = await server.connect()
+        for _ in range(10):
+            await other.ping()
+        await trio.testing.wait_all_tasks_blocked()
+        stats = server.worker.statistics()
+        assert stats.connections_open == 1
+        assert stats.kicks_by_reason == {}
