@@ -3,6 +3,8 @@ max connections, delayed recycle, half-close, abrupt reset."""
 
 from __future__ import annotations
 
+import errno
+import itertools
 import struct
 
 import pytest
@@ -13,6 +15,7 @@ from trioserver.client import Client
 from trioserver.framer import PING, Packet, encode
 from trioserver.handlers import Context, default_router
 from trioserver.testing import serve_in_memory
+from trioserver.worker import Worker
 
 from .conftest import make_config
 
@@ -251,3 +254,44 @@ async def test_abrupt_disconnect_with_1000_replies_queued_harms_nothing() -> Non
         stats = server.worker.statistics()
         assert stats.connections_open == 1
         assert stats.kicks_by_reason == {}
+
+
+class FlakyListener(trio.abc.Listener[trio.abc.Stream]):
+    """Fails ``failures`` accepts with EMFILE, then hands out one memory connection."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.attempts: list[float] = []
+        self.client: trio.abc.Stream | None = None
+        self._done = trio.Event()
+
+    async def accept(self) -> trio.abc.Stream:
+        await trio.lowlevel.checkpoint()
+        self.attempts.append(trio.current_time())
+        if len(self.attempts) <= self.failures:
+            raise OSError(errno.EMFILE, "Too many open files")
+        if self._done.is_set():
+            await trio.sleep_forever()
+        self._done.set()
+        self.client, server = trio.testing.memory_stream_pair()
+        return server
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+async def test_out_of_file_descriptors_backs_off_and_recovers(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    listener = FlakyListener(failures=6)
+    worker = Worker(make_config(), listeners=[listener])
+    async with trio.open_nursery() as nursery:
+        await nursery.start(worker.serve)
+        await listener._done.wait()
+        gaps = [round(b - a, 6) for a, b in itertools.pairwise(listener.attempts)]
+        assert gaps == [0.1, 0.2, 0.4, 0.8, 1.0, 1.0]  # doubling, capped: never a spin
+        assert listener.client is not None
+        await Client(listener.client).ping()  # and it serves once descriptors are back
+        assert worker.statistics().accept_errors == 6
+        worker.stop()
+    assert sum("accept failed (EMFILE)" in r.getMessage() for r in caplog.records) == 6
