@@ -260,7 +260,7 @@ typedef struct {
 
 /* options */
 static int opt_conns = 1, opt_depth = 1, opt_json = 0, opt_idle = 0, opt_idle_ping = 0;
-static int opt_verify = 0;
+static int opt_verify = 0, opt_accounts = 0;
 static double opt_duration = 10, opt_warmup = 0, opt_connect_timeout = 10;
 static long opt_total = 0, opt_nusers = 1000;
 static int opt_port = 10000;
@@ -407,7 +407,7 @@ static void queue_request(conn_t *c, uint64_t t) {
         put16(p, 108);
         put16(p + 2, 5);
         put32(p + 8, 1); /* iType */
-        make_user((char *)p + 12, 56, "r", reg_counter++);
+        make_user((char *)p + 12, 56, opt_accounts ? "u" : "r", reg_counter++);
         p[12 + 55] = 0;
         memcpy(p + 12 + 56, "benchpass", 9);
         put32(p + 4, crc32_buf(p + 8, 100));
@@ -643,11 +643,12 @@ static void connect_all(void) {
 static void usage(void) {
     fprintf(stderr,
             "usage: loadgen -p PORT [-c CONNS] [-d DEPTH] [-t SECONDS] [-w WARMUP] [-m MIX]\n"
-            "               [-N TOTAL] [-i [-P]] [-S SERVER_PID] [-u PREFIX] [-n NUSERS]\n"
+            "               [-N TOTAL | -A] [-i [-P]] [-S SERVER_PID] [-u PREFIX] [-n NUSERS]\n"
             "               [-T CONNECT_TIMEOUT] [-V] [-j]\n"
             "  -m MIX   ping | register | login | custom:CODE:BODYLEN | weighted list,\n"
             "           e.g. ping:80,login:20\n"
             "  -N TOTAL send exactly TOTAL requests then stop (bounded by -t)\n"
+            "  -A       register the NUSERS accounts login uses (PREFIXu0..), then stop\n"
             "  -i       idle mode: hold -c connections open for -t seconds\n"
             "  -P       idle mode: then send one ping per connection and count answers\n"
             "  -S PID   measure this server's CPU (and RSS/fds in idle mode) from /proc\n"
@@ -660,7 +661,7 @@ static void usage(void) {
 
 int main(int argc, char **argv) {
     int opt;
-    while ((opt = getopt(argc, argv, "p:c:d:t:w:m:N:iPS:u:n:T:Vjh")) != -1) {
+    while ((opt = getopt(argc, argv, "p:c:d:t:w:m:N:AiPS:u:n:T:Vjh")) != -1) {
         switch (opt) {
         case 'p': opt_port = atoi(optarg); break;
         case 'c': opt_conns = atoi(optarg); break;
@@ -669,6 +670,7 @@ int main(int argc, char **argv) {
         case 'w': opt_warmup = atof(optarg); break;
         case 'm': opt_mix = optarg; break;
         case 'N': opt_total = atol(optarg); break;
+        case 'A': opt_accounts = 1; break;
         case 'i': opt_idle = 1; break;
         case 'P': opt_idle_ping = 1; break;
         case 'S': server_pid = atol(optarg); break;
@@ -684,6 +686,11 @@ int main(int argc, char **argv) {
         opt_warmup < 0 || opt_nusers < 1 || opt_total < 0 || opt_connect_timeout <= 0)
         usage();
     if (opt_idle) opt_depth = 1;
+    if (opt_accounts) { /* register exactly the names login uses */
+        opt_mix = "register";
+        opt_total = opt_nusers;
+        opt_warmup = 0;
+    }
 
     static char default_prefix[32];
     if (!opt_prefix) {
