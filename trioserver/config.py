@@ -21,6 +21,7 @@ from typing import Any, Final, TypeVar
 import attrs
 
 __all__ = [
+    "AccountsSettings",
     "Address",
     "Config",
     "ConfigError",
@@ -389,6 +390,125 @@ class HttpSettings:
     )
 
 
+def _power_of_two(lo: int, hi: int) -> Parser:
+    check = _int(lo, hi)
+
+    def parse(value: Any) -> int:
+        number: int = check(value)
+        if number & (number - 1):
+            raise ValueError(f"{value!r} is not a power of two")
+        return number
+
+    return parse
+
+
+def _store_url(value: Any) -> str:
+    url = _str(value).strip()
+    if url and not url.startswith(("sqlite:///", "postgresql://", "postgres://", "memory:")):
+        raise ValueError(
+            "expected 'sqlite:///path', 'postgresql://...', 'memory:' or empty "
+            f"(got a URL starting {url.partition(':')[0]!r})"
+        )
+    return url
+
+
+@attrs.frozen
+class AccountsSettings:
+    """``[accounts]``: the account store behind register (5) and login (6) (issue 4)."""
+
+    url: str = setting(
+        "sqlite:///data/accounts.sqlite3",
+        "Where accounts live: 'sqlite:///relative/path', 'sqlite:////absolute/path', "
+        "'postgresql://user@host:port/db' (any libpq URL), 'memory:' (lost at exit, for "
+        "tests) or empty (register and login answer 'server unavailable').",
+        _store_url,
+        why="SQLite needs no setup, so a fresh 'python -m trioserver' keeps real accounts; "
+        "a data directory rather than the working directory keeps the database and its "
+        "WAL files together. Workers on one machine share the file; point every machine "
+        "at one PostgreSQL to scale out.",
+    )
+    pool_size: int = setting(
+        4,
+        "Store connections one worker keeps (SQLite connections or the PostgreSQL pool's "
+        "maximum); as many store calls run at once, each in a thread.",
+        _int(1, 1000),
+        why="Enough to overlap lookups with a commit; small because PostgreSQL's 100 "
+        "connections are shared by every worker on every machine.",
+    )
+    connect_timeout: float = setting(
+        5.0,
+        "Seconds a request waits for a store connection before it gets 'server unavailable'.",
+        _float(0.0, lo_open=True),
+    )
+    retry_interval: float = setting(
+        1.0,
+        "Seconds after a store failure during which requests get 'server unavailable' at "
+        "once; then one request probes the store again.",
+        _float(0.0),
+        why="While the database is down, waiting connect_timeout on every request would "
+        "tie up every handler task; failing fast keeps the worker serving everything else.",
+    )
+    hash: str = setting(
+        "scrypt",
+        "Password hash for new passwords: 'scrypt', or 'insecure-fast' (one salted "
+        "SHA-256: a leaked database falls to brute force at once; for benchmarks only).",
+        _choice("scrypt", "insecure-fast"),
+        why="scrypt is memory-hard and in the standard library. Stored hashes name their "
+        "scheme and parameters, so either kind still verifies after a change, and a login "
+        "re-hashes a password stored with other settings.",
+    )
+    scrypt_n: int = setting(
+        16384,
+        "scrypt cost N (a power of two); memory per hash is 128 x N x r bytes.",
+        _power_of_two(2, 2**20),
+        why="16 MiB and about 50-100 ms per hash with r=8: the scrypt paper's interactive-login "
+        "setting, affordable at hash_threads hashes at once inside a worker's memory budget.",
+    )
+    scrypt_r: int = setting(8, "scrypt block size r.", _int(1, 64), why="The standard value.")
+    scrypt_p: int = setting(1, "scrypt parallelism p.", _int(1, 16), why="The standard value.")
+    hash_threads: int = setting(
+        2,
+        "Password hashes one worker computes at once, each in a thread.",
+        _int(1, 256),
+        why="A hash is pure CPU and runs outside the GIL; with one worker per core, two "
+        "keep a core busy without queueing the event loop behind hashing.",
+    )
+    max_failures_per_name: int = setting(
+        5,
+        "Failed logins a name may take in a burst; further attempts get 'rate limited' "
+        "until the bucket refills (0 = no limit).",
+        _int(0),
+        why="Online guessing gets 5 tries per failure_window per worker, and a locked-out "
+        "owner waits minutes, not forever.",
+    )
+    max_failures_per_address: int = setting(
+        20,
+        "Failed logins one client address may make in a burst (0 = no limit).",
+        _int(0),
+        why="Bounds a client guessing across many names; higher than the per-name limit "
+        "because several people may share one address (NAT).",
+    )
+    max_registrations_per_address: int = setting(
+        20,
+        "Registrations one client address may attempt in a burst (0 = no limit).",
+        _int(0),
+        why="Each registration costs a hash and a durable write; bursts beyond this are "
+        "refused before either.",
+    )
+    failure_window: float = setting(
+        300.0,
+        "Seconds in which an emptied limit refills completely (its tokens return evenly).",
+        _float(0.0, lo_open=True),
+    )
+    limiter_max_keys: int = setting(
+        100_000,
+        "Names and addresses each limiter remembers; beyond it, the least recently seen "
+        "are forgotten.",
+        _int(1),
+        why="Bounds memory (about 200 bytes each) against clients that rotate names or addresses.",
+    )
+
+
 @attrs.frozen
 class LoggingSettings:
     """``[logging]``: where log lines go."""
@@ -411,6 +531,7 @@ SECTIONS: Final[Mapping[str, type]] = {
     "connection": ConnectionSettings,
     "logging": LoggingSettings,
     "http": HttpSettings,
+    "accounts": AccountsSettings,
 }
 
 
@@ -422,6 +543,7 @@ class Config:
     connection: ConnectionSettings = ConnectionSettings()
     logging: LoggingSettings = LoggingSettings()
     http: HttpSettings = HttpSettings()
+    accounts: AccountsSettings = AccountsSettings()
     #: Where it came from, for error messages and reload.
     source: str = "<built-in defaults>"
 

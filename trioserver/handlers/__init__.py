@@ -13,20 +13,35 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..messages import PING_CODE
+from ..messages import LOGIN, LOGIN_BODY_SIZE, PING_CODE, REGISTER, REGISTER_BODY_SIZE
+from .accounts import handle_login, handle_register
 from .context import Context, Handler, Services
 from .ping import handle_ping
 
 if TYPE_CHECKING:
     from ..dispatch import Router
 
-__all__ = ["Context", "Handler", "Services", "default_router", "handle_ping"]
+__all__ = [
+    "Context",
+    "Handler",
+    "Services",
+    "default_router",
+    "handle_login",
+    "handle_ping",
+    "handle_register",
+]
 
 
 def default_router() -> Router:
-    """A router with the built-in handlers: ping (0)."""
+    """A router with the built-in handlers: ping (0), register (5) and login (6).
+
+    Register and login use ``ctx.services.accounts``, which the worker opens from
+    ``[accounts]`` unless given one; without it they answer "server unavailable".
+    """
     from ..dispatch import Router  # dispatch imports this package's context module
 
     router = Router()
     router.add(PING_CODE, handle_ping, body_size=0, name="ping")
+    router.add(REGISTER, handle_register, body_size=REGISTER_BODY_SIZE, name="register")
+    router.add(LOGIN, handle_login, body_size=LOGIN_BODY_SIZE, name="login")
     return router

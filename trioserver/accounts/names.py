@@ -1,0 +1,91 @@
+"""Input rules for names and passwords: which bytes are acceptable, and which names are equal.
+
+Pure functions, no I/O. Both fields arrive as raw bytes (``messages.Credentials``).
+
+- Valid UTF-8, not empty, at most 55 (name) / 39 (password) bytes. The wire
+  fields are 56 and 40 bytes and the original forces a NUL into the last one, so a
+  field whose last byte is not NUL was over-long and *silently cut* by the original;
+  we refuse it instead (``handlers.accounts``), since a cut password is a different one.
+- No control characters (Unicode category Cc) in either. Names also refuse format
+  characters (Cf: zero-width and bidi controls make look-alike names), line and
+  paragraph separators, and leading or trailing white space.
+- Both are normalised to NFC, so the same text typed on systems that compose
+  accents differently (macOS NFD, Windows NFC) is the same name and password.
+- **Names are case-insensitive**: ``Alice``, ``ALICE`` and ``alice`` are one
+  account. The comparison key is ``NFC(casefold(NFC(name)))`` (Unicode full case
+  folding, so ``Straße`` equals ``STRASSE``); the name is stored as first
+  registered and that spelling is what ``ctx.user`` shows. Case-insensitive
+  because two accounts a human cannot tell apart invite impersonation (RFC 8265's
+  UsernameCaseMapped makes the same choice). Passwords are case-sensitive.
+
+Changing these rules orphans accounts whose keys change, so they are not settings.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from typing import Final
+
+import attrs
+
+from ..messages import PASSWORD_FIELD, USERNAME_FIELD
+
+__all__ = [
+    "MAX_NAME_BYTES",
+    "MAX_PASSWORD_BYTES",
+    "InvalidInput",
+    "ValidCredentials",
+    "name_key",
+    "validate",
+]
+
+MAX_NAME_BYTES: Final = USERNAME_FIELD - 1  # 55
+MAX_PASSWORD_BYTES: Final = PASSWORD_FIELD - 1  # 39
+
+_NAME_FORBIDDEN: Final = frozenset({"Cc", "Cf", "Cs", "Co", "Zl", "Zp"})
+_PASSWORD_FORBIDDEN: Final = frozenset({"Cc", "Cs"})
+
+
+class InvalidInput(ValueError):
+    """A name or password breaks the input rules; the message says which rule (never the value)."""
+
+
+@attrs.frozen
+class ValidCredentials:
+    """A name and password that passed the rules, normalised."""
+
+    name: str  #: NFC, as the user typed it
+    key: str  #: the case-folded comparison key the store indexes
+    password: bytes = attrs.field(repr=False)  #: NFC, UTF-8 encoded
+
+
+def name_key(name: str) -> str:
+    """The comparison key of an already valid, NFC name."""
+    return unicodedata.normalize("NFC", name.casefold())
+
+
+def _decode(raw: bytes, what: str, limit: int) -> str:
+    if not raw:
+        raise InvalidInput(f"{what} is empty")
+    if len(raw) > limit:
+        raise InvalidInput(f"{what} is over {limit} bytes")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidInput(f"{what} is not valid UTF-8") from None
+    return unicodedata.normalize("NFC", text)
+
+
+def validate(username: bytes, password: bytes) -> ValidCredentials:
+    """Check both fields and normalise them; ``InvalidInput`` names the broken rule."""
+    name = _decode(username, "name", MAX_NAME_BYTES)
+    if any(unicodedata.category(c) in _NAME_FORBIDDEN for c in name):
+        raise InvalidInput("name contains a control, format or separator character")
+    if name != name.strip():
+        raise InvalidInput("name starts or ends with white space")
+    text = _decode(password, "password", MAX_PASSWORD_BYTES)
+    if any(unicodedata.category(c) in _PASSWORD_FORBIDDEN for c in text):
+        raise InvalidInput("password contains a control character")
+    encoded = text.encode("utf-8")
+    # NFC can lengthen text (rarely); the wire limit applies to what was sent, not this.
+    return ValidCredentials(name, name_key(name), encoded)

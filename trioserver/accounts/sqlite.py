@@ -1,0 +1,250 @@
+"""The SQLite account store: one file under a data directory, shared by a machine's workers.
+
+Durability: the database is in WAL mode with ``synchronous=FULL``, so every commit
+fsyncs the WAL before ``create`` returns, and a registration is acknowledged only
+once it survives a power loss. (``synchronous=NORMAL`` with WAL fsyncs only at
+checkpoints: a commit then survives ``kill -9`` of the process, since the OS has
+the data, but not a power cut or kernel crash. "Acknowledged only after durable"
+needs FULL.)
+
+The cost of FULL is one fsync per commit, so registrations that arrive together
+share one: the first waiting task commits everything queued in one transaction
+(group commit), the others wait for it. Reads (logins) run alongside on their own
+connections, which WAL allows.
+
+Calls run in threads (``trio.to_thread``) behind a capacity limiter of
+``pool_size``; each thread borrows an idle connection, so a connection is used
+by one thread at a time. Workers in other processes write to the same file;
+``busy_timeout`` makes a writer wait for another's commit instead of failing.
+A connection that raised a SQLite error is closed and replaced on the next call,
+and any SQLite error surfaces as :class:`StoreUnavailable`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Final, TypeVar
+
+import attrs
+import trio
+
+from .store import SCHEMA_VERSION, Account, AccountStore, StoreUnavailable
+
+__all__ = ["SQLiteStore"]
+
+log = logging.getLogger("trioserver.accounts")
+
+T = TypeVar("T")
+
+#: Most registrations one group commit takes.
+MAX_BATCH: Final = 256
+
+#: Schema version → the statements that bring the previous version up to it.
+MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
+    1: (
+        """CREATE TABLE trioserver_accounts (
+            name_key      TEXT PRIMARY KEY,
+            name          TEXT NOT NULL,
+            password_hash TEXT NOT NULL,
+            itype         INTEGER NOT NULL DEFAULT 0,
+            created_at    REAL NOT NULL
+        )""",
+    ),
+}
+
+_COLUMNS: Final = "name_key, name, password_hash, itype, created_at"
+
+
+@attrs.define(eq=False)
+class _Insert:
+    account: Account
+    done: bool = False
+    created: bool = False
+    error: StoreUnavailable | None = None
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring the schema up to SCHEMA_VERSION; BEGIN IMMEDIATE serialises racing workers."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("CREATE TABLE IF NOT EXISTS trioserver_schema (version INTEGER NOT NULL)")
+        (current,) = conn.execute(
+            "SELECT coalesce(max(version), 0) FROM trioserver_schema"
+        ).fetchone()
+        if current > SCHEMA_VERSION:
+            raise StoreUnavailable(
+                f"the database has schema version {current}, newer than this trioserver's "
+                f"{SCHEMA_VERSION}: upgrade trioserver"
+            )
+        for version in range(current + 1, SCHEMA_VERSION + 1):
+            for statement in MIGRATIONS[version]:
+                conn.execute(statement)
+            conn.execute("INSERT INTO trioserver_schema (version) VALUES (?)", (version,))
+            log.info("account store: migrated the SQLite schema to version %d", version)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def _insert_many(conn: sqlite3.Connection, accounts: Sequence[Account]) -> list[bool]:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        created = [
+            conn.execute(
+                f"INSERT INTO trioserver_accounts ({_COLUMNS}) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (name_key) DO NOTHING",
+                (a.key, a.name, a.password_hash, a.itype, a.created_at),
+            ).rowcount
+            == 1
+            for a in accounts
+        ]
+        conn.execute("COMMIT")  # with synchronous=FULL, returns once the WAL is fsynced
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return created
+
+
+def _get(conn: sqlite3.Connection, key: str) -> Account | None:
+    row = conn.execute(
+        f"SELECT {_COLUMNS} FROM trioserver_accounts WHERE name_key = ?", (key,)
+    ).fetchone()
+    return None if row is None else Account(*row)
+
+
+def _set_hash(conn: sqlite3.Connection, key: str, old: str, new: str) -> bool:
+    cursor = conn.execute(
+        "UPDATE trioserver_accounts SET password_hash = ? WHERE name_key = ? AND password_hash = ?",
+        (new, key, old),
+    )
+    return cursor.rowcount == 1
+
+
+class SQLiteStore(AccountStore):
+    """Accounts in the SQLite file ``path`` (see the module docstring)."""
+
+    def __init__(self, path: Path, *, pool_size: int = 4, busy_timeout: float = 5.0) -> None:
+        self.path = Path(path)
+        self.description = f"sqlite:{self.path}"
+        self._busy_timeout = busy_timeout
+        self._limiter = trio.CapacityLimiter(pool_size)
+        self._idle: list[sqlite3.Connection] = []
+        self._migrated = False
+        self._queue: list[_Insert] = []
+        self._committing = False
+        self._committed = trio.Event()
+        self._closed = False
+
+    # -- threads ---------------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(
+            self.path,
+            timeout=self._busy_timeout,
+            isolation_level=None,  # we issue BEGIN/COMMIT ourselves
+            check_same_thread=False,  # used by one thread at a time, not always the same one
+        )
+        try:
+            (mode,) = conn.execute("PRAGMA journal_mode=WAL").fetchone()
+            if mode != "wal":
+                raise StoreUnavailable(f"{self.path}: cannot use WAL mode (got {mode!r})")
+            conn.execute("PRAGMA synchronous=FULL")
+            if not self._migrated:
+                _migrate(conn)
+                self._migrated = True
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _in_thread(self, call: Callable[..., T], *args: object) -> T:
+        if self._closed:
+            raise StoreUnavailable("the account store is closed")
+        try:
+            conn = self._idle.pop()  # list.pop is atomic: no two threads get one connection
+        except IndexError:
+            conn = None
+        try:
+            if conn is None:
+                conn = self._connect()
+            result = call(conn, *args)
+        except (sqlite3.Error, OSError) as exc:
+            if conn is not None:
+                conn.close()  # it may be in a bad state; the next call opens a fresh one
+            raise StoreUnavailable(f"SQLite {self.path}: {exc}") from exc
+        except BaseException:
+            if conn is not None:
+                conn.close()
+            raise
+        if self._closed:
+            conn.close()
+        else:
+            self._idle.append(conn)
+        return result
+
+    async def _run(self, call: Callable[..., T], *args: object) -> T:
+        return await trio.to_thread.run_sync(self._in_thread, call, *args, limiter=self._limiter)
+
+    # -- the interface ---------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Nothing to do: the file is opened (and created) on first use."""
+        await trio.lowlevel.checkpoint()
+
+    async def create(self, account: Account) -> bool:
+        """Queue ``account`` for the next group commit; return once that commit is durable."""
+        pending = _Insert(account)
+        self._queue.append(pending)
+        while not pending.done:
+            if self._committing:
+                await self._committed.wait()
+                continue
+            batch = self._queue[:MAX_BATCH]
+            del self._queue[:MAX_BATCH]
+            self._committing = True
+            try:
+                created = await self._run(_insert_many, [p.account for p in batch])
+            except StoreUnavailable as exc:
+                for p in batch:
+                    p.error = exc
+            except BaseException:
+                # Cancelled before a thread took the batch (or a bug): nothing is committed.
+                error = StoreUnavailable("the commit was abandoned")
+                for p in batch:
+                    p.error = error
+                raise
+            else:
+                for p, ok in zip(batch, created, strict=True):
+                    p.created = ok
+            finally:
+                for p in batch:
+                    p.done = True
+                self._committing = False
+                self._committed.set()
+                self._committed = trio.Event()
+        if pending.error is not None:
+            raise pending.error
+        return pending.created
+
+    async def get(self, key: str) -> Account | None:
+        return await self._run(_get, key)
+
+    async def set_password_hash(self, key: str, old: str, new: str) -> bool:
+        return await self._run(_set_hash, key, old, new)
+
+    async def aclose(self) -> None:
+        self._closed = True
+        idle, self._idle = self._idle, []
+
+        def close_all() -> None:
+            for conn in idle:
+                conn.close()
+
+        await trio.to_thread.run_sync(close_all)

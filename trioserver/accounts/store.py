@@ -1,0 +1,143 @@
+"""The account-store interface, its records and errors, and the URL that picks a backend.
+
+A store keeps one row per account, keyed by the case-folded name key
+(``names.name_key``). It knows nothing about passwords beyond the opaque hash
+string. Every backend method is async and must not block the event loop (the
+SQLite and PostgreSQL backends run their calls in threads behind a capacity
+limiter). Any failure of the store itself (database down, disk full, timeout)
+is raised as :class:`StoreUnavailable`; callers answer "server unavailable".
+
+Backends: ``sqlite:///path`` (:mod:`.sqlite`), ``postgresql://...``
+(:mod:`.postgres`), ``memory:`` (:class:`MemoryStore`, for tests).
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from pathlib import Path
+from typing import Final
+
+import attrs
+import trio
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "Account",
+    "AccountStore",
+    "MemoryStore",
+    "StoreUnavailable",
+    "open_store",
+    "redact_url",
+]
+
+#: The schema version this code writes; backends migrate older databases up to it at start.
+SCHEMA_VERSION: Final = 1
+
+
+class StoreUnavailable(Exception):
+    """The account store could not do its job (down, full, timed out); retry later."""
+
+
+@attrs.frozen
+class Account:
+    """One stored account."""
+
+    key: str  #: the comparison key (case-folded name); unique
+    name: str  #: the name as registered
+    password_hash: str = attrs.field(repr=False)
+    itype: int = 0  #: the register request's iType, kept for applications
+    created_at: float = attrs.Factory(time.time)
+
+
+class AccountStore(abc.ABC):
+    """Where accounts live. One instance per worker; safe for concurrent use by its tasks."""
+
+    #: A short description for logs (no credentials).
+    description: str = ""
+
+    @abc.abstractmethod
+    async def create(self, account: Account) -> bool:
+        """Insert ``account`` durably; False if its key is taken. Returns only once durable."""
+
+    @abc.abstractmethod
+    async def get(self, key: str) -> Account | None:
+        """The account with this key, or None."""
+
+    @abc.abstractmethod
+    async def set_password_hash(self, key: str, old: str, new: str) -> bool:
+        """Replace the hash if it is still ``old`` (re-hashing on login); False otherwise."""
+
+    async def open(self) -> None:  # noqa: B027 - optional hook
+        """Start connecting in the background (never fails: the store may come up later)."""
+
+    @abc.abstractmethod
+    async def aclose(self) -> None:
+        """Release connections and threads."""
+
+
+@attrs.define(eq=False)
+class MemoryStore(AccountStore):
+    """A store in a dict: nothing survives the process. For tests and embedding."""
+
+    description: str = "memory"
+    accounts: dict[str, Account] = attrs.Factory(dict)
+
+    async def create(self, account: Account) -> bool:
+        await trio.lowlevel.checkpoint()
+        if account.key in self.accounts:
+            return False
+        self.accounts[account.key] = account
+        return True
+
+    async def get(self, key: str) -> Account | None:
+        await trio.lowlevel.checkpoint()
+        return self.accounts.get(key)
+
+    async def set_password_hash(self, key: str, old: str, new: str) -> bool:
+        await trio.lowlevel.checkpoint()
+        account = self.accounts.get(key)
+        if account is None or account.password_hash != old:
+            return False
+        self.accounts[key] = attrs.evolve(account, password_hash=new)
+        return True
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (for logs)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    userinfo, at, host = rest.rpartition("@")
+    if not at or ":" not in userinfo:
+        return url
+    return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{host}"
+
+
+def sqlite_path(url: str) -> Path:
+    """The file a ``sqlite:///relative`` or ``sqlite:////absolute`` URL names."""
+    path = url.removeprefix("sqlite://")
+    if not path.startswith("/") or path == "/":
+        raise ValueError(f"{url!r}: expected 'sqlite:///relative/path' or 'sqlite:////absolute'")
+    return Path(path[1:])
+
+
+def open_store(url: str, *, pool_size: int = 4, connect_timeout: float = 5.0) -> AccountStore:
+    """The store ``url`` names (not yet connected); ``ValueError`` for a URL it cannot serve."""
+    if url in ("memory:", "memory://"):
+        return MemoryStore()
+    if url.startswith("sqlite:"):
+        from .sqlite import SQLiteStore
+
+        return SQLiteStore(sqlite_path(url), pool_size=pool_size, busy_timeout=connect_timeout)
+    if url.startswith(("postgresql:", "postgres:")):
+        from .postgres import PostgresStore
+
+        return PostgresStore(url, pool_size=pool_size, connect_timeout=connect_timeout)
+    raise ValueError(
+        f"account store URL {redact_url(url)!r}: "
+        "expected sqlite:///..., postgresql://... or memory:"
+    )
