@@ -444,10 +444,11 @@ static void close_conn(conn_t *c) {
     c->out_off = c->out_len = 0;
 }
 
-static void set_events(conn_t *c, int idx, bool want_out) {
-    if (c->want_out == want_out) return;
-    struct epoll_event ev = {.events = EPOLLIN | (want_out ? EPOLLOUT : 0), .data.u32 = (uint32_t)idx};
-    epoll_ctl(epfd, EPOLL_CTL_MOD, c->fd, &ev);
+/* Sockets are registered once, edge-triggered, for both directions (no
+ * epoll_ctl per blocked send): want_out only records that a send hit EAGAIN,
+ * so the next EPOLLOUT edge resumes it. */
+static inline void set_events(conn_t *c, int idx, bool want_out) {
+    (void)idx;
     c->want_out = want_out;
 }
 
@@ -477,33 +478,17 @@ static void flush(conn_t *c, int idx) {
 static const uint16_t expect_code[4] = {0, 5, 6, 0};
 static const uint16_t expect_len[4] = {8, 108, 104, 0};
 
-/* Read once and handle every whole reply in what arrived. */
-static void on_readable(conn_t *c, int idx) {
-    uint32_t have = c->part_len;
-    if (have) memcpy(rbuf, c->part, have);
-    ssize_t n = recv(c->fd, rbuf + have, RBUF_SIZE - have, 0);
-    if (n == 0) {
-        closed_by_server++;
-        close_conn(c);
-        return;
-    }
-    if (n < 0) {
-        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return;
-        if (errno == ECONNRESET) reset_by_server++;
-        else send_errors++;
-        close_conn(c);
-        return;
-    }
-    uint64_t t = now_ns();
-    if (measuring) m_reads++;
-    size_t avail = have + (size_t)n, pos = 0;
+/* Handle every whole reply in rbuf[0, avail); keep the partial tail. Returns
+ * false if the connection was closed. */
+static bool parse_replies(conn_t *c, size_t avail, uint64_t t) {
+    size_t pos = 0;
     while (avail - pos >= 8) {
         const uint8_t *p = rbuf + pos;
         uint16_t plen = get16(p);
         if (plen < 8 || plen > MAX_PKG) { /* framing lost: give up on this connection */
             m_bad_reply++;
             close_conn(c);
-            return;
+            return false;
         }
         if (avail - pos < plen) break;
         uint16_t code = get16(p + 2);
@@ -545,6 +530,35 @@ static void on_readable(conn_t *c, int idx) {
         memmove(c->part, rbuf + pos, left);
     }
     c->part_len = left;
+    return true;
+}
+
+/* Edge-triggered: read until a short read (the socket is drained; more data
+ * makes a new edge), handling every whole reply, then send what they queued
+ * in one write. */
+static void on_readable(conn_t *c, int idx) {
+    for (;;) {
+        uint32_t have = c->part_len;
+        if (have) memcpy(rbuf, c->part, have);
+        size_t space = RBUF_SIZE - have;
+        ssize_t n = recv(c->fd, rbuf + have, space, 0);
+        if (n == 0) {
+            closed_by_server++;
+            close_conn(c);
+            return;
+        }
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+            if (errno == ECONNRESET) reset_by_server++;
+            else send_errors++;
+            close_conn(c);
+            return;
+        }
+        if (measuring) m_reads++;
+        if (!parse_replies(c, have + (size_t)n, now_ns())) return;
+        if ((size_t)n < space) break;
+    }
     if (c->out_len > c->out_off && !c->want_out) flush(c, idx);
 }
 
@@ -573,9 +587,9 @@ static void start_connect(int idx) {
     }
     c->state = C_CONNECTING;
     connecting_now++;
-    struct epoll_event ev = {.events = EPOLLOUT, .data.u32 = (uint32_t)idx};
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLET, .data.u32 = (uint32_t)idx};
     epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev);
-    c->want_out = true;
+    c->want_out = false;
 }
 
 static void on_connected(conn_t *c, int idx) {
@@ -591,8 +605,7 @@ static void on_connected(conn_t *c, int idx) {
     }
     c->state = C_UP;
     live_conns++;
-    c->want_out = true; /* force the MOD below */
-    set_events(c, idx, false);
+    (void)idx;
 }
 
 /* One epoll_wait round; timeout_ms bounded by the caller. */
