@@ -7,9 +7,13 @@ With no command it serves on the built-in defaults (binary protocol on
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
+import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from . import __version__
 from .config import Config, ConfigError, describe_settings, load_config, parse_address
@@ -19,7 +23,7 @@ __all__ = ["main"]
 
 log = logging.getLogger("trioserver")
 
-COMMANDS = ("serve", "client", "check-config", "settings")
+COMMANDS = ("serve", "stop", "reload", "status", "client", "check-config", "settings")
 
 
 def _config_args(parser: argparse.ArgumentParser) -> None:
@@ -49,8 +53,47 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"trioserver {__version__}")
     sub = parser.add_subparsers(dest="command")
 
-    serve = sub.add_parser("serve", help="run the server in the foreground (the default)")
+    serve = sub.add_parser("serve", help="run the server (the default)")
     _config_args(serve)
+    serve.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="worker processes (0: one per CPU); same as --set master.workers=N",
+    )
+    serve.add_argument(
+        "--daemon", action="store_true", help="detach from the terminal (needs a pidfile)"
+    )
+    serve.add_argument("--pidfile", metavar="FILE", help="same as --set master.pidfile=FILE")
+    serve.add_argument(
+        "--app",
+        metavar="MODULE:FUNCTION",
+        help="application: a function returning a Router; same as --set master.app=...",
+    )
+    serve.add_argument(
+        "--no-master",
+        action="store_true",
+        help="run one worker in this process, without a master (for debugging)",
+    )
+
+    for name, text in (
+        ("stop", "stop a running server (SIGTERM: it drains) and wait until it is gone"),
+        ("reload", "reload a running server's config (SIGHUP): new workers, then old ones retire"),
+        ("status", "show a running server's master and workers with their ages"),
+    ):
+        control = sub.add_parser(name, help=text)
+        control.add_argument(
+            "-c", "--config", metavar="FILE", help="TOML config naming the pidfile"
+        )
+        control.add_argument("--set", dest="overrides", action="append", default=[])
+        control.add_argument("--pidfile", metavar="FILE", help="the server's pidfile")
+        if name == "stop":
+            control.add_argument(
+                "--fast", action="store_true", help="SIGQUIT: close connections now"
+            )
+            control.add_argument(
+                "--timeout", type=float, default=60.0, help="seconds to wait (default 60)"
+            )
 
     check = sub.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("file", help="TOML config file")
@@ -75,20 +118,68 @@ def _load(args: argparse.Namespace) -> Config:
     if getattr(args, "listen", None):
         quoted = ", ".join(f'"{a}"' for a in args.listen)
         overrides.append(f"server.listen=[{quoted}]")
+    if getattr(args, "workers", None) is not None:
+        overrides.append(f"master.workers={args.workers}")
+    if getattr(args, "daemon", False):
+        overrides.append("master.daemon=true")
+    for option in ("pidfile", "app"):
+        if getattr(args, option, None):
+            overrides.append(f"master.{option}={json.dumps(getattr(args, option))}")
     return load_config(args.config, tuple(overrides))
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .worker import run_worker
-
+    if args.config:
+        # Absolute: a daemon changes to / and reloads (SIGHUP) read the file again.
+        args.config = os.path.abspath(args.config)
     config = _load(args)
     configure_logging(config.logging)
     log.info("trioserver %s starting (config: %s)", __version__, config.source)
+    if not args.no_master:
+        from .master import serve
+
+        if config.master.daemon and config.logging.file is None:
+            log.warning("daemon mode with logging.file unset: log lines go to /dev/null")
+        return serve(config, lambda: _load(args))
+
+    from .child import load_router
+    from .worker import run_worker
+
     try:
-        run_worker(config)
+        run_worker(config, load_router(config.master.app))
     except OSError as exc:
         log.error("cannot serve: %s", exc)
         return 1
+    return 0
+
+
+def _control(args: argparse.Namespace) -> int:
+    from . import control
+
+    if args.pidfile:
+        path = Path(args.pidfile)
+    else:
+        config = load_config(args.config, tuple(args.overrides))
+        if config.master.pidfile is None:
+            print(
+                "error: no pidfile to find the server by: pass --pidfile, or -c with a "
+                "config that sets master.pidfile",
+                file=sys.stderr,
+            )
+            return 2
+        path = config.master.pidfile
+    try:
+        if args.command == "status":
+            print(control.status(path))
+        elif args.command == "reload":
+            pid = control.send(path, signal.SIGHUP)
+            print(f"reload signalled to pid {pid}")
+        else:
+            pid = control.stop(path, fast=args.fast, timeout=args.timeout)
+            print(f"stopped pid {pid}")
+    except control.ControlError as exc:
+        print(f"trioserver: {exc}", file=sys.stderr)
+        return 3 if args.command == "status" else 1
     return 0
 
 
@@ -125,6 +216,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return _serve(args)
+        if args.command in ("stop", "reload", "status"):
+            return _control(args)
         if args.command == "check-config":
             config = load_config(args.file, tuple(args.overrides))
             print(f"{config.source}: ok")

@@ -28,6 +28,7 @@ __all__ = [
     "ConnectionSettings",
     "HttpSettings",
     "LoggingSettings",
+    "MasterSettings",
     "ServerSettings",
     "describe_settings",
     "load_config",
@@ -526,12 +527,92 @@ class LoggingSettings:
     json: bool = setting(False, "Write one JSON object per line.", _bool)
 
 
+def _app_spec(value: Any) -> str:
+    text = _str(value).strip()
+    if text:
+        module, sep, attr = text.partition(":")
+        if not sep or not module or not attr:
+            raise ValueError(f"{text!r} is not 'module:function' (for example 'myapp:make_router')")
+    return text
+
+
+@attrs.frozen
+class MasterSettings:
+    """``[master]``: the prefork master: worker processes, stop, reload, daemon mode."""
+
+    workers: int = setting(
+        0,
+        "Worker processes; 0 means one per CPU the server may run on.",
+        _int(0, 1024),
+        why="Each worker is one trio loop on one core, and the kernel spreads new "
+        "connections over the workers' SO_REUSEPORT sockets: one per core uses every core.",
+    )
+    app: str = setting(
+        "",
+        "Application served by the workers: 'module:function' returning a Router (or "
+        "'module:name' of a Router); empty serves the built-in handlers.",
+        _app_spec,
+        why="Imported in each worker after the fork, never in the master, so a reload "
+        "(SIGHUP) starts workers on the code as it is on disk now.",
+    )
+    graceful_timeout: float = setting(
+        30.0,
+        "Seconds a stopping or retiring worker may take before the master kills it (SIGKILL).",
+        _float(0.0),
+        why="A backstop: the worker itself closes what is left after server.drain_timeout; "
+        "this only catches a worker that cannot finish (gunicorn's default).",
+    )
+    boot_timeout: float = setting(
+        30.0,
+        "Seconds a new worker has to start serving; a slower one has failed to boot.",
+        _float(0.0, lo_open=True),
+        why="Loading the application and opening the account store normally take well "
+        "under a second; a worker still not serving after this is stuck.",
+    )
+    liveness_timeout: float = setting(
+        30.0,
+        "Seconds without a heartbeat after which a worker's event loop counts as stuck: "
+        "the worker is killed and replaced. Workers beat every half of this.",
+        _float(0.0, lo_open=True),
+        why="A handler that blocks the loop (a blocking call instead of trio.to_thread) "
+        "stalls every connection of that worker; 30 s rides out a long GC pause or swap.",
+    )
+    crash_limit: int = setting(
+        5,
+        "Unexpected worker exits within crash_window that stop the server instead of "
+        "another respawn.",
+        _int(1),
+        why="A worker that dies again at once is a bug or a broken host; restarting it "
+        "forever only fills the log.",
+    )
+    crash_window: float = setting(
+        60.0,
+        "Seconds over which crash_limit is counted.",
+        _float(0.0, lo_open=True),
+    )
+    daemon: bool = setting(
+        False,
+        "Detach from the terminal (double fork, new session, standard streams to /dev/null); "
+        "needs a pidfile.",
+        _bool,
+        why="Off: service managers (systemd, containers) want a foreground process.",
+    )
+    pidfile: Path | None = setting(
+        None,
+        "File holding the master's pid, written at start and removed at exit; "
+        "'stop', 'reload' and 'status' find the server through it. Empty: none.",
+        _optional_path,
+        why="A second server with the same pidfile refuses to start while the first lives.",
+    )
+
+
 SECTIONS: Final[Mapping[str, type]] = {
     "server": ServerSettings,
     "connection": ConnectionSettings,
     "logging": LoggingSettings,
     "http": HttpSettings,
     "accounts": AccountsSettings,
+    "master": MasterSettings,
 }
 
 
@@ -544,6 +625,7 @@ class Config:
     logging: LoggingSettings = LoggingSettings()
     http: HttpSettings = HttpSettings()
     accounts: AccountsSettings = AccountsSettings()
+    master: MasterSettings = MasterSettings()
     #: Where it came from, for error messages and reload.
     source: str = "<built-in defaults>"
 

@@ -14,7 +14,7 @@ import time
 
 from .config import LoggingSettings
 
-__all__ = ["configure_logging", "set_role"]
+__all__ = ["configure_logging", "reopen_logs", "set_role"]
 
 _role = "server"
 
@@ -74,3 +74,13 @@ def configure_logging(settings: LoggingSettings) -> logging.Handler:
     logger.setLevel(settings.level.upper())
     logger.propagate = False
     return handler
+
+
+def reopen_logs() -> None:
+    """Reopen our log file at its path (SIGUSR1, after logrotate moved the old one away)."""
+    for handler in logging.getLogger("trioserver").handlers:
+        if getattr(handler, "_trioserver", False) and isinstance(handler, logging.FileHandler):
+            stream = open(handler.baseFilename, handler.mode, encoding=handler.encoding)  # noqa: SIM115
+            old = handler.setStream(stream)  # type: ignore[arg-type]
+            if old is not None:
+                old.close()

@@ -1,0 +1,106 @@
+"""A fake :class:`trioserver.procs.System`: fake pids, a fake clock, scripted exits and beats.
+
+Tests drive a real :class:`~trioserver.master.Master` through it: ``fake.ready(pid)``
+delivers a READY message, ``fake.exit(pid, code)`` queues an exit and a SIGCHLD,
+and ``fake.wait(timeout)`` advances the clock by ``timeout`` when nothing is
+queued, so deadlines pass in virtual time.
+"""
+
+from __future__ import annotations
+
+import collections
+import signal
+
+import attrs
+
+from trioserver.config import Config
+from trioserver.procs import (
+    HEARTBEAT,
+    READY,
+    Event,
+    Exited,
+    SignalReceived,
+    WorkerMessage,
+    WorkerSpec,
+)
+
+
+@attrs.define
+class Spawned:
+    pid: int
+    spec: WorkerSpec
+    alive: bool = True
+
+
+class FakeSystem:
+    def __init__(self) -> None:
+        self.clock = 1000.0
+        self.spawned: list[Spawned] = []
+        self.kills: list[tuple[int, signal.Signals]] = []
+        self.prepared: list[tuple[Config, int]] = []
+        self.released: list[Config] = []
+        self.fail_prepare: OSError | None = None
+        self.fail_spawn: OSError | None = None
+        self._events: collections.deque[Event] = collections.deque()
+        self._exits: list[Exited] = []
+        self._next_pid = 100
+
+    # -- System ------------------------------------------------------------------------
+
+    def now(self) -> float:
+        return self.clock
+
+    def prepare(self, config: Config, workers: int) -> None:
+        if self.fail_prepare is not None:
+            raise self.fail_prepare
+        self.prepared.append((config, workers))
+
+    def release(self, config: Config) -> None:
+        self.released.append(config)
+
+    def spawn(self, spec: WorkerSpec) -> int:
+        if self.fail_spawn is not None:
+            raise self.fail_spawn
+        self._next_pid += 1
+        self.spawned.append(Spawned(self._next_pid, spec))
+        return self._next_pid
+
+    def kill(self, pid: int, signum: int) -> None:
+        self.kills.append((pid, signal.Signals(signum)))
+
+    def reap(self) -> list[Exited]:
+        exits, self._exits = self._exits, []
+        return exits
+
+    def wait(self, timeout: float | None) -> list[Event]:
+        if self._events:
+            events = list(self._events)
+            self._events.clear()
+            return events
+        assert timeout is not None, "the master would wait forever: nothing is scheduled"
+        self.clock += timeout
+        return []
+
+    # -- scripting ---------------------------------------------------------------------
+
+    def signal(self, signum: int) -> None:
+        self._events.append(SignalReceived(signum))
+
+    def ready(self, pid: int) -> None:
+        self._events.append(WorkerMessage(pid, READY))
+
+    def beat(self, pid: int) -> None:
+        self._events.append(WorkerMessage(pid, HEARTBEAT))
+
+    def exit(self, pid: int, returncode: int, unread: bytes = b"") -> None:
+        for child in self.spawned:
+            if child.pid == pid:
+                child.alive = False
+        self._exits.append(Exited(pid, returncode, unread))
+        self._events.append(SignalReceived(signal.SIGCHLD))
+
+    def alive(self) -> list[Spawned]:
+        return [child for child in self.spawned if child.alive]
+
+    def kills_of(self, pid: int) -> list[signal.Signals]:
+        return [sig for p, sig in self.kills if p == pid]

@@ -1,0 +1,274 @@
+"""A worker process: what runs in the child after the master forks it.
+
+::
+
+    after fork: title, log role, parent-death signal, load the application
+    trio.run
+    └─ nursery
+       ├─ signals: TERM → retire (hand over, then drain)   INT/QUIT → stop now   USR1 → reopen logs
+       ├─ worker.serve                              (READY goes to the master once it serves)
+       └─ heartbeat: a byte to the master every liveness_timeout / 2
+
+The pipe to the master carries single bytes (``READY``, ``HEARTBEAT``). Its
+write failing with EPIPE means the master is gone, as does ``getppid()``
+changing; ``PR_SET_PDEATHSIG`` makes the kernel tell us at once on Linux. Either
+way the worker drains and exits: no worker outlives its master.
+
+Retiring (SIGTERM from a reload or a graceful stop) first stops accepting, while
+the slot's listening socket stays open in the master and the new worker (see
+:mod:`trioserver.procs`), then gives connections accepted a moment ago
+``FIRST_REQUEST_GRACE`` to deliver their first request, and only then drains:
+the drain stops reading at once, and a request already sent but not yet read
+would otherwise be lost (and its connection reset).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib
+import logging
+import math
+import os
+import signal
+import sys
+from typing import Any, Final
+
+import trio
+
+from .config import Config
+from .dispatch import Router
+from .handlers import default_router
+from .logs import configure_logging, reopen_logs, set_role
+from .procs import HEARTBEAT, READY, ChildSetup, set_title
+from .worker import Worker
+
+__all__ = ["FIRST_REQUEST_GRACE", "HandoverListener", "load_router", "run_child"]
+
+log = logging.getLogger("trioserver.worker")
+
+#: Exit codes a worker process uses; anything before READY is a boot failure anyway.
+EXIT_OK: Final = 0
+EXIT_CRASHED: Final = 1
+EXIT_BOOT_FAILED: Final = 3
+
+#: Seconds a connection accepted just before a retire has to deliver its first request.
+FIRST_REQUEST_GRACE: Final = 0.2
+
+_PR_SET_PDEATHSIG: Final = 1
+
+
+def load_router(spec: str) -> Router:
+    """The application's Router from ``'module:function'`` (or ``'module:router'``).
+
+    Empty means the built-in handlers. Errors name the spec and what was found.
+    """
+    if not spec:
+        return default_router()
+    module_name, _, attr_path = spec.partition(":")
+    module = importlib.import_module(module_name)
+    obj: Any = module
+    for part in attr_path.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise AttributeError(
+                f"application {spec!r}: {module_name} has no {attr_path!r}"
+            ) from None
+    if not isinstance(obj, Router) and callable(obj):
+        obj = obj()
+    if not isinstance(obj, Router):
+        raise TypeError(f"application {spec!r} must be a Router or return one, got {obj!r}")
+    return obj
+
+
+class HandoverListener(trio.abc.Listener[trio.SocketStream]):
+    """A socket listener that can stop accepting without closing the shared socket's queue.
+
+    ``stop_accepting()`` closes only this process's copy of the listening socket;
+    connections the kernel queued on it are accepted by the other process of the
+    same slot. ``last_accept`` is trio time of the latest accept.
+    """
+
+    def __init__(self, sock: trio.socket.SocketType) -> None:
+        self._listener = trio.SocketListener(sock)
+        self._scope: trio.CancelScope | None = None
+        self._accepting = True
+        self.last_accept = -math.inf
+
+    @property
+    def socket(self) -> trio.socket.SocketType:
+        return self._listener.socket
+
+    async def accept(self) -> trio.SocketStream:
+        if self._accepting:
+            with trio.CancelScope() as self._scope:
+                stream = await self._listener.accept()
+                self.last_accept = trio.current_time()
+                return stream
+        self._listener.socket.close()
+        await trio.sleep_forever()
+
+    def stop_accepting(self) -> None:
+        self._accepting = False
+        if self._scope is not None:
+            self._scope.cancel()
+
+    async def aclose(self) -> None:
+        self._listener.socket.close()
+        await trio.lowlevel.checkpoint()
+
+
+class _MasterPipe:
+    """The write end of the pipe to the master; False from ``send`` means the master is gone."""
+
+    def __init__(self, fd: int, master_pid: int) -> None:
+        self._fd = fd
+        self._master_pid = master_pid
+        os.set_blocking(fd, False)
+
+    def send(self, data: bytes) -> bool:
+        if os.getppid() != self._master_pid:
+            return False
+        try:
+            os.write(self._fd, data)
+        except BlockingIOError:
+            pass  # the master is busy; the pipe holds thousands of beats
+        except (BrokenPipeError, OSError):
+            return False
+        return True
+
+
+class _WorkerProcess:
+    """One worker process's control tasks around :class:`Worker`."""
+
+    def __init__(self, setup: ChildSetup, router: Router) -> None:
+        self.setup = setup
+        self.index = setup.spec.index
+        self.config: Config = setup.spec.config
+        self.listeners = [
+            HandoverListener(trio.socket.from_stdlib_socket(sock)) for sock in setup.listeners
+        ]
+        self.worker = Worker(self.config, router, listeners=self.listeners, index=self.index)
+        self.pipe = _MasterPipe(setup.pipe, setup.master_pid)
+        self.ready = False
+        self._retiring = False
+
+    async def main(self) -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self._signals)
+            await nursery.start(self._serve, nursery.cancel_scope)
+            self.ready = True
+            log.info(
+                "worker %d ready on %s",
+                self.index,
+                ", ".join(_name(listener) for listener in self.listeners) or "no listener",
+            )
+            if not self.pipe.send(READY):
+                self._master_gone(nursery)
+            nursery.start_soon(self._heartbeat, nursery)
+
+    async def _serve(self, done: trio.CancelScope, *, task_status: trio.TaskStatus[Worker]) -> None:
+        try:
+            await self.worker.serve(task_status=task_status)
+        finally:
+            done.cancel()  # drained: the signal and heartbeat tasks end too
+
+    async def _signals(self, *, task_status: trio.TaskStatus[None]) -> None:
+        wanted = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1)
+        with trio.open_signal_receiver(*wanted) as signals:
+            task_status.started()
+            async with trio.open_nursery() as nursery:
+                async for signum in signals:
+                    if signum == signal.SIGUSR1:
+                        reopen_logs()
+                        log.info("SIGUSR1: log files reopened")
+                    elif signum == signal.SIGTERM and not self._retiring:
+                        nursery.start_soon(self.retire, "SIGTERM")
+                    else:
+                        log.info("%s: stopping now", signal.Signals(signum).name)
+                        self.worker.stop(grace=0)
+
+    async def retire(self, why: str) -> None:
+        """Hand the slot over, let new connections speak, then drain (see module docstring)."""
+        if self._retiring:
+            return
+        self._retiring = True
+        set_title(f"trioserver: worker {self.index} (stopping)")
+        for listener in self.listeners:
+            listener.stop_accepting()
+        latest = max((listener.last_accept for listener in self.listeners), default=-math.inf)
+        await trio.sleep_until(latest + FIRST_REQUEST_GRACE)
+        master = self.config.master
+        grace = min(self.config.server.drain_timeout, master.graceful_timeout)
+        log.info("%s: draining (up to %.1f s)", why, grace)
+        self.worker.stop(grace=grace)
+
+    async def _heartbeat(self, nursery: trio.Nursery) -> None:
+        interval = self.config.master.liveness_timeout / 2
+        while True:
+            await trio.sleep(interval)
+            if not self.pipe.send(HEARTBEAT):
+                self._master_gone(nursery)
+                return
+
+    def _master_gone(self, nursery: trio.Nursery) -> None:
+        log.warning("worker %d: the master is gone; draining and exiting", self.index)
+        nursery.start_soon(self.retire, "master gone")
+
+
+def _name(listener: HandoverListener) -> str:
+    host, port = listener.socket.getsockname()[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to send SIGTERM when the master dies (elsewhere the heartbeat notices)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    except (OSError, AttributeError):  # pragma: no cover - no prctl: the heartbeat covers it
+        pass
+
+
+def run_child(setup: ChildSetup) -> int:
+    """Run one worker process to its end; return its exit code (3: failed to boot)."""
+    spec = setup.spec
+    set_role(f"worker {spec.index}")
+    set_title(f"trioserver: worker {spec.index}")
+    # Reloads are the master's business; a terminal hangup must not kill workers.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    process: _WorkerProcess | None = None
+    try:
+        configure_logging(spec.config.logging)
+        _die_with_parent()
+        if os.getppid() != setup.master_pid:
+            log.warning("worker %d: the master died before the worker started", spec.index)
+            return EXIT_OK
+        try:
+            router = load_router(spec.config.master.app)
+        except Exception as exc:
+            log.error(
+                "worker %d cannot load the application %r: %s: %s",
+                spec.index,
+                spec.config.master.app,
+                type(exc).__name__,
+                exc,
+                exc_info=not isinstance(exc, ImportError | AttributeError | TypeError),
+            )
+            return EXIT_BOOT_FAILED
+        process = _WorkerProcess(setup, router)
+        trio.run(process.main)
+        return EXIT_OK
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else EXIT_CRASHED
+        if process is None or not process.ready:
+            log.error("worker %d exited with code %d while booting", spec.index, code)
+        return code
+    except BaseException:
+        booting = process is None or not process.ready
+        log.exception("worker %d %s", spec.index, "failed to boot" if booting else "crashed")
+        return EXIT_BOOT_FAILED if booting else EXIT_CRASHED
+    finally:
+        logging.shutdown()

@@ -1,0 +1,136 @@
+"""``python -m trioserver stop|reload|status``: act on a running server through its pidfile.
+
+Workers are found as the master's children in ``/proc`` (Linux), named by the
+process titles they set (``trioserver: worker N``); their ages come from the
+kernel's start times, so ``status`` needs no help from the server.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import attrs
+
+from .pidfile import process_alive, read_pid
+
+__all__ = ["ControlError", "ProcessInfo", "children", "find_master", "format_age", "status", "stop"]
+
+#: How often ``stop`` looks whether the master is gone.
+_POLL: float = 0.05
+
+
+class ControlError(RuntimeError):
+    """No server to act on; the message says what was looked at."""
+
+
+@attrs.frozen
+class ProcessInfo:
+    pid: int
+    title: str
+    age: float | None
+
+
+def find_master(pidfile: Path) -> int:
+    """The live master's pid from ``pidfile``, or :class:`ControlError`."""
+    pid = read_pid(pidfile)
+    if pid is None:
+        raise ControlError(f"no server running: {pidfile} does not exist or holds no pid")
+    if not process_alive(pid):
+        raise ControlError(f"no server running: {pidfile} names pid {pid}, which is gone")
+    return pid
+
+
+def format_age(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = int(seconds)
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours:02d}h {minutes:02d}m"
+    if hours:
+        return f"{hours}h {minutes:02d}m {secs:02d}s"
+    if minutes:
+        return f"{minutes}m {secs:02d}s"
+    return f"{secs}s"
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+            return f.read().rpartition(")")[2].split()
+    except OSError:
+        return None
+
+
+def _age(fields: list[str]) -> float | None:
+    try:
+        with open("/proc/uptime", encoding="ascii") as f:
+            uptime = float(f.read().split()[0])
+        started = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: starttime
+    except (OSError, ValueError, IndexError):
+        return None
+    return max(0.0, uptime - started)
+
+
+def process_info(pid: int) -> ProcessInfo:
+    fields = _stat_fields(pid)
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            title = b" ".join(f.read().split(b"\0")).decode(errors="replace").strip()
+    except OSError:
+        title = "?"
+    return ProcessInfo(pid, title, _age(fields) if fields else None)
+
+
+def children(pid: int) -> list[ProcessInfo]:
+    """``pid``'s child processes, oldest first (empty where there is no /proc)."""
+    found = []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        fields = _stat_fields(int(entry))
+        if fields and len(fields) > 1 and fields[1] == str(pid) and fields[0] != "Z":
+            found.append(process_info(int(entry)))
+    return sorted(found, key=lambda p: -(p.age or 0.0))
+
+
+def status(pidfile: Path) -> str:
+    """A few lines: the master, and each worker with its pid and age."""
+    pid = find_master(pidfile)
+    master = process_info(pid)
+    workers = children(pid)
+    lines = [f"trioserver master pid {pid}, up {format_age(master.age)} ({pidfile})"]
+    if not workers and not os.path.isdir("/proc"):
+        lines.append("  workers: unknown (no /proc on this system)")
+    for child in workers:
+        name = child.title.removeprefix("trioserver: ") if child.title else "?"
+        lines.append(f"  {name:<22} pid {child.pid:<8} up {format_age(child.age)}")
+    return "\n".join(lines)
+
+
+def send(pidfile: Path, signum: int) -> int:
+    """Send ``signum`` to the master named by ``pidfile``; its pid."""
+    pid = find_master(pidfile)
+    os.kill(pid, signum)
+    return pid
+
+
+def stop(pidfile: Path, *, fast: bool = False, timeout: float = 60.0) -> int:
+    """Stop the server (SIGTERM, or SIGQUIT if ``fast``) and wait until it is gone; its pid."""
+    pid = send(pidfile, signal.SIGQUIT if fast else signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while process_alive(pid):
+        if time.monotonic() > deadline:
+            raise ControlError(f"pid {pid} is still running {timeout:g} s after the stop signal")
+        time.sleep(_POLL)
+    return pid

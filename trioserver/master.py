@@ -1,0 +1,560 @@
+"""The prefork master: starts the workers, respawns them, reloads, stops; plain Python, no trio.
+
+::
+
+    master = Master(config, system, load_config=reload_from_disk)
+    exit_code = master.run()        # until SIGTERM / SIGINT / SIGQUIT, or a halt
+
+Signal handlers only queue the signal (:class:`~trioserver.procs.OsSystem`); one
+loop waits for signals, worker messages and deadlines, and dispatches
+(``SIGNAL_ACTIONS``). Every rule lives here and reaches the OS through a
+:class:`~trioserver.procs.System`, so the tests drive it with a fake system and
+a fake clock.
+
+Rules (gunicorn's arbiter, STYLE.md practice 8):
+
+- A worker says READY once it serves, then beats every ``liveness_timeout / 2``.
+  Silence for ``liveness_timeout`` means its event loop is stuck: SIGKILL, replace.
+- A worker that exits before READY (or is not ready within ``boot_timeout``) halts
+  the server: a new one would fail the same way. During a reload it aborts the
+  reload instead, and the running workers keep serving on the old config.
+- A ready worker that dies is replaced at once; ``crash_limit`` deaths within
+  ``crash_window`` seconds halt the server.
+- Reload: read and check the new config (a bad one is logged and ignored), start
+  the new workers, wait until every one is READY, then SIGTERM the old ones. The
+  listening sockets stay open throughout (see :mod:`trioserver.procs`), so no
+  connection is refused or reset.
+- Stop: SIGTERM to every worker (they drain), SIGKILL after ``graceful_timeout``;
+  the fast stop sends SIGQUIT and kills after ``FAST_STOP_GRACE``. The master exits
+  once every worker is reaped.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+import logging
+import math
+import os
+import signal
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Final
+
+import attrs
+
+from .config import Config, ConfigError, LoggingSettings
+from .procs import (
+    READY,
+    Event,
+    Exited,
+    OsSystem,
+    System,
+    WorkerMessage,
+    WorkerSpec,
+    describe_exit,
+    raise_open_file_limit,
+    set_title,
+)
+
+__all__ = [
+    "FAST_STOP_GRACE",
+    "SIGNAL_ACTIONS",
+    "Action",
+    "ExitCode",
+    "Master",
+    "WorkerProcess",
+    "serve",
+    "worker_count",
+]
+
+log = logging.getLogger("trioserver.master")
+
+#: Seconds workers get to close their connections on a fast stop before SIGKILL.
+FAST_STOP_GRACE: Final = 2.0
+#: Seconds before trying again when fork itself fails (out of processes or memory).
+FORK_RETRY: Final = 1.0
+
+
+class Action(enum.Enum):
+    REAP = "reap exited workers, replace the ones that should still run"
+    GRACEFUL_STOP = "stop: workers drain, SIGKILL after graceful_timeout"
+    FAST_STOP = "stop now: workers close their connections, SIGKILL soon after"
+    RELOAD = "re-read the config, start new workers, then retire the old ones"
+    REOPEN_LOGS = "reopen log files here and in every worker"
+
+
+#: What each signal makes the master do (DESIGN.md, "Process model").
+SIGNAL_ACTIONS: Final[Mapping[int, Action]] = {
+    signal.SIGCHLD: Action.REAP,
+    signal.SIGTERM: Action.GRACEFUL_STOP,
+    signal.SIGINT: Action.FAST_STOP,
+    signal.SIGQUIT: Action.FAST_STOP,
+    signal.SIGHUP: Action.RELOAD,
+    signal.SIGUSR1: Action.REOPEN_LOGS,
+}
+
+
+class ExitCode(enum.IntEnum):
+    """The master's exit status."""
+
+    STOPPED = 0
+    #: Could not start: cannot listen, pidfile taken, daemon set-up failed.
+    START_FAILED = 1
+    #: A worker failed before it was ready (gunicorn uses 3 too).
+    BOOT_FAILED = 3
+    #: Too many workers died within crash_window.
+    CRASH_LOOP = 4
+
+
+def worker_count(config: Config) -> int:
+    """``master.workers``, with 0 meaning one per CPU this process may run on."""
+    if config.master.workers:
+        return config.master.workers
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+@attrs.define(eq=False)
+class WorkerProcess:
+    """One worker process as the master tracks it."""
+
+    index: int
+    generation: int
+    pid: int
+    config: Config
+    started: float
+    last_beat: float
+    ready: bool = False
+    #: Sent SIGTERM or SIGQUIT on purpose: its exit is expected, it is not replaced.
+    retiring: bool = False
+    #: When the master SIGKILLs it if it is still there.
+    kill_at: float = math.inf
+    #: Why the master SIGKILLed it, for the exit log line.
+    killed: str | None = None
+
+    @property
+    def name(self) -> str:
+        return f"worker {self.index} (pid {self.pid})"
+
+
+@attrs.define(eq=False)
+class _Reload:
+    generation: int
+    config: Config
+    workers: int
+
+
+def _nothing(*args: object) -> None:
+    pass
+
+
+class Master:
+    """The master's rules, on top of a :class:`~trioserver.procs.System`."""
+
+    def __init__(
+        self,
+        config: Config,
+        system: System,
+        *,
+        load_config: Callable[[], Config],
+        apply_config: Callable[[Config], None] = _nothing,
+        reopen_logs: Callable[[], None] = _nothing,
+        on_ready: Callable[[], None] = _nothing,
+    ) -> None:
+        self.config = config
+        self.system = system
+        self._load_config = load_config
+        self._apply_config = apply_config
+        self._reopen_logs = reopen_logs
+        self._on_ready = on_ready
+        self.workers: dict[int, WorkerProcess] = {}
+        self.exit_code: ExitCode | None = None
+        self._count = worker_count(config)
+        self._generation = 0
+        self._next_generation = 1
+        self._reload: _Reload | None = None
+        self._reload_again = False
+        self._booted = False
+        self._stopping: str | None = None
+        self._fast = False
+        self._final_code = ExitCode.STOPPED
+        self._crashes: collections.deque[float] = collections.deque()
+        self._fork_retry_at = -math.inf
+
+    # -- the loop -----------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Start the workers and dispatch until every worker is gone; the exit code."""
+        self.start()
+        while self.exit_code is None:
+            self.step()
+        return int(self.exit_code)
+
+    def start(self) -> None:
+        log.info("master starting %d workers (config: %s)", self._count, self.config.source)
+        self._reconcile()
+
+    def step(self) -> None:
+        """Wait for the next event or deadline, and act on it."""
+        for event in self.system.wait(self.next_timeout()):
+            self.handle(event)
+        self.tick()
+
+    def handle(self, event: Event) -> None:
+        if isinstance(event, WorkerMessage):
+            self._message(event.pid, event.data)
+            return
+        action = SIGNAL_ACTIONS.get(event.signum)
+        if action is not Action.REAP:
+            log.info(
+                "%s: %s", signal.Signals(event.signum).name, action.value if action else "ignored"
+            )
+        if action is Action.REAP:
+            for exited in self.system.reap():
+                self._exited(exited)
+        elif action is Action.GRACEFUL_STOP:
+            self.stop(fast=False, why=signal.Signals(event.signum).name)
+        elif action is Action.FAST_STOP:
+            self.stop(fast=True, why=signal.Signals(event.signum).name)
+        elif action is Action.RELOAD:
+            self.reload()
+        elif action is Action.REOPEN_LOGS:
+            self._reopen_logs()
+            for worker in self.workers.values():
+                self.system.kill(worker.pid, signal.SIGUSR1)
+
+    def tick(self) -> None:
+        """Act on deadlines (kills, boot and liveness timeouts); replace missing workers."""
+        now = self.system.now()
+        for worker in list(self.workers.values()):
+            if worker.killed is not None:
+                continue
+            settings = worker.config.master
+            if now >= worker.kill_at:
+                self._kill(worker, f"still running {now - worker.kill_at:.0f} s past its deadline")
+            elif worker.retiring:
+                continue
+            elif not worker.ready and now - worker.started >= settings.boot_timeout:
+                log.error(
+                    "%s is not serving after %.1f s (master.boot_timeout); killing it",
+                    worker.name,
+                    settings.boot_timeout,
+                )
+                self._kill(worker, f"not serving after {settings.boot_timeout:g} s")
+            elif worker.ready and now - worker.last_beat >= settings.liveness_timeout:
+                log.error(
+                    "%s sent no heartbeat for %.1f s: its event loop is stuck (a blocking "
+                    "call in a handler?); killing and replacing it",
+                    worker.name,
+                    now - worker.last_beat,
+                )
+                self._kill(worker, f"no heartbeat for {now - worker.last_beat:.1f} s")
+        self._reconcile()
+        self._finish_if_done()
+
+    def next_timeout(self) -> float | None:
+        """Seconds until the next deadline ``tick`` acts on (None: only events matter)."""
+        deadlines = [self._fork_retry_at] if self._fork_retry_at > -math.inf else []
+        for worker in self.workers.values():
+            if worker.killed is not None:
+                continue
+            deadlines.append(worker.kill_at)
+            if worker.retiring:
+                continue
+            settings = worker.config.master
+            if worker.ready:
+                deadlines.append(worker.last_beat + settings.liveness_timeout)
+            else:
+                deadlines.append(worker.started + settings.boot_timeout)
+        soonest = min(deadlines, default=math.inf)
+        if soonest == math.inf:
+            return None
+        return max(0.0, soonest - self.system.now())
+
+    # -- commands -----------------------------------------------------------------------
+
+    def stop(self, *, fast: bool, why: str) -> None:
+        """Graceful (drain, then SIGKILL after graceful_timeout) or fast stop."""
+        if self._stopping is not None and (self._fast or not fast):
+            return
+        self._stopping = why
+        self._fast = fast
+        self._reload = None
+        now = self.system.now()
+        if fast:
+            log.info("stopping now (%s): %d workers", why, len(self.workers))
+            for worker in self.workers.values():
+                worker.retiring = True
+                worker.kill_at = min(worker.kill_at, now + FAST_STOP_GRACE)
+                self.system.kill(worker.pid, signal.SIGQUIT)
+        else:
+            grace = self.config.master.graceful_timeout
+            log.info("stopping (%s): %d workers drain, up to %.1f s", why, len(self.workers), grace)
+            for worker in self.workers.values():
+                self._retire(worker, now)
+        self._finish_if_done()
+
+    def reload(self) -> None:
+        """Read the config again and replace every worker, new ones first."""
+        if self._stopping is not None:
+            return
+        if self._reload is not None:
+            log.info("a reload is in progress; reloading again once it ends")
+            self._reload_again = True
+            return
+        try:
+            new = self._load_config()
+        except ConfigError as exc:
+            log.error("reload: %s; the workers keep running on %s", exc, self.config.source)
+            return
+        count = worker_count(new)
+        try:
+            self.system.prepare(new, count)
+        except OSError as exc:
+            log.error("reload: %s; the workers keep running on %s", exc, self.config.source)
+            return
+        self._reload = _Reload(self._next_generation, new, count)
+        self._next_generation += 1
+        log.info(
+            "reload: %s read; starting %d new workers before retiring the %d running",
+            new.source,
+            count,
+            len(self.workers),
+        )
+        self._reconcile()
+
+    # -- events -------------------------------------------------------------------------
+
+    def _message(self, pid: int, data: bytes) -> None:
+        worker = self.workers.get(pid)
+        if worker is None:
+            return
+        worker.last_beat = self.system.now()
+        if READY in data and not worker.ready:
+            worker.ready = True
+            log.info("%s ready after %.2f s", worker.name, worker.last_beat - worker.started)
+            self._progress()
+
+    def _exited(self, exited: Exited) -> None:
+        worker = self.workers.pop(exited.pid, None)
+        if worker is None:
+            return
+        if READY in exited.unread:
+            worker.ready = True
+        how = describe_exit(exited.returncode, worker.killed)
+        if worker.retiring or self._stopping is not None:
+            expected = exited.returncode == 0 or worker.killed is None
+            (log.info if expected else log.warning)("%s stopped: %s", worker.name, how)
+        elif not worker.ready:
+            why = f"{worker.name} failed to boot: it {how}"
+            if self._reload is not None and worker.generation == self._reload.generation:
+                self._abort_reload(why)
+            else:
+                self._halt(
+                    ExitCode.BOOT_FAILED,
+                    f"{why}. Stopping the server instead of starting another: it would "
+                    "fail the same way (the worker's log lines above say why)",
+                )
+        else:
+            self._crashed(worker, how)
+        self._finish_if_done()
+
+    def _crashed(self, worker: WorkerProcess, how: str) -> None:
+        now = self.system.now()
+        settings = self.config.master
+        self._crashes.append(now)
+        while self._crashes and self._crashes[0] <= now - settings.crash_window:
+            self._crashes.popleft()
+        if len(self._crashes) >= settings.crash_limit:
+            self._halt(
+                ExitCode.CRASH_LOOP,
+                f"{worker.name} {how}: that is {len(self._crashes)} worker deaths within "
+                f"{settings.crash_window:g} s (master.crash_limit = {settings.crash_limit}). "
+                "Stopping the server instead of respawning; the log lines above say why",
+            )
+            return
+        log.error("%s %s; starting a new one", worker.name, how)
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _reconcile(self) -> None:
+        """Start a worker for every index of the running (and reloading) config that has none."""
+        if self._stopping is not None or self.system.now() < self._fork_retry_at:
+            return
+        wanted = [(self._generation, self.config, self._count)]
+        if self._reload is not None:
+            wanted.append((self._reload.generation, self._reload.config, self._reload.workers))
+        for generation, config, count in wanted:
+            present = {
+                w.index
+                for w in self.workers.values()
+                if w.generation == generation and not w.retiring
+            }
+            for index in range(1, count + 1):
+                if index in present:
+                    continue
+                try:
+                    pid = self.system.spawn(WorkerSpec(index, count, generation, config))
+                except OSError as exc:
+                    log.error(
+                        "cannot start worker %d: %s; trying again in %.0f s", index, exc, FORK_RETRY
+                    )
+                    self._fork_retry_at = self.system.now() + FORK_RETRY
+                    return
+                now = self.system.now()
+                self.workers[pid] = WorkerProcess(index, generation, pid, config, now, now)
+                log.info("worker %d started (pid %d)", index, pid)
+
+    def _progress(self) -> None:
+        """A worker became ready: finish the boot or the reload if every worker now is."""
+        if not self._booted and self._all_ready(self._generation, self._count):
+            self._booted = True
+            log.info("serving: %d workers ready", self._count)
+            self._on_ready()
+        reload = self._reload
+        if reload is None or not self._all_ready(reload.generation, reload.workers):
+            return
+        old = [w for w in self.workers.values() if w.generation != reload.generation]
+        self._reload = None
+        self.config = reload.config
+        self._generation = reload.generation
+        self._count = reload.workers
+        self._apply_config(reload.config)
+        now = self.system.now()
+        for worker in old:
+            self._retire(worker, now)
+        self.system.release(self.config)
+        log.info(
+            "reload: %d new workers ready on %s; retiring %d old ones",
+            reload.workers,
+            reload.config.source,
+            len(old),
+        )
+        self._again()
+
+    def _all_ready(self, generation: int, count: int) -> bool:
+        ready = {
+            w.index
+            for w in self.workers.values()
+            if w.generation == generation and w.ready and not w.retiring
+        }
+        return ready >= set(range(1, count + 1))
+
+    def _abort_reload(self, why: str) -> None:
+        reload = self._reload
+        assert reload is not None
+        self._reload = None
+        log.error(
+            "reload failed: %s. The running workers keep serving on %s", why, self.config.source
+        )
+        now = self.system.now()
+        for worker in list(self.workers.values()):
+            if worker.generation == reload.generation:
+                self._retire(worker, now)
+        self.system.release(self.config)
+        self._again()
+
+    def _again(self) -> None:
+        if self._reload_again:
+            self._reload_again = False
+            self.reload()
+
+    def _retire(self, worker: WorkerProcess, now: float) -> None:
+        if worker.retiring:
+            return
+        worker.retiring = True
+        worker.kill_at = now + worker.config.master.graceful_timeout
+        self.system.kill(worker.pid, signal.SIGTERM)
+
+    def _kill(self, worker: WorkerProcess, why: str) -> None:
+        if worker.retiring:
+            log.warning("%s %s; killing it", worker.name, why)
+        worker.killed = why
+        self.system.kill(worker.pid, signal.SIGKILL)
+
+    def _halt(self, code: ExitCode, message: str) -> None:
+        log.error("%s", message)
+        self._final_code = code
+        self.stop(fast=False, why="halt")
+
+    def _finish_if_done(self) -> None:
+        if self._stopping is not None and not self.workers and self.exit_code is None:
+            self.exit_code = self._final_code
+            log.info(
+                "master exiting with code %d (%s)", self.exit_code, self.exit_code.name.lower()
+            )
+
+
+def _reconfigure_logging(configure: Callable[[LoggingSettings], object], config: Config) -> None:
+    configure(config.logging)
+
+
+# ---------------------------------------------------------------------------
+# The process around the master: limits, sockets, daemon, pidfile, signals.
+
+
+def serve(config: Config, load_config: Callable[[], Config]) -> int:
+    """Run the server with a master in this process (``python -m trioserver``); the exit code.
+
+    ``load_config`` re-reads the configuration on SIGHUP. Logging must be set up.
+    """
+    from . import daemon, pidfile
+    from .child import run_child
+    from .logs import configure_logging, reopen_logs, set_role
+
+    settings = config.master
+    path = Path(settings.pidfile).absolute() if settings.pidfile is not None else None
+    if settings.daemon and path is None:
+        log.error(
+            "daemon mode needs a pidfile so that stop, reload and status can find the "
+            "server: set master.pidfile or pass --pidfile"
+        )
+        return ExitCode.START_FAILED
+    if path is not None:
+        try:
+            pidfile.check_free(path)
+        except pidfile.PidfileError as exc:
+            log.error("%s", exc)
+            return ExitCode.START_FAILED
+    set_role("master")
+    set_title("trioserver: master")
+    raise_open_file_limit(config.server.max_connections)
+    system = OsSystem(run_child)
+    try:
+        try:
+            system.prepare(config, worker_count(config))
+        except OSError as exc:
+            log.error("%s", exc)
+            return ExitCode.START_FAILED
+        for address in config.server.listen:
+            host, port = system.listeners.bound(address) or (address.host, address.port)
+            log.info("listening on %s:%d", host, port)
+        notify: daemon.Readiness | None = None
+        if settings.daemon:
+            notify = daemon.daemonize()
+            system.close_in_children(notify.fd)
+        if path is not None:
+            try:
+                pidfile.write(path)
+            except (pidfile.PidfileError, OSError) as exc:
+                log.error("%s", exc)
+                return ExitCode.START_FAILED
+        try:
+            system.install_signals(SIGNAL_ACTIONS)
+            master = Master(
+                config,
+                system,
+                load_config=load_config,
+                apply_config=lambda new: _reconfigure_logging(configure_logging, new),
+                reopen_logs=reopen_logs,
+                on_ready=notify.ready if notify is not None else _nothing,
+            )
+            return master.run()
+        finally:
+            if path is not None:
+                pidfile.remove(path)
+    finally:
+        system.close()

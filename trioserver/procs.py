@@ -1,0 +1,500 @@
+"""The master's seam to the operating system: fork, kill, waitpid, clocks, signals, sockets.
+
+:class:`~trioserver.master.Master` holds every rule (respawn, crash loop, boot
+failure, reload order, stop deadlines) and touches the OS only through a
+:class:`System`. :class:`OsSystem` is the real one; the master's unit tests pass
+a fake that records spawns and kills and plays exits and heartbeats, so the rules
+are tested without processes, sleeps or monkeypatching.
+
+Listening sockets are bound here, in the master, one SO_REUSEPORT socket per
+worker slot and address, and each worker inherits its slot's sockets. The kernel
+balances new connections over the slots exactly as if each worker had bound its
+own after the fork (DESIGN.md), but a slot's socket outlives any one worker
+process. That is what makes a reload and a respawn lose nothing: a listening
+socket that closes resets every connection still waiting in its accept queue
+(Linux, unless ``net.ipv4.tcp_migrate_req`` is on), and per-process sockets close
+whenever their worker retires or dies. Here the old and the new worker of a slot
+share its socket while they overlap; the old one merely stops calling accept.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import errno
+import logging
+import os
+import resource
+import select
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from types import FrameType
+from typing import Final, Protocol
+
+import attrs
+
+from .config import Address, Config
+
+__all__ = [
+    "HEARTBEAT",
+    "READY",
+    "ChildSetup",
+    "Exited",
+    "ListeningSockets",
+    "OsSystem",
+    "SignalReceived",
+    "System",
+    "WorkerMessage",
+    "WorkerSpec",
+    "describe_exit",
+    "raise_open_file_limit",
+    "set_title",
+]
+
+log = logging.getLogger("trioserver.master")
+
+#: What a worker writes on its pipe to the master: once when it serves, then periodically.
+READY: Final = b"R"
+HEARTBEAT: Final = b"H"
+
+#: Fds a worker needs beside its connections: listeners, pipes, log file, account store...
+FD_RESERVE: Final = 64
+
+
+# ---------------------------------------------------------------------------
+# Records crossing the seam.
+
+
+@attrs.frozen
+class WorkerSpec:
+    """What to start: worker ``index`` (1-based) of ``workers``, of config ``generation``."""
+
+    index: int
+    workers: int
+    generation: int
+    config: Config
+
+
+@attrs.frozen
+class SignalReceived:
+    """A signal the master's handler queued."""
+
+    signum: int
+
+
+@attrs.frozen
+class WorkerMessage:
+    """Bytes a worker wrote on its pipe to the master (``READY``, ``HEARTBEAT``)."""
+
+    pid: int
+    data: bytes
+
+
+@attrs.frozen
+class Exited:
+    """A reaped child: its subprocess-style return code (negative: killed by that signal).
+
+    ``unread`` is what was still in its pipe, so a worker that said READY and died at
+    once is not mistaken for one that failed to boot.
+    """
+
+    pid: int
+    returncode: int
+    unread: bytes = b""
+
+
+Event = SignalReceived | WorkerMessage
+
+
+class System(Protocol):
+    """Everything the master asks of the OS."""
+
+    def now(self) -> float:
+        """Monotonic seconds."""
+        ...
+
+    def prepare(self, config: Config, workers: int) -> None:
+        """Bind the listening sockets ``workers`` workers of ``config`` need (OSError if not)."""
+        ...
+
+    def release(self, config: Config) -> None:
+        """Close listening sockets for addresses ``config`` no longer listens on."""
+        ...
+
+    def spawn(self, spec: WorkerSpec) -> int:
+        """Fork a worker process for ``spec``; return its pid."""
+        ...
+
+    def kill(self, pid: int, signum: int) -> None:
+        """Send ``signum`` to ``pid``; a process already gone is not an error."""
+        ...
+
+    def reap(self) -> list[Exited]:
+        """Every child that has exited since the last call (never blocks)."""
+        ...
+
+    def wait(self, timeout: float | None) -> list[Event]:
+        """Block until a signal or a worker message arrives, or ``timeout`` seconds pass."""
+        ...
+
+
+# ---------------------------------------------------------------------------
+# How a child ended.
+
+#: Signals whose log line adds a likely cause.
+_SIGNAL_HINTS: Final[dict[int, str]] = {
+    signal.SIGKILL: "perhaps out of memory (the kernel's OOM killer sends SIGKILL)",
+    signal.SIGSEGV: "a crash in native code",
+    signal.SIGABRT: "aborted, usually by a failed assertion in native code",
+    signal.SIGBUS: "a crash in native code (bad memory access)",
+}
+
+
+def describe_exit(returncode: int, killed_by_master: str | None = None) -> str:
+    """``exited with code 3``, ``was killed by SIGKILL (perhaps out of memory)``, ..."""
+    if returncode >= 0:
+        return f"exited with code {returncode}"
+    signum = -returncode
+    try:
+        name = signal.Signals(signum).name
+    except ValueError:
+        name = f"signal {signum}"
+    if killed_by_master:
+        return f"was killed by {name} (by the master: {killed_by_master})"
+    hint = _SIGNAL_HINTS.get(signum)
+    return f"was killed by {name}" + (f" ({hint})" if hint else "")
+
+
+def set_title(title: str) -> None:
+    """Name this process for ps and top (``trioserver: master``, ``trioserver: worker 2``)."""
+    try:
+        import setproctitle
+    except ImportError:  # pragma: no cover - a declared dependency
+        return
+    setproctitle.setproctitle(title)
+
+
+# ---------------------------------------------------------------------------
+# Open-file limit.
+
+
+def raise_open_file_limit(max_connections: int) -> tuple[int, int]:
+    """Raise the soft RLIMIT_NOFILE to the hard one; log both; warn if connections won't fit.
+
+    Workers inherit the limit at fork. It is per process, so each worker needs room
+    for ``server.max_connections`` plus a reserve, whatever the worker count.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            log.info("open-file limit raised from %d to %d (the hard limit)", soft, target)
+            soft = target
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open-file limit from %d to %d: %s", soft, target, exc)
+    else:
+        log.info("open-file limit %d (hard limit %d)", soft, hard)
+    need = max_connections + FD_RESERVE
+    if soft < need:
+        log.warning(
+            "server.max_connections = %d needs about %d open files per worker but the limit "
+            "is %d (hard %d): raise it (ulimit -n, systemd LimitNOFILE=) or lower "
+            "max_connections; until then accepts beyond the limit fail and back off",
+            max_connections,
+            need,
+            soft,
+            hard,
+        )
+    return soft, hard
+
+
+# ---------------------------------------------------------------------------
+# Listening sockets, one per worker slot and address.
+
+
+def bind_listener(address: Address, backlog: int) -> socket.socket:
+    """One SO_REUSEPORT listening socket (IPv6 sockets are v6-only, as in the worker)."""
+    infos = socket.getaddrinfo(
+        address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )
+    family, type_, proto, _, sockaddr = infos[0]
+    sock = socket.socket(family, type_, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(sockaddr)
+        sock.listen(backlog)
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, f"cannot listen on {address}: {exc.strerror}") from None
+    sock.setblocking(False)
+    return sock
+
+
+class ListeningSockets:
+    """The master's listening sockets: per configured address, one per worker slot.
+
+    Worker ``i`` of ``n`` gets the slots ``k`` with ``k % n == i - 1``: after a reload to
+    fewer workers the extra slots are served, not closed (closing would reset their
+    queues). Port 0 is resolved by the first slot; the others bind the same port.
+    """
+
+    def __init__(self) -> None:
+        self._slots: dict[Address, list[socket.socket]] = {}
+
+    def prepare(self, addresses: Sequence[Address], backlog: int, workers: int) -> None:
+        created: list[socket.socket] = []
+        try:
+            for address in addresses:
+                slots = self._slots.setdefault(address, [])
+                while len(slots) < workers:
+                    target = address
+                    if slots and address.port == 0:
+                        target = Address(address.host, slots[0].getsockname()[1])
+                    sock = bind_listener(target, backlog)
+                    created.append(sock)
+                    slots.append(sock)
+                for sock in slots:
+                    sock.listen(backlog)  # a reload may change the backlog
+        except BaseException:
+            for sock in created:
+                for slots in self._slots.values():
+                    if sock in slots:
+                        slots.remove(sock)
+                sock.close()
+            self._slots = {a: s for a, s in self._slots.items() if s}
+            raise
+
+    def for_worker(
+        self, addresses: Sequence[Address], index: int, workers: int
+    ) -> list[socket.socket]:
+        return [
+            sock
+            for address in addresses
+            for k, sock in enumerate(self._slots[address])
+            if k % workers == index - 1
+        ]
+
+    def bound(self, address: Address) -> tuple[str, int] | None:
+        """The (host, port) ``address`` is bound to (port 0 resolved), if it is."""
+        slots = self._slots.get(address)
+        if not slots:
+            return None
+        name = slots[0].getsockname()
+        return name[0], name[1]
+
+    def release(self, keep: Iterable[Address]) -> None:
+        keep = set(keep)
+        for address in [a for a in self._slots if a not in keep]:
+            for sock in self._slots.pop(address):
+                sock.close()
+
+    def all(self) -> list[socket.socket]:
+        return [sock for slots in self._slots.values() for sock in slots]
+
+    def close(self) -> None:
+        self.release(())
+
+
+# ---------------------------------------------------------------------------
+# The real system.
+
+
+@attrs.frozen
+class ChildSetup:
+    """What a freshly forked worker process gets from the master."""
+
+    spec: WorkerSpec
+    listeners: list[socket.socket]
+    #: Write end of the pipe the master reads READY and heartbeats from.
+    pipe: int
+    master_pid: int
+
+
+ChildMain = Callable[[ChildSetup], int]
+
+
+class OsSystem:
+    """:class:`System` on real processes: fork, signals through a wakeup fd, poll.
+
+    Signal handlers only append the signal number to a queue; ``set_wakeup_fd``
+    makes ``poll`` return at once, and :meth:`wait` hands the queue to the master's
+    loop.
+    """
+
+    def __init__(self, child_main: ChildMain) -> None:
+        self._child_main = child_main
+        self.listeners = ListeningSockets()
+        self._signals: collections.deque[int] = collections.deque()
+        self._handled: tuple[int, ...] = ()
+        self._wake_r, self._wake_w = os.pipe()
+        for fd in (self._wake_r, self._wake_w):
+            os.set_blocking(fd, False)
+        self._poll = select.poll()
+        self._poll.register(self._wake_r, select.POLLIN)
+        self._pipes: dict[int, int] = {}  # read fd -> worker pid
+        self._pipe_of: dict[int, int] = {}  # worker pid -> read fd
+        self._old_wakeup_fd: int | None = None
+        self._child_closes: list[int] = []
+
+    def close_in_children(self, fd: int) -> None:
+        """Have every worker forked from now on close ``fd`` (it belongs to the master)."""
+        self._child_closes.append(fd)
+
+    # -- signals ------------------------------------------------------------------------
+
+    def install_signals(self, signums: Iterable[int]) -> None:
+        """Route ``signums`` into the queue; call before the first fork."""
+        self._handled = tuple(signums)
+        for signum in self._handled:
+            signal.signal(signum, self._enqueue)
+        self._old_wakeup_fd = signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+
+    def _enqueue(self, signum: int, frame: FrameType | None) -> None:
+        self._signals.append(signum)
+
+    def close(self) -> None:
+        """Restore signal handling, close pipes and listening sockets."""
+        if self._handled:
+            signal.set_wakeup_fd(-1 if self._old_wakeup_fd is None else self._old_wakeup_fd)
+            for signum in self._handled:
+                signal.signal(signum, signal.SIG_DFL)
+            self._handled = ()
+        for fd in [self._wake_r, self._wake_w, *self._pipes]:
+            _close_quietly(fd)
+        self._pipes.clear()
+        self._pipe_of.clear()
+        self.listeners.close()
+
+    # -- System -------------------------------------------------------------------------
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    def prepare(self, config: Config, workers: int) -> None:
+        self.listeners.prepare(config.server.listen, config.server.backlog, workers)
+
+    def release(self, config: Config) -> None:
+        self.listeners.release(config.server.listen)
+
+    def spawn(self, spec: WorkerSpec) -> int:
+        listeners = self.listeners.for_worker(spec.config.server.listen, spec.index, spec.workers)
+        read_fd, write_fd = os.pipe()
+        master_pid = os.getpid()
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child, which never returns
+            code = 3
+            try:
+                self._become_child(keep=listeners)
+                os.close(read_fd)
+                code = self._child_main(ChildSetup(spec, listeners, write_fd, master_pid))
+            except BaseException:
+                import traceback
+
+                traceback.print_exc()
+            finally:
+                os._exit(code)
+        os.close(write_fd)
+        os.set_blocking(read_fd, False)
+        self._pipes[read_fd] = pid
+        self._pipe_of[pid] = read_fd
+        self._poll.register(read_fd, select.POLLIN)
+        return pid
+
+    def _become_child(self, keep: list[socket.socket]) -> None:
+        """Drop what belongs to the master: its signal routing, pipes, other slots' sockets."""
+        signal.set_wakeup_fd(-1)
+        for signum in self._handled:
+            signal.signal(signum, signal.SIG_DFL)
+        for fd in [self._wake_r, self._wake_w, *self._pipes, *self._child_closes]:
+            _close_quietly(fd)
+        for sock in self.listeners.all():
+            if sock not in keep:
+                sock.close()
+
+    def kill(self, pid: int, signum: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+
+    def reap(self) -> list[Exited]:
+        exited = []
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            unread = b""
+            fd = self._pipe_of.pop(pid, None)
+            if fd is not None:
+                unread, _ = _read_all(fd)
+                self._forget(fd)
+            exited.append(Exited(pid, os.waitstatus_to_exitcode(status), unread))
+        return exited
+
+    def wait(self, timeout: float | None) -> list[Event]:
+        events: list[Event] = []
+        if not self._signals:
+            millis = None if timeout is None else max(0, int(timeout * 1000) + 1)
+            try:
+                ready = self._poll.poll(millis)
+            except InterruptedError:  # pragma: no cover - PEP 475 retries; kept for safety
+                ready = []
+            for fd, _ in ready:
+                if fd == self._wake_r:
+                    _read_all(fd)
+                    continue
+                pid = self._pipes.get(fd)
+                if pid is None:
+                    continue
+                data, eof = _read_all(fd)
+                if data:
+                    events.append(WorkerMessage(pid, data))
+                if eof:  # the worker is gone; SIGCHLD follows and reap() reports it
+                    self._pipe_of.pop(pid, None)
+                    self._forget(fd)
+        # Messages first: a READY that arrived with its sender's death still counts.
+        while self._signals:
+            events.append(SignalReceived(self._signals.popleft()))
+        return events
+
+    def _forget(self, fd: int) -> None:
+        self._pipes.pop(fd, None)
+        with contextlib.suppress(KeyError):
+            self._poll.unregister(fd)
+        _close_quietly(fd)
+
+
+def _read_all(fd: int) -> tuple[bytes, bool]:
+    """Everything readable now, and whether the writer has closed (EOF)."""
+    chunks = []
+    eof = False
+    while True:
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            break
+        except OSError as exc:
+            if exc.errno == errno.EBADF:
+                eof = True
+                break
+            raise
+        if not data:
+            eof = True
+            break
+        chunks.append(data)
+    return b"".join(chunks), eof
+
+
+def _close_quietly(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.close(fd)
