@@ -127,7 +127,14 @@ class Router:
 
 
 class MessageQueue:
-    """The bounded queue of connections with work, and the N handler tasks draining it."""
+    """The bounded queue of connections with work, and the N handler tasks draining it.
+
+    ``submit`` is the reader's entry: plain (non-async) handlers run right there,
+    in the reader, while the connection has nothing queued, since a handler that
+    cannot wait gains nothing from a hop through the queue but two task switches.
+    The first packet whose handler is async, and everything after it, goes to the
+    inbox and the queue, which keeps the order.
+    """
 
     def __init__(
         self,
@@ -139,6 +146,7 @@ class MessageQueue:
         handler_tasks: int,
         max_pending_replies: int,
         max_pending_bytes: int,
+        flush: Callable[[Connection], None],
     ) -> None:
         if handler_tasks < 1:
             raise ValueError(f"handler_tasks must be at least 1, got {handler_tasks!r}")
@@ -149,6 +157,7 @@ class MessageQueue:
         self._handler_tasks = handler_tasks
         self._max_replies = max_pending_replies
         self._max_bytes = max_pending_bytes
+        self._flush = flush
         self._send, self._receive = trio.open_memory_channel[Connection](size)
         self.busy = 0
 
@@ -159,6 +168,44 @@ class MessageQueue:
     @property
     def capacity(self) -> int:
         return self._size
+
+    def context(self, conn: Connection) -> Context:
+        """The connection's handler context (one per connection, made on first use)."""
+        ctx = conn.context
+        if ctx is None:
+            ctx = conn.context = Context(
+                conn, self.services, self._flush, self._max_replies, self._max_bytes
+            )
+        return ctx  # type: ignore[no-any-return]
+
+    def submit(self, conn: Connection, packets: list[Packet]) -> bool:
+        """Hand over one batch of checked packets; True if ``conn`` must now be scheduled."""
+        inbox = conn.inbox
+        if conn.scheduled or inbox:
+            inbox.extend(packets)
+            return not conn.scheduled
+        routes = self.router._routes
+        ctx = self.context(conn)
+        conn.batching = True
+        try:
+            for i, packet in enumerate(packets):
+                route = routes.get(packet.code)
+                if route is None:  # removed since the reader checked it
+                    self._counters.drop(conn, DropReason.UNKNOWN_CODE, packet.code)
+                    continue
+                if route.is_async:
+                    inbox.extend(packets[i:])
+                    return True
+                try:
+                    route.handler(ctx, packet)
+                except Exception:
+                    self._handler_failed(conn, route, packet)
+                if conn.kick_reason is not None:
+                    return False
+            return False
+        finally:
+            conn.batching = False
+            self._flush(conn)
 
     async def schedule(self, conn: Connection) -> None:
         """Put ``conn`` in the queue unless it is already there (waits when full)."""
@@ -211,14 +258,20 @@ class MessageQueue:
                 self.busy -= 1
 
     async def _drain(self, conn: Connection) -> None:
-        """Handle every packet in ``conn``'s inbox, in order; then unschedule it."""
+        """Handle every packet in ``conn``'s inbox, in order; then unschedule it.
+
+        Replies of plain handlers leave together when the run of them ends; an
+        async handler's replies leave as it makes them (``conn.batching`` off), so
+        a handler that replies and then awaits something slow does not hold its
+        reply back.
+        """
         inbox = conn.inbox
         try:
             if conn.stale:
                 self._drop_stale(conn)
                 return
             routes = self.router._routes
-            ctx = Context(conn, self.services, self._counters, self._max_replies, self._max_bytes)
+            ctx = self.context(conn)
             while inbox:
                 packet = inbox.popleft()
                 route = routes.get(packet.code)
@@ -227,26 +280,34 @@ class MessageQueue:
                     continue
                 try:
                     if route.is_async:
+                        self._flush(conn)
                         await route.handler(ctx, packet)  # type: ignore[misc]
                     else:
-                        route.handler(ctx, packet)
+                        conn.batching = True
+                        try:
+                            route.handler(ctx, packet)
+                        finally:
+                            conn.batching = False
                 except Exception:
-                    self._counters.handler_errors += 1
-                    log.exception(
-                        "handler %s raised on msgCode %d from %s (conn %s); closing it",
-                        route.name,
-                        packet.code,
-                        conn.peer,
-                        conn.id,
-                    )
-                    conn.kick(KickReason.HANDLER_ERROR)
+                    self._handler_failed(conn, route, packet)
                 if conn.stale or conn.kick_reason is not None:
                     self._drop_stale(conn)
                     return
         finally:
             conn.scheduled = False
-            conn.reader_wakeup.wake()
-            conn.writer_wakeup.wake()
+            self._flush(conn)
+            conn.wakeup.wake()
+
+    def _handler_failed(self, conn: Connection, route: Route, packet: Packet) -> None:
+        self._counters.handler_errors += 1
+        log.exception(
+            "handler %s raised on msgCode %d from %s (conn %s); closing it",
+            route.name,
+            packet.code,
+            conn.peer,
+            conn.id,
+        )
+        conn.kick(KickReason.HANDLER_ERROR)
 
     def _drop_stale(self, conn: Connection) -> None:
         if conn.inbox:

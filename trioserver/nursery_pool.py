@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import enum
+import socket
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -178,12 +179,23 @@ class Connection:
     finish_reason: KickReason | None = None
     #: True once the peer reset or vanished (not a kick: nothing to count).
     peer_gone: bool = False
-    #: Replies waiting for the writer, and the reply count / bytes they hold.
+    #: The socket under ``stream`` when it is one: replies are first sent on it
+    #: without blocking, and only what does not fit goes through a writer task.
+    raw: socket.socket | None = None
+    #: The connection's nursery (its writer task is started there when needed).
+    nursery: trio.Nursery | None = None
+    #: Replies waiting to be sent, and the reply count / bytes not yet sent.
     outbox: list[bytes] = attrs.Factory(list)
     pending_replies: int = 0
     pending_bytes: int = 0
-    writer_wakeup: Wakeup = attrs.Factory(Wakeup)
-    reader_wakeup: Wakeup = attrs.Factory(Wakeup)
+    #: True while a writer task sends what a non-blocking send could not.
+    writer_running: bool = False
+    #: True while plain handlers run: their replies are sent together afterwards.
+    batching: bool = False
+    #: Wakes the connection's own task: inbox space, or work finished.
+    wakeup: Wakeup = attrs.Factory(Wakeup)
+    #: The handlers' Context for this connection, made on first use.
+    context: Any = None
     #: Flood rule: arrival time of the previous packet and the fast-packet run length.
     last_packet_at: float = float("-inf")
     flood_count: int = 0
@@ -216,6 +228,6 @@ class Connection:
         self.scope.cancel()
 
     @property
-    def finished(self) -> bool:
-        """Nothing more to read, handle or send: the writer may close."""
-        return not (self.reading or self.scheduled or self.inbox or self.outbox)
+    def busy(self) -> bool:
+        """Something is still queued, being handled, or being sent."""
+        return bool(self.scheduled or self.inbox or self.outbox or self.writer_running)

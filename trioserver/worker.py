@@ -35,6 +35,7 @@ import socket as stdlib_socket
 from collections.abc import Sequence
 from typing import Any
 
+import attrs
 import trio
 
 from .config import Address, Config
@@ -55,15 +56,32 @@ _CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EN
 #: Back-off after a capacity error: starts small, doubles, capped (never spins).
 _BACKOFF_START = 0.1
 _BACKOFF_MAX = 1.0
+#: Connections accepted in a row before the accept loop yields: a burst of new
+#: clients is taken in a few scheduler passes, not one pass per client.
+_ACCEPT_BURST = 64
 
 
-async def open_listeners(addresses: Sequence[Address], backlog: int) -> list[trio.SocketListener]:
+@attrs.frozen(eq=False)
+class BoundListener:
+    """A listening socket both as trio sees it and as the standard library does.
+
+    The worker accepts on ``sock`` directly (one non-blocking ``accept`` and a
+    wait only when nothing is pending), which hands it each connection's own
+    standard socket for non-blocking sends; ``listener`` is the same socket as
+    a ``trio.SocketListener`` for everything else.
+    """
+
+    listener: trio.SocketListener
+    sock: stdlib_socket.socket
+
+
+async def open_listeners(addresses: Sequence[Address], backlog: int) -> list[BoundListener]:
     """Bind each address by hand with SO_REUSEADDR and SO_REUSEPORT.
 
     SO_REUSEPORT lets every worker process bind the same port after the fork, so
     the kernel balances new connections across them (DESIGN.md, "Scale").
     """
-    listeners: list[trio.SocketListener] = []
+    bound: list[BoundListener] = []
     try:
         for address in addresses:
             infos = await trio.socket.getaddrinfo(
@@ -72,26 +90,32 @@ async def open_listeners(addresses: Sequence[Address], backlog: int) -> list[tri
                 type=stdlib_socket.SOCK_STREAM,
                 flags=stdlib_socket.AI_PASSIVE,
             )
-            if not infos:  # pragma: no cover - getaddrinfo raises instead
-                raise OSError(f"cannot resolve listen address {address}")
             family, type_, proto, _, sockaddr = infos[0]
-            sock = trio.socket.socket(family, type_, proto)
+            sock = stdlib_socket.socket(family, type_, proto)
             try:
                 sock.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_REUSEADDR, 1)
                 sock.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_REUSEPORT, 1)
                 if family == stdlib_socket.AF_INET6:
                     sock.setsockopt(stdlib_socket.IPPROTO_IPV6, stdlib_socket.IPV6_V6ONLY, 1)
-                await sock.bind(sockaddr)
+                sock.bind(sockaddr)
                 sock.listen(backlog)
             except OSError as exc:
                 sock.close()
                 raise OSError(exc.errno, f"cannot listen on {address}: {exc.strerror}") from None
-            listeners.append(trio.SocketListener(sock))
+            listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+            bound.append(BoundListener(listener, sock))
     except BaseException:
-        for listener in listeners:
-            listener.socket.close()
+        for b in bound:
+            b.sock.close()
         raise
-    return listeners
+    return bound
+
+
+def _format_peer(name: Any) -> str:
+    if isinstance(name, tuple):
+        host = name[0]
+        return f"[{host}]:{name[1]}" if ":" in host else f"{host}:{name[1]}"
+    return str(name) or "unix"
 
 
 def _peer_of(stream: trio.abc.Stream) -> str:
@@ -100,10 +124,7 @@ def _peer_of(stream: trio.abc.Stream) -> str:
             name = stream.socket.getpeername()
         except OSError:
             return "unknown"
-        if isinstance(name, tuple):
-            host = name[0]
-            return f"[{host}]:{name[1]}" if ":" in host else f"{host}:{name[1]}"
-        return str(name) or "unix"
+        return _format_peer(name)
     peer = getattr(stream, "peer", None)
     return str(peer) if peer is not None else type(stream).__name__
 
@@ -137,9 +158,10 @@ class Worker:
             handler_tasks=server.handler_tasks,
             max_pending_replies=conn.max_pending_replies,
             max_pending_bytes=conn.max_pending_bytes,
+            flush=self._flush,
         )
         self._given_listeners = list(listeners) if listeners is not None else None
-        self._listeners: list[trio.abc.Listener[Any]] = []
+        self._listeners: list[trio.abc.Listener[Any] | BoundListener] = []
         self._connections: dict[int, Connection] = {}
         self._accept_scope = trio.CancelScope()
         self._conn_nursery: trio.Nursery | None = None
@@ -154,8 +176,8 @@ class Worker:
         """The (host, port) each socket listener is bound to (port 0 resolved)."""
         out = []
         for listener in self._listeners:
-            if isinstance(listener, trio.SocketListener):
-                name = listener.socket.getsockname()
+            if isinstance(listener, BoundListener):
+                name = listener.sock.getsockname()
                 out.append((name[0], name[1]))
         return out
 
@@ -259,12 +281,27 @@ class Worker:
                     nursery.start_soon(self._accept_loop, listener)
                 task_status.started()
 
-    async def _accept_loop(self, listener: trio.abc.Listener[Any]) -> None:
+    async def _accept_loop(self, listener: trio.abc.Listener[Any] | BoundListener) -> None:
         backoff = _BACKOFF_START
+        burst = 0
         try:
             while True:
+                raw: stdlib_socket.socket | None = None
                 try:
-                    stream = await listener.accept()
+                    if isinstance(listener, BoundListener):
+                        try:
+                            raw, address = listener.sock.accept()
+                        except BlockingIOError:
+                            burst = 0
+                            await trio.lowlevel.wait_readable(listener.sock)
+                            continue
+                        stream: trio.abc.Stream = trio.SocketStream(
+                            trio.socket.from_stdlib_socket(raw)
+                        )
+                        peer = _format_peer(address)
+                    else:
+                        stream = await listener.accept()
+                        peer = _peer_of(stream)
                 except OSError as exc:
                     if exc.errno not in _CAPACITY_ERRNOS:
                         raise
@@ -285,16 +322,31 @@ class Worker:
                     await trio.aclose_forcefully(stream)
                     continue
                 assert self._conn_nursery is not None
-                self._conn_nursery.start_soon(self._connection, stream, slot)
+                self._conn_nursery.start_soon(self._connection, stream, raw, peer, slot)
+                if raw is not None:
+                    burst += 1
+                    if burst >= _ACCEPT_BURST:  # fairness in an accept storm
+                        burst = 0
+                        await trio.lowlevel.checkpoint()
         finally:
             with trio.CancelScope(shield=True):
-                await trio.aclose_forcefully(listener)
+                if isinstance(listener, BoundListener):
+                    await trio.aclose_forcefully(listener.listener)
+                else:
+                    await trio.aclose_forcefully(listener)
 
     # -- one connection -------------------------------------------------------------------------
 
-    async def _connection(self, stream: trio.abc.Stream, slot: Slot) -> None:
+    async def _connection(
+        self,
+        stream: trio.abc.Stream,
+        raw: stdlib_socket.socket | None,
+        peer: str,
+        slot: Slot,
+    ) -> None:
+        """One connection's task: it reads, then waits until all it read is answered."""
         now = trio.current_time()
-        conn = Connection(slot, slot.sequence, stream, _peer_of(stream), now)
+        conn = Connection(slot, slot.sequence, stream, peer, now, raw=raw)
         self.counters.accepted += 1
         self.rules.open(conn, now)
         self._connections[slot.index] = conn
@@ -304,8 +356,10 @@ class Worker:
         try:
             with conn.scope:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._writer, conn)
+                    conn.nursery = nursery
                     await self._reader(conn)
+                    while conn.busy:
+                        await conn.wakeup.wait()
             clean = True
         except Exception:
             log.exception("bug while serving %s (conn %s); closing it", conn.peer, conn.id)
@@ -320,12 +374,14 @@ class Worker:
             if reason is not None:
                 self.counters.kick(conn, reason)
             self.recycler.rest(slot)  # bumps the sequence: anything queued is now stale
-            conn.reader_wakeup.wake()
+            conn.outbox.clear()
+            conn.nursery = None
+            conn.context = None
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(stream)
 
     async def _reader(self, conn: Connection) -> None:
-        """Bytes → packets → checks → the connection's inbox, batch by batch."""
+        """Bytes → packets → checks → handlers (inline) or the inbox, batch by batch."""
         server = self.config.server
         decoder = FrameDecoder(server.max_packet_length)
         receive_some = conn.stream.receive_some
@@ -335,9 +391,10 @@ class Worker:
         rules = self.rules
         flood_check = rules.flood_check
         any_refreshes = rules.any_packet_refreshes
-        routes = self.router
+        check = self.router.check
         counters = self.counters
         by_code = counters.packets_by_code
+        queue = self.queue
         try:
             with conn.read_scope:
                 while True:
@@ -367,6 +424,7 @@ class Worker:
                             break
                         now = trio.current_time()
                         refreshed = False
+                        packets: list[Packet] = []
                         for event in events:
                             code = event.code
                             by_code[code] += 1
@@ -378,34 +436,65 @@ class Worker:
                                 counters.drop(conn, DropReason(event.reason.value), code)
                                 continue
                             assert type(event) is Packet
-                            drop = routes.check(event)
+                            drop = check(event)
                             if drop is not None:
                                 counters.drop(conn, drop, code)
                                 continue
                             if code == 0 or any_refreshes:
                                 refreshed = True
-                            inbox.append(event)
+                            packets.append(event)
                         if refreshed:
                             rules.refresh(conn, now)
-                        if inbox and not conn.scheduled:
-                            await self.queue.schedule(conn)
-                        if conn.finish_reason is not None:
+                        if packets and queue.submit(conn, packets):
+                            await queue.schedule(conn)
+                        if conn.finish_reason is not None or conn.kick_reason is not None:
                             return
                         if len(events) < room:
                             break  # the buffer holds no further whole packet
                         while len(inbox) >= inbox_size:
-                            await conn.reader_wakeup.wait()
+                            await conn.wakeup.wait()
+                        if conn.writer_running:
+                            # Let the writer run between batches: replies pile up only
+                            # while the peer really does not read (then it is kicked).
+                            await trio.lowlevel.checkpoint()
         finally:
             conn.reading = False
-            conn.writer_wakeup.wake()
+
+    def _flush(self, conn: Connection) -> None:
+        """Send what the outbox holds: straight to the socket if it takes it all,
+        else through a writer task (started here) that waits for room."""
+        outbox = conn.outbox
+        if not outbox or conn.writer_running or conn.nursery is None:
+            return
+        raw = conn.raw
+        if raw is not None:
+            data = outbox[0] if len(outbox) == 1 else b"".join(outbox)
+            try:
+                sent = raw.send(data)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                outbox.clear()
+                conn.peer_gone = True  # reset or broken pipe: nothing more to deliver
+                conn.scope.cancel()
+                return
+            if sent == len(data):
+                outbox.clear()
+                conn.pending_replies = 0
+                conn.pending_bytes = 0
+                return
+            outbox.clear()
+            outbox.append(data[sent:])
+            conn.pending_bytes -= sent
+        conn.writer_running = True
+        conn.nursery.start_soon(self._writer, conn)
 
     async def _writer(self, conn: Connection) -> None:
-        """Send everything queued in one ``send_all``; close once the connection is finished."""
+        """Send what the outbox holds, waiting for the peer to make room, until it is empty."""
         outbox = conn.outbox
         send_all = conn.stream.send_all
-        wait = conn.writer_wakeup.wait
-        while True:
-            if outbox:
+        try:
+            while outbox:
                 count = len(outbox)
                 data = outbox[0] if count == 1 else b"".join(outbox)
                 outbox.clear()
@@ -417,10 +506,11 @@ class Worker:
                     return
                 conn.pending_replies -= count
                 conn.pending_bytes -= len(data)
-            elif not (conn.reading or conn.scheduled or conn.inbox):
-                return  # finished: the reader is done and every reply is sent
-            else:
-                await wait()
+            conn.pending_replies = 0
+            conn.pending_bytes = 0
+        finally:
+            conn.writer_running = False
+            conn.wakeup.wake()
 
 
 def run_worker(

@@ -18,7 +18,6 @@ from ..config import Config
 from ..framer import Packet, encode
 from ..nursery_pool import Connection
 from ..reasons import KickReason
-from ..stats import Counters
 
 __all__ = ["Context", "Handler", "Services"]
 
@@ -39,21 +38,21 @@ class Services:
 
 
 class Context:
-    """One connection as a handler sees it, for the span of one handler visit."""
+    """One connection as its handlers see it."""
 
-    __slots__ = ("_conn", "_counters", "_max_bytes", "_max_replies", "services")
+    __slots__ = ("_conn", "_flush", "_max_bytes", "_max_replies", "services")
 
     def __init__(
         self,
         conn: Connection,
         services: Services,
-        counters: Counters,
+        flush: Callable[[Connection], None],
         max_replies: int,
         max_bytes: int,
     ) -> None:
         self._conn = conn
         self.services = services
-        self._counters = counters
+        self._flush = flush
         self._max_replies = max_replies
         self._max_bytes = max_bytes
 
@@ -111,7 +110,13 @@ class Context:
         conn.pending_replies = replies
         conn.pending_bytes = size
         conn.outbox.append(data)
-        conn.writer_wakeup.wake()
+        if not conn.batching:
+            self._flush(conn)
+
+    def flush(self) -> None:
+        """Start sending what is queued now (replies are otherwise sent when the
+        handler returns, or at once from async handlers and other tasks)."""
+        self._flush(self._conn)
 
     def kick(self, reason: str | None = None) -> None:
         """Close this connection now; replies still queued are not sent."""
