@@ -45,7 +45,7 @@ async def test_serve_then_client_ping_then_sigterm() -> None:
         assert proc.stderr is not None
         seen = b""
         with trio.fail_after(30):
-            while not (match := re.search(rb"serving on 127\.0\.0\.1:(\d+)", seen)):
+            while not (match := re.search(rb"listening on 127\.0\.0\.1:(\d+)", seen)):
                 chunk = await proc.stderr.receive_some()
                 assert chunk, seen.decode()
                 seen += chunk
