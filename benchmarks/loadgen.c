@@ -135,13 +135,26 @@ static double cpu_seconds_self(void) {
 
 /* ------------------------------------------------ server probes (/proc) */
 
-static long server_pid = 0;
+/* -S PID[,PID...]: the server's processes (e.g. a master's workers); every
+ * probe is the sum over them. */
+#define MAX_SERVER_PIDS 64
+static long server_pids[MAX_SERVER_PIDS];
+static int n_server_pids = 0;
 
-/* utime+stime of server_pid in seconds, or -1. */
-static double server_cpu_seconds(void) {
-    if (!server_pid) return -1;
+static void parse_pids(const char *arg) {
+    char *s = strdup(arg), *save = NULL;
+    for (char *tok = strtok_r(s, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        long pid = atol(tok);
+        if (pid <= 0 || n_server_pids == MAX_SERVER_PIDS) die("bad -S PID list");
+        server_pids[n_server_pids++] = pid;
+    }
+    free(s);
+}
+
+/* utime+stime of one process in seconds, or -1. */
+static double cpu_seconds_of(long pid) {
     char path[64], buf[2048];
-    snprintf(path, sizeof path, "/proc/%ld/stat", server_pid);
+    snprintf(path, sizeof path, "/proc/%ld/stat", pid);
     FILE *f = fopen(path, "r");
     if (!f) return -1;
     size_t n = fread(buf, 1, sizeof buf - 1, f);
@@ -156,11 +169,10 @@ static double server_cpu_seconds(void) {
     return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
 }
 
-/* VmRSS of server_pid in KiB, or -1. */
-static long server_rss_kib(void) {
-    if (!server_pid) return -1;
+/* VmRSS of one process in KiB, or -1. */
+static long rss_kib_of(long pid) {
     char path[64], line[256];
-    snprintf(path, sizeof path, "/proc/%ld/status", server_pid);
+    snprintf(path, sizeof path, "/proc/%ld/status", pid);
     FILE *f = fopen(path, "r");
     if (!f) return -1;
     long kib = -1;
@@ -174,10 +186,9 @@ static long server_rss_kib(void) {
     return kib;
 }
 
-static long server_fd_count(void) {
-    if (!server_pid) return -1;
+static long fd_count_of(long pid) {
     char path[64];
-    snprintf(path, sizeof path, "/proc/%ld/fd", server_pid);
+    snprintf(path, sizeof path, "/proc/%ld/fd", pid);
     DIR *d = opendir(path);
     if (!d) return -1;
     long n = 0;
@@ -186,6 +197,39 @@ static long server_fd_count(void) {
         if (e->d_name[0] != '.') n++;
     closedir(d);
     return n;
+}
+
+static double server_cpu_seconds(void) {
+    if (!n_server_pids) return -1;
+    double sum = 0;
+    for (int i = 0; i < n_server_pids; i++) {
+        double v = cpu_seconds_of(server_pids[i]);
+        if (v < 0) return -1;
+        sum += v;
+    }
+    return sum;
+}
+
+static long server_rss_kib(void) {
+    if (!n_server_pids) return -1;
+    long sum = 0;
+    for (int i = 0; i < n_server_pids; i++) {
+        long v = rss_kib_of(server_pids[i]);
+        if (v < 0) return -1;
+        sum += v;
+    }
+    return sum;
+}
+
+static long server_fd_count(void) {
+    if (!n_server_pids) return -1;
+    long sum = 0;
+    for (int i = 0; i < n_server_pids; i++) {
+        long v = fd_count_of(server_pids[i]);
+        if (v < 0) return -1;
+        sum += v;
+    }
+    return sum;
 }
 
 /* ------------------------------------------------------------ histogram */
@@ -656,7 +700,7 @@ static void connect_all(void) {
 static void usage(void) {
     fprintf(stderr,
             "usage: loadgen -p PORT [-c CONNS] [-d DEPTH] [-t SECONDS] [-w WARMUP] [-m MIX]\n"
-            "               [-N TOTAL | -A] [-i [-P]] [-S SERVER_PID] [-u PREFIX] [-n NUSERS]\n"
+            "               [-N TOTAL | -A] [-i [-P]] [-S PID,...] [-u PREFIX] [-n NUSERS]\n"
             "               [-T CONNECT_TIMEOUT] [-V] [-j]\n"
             "  -m MIX   ping | register | login | custom:CODE:BODYLEN | weighted list,\n"
             "           e.g. ping:80,login:20\n"
@@ -664,7 +708,8 @@ static void usage(void) {
             "  -A       register the NUSERS accounts login uses (PREFIXu0..), then stop\n"
             "  -i       idle mode: hold -c connections open for -t seconds\n"
             "  -P       idle mode: then send one ping per connection and count answers\n"
-            "  -S PID   measure this server's CPU (and RSS/fds in idle mode) from /proc\n"
+            "  -S PIDS  measure the server's CPU (and RSS/fds in idle mode) from /proc,\n"
+            "           summed over a comma-separated list of processes\n"
             "  -u       username prefix (register: PREFIXrN unique; login: PREFIXuK, K<NUSERS)\n"
             "  -V       verify the CRC of every reply\n"
             "  -j       print one JSON object\n"
@@ -686,7 +731,7 @@ int main(int argc, char **argv) {
         case 'A': opt_accounts = 1; break;
         case 'i': opt_idle = 1; break;
         case 'P': opt_idle_ping = 1; break;
-        case 'S': server_pid = atol(optarg); break;
+        case 'S': parse_pids(optarg); break;
         case 'u': opt_prefix = optarg; break;
         case 'n': opt_nusers = atol(optarg); break;
         case 'T': opt_connect_timeout = atof(optarg); break;

@@ -70,6 +70,8 @@ class Target:
     # Check that account setup really created accounts (result code 0); baselines
     # answer any register/login with a fixed reply, so for them there is nothing to check.
     checks_accounts: bool = False
+    # The command starts a master that forks workers: measure the workers, not it.
+    forks_workers: bool = False
     description: str = ""
 
 
@@ -133,7 +135,9 @@ TARGETS: dict[str, Target] = {
             },
             probe=("{python}", "-m", "trioserver", "serve", "--help"),
             checks_accounts=True,
-            description="python -m trioserver serve, one worker, flood rule and heartbeat off",
+            forks_workers=True,
+            description="python -m trioserver serve, master + 1 worker (the worker is measured), "
+            "flood rule and heartbeat off",
         ),
     )
 }
@@ -285,6 +289,11 @@ class Server:
     port: int
     proc: subprocess.Popen[bytes]
     log: Path
+    measured: tuple[int, ...] = ()  # the processes doing the work: the workers, if any
+
+    @property
+    def pids_arg(self) -> str:
+        return ",".join(str(p) for p in self.measured or (self.proc.pid,))
 
     def log_tail(self, lines: int = 8) -> str:
         try:
@@ -292,6 +301,38 @@ class Server:
         except OSError:
             return ""
         return "\n".join("    | " + line for line in text[-lines:])
+
+
+def children(pid: int) -> list[int]:
+    kids: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                kids += [int(k) for k in (task / "children").read_text().split()]
+    return kids
+
+
+def worker_pids(pid: int, settle: float = 2.0) -> tuple[int, ...]:
+    """The leaf processes under `pid` (a master's workers), or `pid` itself if it has none.
+
+    The CPU, RSS and fds that matter are the workers'; a master only supervises.
+    """
+    deadline = time.monotonic() + settle
+    leaves: list[int] = []
+    while True:
+        leaves = []
+        todo = [pid]
+        while todo:
+            p = todo.pop()
+            kids = children(p)
+            if kids:
+                todo += kids
+            elif p != pid:
+                leaves.append(p)
+        if leaves or time.monotonic() >= deadline:
+            break
+        time.sleep(0.05)
+    return tuple(sorted(leaves)) or (pid,)
 
 
 def fmt_args(args: Sequence[str], **values: object) -> list[str]:
@@ -320,6 +361,8 @@ def start_server(target: Target, case: Case, logdir: Path, timeout: float) -> Se
             f"{target.name} did not accept on {HOST}:{port} within {timeout:.0f} s "
             f"(exit code {proc.returncode}); command: {' '.join(argv)}\n{server.log_tail()}"
         )
+    if target.forks_workers:
+        server.measured = worker_pids(proc.pid, settle=5.0)
     return server
 
 
@@ -382,7 +425,7 @@ def run_load(case: Case, server: Server, cfg: Settings, rep: int) -> dict[str, A
         "-m",
         case.mix,
         "-S",
-        str(server.proc.pid),
+        server.pids_arg,
         "-T",
         str(cfg.connect_timeout),
     ]
@@ -420,7 +463,7 @@ def run_idle(case: Case, server: Server, cfg: Settings, rep: int) -> dict[str, A
         "-t",
         str(cfg.idle_hold),
         "-S",
-        str(server.proc.pid),
+        server.pids_arg,
         "-T",
         str(max(cfg.connect_timeout, 60)),
     ]
