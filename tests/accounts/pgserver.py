@@ -87,11 +87,15 @@ class PostgresServer:
             run_as = "postgres"
             os.chown(root, user.pw_uid, user.pw_gid)
         server = cls(root, free_port(), bin_dir, run_as)
-        server._run(
-            "initdb", "-D", str(server.data), "-U", USER, "--auth=trust", "-E", "UTF8",
-            "--no-sync", "--no-instructions",
-        )  # fmt: skip
-        server.start()
+        try:
+            server._run(
+                "initdb", "-D", str(server.data), "-U", USER, "--auth=trust", "-E", "UTF8",
+                "--no-sync", "--no-instructions",
+            )  # fmt: skip
+            server.start()
+        except BaseException:
+            server.destroy()
+            raise
         return server
 
     def _run(self, program: str, *args: str) -> None:

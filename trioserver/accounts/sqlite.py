@@ -242,6 +242,9 @@ class SQLiteStore(AccountStore):
     async def aclose(self) -> None:
         self._closed = True
         idle, self._idle = self._idle, []
+        if not idle:  # never used: no thread (keeps autojump-clock tests of others exact)
+            await trio.lowlevel.checkpoint()
+            return
 
         def close_all() -> None:
             for conn in idle:
