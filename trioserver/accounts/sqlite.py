@@ -131,7 +131,8 @@ class SQLiteStore(AccountStore):
 
     def __init__(self, path: Path, *, pool_size: int = 4, busy_timeout: float = 5.0) -> None:
         self.path = Path(path)
-        self.description = f"sqlite:{self.path}"
+        # Absolute in logs: a relative path resolves against the worker's working directory.
+        self.description = f"sqlite:{self.path.absolute()}"
         self._busy_timeout = busy_timeout
         self._limiter = trio.CapacityLimiter(pool_size)
         self._idle: list[sqlite3.Connection] = []

@@ -4,7 +4,11 @@ Without an account service (``[accounts] url`` empty, or an embedder's
 ``Services`` without one) both answer "server unavailable" rather than pretend.
 An over-long field (its last byte, which the original overwrote with NUL, is not
 NUL) is "invalid input": the original cut it silently, and a cut password is a
-different password. A successful login sets ``ctx.user``.
+different password. A successful login sets ``ctx.user`` (a failed one leaves it as
+it was), so application handlers can require a login::
+
+    if ctx.user is None:
+        return ctx.kick("login first")
 """
 
 from __future__ import annotations
