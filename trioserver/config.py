@@ -332,8 +332,9 @@ class HttpSettings:
     )
     send_timeout: float = setting(
         60.0,
-        "Seconds a response may make no progress (the client reads nothing) before the "
-        "connection is closed.",
+        "Seconds a file being sent from disk may make no progress (the client reads "
+        "nothing) before the connection is closed; responses from memory must be taken "
+        "within the keep-alive timeout.",
         _float(0.0, lo_open=True),
         why="nginx's send_timeout; a client that stops reading must not hold a slot forever.",
     )

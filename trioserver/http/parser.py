@@ -54,7 +54,7 @@ import enum
 import types
 from collections import deque
 from collections.abc import Mapping
-from typing import Final
+from typing import Final, NoReturn
 
 import attrs
 import httptools
@@ -87,7 +87,9 @@ class NeedData(enum.Enum):
 NEED_DATA: Final = NeedData.NEED_DATA
 
 
-@attrs.frozen(slots=True)
+# Not frozen, on purpose: a frozen attrs class costs three times as much to build
+# (object.__setattr__ per field), and one is built per request. Treat it as a value.
+@attrs.define(slots=True)
 class Request:
     """One complete request head (its body, if any, was read and discarded)."""
 
@@ -123,16 +125,25 @@ Event = Request | Rejected | ConnectionClosed
 class _State(enum.Enum):
     IDLE = "idle"  # between requests
     HEAD = "head"  # request line and headers arriving
-    BODY = "body"  # head complete, body arriving
+    BODY = "body"  # body bytes arriving
     DONE = "done"  # the last request was seen (close, upgrade, EOF): ignore the rest
     ERROR = "error"  # a Rejected was emitted
+
+
+# Module constants: reading an Enum member through its class costs ~200 ns on
+# Python 3.11, and the callbacks below test the state several times per request.
+_IDLE: Final = _State.IDLE
+_HEAD: Final = _State.HEAD
+_BODY: Final = _State.BODY
+_DONE: Final = _State.DONE
+_ERROR: Final = _State.ERROR
 
 
 class _Reject(Exception):
     """Raised inside a parser callback to stop llhttp; the event is in ``conn._error``."""
 
 
-_VERSIONS: Final = {"1.1": b"1.1", "1.0": b"1.0"}
+_VERSIONS: Final[dict[str, bytes]] = {"1.1": b"1.1", "1.0": b"1.0"}
 
 
 class HttpConnection:
@@ -178,12 +189,11 @@ class HttpConnection:
             on_message_begin=self._on_message_begin,
             on_url=self._on_url,
             on_header=self._on_header,
-            on_headers_complete=self._on_headers_complete,
             on_body=self._on_body,
             on_message_complete=self._on_message_complete,
         )
         self._parser = httptools.HttpRequestParser(callbacks)
-        self._state = _State.IDLE
+        self._state = _IDLE
         self._events: list[Event] = []
         self._pending: deque[Event] = deque()
         self._error: Rejected | None = None
@@ -203,12 +213,12 @@ class HttpConnection:
     @property
     def in_request(self) -> bool:
         """A request has started arriving and is not complete yet."""
-        return self._state is _State.HEAD or self._state is _State.BODY
+        return self._state is _HEAD or self._state is _BODY
 
     @property
     def finished(self) -> bool:
         """No further request will come from this connection (close, error or EOF)."""
-        return self._state is _State.DONE or self._state is _State.ERROR
+        return self._state is _DONE or self._state is _ERROR
 
     @property
     def error(self) -> Rejected | None:
@@ -239,9 +249,9 @@ class HttpConnection:
             self._closed = True
             incomplete = self.in_request
             if not self.finished:
-                self._state = _State.DONE
+                self._state = _DONE
             return [ConnectionClosed(incomplete)]
-        if self._state is _State.DONE or self._state is _State.ERROR:
+        if self._state is _DONE or self._state is _ERROR:
             return []
         events = self._events = []
         self._progress = False
@@ -256,7 +266,7 @@ class HttpConnection:
                 rejected = self._error or Rejected(400, f"malformed request: {exc}")
                 self._reject(rejected)
         else:
-            if self._state is _State.HEAD:
+            if self._state is _HEAD:
                 if self._progress:
                     self._stall = 0
                 else:
@@ -269,35 +279,30 @@ class HttpConnection:
 
     def _reject(self, rejected: Rejected) -> None:
         self._error = rejected
-        self._state = _State.ERROR
+        self._state = _ERROR
         self._events.append(rejected)
 
     def _finish_after_last_request(self) -> None:
         events = self._events
         if events and isinstance(events[-1], Request):
             events[-1] = attrs.evolve(events[-1], keep_alive=False)
-        self._state = _State.DONE
+        self._state = _DONE
 
-    def _fail(self, status: int, detail: str) -> None:
+    def _fail(self, status: int, detail: str) -> NoReturn:
         self._error = Rejected(status, detail)
         raise _Reject(detail)
 
     # -- httptools callbacks (called from inside feed_data) ----------------------
 
     def _on_message_begin(self) -> None:
-        if self._state is _State.DONE:
+        if self._state is _DONE:
             raise _Reject("data after the last request")
-        self._state = _State.HEAD
+        self._state = _HEAD
         self.requests_started += 1
-        self._url = b""
-        self._headers = {}
-        self._head_bytes = 0
-        self._body_bytes = 0
-        self._stall = 0
         self._progress = True
 
     def _on_url(self, part: bytes) -> None:
-        url = self._url = self._url + part
+        url = self._url = self._url + part if self._url else part
         self._progress = True
         if len(url) > self._max_line:
             self._fail(414, f"request target longer than {self._max_line} bytes")
@@ -314,39 +319,34 @@ class HttpConnection:
                 self._fail(400, f"duplicate {name.decode()} field")
             if _OTHER_FRAMING[name] in headers:
                 self._fail(400, "Content-Length together with Transfer-Encoding")
+            if name == b"content-length" and int(value) > self._max_body:
+                # llhttp has checked the digits; refuse before the body arrives
+                self._fail(413, f"declared body of {int(value)} bytes is over {self._max_body}")
             headers[name] = value
         elif name in headers:
             headers[name] += b", " + value
         else:
             headers[name] = value
 
-    def _on_headers_complete(self) -> None:
-        self._state = _State.BODY
-        version = self._parser.get_http_version()
-        if version not in _VERSIONS:
-            self._fail(505, f"HTTP version {version!r} is not served")
-        length = self._headers.get(b"content-length")
-        if length is not None and int(length) > self._max_body:
-            self._fail(413, f"declared body of {int(length)} bytes is over {self._max_body}")
-
     def _on_body(self, chunk: bytes) -> None:
+        self._state = _BODY
         size = self._body_bytes = self._body_bytes + len(chunk)
         if size > self._max_body:
             self._fail(413, f"request body is over {self._max_body} bytes")
 
     def _on_message_complete(self) -> None:
         parser = self._parser
+        version = _VERSIONS.get(parser.get_http_version())
+        if version is None:
+            self._fail(505, f"HTTP version {parser.get_http_version()!r} is not served")
         keep_alive = parser.should_keep_alive()
         self._events.append(
-            Request(
-                parser.get_method(),
-                self._url,
-                _VERSIONS[parser.get_http_version()],
-                self._headers,
-                keep_alive,
-            )
+            Request(parser.get_method(), self._url, version, self._headers, keep_alive)
         )
-        self._state = _State.IDLE if keep_alive else _State.DONE
+        self._state = _IDLE if keep_alive else _DONE
+        self._url = b""
+        self._headers = {}
+        self._head_bytes = self._body_bytes = 0
 
 
 _FRAMING: Final = frozenset((b"content-length", b"transfer-encoding"))

@@ -68,7 +68,8 @@ _CLOSE: Final = b"Connection: close\r\n"
 _CONDITIONAL: Final = (b"if-none-match", b"if-modified-since", b"range")
 
 
-@attrs.frozen(slots=True)
+# Not frozen for the same reason as Request: one is built per request.
+@attrs.define(slots=True)
 class Response:
     """One response, decided: send ``head``, then ``body``; close after it if ``close``."""
 
