@@ -152,3 +152,33 @@ async def test_one_gib_file_with_flat_server_memory(
     growth = max(samples) - before
     assert growth < 20 * 1024 * 1024, f"RSS grew by {growth / 1e6:.1f} MB"
     assert elapsed < 20
+
+
+async def test_a_client_that_stops_reading_a_file_is_closed_at_the_send_timeout(
+    docroot: Path, nursery: trio.Nursery
+) -> None:
+    settings = HttpSettings(document_root=docroot, send_timeout=0.5)
+    site = StaticSite.from_settings(settings)
+    with open(docroot / "huge.bin", "wb") as f:
+        f.truncate(256 << 20)  # far more than the socket buffers hold
+    done = trio.Event()
+    served: list[float] = []
+
+    async def handle(stream: trio.SocketStream) -> None:
+        await serve_http_connection(stream, site, settings)
+        served.append(time.monotonic())
+        done.set()
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    await nursery.start(trio.serve_listeners, handle, listeners)
+    client = socket.create_connection(("127.0.0.1", port))
+    try:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client.sendall(raw_request("/huge.bin"))
+        asked = time.monotonic()
+        with trio.fail_after(10):
+            await done.wait()
+        assert 0.5 <= served[0] - asked < 5
+    finally:
+        client.close()

@@ -197,6 +197,23 @@ async def test_keep_alive_timeout_closes_an_idle_connection(
     assert finished == [eof_at]
 
 
+async def test_idle_close_is_exact_after_many_requests_over_time(
+    docroot: Path, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The deadline moves lazily (see server.py); the idle close must still be exact."""
+    client, finished = await start_server(nursery, docroot)
+    for gap in (1.0, 4.0, 7.0, 7.6, 0.5, 14.9, 3.0, 9.0):
+        await trio.sleep(gap)
+        await client.send_all(raw_request("/a.txt"))
+        await read_responses(client, 1)
+    answered = trio.current_time()
+    wire, eof_at = await read_all(client)
+    assert wire == b""
+    assert eof_at - answered == KEEP_ALIVE_TIMEOUT
+    await trio.testing.wait_all_tasks_blocked()
+    assert finished == [eof_at]
+
+
 async def test_a_silent_new_connection_is_closed_at_the_header_timeout(
     docroot: Path, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:

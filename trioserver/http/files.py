@@ -131,7 +131,7 @@ class FileCache:
             len(self._entries), self._body_bytes, self._hits, self._misses, self._rechecks
         )
 
-    def lookup(self, url_path: bytes, now: float, *, recheck: bool = False) -> FileEntry | int:
+    def lookup(self, url_path: bytes, now: float, recheck: bool = False) -> FileEntry | int:
         """The entry for a URL path, or the status to answer (301, 403, 404)."""
         entry = self._entries.get(url_path)
         if entry is not None:

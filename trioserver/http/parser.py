@@ -39,7 +39,7 @@ Bodies: this server only reads, so a body is read and thrown away, never kept. A
 GET or HEAD with a small body is served as if it had none (RFC 9110 §9.3.1 gives
 such content no meaning, and reading it keeps the connection in sync); another
 method gets 405 from the policy after its body is read. A declared Content-Length
-over the cap is refused at once, before the body arrives.
+over the cap is refused as soon as the field is read, before the body arrives.
 
 Header size: httptools hands over only complete header fields, and keeps a field
 that is still arriving inside itself. The size counted is therefore the complete

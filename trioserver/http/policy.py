@@ -152,32 +152,30 @@ class StaticSite:
             return self.error(400, request)
         path, query = split
         now = self._clock()
-        found = self.files.lookup(path, now, recheck=recheck)
-        if type(found) is int:
+        found = self.files.lookup(path, now, recheck)
+        if isinstance(found, int):
             if found == MOVED:
                 return self._moved(path, query, request)
             return self.error(found, request)
-        assert isinstance(found, FileEntry)
-        entry = found
         headers = request.headers
         if headers:
             for name in _CONDITIONAL:
                 if name in headers:
-                    return self._conditional(entry, request, now)
+                    return self._conditional(found, request, now)
         if method == b"HEAD":
             body: bytes | FileRange = b""
         else:
-            body = entry.body if entry.body is not None else _whole(entry)
+            body = found.body if found.body is not None else _whole(found)
+        heads = found.heads
+        if heads is None:
+            heads = found.heads = _fixed_heads(found)
+        if int(now) != self._date_second:
+            self._date(now)
         keep_alive = request.keep_alive
         return Response(
             200,
             b"".join(
-                (
-                    _head_200(entry),
-                    self._date(now),
-                    _CONNECTION[request.version, keep_alive],
-                    b"\r\n",
-                )
+                (heads[0], self._date_line, _CONNECTION[request.version, keep_alive], b"\r\n")
             ),
             body,
             not keep_alive,
