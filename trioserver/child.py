@@ -14,12 +14,10 @@ write failing with EPIPE means the master is gone, as does ``getppid()``
 changing; ``PR_SET_PDEATHSIG`` makes the kernel tell us at once on Linux. Either
 way the worker drains and exits: no worker outlives its master.
 
-Retiring (SIGTERM from a reload or a graceful stop) first stops accepting, while
-the slot's listening socket stays open in the master and the new worker (see
-:mod:`trioserver.procs`), then gives connections accepted a moment ago
-``FIRST_REQUEST_GRACE`` to deliver their first request, and only then drains:
-the drain stops reading at once, and a request already sent but not yet read
-would otherwise be lost (and its connection reset).
+Retiring (SIGTERM from a reload or a graceful stop) is the worker's drain: it
+closes this process's copy of the slot's listening sockets, which stay open in
+the master and in the new worker of the slot (see :mod:`trioserver.procs`), so
+connections the kernel queued there are accepted by the new worker, not reset.
 """
 
 from __future__ import annotations
@@ -27,7 +25,6 @@ from __future__ import annotations
 import ctypes
 import importlib
 import logging
-import math
 import os
 import signal
 import sys
@@ -40,9 +37,9 @@ from .dispatch import Router
 from .handlers import default_router
 from .logs import configure_logging, reopen_logs, set_role
 from .procs import HEARTBEAT, READY, ChildSetup, set_title
-from .worker import Worker
+from .worker import BoundListener, Worker
 
-__all__ = ["FIRST_REQUEST_GRACE", "HandoverListener", "load_router", "run_child"]
+__all__ = ["load_router", "run_child"]
 
 log = logging.getLogger("trioserver.worker")
 
@@ -50,9 +47,6 @@ log = logging.getLogger("trioserver.worker")
 EXIT_OK: Final = 0
 EXIT_CRASHED: Final = 1
 EXIT_BOOT_FAILED: Final = 3
-
-#: Seconds a connection accepted just before a retire has to deliver its first request.
-FIRST_REQUEST_GRACE: Final = 0.2
 
 _PR_SET_PDEATHSIG: Final = 1
 
@@ -79,43 +73,6 @@ def load_router(spec: str) -> Router:
     if not isinstance(obj, Router):
         raise TypeError(f"application {spec!r} must be a Router or return one, got {obj!r}")
     return obj
-
-
-class HandoverListener(trio.abc.Listener[trio.SocketStream]):
-    """A socket listener that can stop accepting without closing the shared socket's queue.
-
-    ``stop_accepting()`` closes only this process's copy of the listening socket;
-    connections the kernel queued on it are accepted by the other process of the
-    same slot. ``last_accept`` is trio time of the latest accept.
-    """
-
-    def __init__(self, sock: trio.socket.SocketType) -> None:
-        self._listener = trio.SocketListener(sock)
-        self._scope: trio.CancelScope | None = None
-        self._accepting = True
-        self.last_accept = -math.inf
-
-    @property
-    def socket(self) -> trio.socket.SocketType:
-        return self._listener.socket
-
-    async def accept(self) -> trio.SocketStream:
-        if self._accepting:
-            with trio.CancelScope() as self._scope:
-                stream = await self._listener.accept()
-                self.last_accept = trio.current_time()
-                return stream
-        self._listener.socket.close()
-        await trio.sleep_forever()
-
-    def stop_accepting(self) -> None:
-        self._accepting = False
-        if self._scope is not None:
-            self._scope.cancel()
-
-    async def aclose(self) -> None:
-        self._listener.socket.close()
-        await trio.lowlevel.checkpoint()
 
 
 class _MasterPipe:
@@ -145,10 +102,18 @@ class _WorkerProcess:
         self.setup = setup
         self.index = setup.spec.index
         self.config: Config = setup.spec.config
+        # The worker's own listener record, so it accepts on its fast path.
         self.listeners = [
-            HandoverListener(trio.socket.from_stdlib_socket(sock)) for sock in setup.listeners
+            BoundListener(trio.SocketListener(trio.socket.from_stdlib_socket(sock)), sock)
+            for sock in setup.listeners
         ]
-        self.worker = Worker(self.config, router, listeners=self.listeners, index=self.index)
+        # Worker.serve accepts BoundListener records; its annotation names only Listener.
+        self.worker = Worker(
+            self.config,
+            router,
+            listeners=self.listeners,  # type: ignore[arg-type]
+            index=self.index,
+        )
         self.pipe = _MasterPipe(setup.pipe, setup.master_pid)
         self.ready = False
         self._retiring = False
@@ -189,15 +154,12 @@ class _WorkerProcess:
                         self.worker.stop(grace=0)
 
     async def retire(self, why: str) -> None:
-        """Hand the slot over, let new connections speak, then drain (see module docstring)."""
+        """Drain, within the master's graceful_timeout (see the module docstring)."""
         if self._retiring:
             return
         self._retiring = True
         set_title(f"trioserver: worker {self.index} (stopping)")
-        for listener in self.listeners:
-            listener.stop_accepting()
-        latest = max((listener.last_accept for listener in self.listeners), default=-math.inf)
-        await trio.sleep_until(latest + FIRST_REQUEST_GRACE)
+        await trio.lowlevel.checkpoint()
         master = self.config.master
         grace = min(self.config.server.drain_timeout, master.graceful_timeout)
         log.info("%s: draining (up to %.1f s)", why, grace)
@@ -216,8 +178,8 @@ class _WorkerProcess:
         nursery.start_soon(self.retire, "master gone")
 
 
-def _name(listener: HandoverListener) -> str:
-    host, port = listener.socket.getsockname()[:2]
+def _name(listener: BoundListener) -> str:
+    host, port = listener.sock.getsockname()[:2]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 

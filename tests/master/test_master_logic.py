@@ -160,7 +160,7 @@ def test_a_dead_worker_is_replaced_at_once(h: Harness, records: list[logging.Log
     first, second = h.boot()
     h.fake.exit(first, -signal.SIGKILL)
     h.step()
-    assert "worker 1 (pid %d) was killed by SIGKILL (perhaps out of memory" % first in messages(
+    assert f"worker 1 (pid {first}) was killed by SIGKILL (perhaps out of memory" in messages(
         records
     )
     replacement = h.fake.spawned[-1]
@@ -177,7 +177,7 @@ def test_a_worker_that_fails_to_boot_stops_the_server(
     h.fake.ready(second)
     h.fake.exit(first, 3)
     h.step()
-    assert "worker 1 (pid %d) failed to boot: it exited with code 3" % first in messages(records)
+    assert f"worker 1 (pid {first}) failed to boot: it exited with code 3" in messages(records)
     assert len(h.fake.spawned) == 2  # no respawn
     assert h.fake.kills_of(second) == [signal.SIGTERM]
     h.fake.exit(second, 0)
@@ -338,7 +338,7 @@ def test_reload_whose_new_worker_fails_to_boot_is_abandoned(
     h.fake.ready(new[1])
     h.fake.exit(new[0], 3)
     h.step()
-    assert "reload failed: worker 1 (pid %d) failed to boot" % new[0] in messages(records)
+    assert f"reload failed: worker 1 (pid {new[0]}) failed to boot" in messages(records)
     assert h.fake.kills_of(new[1]) == [signal.SIGTERM]
     assert all(h.fake.kills_of(pid) == [] for pid in old)
     assert h.master.config is h.config and h.master.exit_code is None
