@@ -39,8 +39,9 @@ async def test_pings_keep_their_latency_while_100_logins_hash() -> None:
 
     Hashing on the event loop would hold a typical ping for about one hash, so the
     median round trip is compared with the hash time measured in this very run
-    (a loaded machine slows both alike); the maximum only has to stay clear of a
-    stall, with room for a noisy 2-core machine.
+    (a loaded machine slows both alike), and nine pings in ten must beat one hash.
+    The maximum only has to stay clear of a stall: on a busy 2-core machine one
+    ping can lose the CPU for a long moment.
     """
     config = accounts_config(
         "memory:",
@@ -62,10 +63,11 @@ async def test_pings_keep_their_latency_while_100_logins_hash() -> None:
                 rtts.append(await pinger.ping())
                 await trio.sleep(0.01)
 
+        clients = [await server.connect() for _ in range(100)]  # connected before timing
+
         async def login(i: int) -> None:
-            client = await server.connect()
             password = "secret" if i % 2 else "wrong"
-            reply = await client.login("alice", password)
+            reply = await clients[i].login("alice", password)
             assert reply.result == (ResultCode.OK if i % 2 else ResultCode.REJECTED)
 
         hashes_before = server.worker.services.accounts.statistics().hashes
@@ -81,8 +83,10 @@ async def test_pings_keep_their_latency_while_100_logins_hash() -> None:
     assert hashes == 100
     per_hash = elapsed * 2 / hashes  # two hashing threads
     assert len(rtts) >= 10
-    assert statistics.median(rtts) < per_hash / 4, (per_hash, sorted(rtts))
-    assert max(rtts) < max(1.0, 4 * per_hash), (per_hash, sorted(rtts))
+    rtts.sort()
+    assert statistics.median(rtts) < per_hash / 4, (per_hash, rtts)
+    assert rtts[len(rtts) * 9 // 10] < per_hash, (per_hash, rtts)
+    assert rtts[-1] < max(2.0, 8 * per_hash), (per_hash, rtts)
 
 
 # -- durability -----------------------------------------------------------------------------
