@@ -99,7 +99,10 @@ async def serve_http_connection(
     except Exception:
         log.exception("HTTP connection failed; closing it")
     finally:
-        await trio.aclose_forcefully(stream)
+        if type(stream) is trio.SocketStream:
+            await stream.aclose()  # closes at once; skips aclose_forcefully's cancel scope
+        else:
+            await trio.aclose_forcefully(stream)
 
 
 async def refuse_http_connection(stream: trio.abc.Stream) -> None:
