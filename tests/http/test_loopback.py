@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import logging
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -182,3 +183,23 @@ async def test_a_client_that_stops_reading_a_file_is_closed_at_the_send_timeout(
         assert 0.5 <= served[0] - asked < 5
     finally:
         client.close()
+
+
+def _read_a_little_then_reset(port: int) -> None:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(raw_request("/huge.bin"))
+        sock.recv(65536)
+        # RST instead of FIN: the server's next sendfile fails at once
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+
+
+async def test_a_client_that_hangs_up_mid_file_is_no_error(
+    server: tuple[int, list[int]], docroot: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    port, _ = server
+    with open(docroot / "huge.bin", "wb") as f:
+        f.truncate(256 << 20)
+    for _ in range(3):
+        await trio.to_thread.run_sync(_read_a_little_then_reset, port)
+    await trio.sleep(0.2)  # let the server notice
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []

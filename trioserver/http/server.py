@@ -304,30 +304,37 @@ class _Connection:
     async def _sendfile(
         self, sock: trio.socket.SocketType, head: bytes, fd: int, offset: int, length: int
     ) -> None:
-        """Head with MSG_MORE (it leaves with the first data), then the file by sendfile."""
-        scope = self.scope
-        send_timeout = self.settings.send_timeout
-        view = memoryview(head)
-        while view:
-            sent = await sock.send(view, _MSG_MORE)
-            view = view[sent:]
-        out = sock.fileno()
-        since_checkpoint = 0
-        while length:
-            try:
-                sent = os.sendfile(out, fd, offset, min(length, SENDFILE_CHUNK))
-            except BlockingIOError:
-                await trio.lowlevel.wait_writable(sock)
-                continue
-            if sent == 0:
-                raise _FileShrank(f"file shrank by {length} bytes while being sent")
-            offset += sent
-            length -= sent
-            scope.deadline = trio.current_time() + send_timeout
-            since_checkpoint += sent
-            if since_checkpoint >= SENDFILE_CHUNK:
-                since_checkpoint = 0
-                await trio.lowlevel.checkpoint()
+        """Head with MSG_MORE (it leaves with the first data), then the file by sendfile.
+
+        The raw socket calls raise plain OSErrors when the peer goes away; they are
+        turned into BrokenResourceError like every other stream error.
+        """
+        try:
+            scope = self.scope
+            send_timeout = self.settings.send_timeout
+            view = memoryview(head)
+            while view:
+                sent = await sock.send(view, _MSG_MORE)
+                view = view[sent:]
+            out = sock.fileno()
+            since_checkpoint = 0
+            while length:
+                try:
+                    sent = os.sendfile(out, fd, offset, min(length, SENDFILE_CHUNK))
+                except BlockingIOError:
+                    await trio.lowlevel.wait_writable(sock)
+                    continue
+                if sent == 0:
+                    raise _FileShrank(f"file shrank by {length} bytes while being sent")
+                offset += sent
+                length -= sent
+                scope.deadline = trio.current_time() + send_timeout
+                since_checkpoint += sent
+                if since_checkpoint >= SENDFILE_CHUNK:
+                    since_checkpoint = 0
+                    await trio.lowlevel.checkpoint()
+        except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError) as exc:
+            raise trio.BrokenResourceError(f"peer went away: {exc}") from exc
 
     async def _copy(self, fd: int, offset: int, length: int) -> None:
         """Send a file range over a stream that is not a socket: read in a thread, send."""
