@@ -265,34 +265,36 @@ class MessageQueue:
         a handler that replies and then awaits something slow does not hold its
         reply back.
         """
-        inbox = conn.inbox
         try:
             if conn.stale:
-                self._drop_stale(conn)
+                self._drop_stale(conn, conn.inbox)
                 return
             routes = self.router._routes
             ctx = self.context(conn)
-            while inbox:
-                packet = inbox.popleft()
-                route = routes.get(packet.code)
-                if route is None:  # removed since the reader checked it
-                    self._counters.drop(conn, DropReason.UNKNOWN_CODE, packet.code)
-                    continue
-                try:
-                    if route.is_async:
-                        self._flush(conn)
-                        await route.handler(ctx, packet)  # type: ignore[misc]
-                    else:
-                        conn.batching = True
-                        try:
-                            route.handler(ctx, packet)
-                        finally:
-                            conn.batching = False
-                except Exception:
-                    self._handler_failed(conn, route, packet)
-                if conn.stale or conn.kick_reason is not None:
-                    self._drop_stale(conn)
-                    return
+            while conn.inbox:
+                batch = conn.inbox
+                conn.inbox = []  # the reader fills a fresh list meanwhile
+                for i, packet in enumerate(batch):
+                    route = routes.get(packet.code)
+                    if route is None:  # removed since the reader checked it
+                        self._counters.drop(conn, DropReason.UNKNOWN_CODE, packet.code)
+                        continue
+                    try:
+                        if route.is_async:
+                            self._flush(conn)
+                            await route.handler(ctx, packet)  # type: ignore[misc]
+                        else:
+                            conn.batching = True
+                            try:
+                                route.handler(ctx, packet)
+                            finally:
+                                conn.batching = False
+                    except Exception:
+                        self._handler_failed(conn, route, packet)
+                    if conn.stale or conn.kick_reason is not None:
+                        self._drop_stale(conn, batch[i + 1 :] + conn.inbox)
+                        conn.inbox = []
+                        return
         finally:
             conn.scheduled = False
             self._flush(conn)
@@ -309,7 +311,7 @@ class MessageQueue:
         )
         conn.kick(KickReason.HANDLER_ERROR)
 
-    def _drop_stale(self, conn: Connection) -> None:
-        if conn.inbox:
-            self._counters.drop(conn, DropReason.STALE, conn.inbox[0].code, len(conn.inbox))
-            conn.inbox.clear()
+    def _drop_stale(self, conn: Connection, packets: list[Packet]) -> None:
+        if packets:
+            self._counters.drop(conn, DropReason.STALE, packets[0].code, len(packets))
+        conn.inbox = []

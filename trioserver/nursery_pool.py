@@ -161,14 +161,17 @@ class Connection:
 
     slot: Slot
     sequence: int
-    stream: trio.abc.Stream
+    #: The connection as a trio stream (in-memory tests, HTTP), or None when the
+    #: worker drives the socket in ``raw`` itself.
+    stream: trio.abc.Stream | None
     peer: str
     opened_at: float
     #: The connection's whole life; a kick cancels it, the heartbeat is its deadline.
     scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
     #: Just the reading; cancelled to stop taking requests (drain) but finish replies.
     read_scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
-    inbox: collections.deque[Packet] = attrs.Factory(collections.deque)
+    #: Packets waiting for a handler task; a handler takes the whole list at once.
+    inbox: list[Packet] = attrs.Factory(list)
     #: True while the connection sits in the message queue or a handler drains it.
     scheduled: bool = False
     #: False once the peer sent EOF or the worker stopped reading.
@@ -179,11 +182,15 @@ class Connection:
     finish_reason: KickReason | None = None
     #: True once the peer reset or vanished (not a kick: nothing to count).
     peer_gone: bool = False
-    #: The socket under ``stream`` when it is one: replies are first sent on it
-    #: without blocking, and only what does not fit goes through a writer task.
+    #: True while the reader waits for bytes (a drain may then stop it at once).
+    receiving: bool = False
+    #: True once the peer sent EOF (a half-close).
+    peer_eof: bool = False
+    #: The connection's socket, when the worker drives one directly: it is read
+    #: and written without blocking, waiting on trio only when it must.
     raw: socket.socket | None = None
-    #: The connection's nursery (its writer task is started there when needed).
-    nursery: trio.Nursery | None = None
+    #: The scope of the writer task, which exists only while a send has to wait.
+    writer_scope: trio.CancelScope | None = None
     #: Replies waiting to be sent, and the reply count / bytes not yet sent.
     outbox: list[bytes] = attrs.Factory(list)
     pending_replies: int = 0
@@ -205,8 +212,8 @@ class Connection:
     logged_drops: set[Any] | None = None
     #: The authenticated user, set by the login handler.
     user: str | None = None
-    #: Free for the application's own per-connection state.
-    state: dict[str, Any] = attrs.Factory(dict)
+    #: The application's own per-connection state (``Context.state``), made on first use.
+    state: dict[str, Any] | None = None
 
     @property
     def stale(self) -> bool:

@@ -215,7 +215,8 @@ class Worker:
             )
             self._accept_scope.cancel()
             for conn in self._connections.values():
-                conn.read_scope.cancel()
+                if conn.receiving:  # idle in a receive: stop it; a busy reader stops itself
+                    conn.read_scope.cancel()
         self._drain_deadline = min(self._drain_deadline, deadline)
         if self._conn_nursery is not None:
             self._conn_nursery.cancel_scope.deadline = self._drain_deadline
@@ -292,12 +293,14 @@ class Worker:
                         try:
                             raw, address = listener.sock.accept()
                         except BlockingIOError:
+                            raw = None
+                        if raw is None:
                             burst = 0
                             await trio.lowlevel.wait_readable(listener.sock)
                             continue
-                        stream: trio.abc.Stream = trio.SocketStream(
-                            trio.socket.from_stdlib_socket(raw)
-                        )
+                        raw.setblocking(False)
+                        raw.setsockopt(stdlib_socket.IPPROTO_TCP, stdlib_socket.TCP_NODELAY, 1)
+                        stream: trio.abc.Stream | None = None
                         peer = _format_peer(address)
                     else:
                         stream = await listener.accept()
@@ -319,7 +322,11 @@ class Worker:
                 slot = self.pool.acquire()
                 if slot is None:
                     self.counters.refused += 1
-                    await trio.aclose_forcefully(stream)
+                    if raw is not None:
+                        raw.close()
+                    else:
+                        assert stream is not None
+                        await trio.aclose_forcefully(stream)
                     continue
                 assert self._conn_nursery is not None
                 self._conn_nursery.start_soon(self._connection, stream, raw, peer, slot)
@@ -339,7 +346,7 @@ class Worker:
 
     async def _connection(
         self,
-        stream: trio.abc.Stream,
+        stream: trio.abc.Stream | None,
         raw: stdlib_socket.socket | None,
         peer: str,
         slot: Slot,
@@ -350,16 +357,15 @@ class Worker:
         self.counters.accepted += 1
         self.rules.open(conn, now)
         self._connections[slot.index] = conn
-        if self._stopping:
-            conn.read_scope.cancel()
         clean = False
         try:
             with conn.scope:
-                async with trio.open_nursery() as nursery:
-                    conn.nursery = nursery
-                    await self._reader(conn)
-                    while conn.busy:
-                        await conn.wakeup.wait()
+                await self._reader(conn)
+                while conn.busy:
+                    await conn.wakeup.wait()
+                finished = conn.kick_reason is None and not conn.peer_gone
+                if finished and raw is not None and not conn.peer_eof:
+                    await _linger(raw)
             clean = True
         except Exception:
             log.exception("bug while serving %s (conn %s); closing it", conn.peer, conn.id)
@@ -375,19 +381,25 @@ class Worker:
                 self.counters.kick(conn, reason)
             self.recycler.rest(slot)  # bumps the sequence: anything queued is now stale
             conn.outbox.clear()
-            conn.nursery = None
             conn.context = None
-            with trio.CancelScope(shield=True):
-                await trio.aclose_forcefully(stream)
+            if conn.writer_scope is not None:
+                conn.writer_scope.cancel()
+            if raw is not None:
+                trio.lowlevel.notify_closing(raw)
+                raw.close()
+            else:
+                assert stream is not None
+                with trio.CancelScope(shield=True):
+                    await trio.aclose_forcefully(stream)
 
     async def _reader(self, conn: Connection) -> None:
         """Bytes → packets → checks → handlers (inline) or the inbox, batch by batch."""
         server = self.config.server
         decoder = FrameDecoder(server.max_packet_length)
-        receive_some = conn.stream.receive_some
+        raw = conn.raw
+        stream = conn.stream
         receive_size = server.receive_size
         inbox_size = server.inbox_size
-        inbox = conn.inbox
         rules = self.rules
         flood_check = rules.flood_check
         any_refreshes = rules.any_packet_refreshes
@@ -395,16 +407,49 @@ class Worker:
         counters = self.counters
         by_code = counters.packets_by_code
         queue = self.queue
+        waited = True
+        data: bytes | bytearray | None
         try:
             with conn.read_scope:
                 while True:
-                    try:
-                        data = await receive_some(receive_size)
-                    except trio.BrokenResourceError:
-                        conn.peer_gone = True  # reset by peer: nothing more to deliver
-                        conn.scope.cancel()
-                        return
+                    if raw is not None:
+                        # Try the socket first; wait on trio only when it is empty.
+                        try:
+                            data = raw.recv(receive_size)
+                        except BlockingIOError:
+                            data = None  # wait outside the handler: no exception kept alive
+                        except OSError:
+                            conn.peer_gone = True  # reset by peer: nothing more to deliver
+                            conn.scope.cancel()
+                            return
+                        if data is None:
+                            if self._stopping:
+                                return  # draining: all that had arrived is read; no more
+                            conn.receiving = True
+                            try:
+                                await trio.lowlevel.wait_readable(raw)
+                            finally:
+                                conn.receiving = False
+                            waited = True
+                            continue
+                        if not waited:
+                            await trio.lowlevel.checkpoint()  # data kept coming: be fair
+                        waited = False
+                    else:
+                        assert stream is not None
+                        if self._stopping:
+                            return  # draining: answer what was read, read no more
+                        conn.receiving = True
+                        try:
+                            data = await stream.receive_some(receive_size)
+                        except trio.BrokenResourceError:
+                            conn.peer_gone = True
+                            conn.scope.cancel()
+                            return
+                        finally:
+                            conn.receiving = False
                     if not data:
+                        conn.peer_eof = True
                         decoder.receive_data(b"")
                         try:
                             decoder.next_packet()
@@ -414,7 +459,7 @@ class Worker:
                     decoder.receive_data(data)
                     # Take at most what the inbox has room for; the rest stays as bytes.
                     while True:
-                        room = inbox_size - len(inbox)
+                        room = inbox_size - len(conn.inbox)
                         try:
                             events = decoder.next_packets(room)
                         except RemoteProtocolError:
@@ -451,7 +496,7 @@ class Worker:
                             return
                         if len(events) < room:
                             break  # the buffer holds no further whole packet
-                        while len(inbox) >= inbox_size:
+                        while len(conn.inbox) >= inbox_size:
                             await conn.wakeup.wait()
                         if conn.writer_running:
                             # Let the writer run between batches: replies pile up only
@@ -464,7 +509,7 @@ class Worker:
         """Send what the outbox holds: straight to the socket if it takes it all,
         else through a writer task (started here) that waits for room."""
         outbox = conn.outbox
-        if not outbox or conn.writer_running or conn.nursery is None:
+        if not outbox or conn.writer_running or conn.stale:
             return
         raw = conn.raw
         if raw is not None:
@@ -486,31 +531,94 @@ class Worker:
             outbox.clear()
             outbox.append(data[sent:])
             conn.pending_bytes -= sent
+        assert self._conn_nursery is not None
         conn.writer_running = True
-        conn.nursery.start_soon(self._writer, conn)
+        self._conn_nursery.start_soon(self._writer, conn)
 
     async def _writer(self, conn: Connection) -> None:
-        """Send what the outbox holds, waiting for the peer to make room, until it is empty."""
+        """Send what the outbox holds, waiting for the peer to make room, until it is empty.
+
+        It runs in the worker's connection nursery, not in one of its own: a
+        connection pays for a writer task only while a send has to wait.
+        """
         outbox = conn.outbox
-        send_all = conn.stream.send_all
+        raw = conn.raw
         try:
-            while outbox:
-                count = len(outbox)
-                data = outbox[0] if count == 1 else b"".join(outbox)
-                outbox.clear()
-                try:
-                    await send_all(data)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    conn.peer_gone = True  # the peer is gone; nothing more to deliver
-                    conn.scope.cancel()
+            with trio.CancelScope() as conn.writer_scope:
+                if conn.stale:  # closed before this task first ran
                     return
-                conn.pending_replies -= count
-                conn.pending_bytes -= len(data)
-            conn.pending_replies = 0
-            conn.pending_bytes = 0
+                while outbox:
+                    count = len(outbox)
+                    data = outbox[0] if count == 1 else b"".join(outbox)
+                    outbox.clear()
+                    try:
+                        if raw is not None:
+                            await _send_all_raw(raw, data)
+                        else:
+                            assert conn.stream is not None
+                            await conn.stream.send_all(data)
+                    except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+                        conn.peer_gone = True  # the peer is gone; nothing more to deliver
+                        conn.scope.cancel()
+                        return
+                    conn.pending_replies -= count
+                    conn.pending_bytes -= len(data)
+                conn.pending_replies = 0
+                conn.pending_bytes = 0
         finally:
+            conn.writer_scope = None
             conn.writer_running = False
             conn.wakeup.wake()
+
+
+async def _send_all_raw(raw: stdlib_socket.socket, data: bytes) -> None:
+    """Send all of ``data`` on a non-blocking socket, waiting for room as needed."""
+    view = memoryview(data)
+    while view:
+        try:
+            sent = raw.send(view)
+        except BlockingIOError:
+            sent = 0
+        if not sent:
+            await trio.lowlevel.wait_writable(raw)
+            continue
+        view = view[sent:]
+    await trio.lowlevel.checkpoint_if_cancelled()
+
+
+#: How long a finished connection keeps reading (and discarding) after its last
+#: reply, so the peer gets every reply instead of a reset (nginx's lingering close).
+_LINGER_TIMEOUT = 2.0
+_LINGER_MAX_BYTES = 1 << 20
+
+
+async def _linger(raw: stdlib_socket.socket) -> None:
+    """Half-close our side, then drain the peer's until its EOF (bounded in time and bytes).
+
+    Closing a socket whose receive buffer still holds unread bytes makes Linux
+    send a reset, which can destroy replies the peer has not read yet: a client
+    that pipelined past the point where we stopped reading (a drain, a flood
+    rule) would lose answers it was owed.
+    """
+    try:
+        raw.shutdown(stdlib_socket.SHUT_WR)
+    except OSError:
+        return
+    discarded = 0
+    with trio.move_on_after(_LINGER_TIMEOUT):
+        while discarded < _LINGER_MAX_BYTES:
+            try:
+                data = raw.recv(65536)
+            except BlockingIOError:
+                data = None
+            except OSError:
+                return
+            if data is None:
+                await trio.lowlevel.wait_readable(raw)
+                continue
+            if not data:
+                return
+            discarded += len(data)
 
 
 def run_worker(

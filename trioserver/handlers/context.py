@@ -78,7 +78,10 @@ class Context:
     @property
     def state(self) -> dict[str, Any]:
         """Free per-connection storage for the application."""
-        return self._conn.state
+        state = self._conn.state
+        if state is None:
+            state = self._conn.state = {}
+        return state
 
     @property
     def closed(self) -> bool:
