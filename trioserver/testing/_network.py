@@ -1,0 +1,317 @@
+"""A simulated connection: two in-memory stream ends with faults applied on the wire.
+
+Each direction is a ``_Pipe`` holding written chunks with their arrival times.
+Faults act there: a ``Split`` caps what one read takes, a ``Delay`` stamps later
+arrival times, ``StopReading`` bounds the pipe to the client and stalls its
+reader, ``Reset`` and ``HalfClose`` are moments at which the link changes state.
+
+No background task drives the link. Every operation first applies what is due
+at the current time, and every wait is bounded by the next moment something is
+due, so the link works under ``autojump_clock`` and in any nursery, and a run
+depends only on virtual time, not on which task trio happens to run first.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import deque
+from collections.abc import Sequence
+
+import trio
+import trio.lowlevel
+
+from ._faults import Delay, Fault, HalfClose, RandomSplit, Reset, Split, StopReading, wire_random
+
+__all__ = ["LinkEnd", "open_link"]
+
+
+class _Pipe:
+    """One direction of a link: ordered chunks, each with the virtual time it arrives."""
+
+    def __init__(
+        self,
+        link: _Link,
+        *,
+        split: Split | RandomSplit | None,
+        delay: Delay | None,
+        window: float,
+        stall_at: float,
+        rng: random.Random,
+    ) -> None:
+        self._link = link
+        self._chunks: deque[tuple[float, bytes]] = deque()
+        self._buffered = 0
+        self._last_arrival = -math.inf
+        self._split = split
+        self._split_index = 0
+        self._delay = delay
+        self._window = window
+        self._stall_at = stall_at
+        self._rng = rng
+        self.eof = False  # the sender is done: send_eof or aclose
+        self.broken = False  # reset: both ends fail
+        self.reader_gone = False  # the receiving end closed
+        self._lot = trio.lowlevel.ParkingLot()
+        # Without timed faults every chunk is ready at once: skip reading the clock.
+        self._timed = delay is not None or stall_at < math.inf or link.next_due < math.inf
+        self._sending = False
+        self._receiving = False
+
+    def changed(self) -> None:
+        self._lot.unpark_all()
+
+    def discard(self) -> None:
+        self._chunks.clear()
+        self._buffered = 0
+        self.changed()
+
+    async def _wait(self, until: float) -> None:
+        if until == math.inf:
+            await self._lot.park()
+            return
+        with trio.move_on_at(until):
+            await self._lot.park()
+
+    def _piece(self) -> float:
+        split = self._split
+        if split is None:
+            return math.inf
+        if isinstance(split, RandomSplit):
+            return self._rng.randint(split.low, split.high)
+        size = split.sizes[self._split_index % len(split.sizes)]
+        self._split_index += 1
+        return size
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self._sending:
+            raise trio.BusyResourceError("another task is sending on this stream")
+        self._sending = True
+        try:
+            # Deliver first, then yield: the reader runs in the same scheduler batch
+            # as this task resumes, which halves the batches a round trip takes.
+            await trio.lowlevel.checkpoint_if_cancelled()
+            data = bytes(data)
+            now = trio.current_time() if self._timed else 0.0
+            self._link.apply_due(now)
+            self._check_send()
+            if data:
+                arrival = now
+                if self._delay is not None:
+                    arrival += self._delay.seconds
+                    if self._delay.jitter:
+                        arrival += self._rng.uniform(0.0, self._delay.jitter)
+                arrival = max(arrival, self._last_arrival)  # bytes never overtake each other
+                self._last_arrival = arrival
+                while data:
+                    room = self._window - self._buffered
+                    if room >= 1:
+                        piece = data if room >= len(data) else data[: int(room)]
+                        data = data[len(piece) :]
+                        self._chunks.append((arrival, piece))
+                        self._buffered += len(piece)
+                        self.changed()
+                        continue
+                    await self._wait(self._link.next_due)  # a full window: wait for the reader
+                    self._link.apply_due(trio.current_time())
+                    self._check_send()
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        finally:
+            self._sending = False
+
+    def _check_send(self) -> None:
+        if self.broken:
+            raise trio.BrokenResourceError("connection reset")
+        if self.eof:
+            raise trio.ClosedResourceError("this end was closed for sending")
+        if self.reader_gone:
+            raise trio.BrokenResourceError("the peer closed the connection")
+
+    async def receive_some(self, max_bytes: int | None) -> bytes:
+        if max_bytes is not None and max_bytes < 1:
+            raise ValueError(f"max_bytes must be >= 1, got {max_bytes!r}")
+        if self._receiving:
+            raise trio.BusyResourceError("another task is receiving on this stream")
+        self._receiving = True
+        try:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            waited = False
+            while True:
+                now = trio.current_time() if self._timed else 0.0
+                self._link.apply_due(now)
+                if self.reader_gone:
+                    raise trio.ClosedResourceError("this end was closed")
+                if self.broken:
+                    raise trio.BrokenResourceError("connection reset")
+                ready = bool(self._chunks) and self._chunks[0][0] <= now
+                stalled = now >= self._stall_at
+                if stalled and self.eof:
+                    self.discard()  # the stalled reader sees the close, never the data
+                    ready = False
+                if (ready and not stalled) or (not self._chunks and self.eof):
+                    data = self._take(max_bytes, now)
+                    if not waited:
+                        await trio.lowlevel.cancel_shielded_checkpoint()
+                    return data
+                until = self._link.next_due
+                if self._chunks and not stalled:
+                    until = min(until, self._chunks[0][0])
+                if not stalled:
+                    until = min(until, self._stall_at)
+                await self._wait(until)
+                waited = True
+        finally:
+            self._receiving = False
+
+    def _take(self, max_bytes: int | None, now: float) -> bytes:
+        limit = min(math.inf if max_bytes is None else max_bytes, self._piece())
+        out: list[bytes] = []
+        taken = 0
+        chunks = self._chunks
+        while chunks and chunks[0][0] <= now and taken < limit:
+            arrival, chunk = chunks[0]
+            room = limit - taken
+            if len(chunk) > room:
+                out.append(chunk[: int(room)])
+                chunks[0] = (arrival, chunk[int(room) :])
+                taken += int(room)
+                break
+            chunks.popleft()
+            out.append(chunk)
+            taken += len(chunk)
+        self._buffered -= taken
+        if taken:
+            self.changed()  # room in the window for a blocked sender
+        return b"".join(out)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        while self._buffered >= self._window and not (self.broken or self.reader_gone):
+            await self._wait(self._link.next_due)
+            self._link.apply_due(trio.current_time())
+        await trio.lowlevel.checkpoint()
+
+
+class _Link:
+    """Both directions of one connection and the moments its faults fall due."""
+
+    def __init__(self, faults: Sequence[Fault], seed: int, key: int, now: float) -> None:
+        def pick(kind: type[Split] | type[RandomSplit] | type[Delay], direction: str) -> object:
+            for fault in faults:
+                if isinstance(fault, kind) and fault.direction in ("both", direction):
+                    return fault
+            return None
+
+        def split_for(direction: str) -> Split | RandomSplit | None:
+            found = pick(Split, direction) or pick(RandomSplit, direction)
+            assert found is None or isinstance(found, Split | RandomSplit)
+            return found
+
+        def delay_for(direction: str) -> Delay | None:
+            found = pick(Delay, direction)
+            assert found is None or isinstance(found, Delay)
+            return found
+
+        stall_at = window = math.inf
+        self.reset_at = self.half_close_at = math.inf
+        self.half_closed = False
+        for fault in faults:
+            if isinstance(fault, StopReading):
+                stall_at = min(stall_at, now + fault.at)
+                window = min(window, fault.window)
+            elif isinstance(fault, Reset):
+                self.reset_at = min(self.reset_at, now + fault.at)
+            elif isinstance(fault, HalfClose):
+                self.half_close_at = min(self.half_close_at, now + fault.at)
+        self.to_server = _Pipe(
+            self,
+            split=split_for("to_server"),
+            delay=delay_for("to_server"),
+            window=math.inf,
+            stall_at=math.inf,
+            rng=wire_random(seed, key, "to_server"),
+        )
+        self.to_client = _Pipe(
+            self,
+            split=split_for("to_client"),
+            delay=delay_for("to_client"),
+            window=window,
+            stall_at=stall_at,
+            rng=wire_random(seed, key, "to_client"),
+        )
+
+    @property
+    def next_due(self) -> float:
+        return min(self.reset_at, self.half_close_at)
+
+    def apply_due(self, now: float) -> None:
+        if now >= self.half_close_at:
+            self.half_close_at = math.inf
+            self.half_closed = True
+            if not self.to_server.eof:
+                self.to_server.eof = True
+                self.to_server.changed()
+        if now >= self.reset_at:
+            self.reset_at = self.half_close_at = math.inf
+            self.reset()
+
+    def reset(self) -> None:
+        for pipe in (self.to_server, self.to_client):
+            pipe.broken = True
+            pipe.discard()
+
+
+class LinkEnd(trio.abc.HalfCloseableStream):
+    """One end of a simulated connection; ``peer`` names the client, as a socket's address would."""
+
+    def __init__(self, link: _Link, outgoing: _Pipe, incoming: _Pipe, peer: str) -> None:
+        self._link = link
+        self._out = outgoing
+        self._in = incoming
+        self.peer = peer
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self._out.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._out.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        await trio.lowlevel.checkpoint()
+        if self._out.broken:
+            raise trio.BrokenResourceError("connection reset")
+        self._out.eof = True
+        self._out.changed()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        return await self._in.receive_some(max_bytes)
+
+    @property
+    def was_reset(self) -> bool:
+        """True once the connection was reset (by a ``Reset`` fault or ``reset()``)."""
+        return self._out.broken
+
+    @property
+    def half_closed(self) -> bool:
+        """True once a ``HalfClose`` fault closed the client's sending side."""
+        return self._link.half_closed
+
+    def reset(self) -> None:
+        """Reset the connection now (both ends' next operations raise ``BrokenResourceError``)."""
+        self._link.reset()
+
+    async def aclose(self) -> None:
+        self._out.eof = True
+        self._out.changed()
+        self._in.reader_gone = True
+        self._in.discard()
+        await trio.lowlevel.checkpoint()
+
+
+def open_link(
+    faults: Sequence[Fault] = (), *, seed: int = 0, key: int = 0, peer: str = "memory"
+) -> tuple[LinkEnd, LinkEnd]:
+    """A (client end, server end) pair with ``faults`` on the wire between them."""
+    link = _Link(faults, seed, key, trio.current_time())
+    client = LinkEnd(link, link.to_server, link.to_client, peer)
+    server = LinkEnd(link, link.to_client, link.to_server, peer)
+    return client, server

@@ -1,0 +1,283 @@
+"""A bot swarm: N simulated clients, each running your script against the worker.
+
+::
+
+    async def script(bot: Bot) -> None:
+        await bot.sleep(bot.random.uniform(0, 20))       # spread the bots out
+        await bot.register()
+        await bot.login()
+        while True:
+            await bot.ping()
+            await bot.sleep(20)
+
+    report = await run_swarm(server, script, bots=1000, duration=600,
+                             faults=FaultPlan.random(seed=7))
+    report.outcomes()          # {'running': 941, 'closed': 38, 'reset': 21}
+
+Each bot's report holds only what depends on its own timeline (its faults, what
+it sent and got, when, and how it ended), in virtual seconds since the swarm
+started, rounded to the microsecond; so the same seed gives an equal report on
+every run, whatever order trio's scheduler picks among tasks ready at one instant.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+import random
+from collections.abc import Awaitable, Callable, Mapping
+
+import attrs
+import trio
+import trio.testing
+
+from ..client import Client, ConnectionClosed
+from ..framer import PING, Packet, encode
+from ..messages import (
+    LOGIN,
+    PING_CODE,
+    REGISTER,
+    decode_login_reply,
+    decode_register_reply,
+    encode_login,
+    encode_register,
+)
+from ..stats import WorkerStatistics
+from ._faults import Fault, FaultPlan
+from ._network import LinkEnd
+from ._server import InMemoryServer
+
+__all__ = ["Bot", "BotEvent", "BotReport", "Outcome", "Script", "SwarmReport", "run_swarm"]
+
+
+class Outcome(enum.StrEnum):
+    """How a bot's run ended."""
+
+    FINISHED = "finished"  #: the script returned
+    RUNNING = "running"  #: still running when the swarm's time was up
+    CLOSED = "closed"  #: the server closed the connection (a kick, a refusal, a drain)
+    RESET = "reset"  #: the connection was reset (a ``Reset`` fault)
+    HALF_CLOSED = "half_closed"  #: the script sent after its own ``HalfClose``
+    ERROR = "error"  #: the script raised anything else (see ``BotReport.error``)
+
+
+@attrs.frozen
+class BotEvent:
+    """One packet a bot sent or received, at a virtual time since the swarm started."""
+
+    at: float
+    kind: str  #: "sent" or "reply"
+    code: int
+
+
+@attrs.frozen
+class BotReport:
+    """What one bot saw."""
+
+    index: int
+    peer: str
+    faults: tuple[Fault, ...]
+    outcome: Outcome
+    #: When the script ended (virtual seconds since the swarm started); the duration if running.
+    ended_at: float
+    sent: int
+    replies: Mapping[int, int]  #: packets received, by message code
+    error: str | None
+    events: tuple[BotEvent, ...]
+
+
+@attrs.frozen
+class SwarmReport:
+    """Every bot's report, and the worker's statistics when the time was up."""
+
+    seed: int
+    duration: float
+    bots: tuple[BotReport, ...]
+    statistics: WorkerStatistics
+
+    def outcomes(self) -> dict[str, int]:
+        """How many bots ended each way, e.g. ``{"running": 990, "reset": 10}``."""
+        return dict(sorted(collections.Counter(bot.outcome.value for bot in self.bots).items()))
+
+    def with_outcome(self, outcome: Outcome) -> list[BotReport]:
+        return [bot for bot in self.bots if bot.outcome is outcome]
+
+
+Script = Callable[["Bot"], Awaitable[None]]
+
+
+def _peer(index: int) -> str:
+    # One address per bot: per-address limits (registrations, failed logins)
+    # must not make bots depend on each other.
+    return f"10.{(index >> 16) & 255}.{(index >> 8) & 255}.{index & 255}:{40000 + index % 20000}"
+
+
+class Bot:
+    """One simulated client, as a script sees it.
+
+    ``name`` and ``password`` are this bot's credentials (``bot<index>``), ``random``
+    a random stream seeded from the swarm's seed and the bot's index, ``client``
+    the underlying :class:`~trioserver.client.Client` for anything else.
+    """
+
+    def __init__(
+        self, index: int, seed: int, faults: tuple[Fault, ...], start: float, keep_events: bool
+    ) -> None:
+        self.index = index
+        self.name = f"bot{index}"
+        self.password = f"secret-{index}"
+        self.peer = _peer(index)
+        self.faults = faults
+        self.random = random.Random(f"trioserver-bot:{seed}:{index}")
+        self._start = start
+        self._keep = keep_events
+        self._events: list[BotEvent] = []
+        self._sent = 0
+        self._replies: collections.Counter[int] = collections.Counter()
+        self._client: Client | None = None
+
+    @property
+    def client(self) -> Client:
+        if self._client is None:
+            raise RuntimeError(f"bot {self.index} is not connected yet")
+        return self._client
+
+    @property
+    def now(self) -> float:
+        """Virtual seconds since the swarm started."""
+        return round(trio.current_time() - self._start, 6)
+
+    async def sleep(self, seconds: float) -> None:
+        await trio.sleep(seconds)
+
+    async def send(self, code: int, body: bytes = b"") -> None:
+        """Send one packet without waiting for a reply."""
+        await self._send_raw(encode(code, body), code)
+
+    async def receive(self) -> Packet:
+        """The next packet from the server (``ConnectionClosed`` once it closed)."""
+        packet = await self.client.receive_packet()
+        self._replies[packet.code] += 1
+        if self._keep:
+            self._events.append(BotEvent(self.now, "reply", packet.code))
+        return packet
+
+    async def request(self, code: int, body: bytes = b"") -> Packet:
+        """Send one packet and return the next one received."""
+        await self.send(code, body)
+        return await self.receive()
+
+    async def ping(self) -> float:
+        """One heartbeat; returns its round trip in virtual seconds."""
+        start = trio.current_time()
+        await self._send_raw(PING, PING_CODE)
+        await self._expect(await self.receive(), PING_CODE)
+        return trio.current_time() - start
+
+    async def register(self, name: str | None = None, password: str | None = None) -> int:
+        """Register (by default as this bot); returns the result code (0 is OK)."""
+        data = encode_register(name or self.name, password or self.password)
+        await self._send_raw(data, REGISTER)
+        return decode_register_reply(await self._expect(await self.receive(), REGISTER)).result
+
+    async def login(self, name: str | None = None, password: str | None = None) -> int:
+        """Log in (by default as this bot); returns the result code (0 is OK)."""
+        await self._send_raw(encode_login(name or self.name, password or self.password), LOGIN)
+        return decode_login_reply(await self._expect(await self.receive(), LOGIN)).result
+
+    async def _send_raw(self, data: bytes, code: int) -> None:
+        await self.client.send_raw(data)
+        self._sent += 1
+        if self._keep:
+            self._events.append(BotEvent(self.now, "sent", code))
+
+    @staticmethod
+    async def _expect(packet: Packet, code: int) -> bytes:
+        if packet.code != code:
+            raise AssertionError(f"expected a reply with msgCode {code}, got {packet.code}")
+        return packet.body
+
+    def _report(self, outcome: Outcome, ended_at: float, error: str | None) -> BotReport:
+        return BotReport(
+            index=self.index,
+            peer=self.peer,
+            faults=self.faults,
+            outcome=outcome,
+            ended_at=ended_at,
+            sent=self._sent,
+            replies=dict(sorted(self._replies.items())),
+            error=error,
+            events=tuple(self._events),
+        )
+
+
+def _classify(exc: Exception, stream: trio.abc.Stream | None) -> tuple[Outcome, str | None]:
+    was_reset = isinstance(stream, LinkEnd) and stream.was_reset
+    if isinstance(exc, ConnectionClosed | trio.BrokenResourceError):
+        return (Outcome.RESET if was_reset else Outcome.CLOSED), None
+    half_closed = isinstance(stream, LinkEnd) and stream.half_closed
+    if isinstance(exc, trio.ClosedResourceError) and half_closed:
+        return Outcome.HALF_CLOSED, None
+    return Outcome.ERROR, repr(exc)
+
+
+async def run_swarm(
+    server: InMemoryServer,
+    script: Script,
+    *,
+    bots: int,
+    duration: float,
+    faults: FaultPlan | None = None,
+    ramp_up: float = 0.0,
+    keep_events: bool = True,
+) -> SwarmReport:
+    """Run ``bots`` copies of ``script`` against ``server`` for ``duration`` virtual seconds.
+
+    Bot ``i`` connects at ``ramp_up * i / bots`` with the faults ``faults`` plans
+    for key ``i``, then runs ``script(bot)``. At ``duration`` every script still
+    running is cancelled, and the worker's statistics are taken once it settled.
+    """
+    if bots < 0:
+        raise ValueError(f"bots must be >= 0, got {bots!r}")
+    if not duration >= 0:
+        raise ValueError(f"duration must be >= 0, got {duration!r}")
+    plan = faults if faults is not None else FaultPlan()
+    start = trio.current_time()
+    end = start + duration
+    crew = [Bot(i, plan.seed, plan.faults_for(i), start, keep_events) for i in range(bots)]
+    reports: dict[int, BotReport] = {}
+
+    async def run_one(bot: Bot) -> None:
+        await trio.sleep_until(start + ramp_up * bot.index / max(bots, 1))
+        stream = await server.listener.connect(
+            peer=bot.peer, faults=bot.faults, seed=plan.seed, key=bot.index
+        )
+        bot._client = Client(stream)
+        try:
+            await script(bot)
+        except Exception as exc:
+            outcome, error = _classify(exc, stream)
+            reports[bot.index] = bot._report(outcome, bot.now, error)
+        else:
+            reports[bot.index] = bot._report(Outcome.FINISHED, bot.now, None)
+
+    with trio.move_on_at(end):
+        async with trio.open_nursery() as nursery:
+            for bot in crew:
+                nursery.start_soon(run_one, bot)
+        await trio.sleep_until(end)
+    # Let the worker finish what this instant brought before taking its statistics.
+    await trio.testing.wait_all_tasks_blocked()
+    statistics = server.worker.statistics()
+    for bot in crew:
+        if bot._client is not None:
+            await trio.aclose_forcefully(bot._client.stream)
+    ran = round(end - start, 6)
+    return SwarmReport(
+        seed=plan.seed,
+        duration=duration,
+        bots=tuple(
+            reports.get(bot.index) or bot._report(Outcome.RUNNING, ran, None) for bot in crew
+        ),
+        statistics=statistics,
+    )
