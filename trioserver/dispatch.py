@@ -298,7 +298,7 @@ class MessageQueue:
         finally:
             conn.scheduled = False
             self._flush(conn)
-            conn.wakeup.wake()
+            conn.settle()
 
     def _handler_failed(self, conn: Connection, route: Route, packet: Packet) -> None:
         self._counters.handler_errors += 1

@@ -168,8 +168,6 @@ class Connection:
     opened_at: float
     #: The connection's whole life; a kick cancels it, the heartbeat is its deadline.
     scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
-    #: Just the reading; cancelled to stop taking requests (drain) but finish replies.
-    read_scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
     #: Packets waiting for a handler task; a handler takes the whole list at once.
     inbox: list[Packet] = attrs.Factory(list)
     #: True while the connection sits in the message queue or a handler drains it.
@@ -182,6 +180,10 @@ class Connection:
     finish_reason: KickReason | None = None
     #: True once the peer reset or vanished (not a kick: nothing to count).
     peer_gone: bool = False
+    #: Set by a stopping worker: read no more, finish, close.
+    draining: bool = False
+    #: True when a drain closed the connection while it waited idle (not a kick).
+    drained: bool = False
     #: True while the reader waits for bytes (a drain may then stop it at once).
     receiving: bool = False
     #: True once the peer sent EOF (a half-close).
@@ -227,6 +229,14 @@ class Connection:
 
     def __repr__(self) -> str:
         return f"<Connection {self.id} from {self.peer}>"
+
+    def settle(self) -> None:
+        """Some work for this connection finished: wake its task, and during a drain
+        close it once it is idle in a receive (a busy reader stops by itself)."""
+        self.wakeup.wake()
+        if self.draining and self.receiving and not self.busy:
+            self.drained = True
+            self.scope.cancel()
 
     def kick(self, reason: KickReason) -> None:
         """Close the connection now; the first reason given is the one counted."""

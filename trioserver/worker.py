@@ -215,8 +215,8 @@ class Worker:
             )
             self._accept_scope.cancel()
             for conn in self._connections.values():
-                if conn.receiving:  # idle in a receive: stop it; a busy reader stops itself
-                    conn.read_scope.cancel()
+                conn.draining = True
+                conn.settle()  # idle ones close now; busy ones once their work is done
         self._drain_deadline = min(self._drain_deadline, deadline)
         if self._conn_nursery is not None:
             self._conn_nursery.cancel_scope.deadline = self._drain_deadline
@@ -375,7 +375,11 @@ class Worker:
             reason = conn.kick_reason or conn.finish_reason
             if reason is None and not clean:
                 reason = KickReason.DRAIN_TIMEOUT
-            elif reason is None and not conn.peer_gone and conn.scope.cancelled_caught:
+            elif (
+                reason is None
+                and conn.scope.cancelled_caught
+                and not (conn.peer_gone or conn.drained)
+            ):
                 reason = self.rules.deadline_reason(conn)
             if reason is not None:
                 self.counters.kick(conn, reason)
@@ -410,98 +414,97 @@ class Worker:
         waited = True
         data: bytes | bytearray | None
         try:
-            with conn.read_scope:
-                while True:
-                    if raw is not None:
-                        # Try the socket first; wait on trio only when it is empty.
-                        try:
-                            data = raw.recv(receive_size)
-                        except BlockingIOError:
-                            data = None  # wait outside the handler: no exception kept alive
-                        except OSError:
-                            conn.peer_gone = True  # reset by peer: nothing more to deliver
-                            conn.scope.cancel()
-                            return
-                        if data is None:
-                            if self._stopping:
-                                return  # draining: all that had arrived is read; no more
-                            conn.receiving = True
-                            try:
-                                await trio.lowlevel.wait_readable(raw)
-                            finally:
-                                conn.receiving = False
-                            waited = True
-                            continue
-                        if not waited:
-                            await trio.lowlevel.checkpoint()  # data kept coming: be fair
-                        waited = False
-                    else:
-                        assert stream is not None
+            while True:
+                if raw is not None:
+                    # Try the socket first; wait on trio only when it is empty.
+                    try:
+                        data = raw.recv(receive_size)
+                    except BlockingIOError:
+                        data = None  # wait outside the handler: no exception kept alive
+                    except OSError:
+                        conn.peer_gone = True  # reset by peer: nothing more to deliver
+                        conn.scope.cancel()
+                        return
+                    if data is None:
                         if self._stopping:
-                            return  # draining: answer what was read, read no more
+                            return  # draining: all that had arrived is read; no more
                         conn.receiving = True
                         try:
-                            data = await stream.receive_some(receive_size)
-                        except trio.BrokenResourceError:
-                            conn.peer_gone = True
-                            conn.scope.cancel()
-                            return
+                            await trio.lowlevel.wait_readable(raw)
                         finally:
                             conn.receiving = False
-                    if not data:
-                        conn.peer_eof = True
-                        decoder.receive_data(b"")
-                        try:
-                            decoder.next_packet()
-                        except TruncatedPacketError:
-                            conn.finish_reason = KickReason.TRUNCATED
+                        waited = True
+                        continue
+                    if not waited:
+                        await trio.lowlevel.checkpoint()  # data kept coming: be fair
+                    waited = False
+                else:
+                    assert stream is not None
+                    if self._stopping:
+                        return  # draining: answer what was read, read no more
+                    conn.receiving = True
+                    try:
+                        data = await stream.receive_some(receive_size)
+                    except trio.BrokenResourceError:
+                        conn.peer_gone = True
+                        conn.scope.cancel()
                         return
-                    decoder.receive_data(data)
-                    # Take at most what the inbox has room for; the rest stays as bytes.
-                    while True:
-                        room = inbox_size - len(conn.inbox)
-                        try:
-                            events = decoder.next_packets(room)
-                        except RemoteProtocolError:
-                            conn.finish_reason = KickReason.BAD_LENGTH
-                            return
-                        if not events:
+                    finally:
+                        conn.receiving = False
+                if not data:
+                    conn.peer_eof = True
+                    decoder.receive_data(b"")
+                    try:
+                        decoder.next_packet()
+                    except TruncatedPacketError:
+                        conn.finish_reason = KickReason.TRUNCATED
+                    return
+                decoder.receive_data(data)
+                # Take at most what the inbox has room for; the rest stays as bytes.
+                while True:
+                    room = inbox_size - len(conn.inbox)
+                    try:
+                        events = decoder.next_packets(room)
+                    except RemoteProtocolError:
+                        conn.finish_reason = KickReason.BAD_LENGTH
+                        return
+                    if not events:
+                        break
+                    now = trio.current_time()
+                    refreshed = False
+                    packets: list[Packet] = []
+                    for event in events:
+                        code = event.code
+                        by_code[code] += 1
+                        if flood_check and rules.is_flood(conn, now):
+                            # Drop this packet, answer what came before it, then close.
+                            conn.finish_reason = KickReason.FLOOD
                             break
-                        now = trio.current_time()
-                        refreshed = False
-                        packets: list[Packet] = []
-                        for event in events:
-                            code = event.code
-                            by_code[code] += 1
-                            if flood_check and rules.is_flood(conn, now):
-                                # Drop this packet, answer what came before it, then close.
-                                conn.finish_reason = KickReason.FLOOD
-                                break
-                            if type(event) is Discarded:
-                                counters.drop(conn, DropReason(event.reason.value), code)
-                                continue
-                            assert type(event) is Packet
-                            drop = check(event)
-                            if drop is not None:
-                                counters.drop(conn, drop, code)
-                                continue
-                            if code == 0 or any_refreshes:
-                                refreshed = True
-                            packets.append(event)
-                        if refreshed:
-                            rules.refresh(conn, now)
-                        if packets and queue.submit(conn, packets):
-                            await queue.schedule(conn)
-                        if conn.finish_reason is not None or conn.kick_reason is not None:
-                            return
-                        if len(events) < room:
-                            break  # the buffer holds no further whole packet
-                        while len(conn.inbox) >= inbox_size:
-                            await conn.wakeup.wait()
-                        if conn.writer_running:
-                            # Let the writer run between batches: replies pile up only
-                            # while the peer really does not read (then it is kicked).
-                            await trio.lowlevel.checkpoint()
+                        if type(event) is Discarded:
+                            counters.drop(conn, DropReason(event.reason.value), code)
+                            continue
+                        assert type(event) is Packet
+                        drop = check(event)
+                        if drop is not None:
+                            counters.drop(conn, drop, code)
+                            continue
+                        if code == 0 or any_refreshes:
+                            refreshed = True
+                        packets.append(event)
+                    if refreshed:
+                        rules.refresh(conn, now)
+                    if packets and queue.submit(conn, packets):
+                        await queue.schedule(conn)
+                    if conn.finish_reason is not None or conn.kick_reason is not None:
+                        return
+                    if len(events) < room:
+                        break  # the buffer holds no further whole packet
+                    while len(conn.inbox) >= inbox_size:
+                        await conn.wakeup.wait()
+                    if conn.writer_running:
+                        # Let the writer run between batches: replies pile up only
+                        # while the peer really does not read (then it is kicked).
+                        await trio.lowlevel.checkpoint()
         finally:
             conn.reading = False
 
@@ -568,7 +571,7 @@ class Worker:
         finally:
             conn.writer_scope = None
             conn.writer_running = False
-            conn.wakeup.wake()
+            conn.settle()
 
 
 async def _send_all_raw(raw: stdlib_socket.socket, data: bytes) -> None:
