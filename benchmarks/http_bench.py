@@ -3,7 +3,7 @@
     apt-get install -y nginx wrk
     python benchmarks/http_bench.py [--duration 10] [--connections 100]
 
-Both servers get one worker pinned to CPU 0 (``taskset -c 0``); wrk runs on CPU 1
+Each server gets one worker pinned to CPU 0 (``taskset -c 0``); wrk runs on CPU 1
 (``-t1 -cN``). Loads: a 1 KiB index.html with keep-alive, the same with
 ``Connection: close``, and a 1 MiB file with keep-alive. nginx runs with sendfile on
 and access_log off; trioserver with every feature on (cache with stat checks,
@@ -11,7 +11,9 @@ conditional and range support, timeouts) and the access log off. Everything
 listens on 127.0.0.1 only; each server is stopped by its own PID.
 
 ``--serve PORT ROOT`` runs one trioserver HTTP worker in the foreground (what the
-benchmark starts); the worker's own HTTP listener replaces it once it exists.
+benchmark starts); the worker's own HTTP listener replaces it once it exists. A
+third column runs a bare trio + httptools loop with no features: the ceiling for
+anything on trio on this machine.
 """
 
 from __future__ import annotations
@@ -71,6 +73,48 @@ def serve(port: int, root: str) -> None:
 
     async def handle(stream: trio.SocketStream) -> None:
         await serve_http_connection(stream, site, settings)
+
+    async def main() -> None:
+        listeners = await trio.open_tcp_listeners(port, host="127.0.0.1", backlog=4096)
+        await trio.serve_listeners(handle, listeners)
+
+    trio.run(main)
+
+
+def serve_bare(port: int, root: str) -> None:
+    """The ceiling on this machine: trio + httptools, cached bytes, no features (TARGETS.md)."""
+    import httptools
+    import trio
+
+    files = {f"/{p.name}".encode(): p.read_bytes() for p in Path(root).iterdir()}
+    heads = {k: b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(v) for k, v in files.items()}
+
+    class Requests:
+        def __init__(self) -> None:
+            self.urls: list[bytes] = []
+            self.close = False
+
+        def on_url(self, url: bytes) -> None:
+            self.urls.append(url)
+
+    async def handle(stream: trio.SocketStream) -> None:
+        requests = Requests()
+        parser = httptools.HttpRequestParser(requests)
+        try:
+            while data := await stream.receive_some(65536):
+                parser.feed_data(data)
+                if requests.urls:
+                    out = []
+                    for url in requests.urls:
+                        out += (heads[url], files[url])
+                    requests.urls.clear()
+                    await stream.send_all(b"".join(out))
+                    if not parser.should_keep_alive():
+                        return
+        except (trio.BrokenResourceError, httptools.HttpParserError):
+            pass
+        finally:
+            await stream.aclose()
 
     async def main() -> None:
         listeners = await trio.open_tcp_listeners(port, host="127.0.0.1", backlog=4096)
@@ -151,9 +195,13 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--connections", type=int, default=100)
     parser.add_argument("--serve", nargs=2, metavar=("PORT", "ROOT"))
+    parser.add_argument("--serve-bare", nargs=2, metavar=("PORT", "ROOT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         serve(int(args.serve[0]), args.serve[1])
+        return
+    if args.serve_bare:
+        serve_bare(int(args.serve_bare[0]), args.serve_bare[1])
         return
     for tool in ("nginx", "wrk", "taskset"):
         if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
@@ -166,7 +214,7 @@ def main() -> None:
         page = b"<!doctype html><title>bench</title>" + b"x" * (1024 - 36)
         (docroot / "index.html").write_bytes(page[:1024])
         (docroot / "1m.bin").write_bytes(os.urandom(1 << 20))
-        nginx_port, trio_port = free_port(), free_port()
+        nginx_port, trio_port, bare_port = free_port(), free_port(), free_port()
         conf = Path(tmp) / "nginx.conf"
         conf.write_text(NGINX_CONF.format(tmp=tmp, port=nginx_port, root=docroot))
         nginx_bin = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -176,8 +224,12 @@ def main() -> None:
                 "taskset", "-c", "0", sys.executable, __file__,
                 "--serve", str(trio_port), str(docroot),
             ],
+            "bare": [
+                "taskset", "-c", "0", sys.executable, __file__,
+                "--serve-bare", str(bare_port), str(docroot),
+            ],
         }  # fmt: skip
-        ports = {"nginx": nginx_port, "trioserver": trio_port}
+        ports = {"nginx": nginx_port, "trioserver": trio_port, "bare": bare_port}
         loads = [
             ("1 KiB keep-alive", "/index.html", False),
             ("1 KiB Connection: close", "/index.html", True),
@@ -195,7 +247,7 @@ def main() -> None:
                     results[name, label] = run_wrk(ports[name], path, args, close)
                 memory[name] = rss_mb(proc.pid)
             finally:
-                proc.send_signal(signal.SIGTERM if name == "trioserver" else signal.SIGQUIT)
+                proc.send_signal(signal.SIGQUIT if name == "nginx" else signal.SIGTERM)
                 try:
                     proc.wait(timeout=10)
                 except subprocess.TimeoutExpired:
@@ -203,13 +255,18 @@ def main() -> None:
                     proc.wait()
 
     print(f"\nwrk -t1 -c{args.connections} -d{args.duration}s, server on CPU 0, wrk on CPU 1\n")
-    print("| load | nginx req/s | nginx p99 | trioserver req/s | trioserver p99 | ratio |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| load | nginx req/s | nginx p99 | trioserver req/s | trioserver p99 | ratio "
+        "| bare trio+httptools req/s |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for label, _, _ in loads:
         n_rps, n_p99 = results["nginx", label]
         t_rps, t_p99 = results["trioserver", label]
+        b_rps, _ = results["bare", label]
         print(
-            f"| {label} | {n_rps:,.0f} | {n_p99} | {t_rps:,.0f} | {t_p99} | {t_rps / n_rps:.2f}x |"
+            f"| {label} | {n_rps:,.0f} | {n_p99} | {t_rps:,.0f} | {t_p99} | "
+            f"{t_rps / n_rps:.2f}x | {b_rps:,.0f} |"
         )
     print(
         f"\nRSS after the run: nginx {memory.get('nginx', 0):.1f} MB (master + worker), "
