@@ -14,7 +14,16 @@ import trio.testing
 from trioserver.client import Client
 from trioserver.framer import PING, Packet, encode
 from trioserver.handlers import Context, default_router
-from trioserver.testing import serve_in_memory
+from trioserver.testing import (
+    Bot,
+    Delay,
+    Fault,
+    Reset,
+    Split,
+    StopReading,
+    run_swarm,
+    serve_in_memory,
+)
 from trioserver.worker import Worker
 
 from .conftest import make_config
@@ -55,6 +64,41 @@ async def test_pinging_every_w_is_never_closed(autojump_clock: trio.testing.Mock
         assert trio.current_time() - start == pytest.approx(10 * W)
         # ... and after the last ping it still gets the whole 3W + 10
         assert await closed_after(client) == pytest.approx(HEARTBEAT, abs=1e-9)
+
+
+@pytest.mark.parametrize(
+    "faults",
+    [[Split((1,))], [Split((3,)), Delay(2.0)], [Delay(5.0, direction="to_server")]],
+    ids=["byte-by-byte", "split-and-latency", "slow-uplink"],
+)
+async def test_split_and_delayed_pings_refresh_from_their_arrival(
+    autojump_clock: trio.testing.MockClock, faults: list[Fault]
+) -> None:
+    async with serve_in_memory() as server:
+        client = await server.connect(faults=faults)
+        for _ in range(10):
+            await trio.sleep(W)
+            await client.ping()
+        # The server closes 3W + 10 after the last ping arrived; the client hears
+        # both the reply and the close one downlink delay later: 3W + 10 apart.
+        assert await closed_after(client) == pytest.approx(HEARTBEAT, abs=1e-9)
+        assert server.worker.statistics().kicks_by_reason == {"heartbeat": 1}
+
+
+async def test_200_bots_pinging_every_w_are_never_closed(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def script(bot: Bot) -> None:
+        await bot.sleep(bot.random.uniform(0, W))
+        while True:
+            await bot.ping()
+            await bot.sleep(W)
+
+    async with serve_in_memory() as server:
+        report = await run_swarm(server, script, bots=200, duration=3 * HEARTBEAT)
+    assert report.outcomes() == {"running": 200}
+    assert report.statistics.kicks_by_reason == {}
+    assert all(bot.replies[0] >= 3 * HEARTBEAT // W for bot in report.bots)
 
 
 async def test_non_ping_traffic_does_not_refresh_by_default(
@@ -143,13 +187,17 @@ async def test_flood_ten_fast_pass_the_eleventh_closes(
         assert server.worker.statistics().packets_by_code[0] == 11
 
 
-async def test_flood_ten_pipelined_pass_the_eleventh_closes() -> None:
+@pytest.mark.parametrize(
+    "faults", [None, [Split((1,))], [Split((5,))]], ids=["whole", "byte-by-byte", "by-5"]
+)
+async def test_flood_ten_pipelined_pass_the_eleventh_closes(faults: list[Fault] | None) -> None:
     async with serve_in_memory() as server:
-        client = await server.connect()
+        client = await server.connect(faults=faults)
         await client.send_raw(PING * 11)
         for _ in range(10):
             assert await client.receive_packet() == Packet(0)
         assert await client.at_eof()
+        assert server.worker.statistics().kicks_by_reason == {"flood": 1}
 
 
 async def test_110ms_spacing_never_floods(autojump_clock: trio.testing.MockClock) -> None:
@@ -161,10 +209,17 @@ async def test_110ms_spacing_never_floods(autojump_clock: trio.testing.MockClock
         assert server.worker.statistics().kicks_by_reason == {}
 
 
-async def test_reader_that_never_reads_is_kicked_and_others_keep_being_served() -> None:
+@pytest.mark.parametrize(
+    "faults",
+    [None, [StopReading(at=0, window=1)], [StopReading(at=0, window=4096), Split((7,))]],
+    ids=["lockstep", "window-1", "window-4k-split"],
+)
+async def test_reader_that_never_reads_is_kicked_and_others_keep_being_served(
+    faults: list[Fault] | None,
+) -> None:
     config = make_config(connection__flood_check=False)
     async with serve_in_memory(config) as server:
-        attacker = await server.connect_stream(lockstep=True)
+        attacker = await server.connect_stream(lockstep=faults is None, faults=faults)
         victim = await server.connect()
         # The attacker pipelines pings and never reads a reply: the writer blocks
         # in send_all, and replies pile up until the 401st kicks it.
@@ -216,6 +271,25 @@ async def test_max_connections_then_recycle_delay(autojump_clock: trio.testing.M
         late = await server.connect()
         await late.ping()
         assert server.worker.statistics().connections_refused == 2
+
+
+async def test_a_reset_connection_rests_for_the_recycle_delay(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    config = make_config(server__max_connections=1, connection__recycle_delay=2.5)
+    async with serve_in_memory(config) as server:
+        doomed = await server.connect(faults=[Reset(at=10.0)])
+        await doomed.ping()
+        await trio.sleep(10.0)  # it is reset now; the worker notices at once
+        await trio.sleep(2.4)
+        early = await server.connect()
+        assert await closed_after(early) == 0  # the slot still rests
+        await trio.sleep(0.1)
+        late = await server.connect()
+        await late.ping()
+        stats = server.worker.statistics()
+        assert stats.connections_refused == 1
+        assert stats.kicks_by_reason == {}  # a vanished peer is not a kick
 
 
 async def test_half_close_gets_every_reply_then_eof() -> None:

@@ -50,6 +50,7 @@ class _Pipe:
         self._stall_at = stall_at
         self._rng = rng
         self.eof = False  # the sender is done: send_eof or aclose
+        self._eof_at = -math.inf  # ... and the reader sees it from then on (after the delay)
         self.broken = False  # reset: both ends fail
         self.reader_gone = False  # the receiving end closed
         self._lot = trio.lowlevel.ParkingLot()
@@ -60,6 +61,16 @@ class _Pipe:
 
     def changed(self) -> None:
         self._lot.unpark_all()
+
+    def finish(self) -> None:
+        """The sender is done: the EOF arrives behind the bytes in flight, one delay later."""
+        if self.eof:
+            return
+        self.eof = True
+        if self._delay is not None:
+            arrival = trio.current_time() + self._delay.seconds
+            self._eof_at = max(arrival, self._last_arrival)
+        self.changed()
 
     def discard(self) -> None:
         self._chunks.clear()
@@ -145,10 +156,11 @@ class _Pipe:
                     raise trio.BrokenResourceError("connection reset")
                 ready = bool(self._chunks) and self._chunks[0][0] <= now
                 stalled = now >= self._stall_at
-                if stalled and self.eof:
+                at_eof = self.eof and now >= self._eof_at
+                if stalled and at_eof:
                     self.discard()  # the stalled reader sees the close, never the data
                     ready = False
-                if (ready and not stalled) or (not self._chunks and self.eof):
+                if (ready and not stalled) or (not self._chunks and at_eof):
                     data = self._take(max_bytes, now)
                     if not waited:
                         await trio.lowlevel.cancel_shielded_checkpoint()
@@ -158,6 +170,8 @@ class _Pipe:
                     until = min(until, self._chunks[0][0])
                 if not stalled:
                     until = min(until, self._stall_at)
+                if self.eof and not at_eof:
+                    until = min(until, self._eof_at)
                 await self._wait(until)
                 waited = True
         finally:
@@ -247,9 +261,7 @@ class _Link:
         if now >= self.half_close_at:
             self.half_close_at = math.inf
             self.half_closed = True
-            if not self.to_server.eof:
-                self.to_server.eof = True
-                self.to_server.changed()
+            self.to_server.finish()
         if now >= self.reset_at:
             self.reset_at = self.half_close_at = math.inf
             self.reset()
@@ -279,8 +291,7 @@ class LinkEnd(trio.abc.HalfCloseableStream):
         await trio.lowlevel.checkpoint()
         if self._out.broken:
             raise trio.BrokenResourceError("connection reset")
-        self._out.eof = True
-        self._out.changed()
+        self._out.finish()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         return await self._in.receive_some(max_bytes)
@@ -300,8 +311,7 @@ class LinkEnd(trio.abc.HalfCloseableStream):
         self._link.reset()
 
     async def aclose(self) -> None:
-        self._out.eof = True
-        self._out.changed()
+        self._out.finish()
         self._in.reader_gone = True
         self._in.discard()
         await trio.lowlevel.checkpoint()
