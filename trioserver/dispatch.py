@@ -170,13 +170,8 @@ class MessageQueue:
         return self._size
 
     def context(self, conn: Connection) -> Context:
-        """The connection's handler context (one per connection, made on first use)."""
-        ctx = conn.context
-        if ctx is None:
-            ctx = conn.context = Context(
-                conn, self.services, self._flush, self._max_replies, self._max_bytes
-            )
-        return ctx  # type: ignore[no-any-return]
+        """A handler context for ``conn`` (made per batch: idle connections keep none)."""
+        return Context(conn, self.services, self._flush, self._max_replies, self._max_bytes)
 
     def submit(self, conn: Connection, packets: list[Packet]) -> bool:
         """Hand over one batch of checked packets; True if ``conn`` must now be scheduled."""

@@ -203,8 +203,6 @@ class Connection:
     batching: bool = False
     #: Wakes the connection's own task: inbox space, or work finished.
     wakeup: Wakeup = attrs.Factory(Wakeup)
-    #: The handlers' Context for this connection, made on first use.
-    context: Any = None
     #: Flood rule: arrival time of the previous packet and the fast-packet run length.
     last_packet_at: float = float("-inf")
     flood_count: int = 0
