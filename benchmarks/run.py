@@ -53,6 +53,9 @@ LOAD_CPU = "1"
 PY = sys.executable
 LOGIN_USERS = 1000  # accounts registered before a login case; logins cycle through them
 ACCOUNT_PREFIX = "bench_"
+# Opening 20,000 connections to a server that accepts slowly overflows its accept queue;
+# the kernel's SYN retries (up to ~127 s) then get them in, so connecting may take a while.
+IDLE_CONNECT_TIMEOUT = 150.0
 
 # ---------------------------------------------------------------------------
 # Targets: the servers under test. Strings in commands are formatted with
@@ -335,6 +338,26 @@ def worker_pids(pid: int, settle: float = 2.0) -> tuple[int, ...]:
     return tuple(sorted(leaves)) or (pid,)
 
 
+def server_alive(server: Server) -> bool:
+    """The server process and every measured worker still run (zombies count as dead)."""
+    if server.proc.poll() is not None:
+        return False
+    for pid in server.measured:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return False
+        if stat.rpartition(")")[2].split()[0] in ("Z", "X"):
+            return False
+    return True
+
+
+def add_note(notes: dict[str, dict[str, str]], case: str, target: str, note: str) -> None:
+    old = notes.setdefault(case, {}).get(target)
+    if old != note:
+        notes[case][target] = f"{old}; {note}" if old else note
+
+
 def fmt_args(args: Sequence[str], **values: object) -> list[str]:
     return [a.format(**values) for a in args]
 
@@ -465,9 +488,9 @@ def run_idle(case: Case, server: Server, cfg: Settings, rep: int) -> dict[str, A
         "-S",
         server.pids_arg,
         "-T",
-        str(max(cfg.connect_timeout, 60)),
+        str(IDLE_CONNECT_TIMEOUT),
     ]
-    report = loadgen(args, timeout=cfg.idle_hold + 2 * max(cfg.connect_timeout, 60) + 30)
+    report = loadgen(args, timeout=cfg.idle_hold + 2 * IDLE_CONNECT_TIMEOUT + 30)
     idle = report["idle"]
     answered = idle["answered"]
     before, after = idle["server_rss_kib_before"], idle["server_rss_kib_after_ping"]
@@ -475,6 +498,7 @@ def run_idle(case: Case, server: Server, cfg: Settings, rep: int) -> dict[str, A
         "connections": conns,
         "capped": conns < case.conns,
         "connected": report["connected"],
+        "connect_s": report["connect_s"],
         "answered": answered,
         "closed_during_hold": idle["closed_during_hold"],
         "rss_before_mib": before / 1024,
@@ -584,6 +608,7 @@ SUMMARY_KEYS = {
     ),
     "idle": (
         "connections",
+        "connect_s",
         "answered",
         "rss_before_mib",
         "rss_after_mib",
@@ -596,10 +621,27 @@ SUMMARY_KEYS = {
 
 
 def summarise(records: Sequence[dict[str, Any]], kind: Kind) -> dict[str, Any]:
+    """Medians over the runs, except errors: their total, so one bad run shows."""
     out: dict[str, Any] = {"runs": len(records)}
     for key in SUMMARY_KEYS.get(kind, ()):
-        out[key] = median([r.get(key) for r in records])
+        if key == "errors":
+            out[key] = sum(r.get(key) or 0 for r in records)
+        else:
+            out[key] = median([r.get(key) for r in records])
     return out
+
+
+def summarise_runs(records: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+    kinds = {c.name: c.kind for c in CASES}
+    grouped: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for r in records:
+        if "connect_s" not in r and "connect_s" in r.get("loadgen", {}):
+            r = {**r, "connect_s": r["loadgen"]["connect_s"]}  # files from before the column
+        grouped.setdefault(r["case"], {}).setdefault(r["target"], []).append(r)
+    return {
+        case: {t: summarise(recs, kinds.get(case, "load")) for t, recs in by_target.items()}
+        for case, by_target in grouped.items()
+    }
 
 
 def fmt_num(v: float | None, digits: int = 0) -> str:
@@ -618,7 +660,15 @@ def print_tables(
     ratio_cols = [(a, b) for a, b in RATIOS if a in targets and b in targets]
     load_cases = [c for c in cases if c.kind == "load" and c.name in summary]
     if load_cases:
-        head = ["case"] + [f"{t} req/s" for t in targets] + [f"{a}/{b}" for a, b in ratio_cols]
+        # Two ratios per pair: of req/s, and of requests per server CPU-second (the
+        # inverse ratio of server µs/req), which holds up better when the server's
+        # core is shared with other work and gets only part of it.
+        head = (
+            ["case"]
+            + [f"{t} req/s" for t in targets]
+            + [f"{a}/{b}" for a, b in ratio_cols]
+            + [f"{a}/{b} per CPU-s" for a, b in ratio_cols]
+        )
         rows = []
         for c in load_cases:
             s = summary[c.name]
@@ -626,6 +676,10 @@ def print_tables(
             for a, b in ratio_cols:
                 ra, rb = s.get(a, {}).get("rps"), s.get(b, {}).get("rps")
                 row.append(f"{ra / rb:.2f}" if ra and rb else "-")
+            for a, b in ratio_cols:
+                ca = s.get(a, {}).get("server_us_per_req")
+                cb = s.get(b, {}).get("server_us_per_req")
+                row.append(f"{cb / ca:.2f}" if ca and cb else "-")
             rows.append(row)
         lines += markdown_table(head, rows)
         lines.append("")
@@ -675,6 +729,7 @@ def print_tables(
             "case",
             "target",
             "connections",
+            "connect s",
             "answered",
             "RSS before MiB",
             "RSS after MiB",
@@ -695,6 +750,7 @@ def print_tables(
                         c.name,
                         t,
                         fmt_num(st["connections"]),
+                        fmt_num(st.get("connect_s"), 1),
                         fmt_num(st["answered"]),
                         fmt_num(st["rss_before_mib"], 1),
                         fmt_num(st["rss_after_mib"], 1),
@@ -771,7 +827,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--no-build", action="store_true", help="use the loadgen already built")
     ap.add_argument("--out", type=Path, help="result file (default results/<timestamp>.json)")
     ap.add_argument("--list", action="store_true", help="list cases and targets and exit")
+    ap.add_argument(
+        "--report",
+        type=Path,
+        metavar="JSON",
+        help="print the tables of an earlier results file and exit",
+    )
     args = ap.parse_args(argv)
+
+    if args.report:
+        doc = json.loads(args.report.read_text())
+        m = doc["machine"]
+        print(
+            f"{doc['started']}: {m['cpu_model']}, {m['cores']} cores, kernel {m['kernel']}, "
+            f"python {m['python']}; settings {doc['settings']}"
+        )
+        summary = summarise_runs(doc["runs"])  # recomputed, so new columns apply to old files
+        shown = [c for c in CASES if c.name in summary]
+        print("\n".join(print_tables(summary, shown, list(doc["targets"]), doc["notes"])))
+        return 0
 
     if args.list:
         for c in CASES:
@@ -829,56 +903,69 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{c.name}: no runner for kind {c.kind!r} yet, skipped", file=sys.stderr)
     total = len(runnable) * cfg.runs * len(targets)
     step = 0
-    with tempfile.TemporaryDirectory(prefix="trioserver-bench-") as tmp:
-        logdir = Path(tmp)
-        for case in runnable:
-            runner = RUNNERS[case.kind]
-            with servers_cleanup() as started:
-                live: dict[str, Server] = {}
-                failed: set[str] = set()
-                for rep in range(1, cfg.runs + 1):
-                    for name in targets:
-                        step += 1
-                        label = f"[{step}/{total}] {case.name:16} {name:11} run {rep}"
-                        if name in failed:
-                            continue
+    # Server logs stay on disk (their path is printed) so a failure can be looked into.
+    logdir = Path(tempfile.mkdtemp(prefix="trioserver-bench-logs-"))
+    for case in runnable:
+        runner = RUNNERS[case.kind]
+        with servers_cleanup() as started:
+            live: dict[str, Server] = {}
+            failed: set[str] = set()
+            for rep in range(1, cfg.runs + 1):
+                for name in targets:
+                    step += 1
+                    label = f"[{step}/{total}] {case.name:16} {name:11} run {rep}"
+                    if name in failed:
+                        continue
+                    if name in live and case.fresh_server_per_run:
+                        stop(live.pop(name).proc)
+                    if name not in live:
                         try:
-                            if name not in live or case.fresh_server_per_run:
-                                if name in live:
-                                    stop(live.pop(name).proc)
-                                server = start_server(
-                                    TARGETS[name], case, logdir, cfg.connect_timeout
-                                )
-                                started.append(server)
-                                live[name] = server
-                                if "login" in case.tags:
-                                    note = setup_accounts(server, cfg)
-                                    if note:
-                                        notes.setdefault(case.name, {})[name] = note
-                            server = live[name]
-                            rec = runner(case, server, cfg, rep)
-                        except (RuntimeError, subprocess.TimeoutExpired, OSError) as exc:
-                            failed.add(name)
-                            msg = str(exc).strip()
-                            notes.setdefault(case.name, {})[name] = msg.splitlines()[0]
-                            print(f"{label}: FAILED: {msg}", file=sys.stderr)
+                            server = start_server(TARGETS[name], case, logdir, cfg.connect_timeout)
+                        except (RuntimeError, OSError) as exc:
+                            failed.add(name)  # it will not start: skip the rest of this case
+                            add_note(notes, case.name, name, str(exc).strip().splitlines()[0])
+                            print(f"{label}: FAILED to start: {exc}", file=sys.stderr)
                             continue
-                        if server.proc.poll() is not None:
-                            rec["server_died"] = True
-                            notes.setdefault(case.name, {})[name] = "server exited during run"
-                            live.pop(name)
-                        rec.update(case=case.name, target=name, run=rep, loadavg=loadavg())
-                        records.append(rec)
-                        per.setdefault(case.name, {}).setdefault(name, []).append(rec)
-                        print(f"{label}: {progress(case, rec)}", flush=True)
+                        started.append(server)
+                        live[name] = server
+                        if "login" in case.tags:
+                            try:
+                                note = setup_accounts(server, cfg)
+                            except (RuntimeError, subprocess.TimeoutExpired) as exc:
+                                note = f"account setup failed: {str(exc).splitlines()[0]}"
+                            if note:
+                                add_note(notes, case.name, name, note)
+                    server = live[name]
+                    try:
+                        rec = runner(case, server, cfg, rep)
+                    except (RuntimeError, subprocess.TimeoutExpired, OSError) as exc:
+                        msg = str(exc).strip()
+                        dead = not server_alive(server)
+                        add_note(
+                            notes,
+                            case.name,
+                            name,
+                            ("server died; " if dead else "") + msg.splitlines()[0],
+                        )
+                        print(f"{label}: FAILED: {msg}\n{server.log_tail()}", file=sys.stderr)
+                        stop(live.pop(name).proc)  # the next run gets a fresh server
+                        continue
+                    if not server_alive(server):
+                        rec["server_died"] = True
+                        rec["server_log_tail"] = server.log_tail(20)
+                        add_note(
+                            notes, case.name, name, "server (or its worker) exited during a run"
+                        )
+                        print(f"{label}: server died; log:\n{server.log_tail()}", file=sys.stderr)
+                        stop(live.pop(name).proc)
+                    elif rec.get("errors"):
+                        rec["server_log_tail"] = server.log_tail(20)
+                    rec.update(case=case.name, target=name, run=rep, loadavg=loadavg())
+                    records.append(rec)
+                    per.setdefault(case.name, {}).setdefault(name, []).append(rec)
+                    print(f"{label}: {progress(case, rec)}", flush=True)
 
-    summary = {
-        cname: {
-            t: summarise(recs, next(c.kind for c in CASES if c.name == cname))
-            for t, recs in by_target.items()
-        }
-        for cname, by_target in per.items()
-    }
+    summary = summarise_runs(records)
     lines = print_tables(summary, runnable, targets, notes)
     for name, why in skipped.items():
         lines.append(f"- {name} skipped: {why}")
@@ -914,6 +1001,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "runs": records,
     }
     out.write_text(json.dumps(doc, indent=1) + "\n")
+    print(f"server logs: {logdir}")
     print(f"\nwrote {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
     return 0
 
