@@ -11,6 +11,7 @@ loader, ``check-config`` and ``python -m trioserver settings`` pick it up.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import tomllib
@@ -135,6 +136,23 @@ def _choice(*choices: str) -> Parser:
     return parse
 
 
+def _networks(value: Any) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list | tuple):
+        raise ValueError(f"expected a list of networks like '10.0.0.0/8', got {value!r}")
+    out = []
+    for item in value:
+        if isinstance(item, ipaddress.IPv4Network | ipaddress.IPv6Network):
+            out.append(item)
+            continue
+        try:
+            out.append(ipaddress.ip_network(_str(item)))
+        except ValueError as exc:
+            raise ValueError(f"{item!r} is not a network like '10.0.0.0/8': {exc}") from None
+    return tuple(out)
+
+
 def _optional_path(value: Any) -> Path | None:
     if value is None or value == "":
         return None
@@ -219,6 +237,31 @@ class ServerSettings:
         "Seconds a stopping worker gives in-flight requests and queued replies before "
         "closing every connection.",
         _float(0.0),
+    )
+    # -- PROXY protocol (issue 8) --
+    proxy_protocol: str = setting(
+        "off",
+        "PROXY protocol header required on every [server] listen address: 'off', 'v1', "
+        "'v2' or 'any'. When on, a connection without a valid header is closed, and the "
+        "client address it names is what logs, rate limits and handlers see.",
+        _choice("off", "v1", "v2", "any"),
+        why="Only a load balancer sends it: on a listener clients reach directly, anyone "
+        "could claim any address. Applies to the binary listeners, not [http] listen.",
+    )
+    proxy_trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = setting(
+        (ipaddress.ip_network("127.0.0.1/32"), ipaddress.ip_network("::1/128")),
+        "Networks allowed to send PROXY headers (your balancers); with proxy_protocol on, "
+        "a connection from anywhere else is closed before a byte is read.",
+        _networks,
+        why="A PROXY header lets its sender pick the client address rate limits are keyed "
+        "on; loopback covers a balancer on the same host, any other must be named.",
+    )
+    proxy_timeout: float = setting(
+        5.0,
+        "Seconds a new connection has to deliver its complete PROXY header.",
+        _float(0.0, lo_open=True),
+        why="A balancer sends the header at once; waiting longer only lets a stuck or "
+        "hostile peer hold a connection slot.",
     )
 
 

@@ -51,6 +51,8 @@ class Counters:
     refused: int = 0
     accept_errors: int = 0
     handler_errors: int = 0
+    #: Connections closed for a missing, invalid or untrusted PROXY header (issue 8).
+    proxy_refused: int = 0
     packets_by_code: collections.Counter[int] = attrs.Factory(collections.Counter)
     drops: collections.Counter[str] = attrs.Factory(collections.Counter)
     kicks: collections.Counter[str] = attrs.Factory(collections.Counter)

@@ -50,6 +50,7 @@ from .framer import (
 )
 from .handlers import Services, default_router
 from .nursery_pool import Connection, ConnectionPool, Slot
+from .proxy_protocol import ProxyPolicy, ProxyProtocolError, read_proxy_header
 from .reasons import DropReason, KickReason
 from .stats import Counters, WorkerStatistics
 from .timers import ConnectionRules, RecycleTimer
@@ -154,6 +155,7 @@ class Worker:
         self.index = index
         server, conn = config.server, config.connection
         self.pool = ConnectionPool(server.max_connections)
+        self._proxy = ProxyPolicy.from_settings(server)  # PROXY protocol (issue 8)
         self.counters = Counters()
         self.rules = ConnectionRules.from_settings(conn)
         self.recycler = RecycleTimer(self.pool, conn.recycle_delay)
@@ -378,8 +380,15 @@ class Worker:
         clean = False
         try:
             with conn.scope:
-                while True:  # the reader: bytes → packets → checks → handlers
-                    if raw is not None:
+                # -- PROXY protocol (issue 8): the client's address, then the bytes after it --
+                early: bytes | None = b""
+                if self._proxy is not None:
+                    early = await self._proxy_header(conn, self._proxy)
+                # -- end PROXY protocol --
+                while early is not None:  # the reader: bytes → packets → checks → handlers
+                    if early:  # bytes that arrived with the PROXY header come first
+                        data, early = early, b""
+                    elif raw is not None:
                         # Try the socket first; wait on trio only when it is empty.
                         try:
                             data = _recv(raw, receive_size)
@@ -477,6 +486,39 @@ class Worker:
                 assert stream is not None
                 with trio.CancelScope(shield=True):
                     await trio.aclose_forcefully(stream)
+
+    async def _proxy_header(self, conn: Connection, policy: ProxyPolicy) -> bytes | None:
+        """PROXY protocol (issue 8): read the header, make ``conn.peer`` the client it names.
+
+        Returns the bytes that followed the header, or None when the connection is
+        refused (untrusted source, no valid header in time): counted, logged, closed.
+        """
+        raw, stream, size = conn.raw, conn.stream, self.config.server.receive_size
+
+        async def receive() -> bytes | bytearray:
+            if raw is None:
+                assert stream is not None
+                return await stream.receive_some(size)
+            while (data := _recv(raw, size)) is None:
+                await trio.lowlevel.wait_readable(raw)
+            return data
+
+        conn.receiving = True  # a drain closes a connection still waiting for its header
+        try:
+            with trio.move_on_after(policy.timeout):
+                conn.peer, early = await read_proxy_header(receive, policy, conn.peer)
+                return early
+            why = f"sent no complete PROXY header within {policy.timeout:g} s"
+        except ProxyProtocolError as exc:
+            why = str(exc)
+        except (OSError, trio.BrokenResourceError):
+            why = "went away before its PROXY header was complete"
+        finally:
+            conn.receiving = False
+        self.counters.proxy_refused += 1
+        log.info("refused %s (conn %s): %s", conn.peer, conn.id, why)
+        conn.peer_gone = True  # nothing to deliver (and no linger); counted above, not a kick
+        return None
 
     def _check(self, conn: Connection, events: list[Event]) -> list[Packet]:
         """Count and check one batch of decoded events; the packets a handler should get.
