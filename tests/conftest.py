@@ -11,7 +11,12 @@ from trioserver.config import Config
 
 
 def make_config(**settings: object) -> Config:
-    """Defaults with ``section__name=value`` overrides (e.g. ``connection__heartbeat=False``)."""
+    """Defaults with ``section__name=value`` overrides (e.g. ``connection__heartbeat=False``).
+
+    HTTP is off unless a test asks for it: a worker binding the default
+    127.0.0.1:8080 in every test would share that port with whatever runs there.
+    """
+    settings.setdefault("http__listen", ())
     return Config().replace(**settings)
 
 

@@ -27,6 +27,7 @@ import importlib
 import logging
 import os
 import signal
+import socket
 import sys
 from typing import Any, Final
 
@@ -103,15 +104,13 @@ class _WorkerProcess:
         self.index = setup.spec.index
         self.config: Config = setup.spec.config
         # The worker's own listener record, so it accepts on its fast path.
-        self.listeners = [
-            BoundListener(trio.SocketListener(trio.socket.from_stdlib_socket(sock)), sock)
-            for sock in setup.listeners
-        ]
-        # Worker.serve accepts BoundListener records; its annotation names only Listener.
+        self.listeners = [_bound(sock) for sock in setup.listeners]
+        self.http_listeners = [_bound(sock) for sock in setup.http_listeners]
         self.worker = Worker(
             self.config,
             router,
-            listeners=self.listeners,  # type: ignore[arg-type]
+            listeners=self.listeners,
+            http_listeners=self.http_listeners,
             index=self.index,
         )
         self.pipe = _MasterPipe(setup.pipe, setup.master_pid)
@@ -126,7 +125,8 @@ class _WorkerProcess:
             log.info(
                 "worker %d ready on %s",
                 self.index,
-                ", ".join(_name(listener) for listener in self.listeners) or "no listener",
+                ", ".join(_name(listener) for listener in [*self.listeners, *self.http_listeners])
+                or "no listener",
             )
             if not self.pipe.send(READY):
                 self._master_gone(nursery)
@@ -176,6 +176,11 @@ class _WorkerProcess:
     def _master_gone(self, nursery: trio.Nursery) -> None:
         log.warning("worker %d: the master is gone; draining and exiting", self.index)
         nursery.start_soon(self.retire, "master gone")
+
+
+def _bound(sock: socket.socket) -> BoundListener:
+    """The worker's listener record for an inherited socket (so it accepts on its fast path)."""
+    return BoundListener(trio.SocketListener(trio.socket.from_stdlib_socket(sock)), sock)
 
 
 def _name(listener: BoundListener) -> str:

@@ -755,7 +755,19 @@ def load_config(
         name: _build_section(cls, merged.get(name, {}), where, name)
         for name, cls in SECTIONS.items()
     }
-    return Config(**built, source=source)
+    config = Config(**built, source=source)
+    _check_across_sections(config, where)
+    return config
+
+
+def _check_across_sections(config: Config, where: str) -> None:
+    """Rules that involve more than one setting."""
+    shared = {a for a in set(config.server.listen) & set(config.http.listen) if a.port != 0}
+    if shared:
+        raise ConfigError(
+            f"{where}: [server] listen and [http] listen share "
+            f"{', '.join(sorted(map(str, shared)))}; one address serves one protocol"
+        )
 
 
 def describe_settings() -> str:

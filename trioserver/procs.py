@@ -315,6 +315,8 @@ class ChildSetup:
     #: Write end of the pipe the master reads READY and heartbeats from.
     pipe: int
     master_pid: int
+    #: The slot's HTTP listening sockets (``[http] listen``).
+    http_listeners: list[socket.socket] = attrs.Factory(list)
 
 
 ChildMain = Callable[[ChildSetup], int]
@@ -378,13 +380,15 @@ class OsSystem:
         return time.monotonic()
 
     def prepare(self, config: Config, workers: int) -> None:
-        self.listeners.prepare(config.server.listen, config.server.backlog, workers)
+        addresses = [*config.server.listen, *config.http.listen]
+        self.listeners.prepare(addresses, config.server.backlog, workers)
 
     def release(self, config: Config) -> None:
-        self.listeners.release(config.server.listen)
+        self.listeners.release([*config.server.listen, *config.http.listen])
 
     def spawn(self, spec: WorkerSpec) -> int:
         listeners = self.listeners.for_worker(spec.config.server.listen, spec.index, spec.workers)
+        http = self.listeners.for_worker(spec.config.http.listen, spec.index, spec.workers)
         read_fd, write_fd = os.pipe()
         master_pid = os.getpid()
         for stream in (sys.stdout, sys.stderr):
@@ -393,9 +397,9 @@ class OsSystem:
         if pid == 0:  # pragma: no cover - runs in the child, which never returns
             code = 3
             try:
-                self._become_child(keep=listeners)
+                self._become_child(keep=[*listeners, *http])
                 os.close(read_fd)
-                code = self._child_main(ChildSetup(spec, listeners, write_fd, master_pid))
+                code = self._child_main(ChildSetup(spec, listeners, write_fd, master_pid, http))
             except BaseException:
                 import traceback
 

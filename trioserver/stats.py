@@ -56,6 +56,7 @@ class Counters:
     packets_by_code: collections.Counter[int] = attrs.Factory(collections.Counter)
     drops: collections.Counter[str] = attrs.Factory(collections.Counter)
     kicks: collections.Counter[str] = attrs.Factory(collections.Counter)
+    http_by_status: collections.Counter[int] = attrs.Factory(collections.Counter)
 
     def drop(self, conn: Connection, reason: DropReason, code: int, count: int = 1) -> None:
         """Count ``count`` dropped packets; log the first of each reason per connection."""

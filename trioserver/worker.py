@@ -49,6 +49,7 @@ from .framer import (
     TruncatedPacketError,
 )
 from .handlers import Services, default_router
+from .http import HttpConnectionState, StaticSite, refuse_http_connection, serve_http_connection
 from .nursery_pool import Connection, ConnectionPool, Slot
 from .proxy_protocol import ProxyPolicy, ProxyProtocolError, read_proxy_header
 from .reasons import DropReason, KickReason
@@ -126,6 +127,15 @@ def _format_peer(name: Any) -> str:
     return str(name) or "unix"
 
 
+def _bound(listeners: Sequence[trio.abc.Listener[Any] | BoundListener]) -> list[tuple[str, int]]:
+    out = []
+    for listener in listeners:
+        if isinstance(listener, BoundListener):
+            name = listener.sock.getsockname()
+            out.append((name[0], name[1]))
+    return out
+
+
 def _peer_of(stream: trio.abc.Stream) -> str:
     if isinstance(stream, trio.SocketStream):
         try:
@@ -146,9 +156,14 @@ class Worker:
         router: Router | None = None,
         *,
         services: Services | None = None,
-        listeners: Sequence[trio.abc.Listener[Any]] | None = None,
+        listeners: Sequence[trio.abc.Listener[Any] | BoundListener] | None = None,
+        http_listeners: Sequence[trio.abc.Listener[Any] | BoundListener] | None = None,
         index: int = 0,
     ) -> None:
+        """``listeners`` / ``http_listeners``: already-bound listeners to serve the
+        binary protocol / HTTP on; when ``listeners`` is given the worker binds
+        nothing itself (HTTP too: pass ``http_listeners`` for it); when neither is,
+        it binds ``server.listen`` and ``http.listen`` in ``serve``."""
         self.config = config = config if config is not None else Config()
         self.router = router if router is not None else default_router()
         self.services = services if services is not None else Services(config=config)
@@ -170,8 +185,17 @@ class Worker:
             flush=self._flush,
         )
         self._given_listeners = list(listeners) if listeners is not None else None
+        if http_listeners is not None:
+            self._given_http: list[trio.abc.Listener[Any] | BoundListener] | None = list(
+                http_listeners
+            )
+        else:
+            self._given_http = [] if listeners is not None else None
         self._listeners: list[trio.abc.Listener[Any] | BoundListener] = []
+        self._http_listeners: list[trio.abc.Listener[Any] | BoundListener] = []
+        self._site: StaticSite | None = None
         self._connections: dict[int, Connection] = {}
+        self._http_connections: dict[int, tuple[trio.CancelScope, HttpConnectionState]] = {}
         self._accept_scope = trio.CancelScope()
         self._conn_nursery: trio.Nursery | None = None
         self._stopping = False
@@ -182,13 +206,13 @@ class Worker:
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
-        """The (host, port) each socket listener is bound to (port 0 resolved)."""
-        out = []
-        for listener in self._listeners:
-            if isinstance(listener, BoundListener):
-                name = listener.sock.getsockname()
-                out.append((name[0], name[1]))
-        return out
+        """The (host, port) each binary-protocol socket is bound to (port 0 resolved)."""
+        return _bound(self._listeners)
+
+    @property
+    def http_addresses(self) -> list[tuple[str, int]]:
+        """The (host, port) each HTTP socket is bound to."""
+        return _bound(self._http_listeners)
 
     @property
     def stopping(self) -> bool:
@@ -226,6 +250,10 @@ class Worker:
             for conn in self._connections.values():
                 conn.draining = True
                 conn.settle()  # idle ones close now; busy ones once their work is done
+            for scope, state in self._http_connections.values():
+                state.draining = True  # a sending one closes after its answers
+                if not state.sending:
+                    scope.cancel()
         self._drain_deadline = min(self._drain_deadline, deadline)
         if self._conn_nursery is not None:
             self._conn_nursery.cancel_scope.deadline = self._drain_deadline
@@ -234,12 +262,23 @@ class Worker:
         self, *, task_status: trio.TaskStatus[Worker] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Serve until ``stop()`` or cancellation, then drain; ``started`` once accepting."""
+        backlog = self.config.server.backlog
         if self._given_listeners is not None:
             self._listeners = list(self._given_listeners)
         else:
-            self._listeners = list(
-                await open_listeners(self.config.server.listen, self.config.server.backlog)
-            )
+            self._listeners = list(await open_listeners(self.config.server.listen, backlog))
+        if self._given_http is not None:
+            self._http_listeners = list(self._given_http)
+        else:
+            try:
+                self._http_listeners = list(await open_listeners(self.config.http.listen, backlog))
+            except BaseException:
+                for listener in self._listeners:
+                    if isinstance(listener, BoundListener):
+                        listener.sock.close()
+                raise
+        if self._http_listeners:
+            self._site = StaticSite.from_settings(self.config.http)
         async with trio.open_nursery() as outer:
             await outer.start(self._run)
             task_status.started(self)
@@ -270,9 +309,10 @@ class Worker:
                         conns.cancel_scope.deadline = self._drain_deadline
                         await conns.start(self._accept_all)
                         log.info(
-                            "worker %d serving on %s",
+                            "worker %d serving the binary protocol on %s%s",
                             self.index,
                             ", ".join(f"{h}:{p}" for h, p in self.addresses) or "memory",
+                            "".join(f", HTTP on {h}:{p}" for h, p in self.http_addresses),
                         )
                         task_status.started()
                     services.cancel_scope.cancel()
@@ -288,10 +328,14 @@ class Worker:
         with self._accept_scope:
             async with trio.open_nursery() as nursery:
                 for listener in self._listeners:
-                    nursery.start_soon(self._accept_loop, listener)
+                    nursery.start_soon(self._accept_loop, listener, False)
+                for listener in self._http_listeners:
+                    nursery.start_soon(self._accept_loop, listener, True)
                 task_status.started()
 
-    async def _accept_loop(self, listener: trio.abc.Listener[Any] | BoundListener) -> None:
+    async def _accept_loop(
+        self, listener: trio.abc.Listener[Any] | BoundListener, http: bool
+    ) -> None:
         backoff = _BACKOFF_START
         burst = 0
         try:
@@ -329,7 +373,17 @@ class Worker:
                     continue
                 backoff = _BACKOFF_START
                 slot = self.pool.acquire()
-                if slot is None:
+                assert self._conn_nursery is not None
+                if http:
+                    if stream is None:
+                        assert raw is not None
+                        stream = trio.SocketStream(trio.socket.from_stdlib_socket(raw))
+                    if slot is None:
+                        self.counters.refused += 1
+                        self._conn_nursery.start_soon(refuse_http_connection, stream)
+                    else:
+                        self._conn_nursery.start_soon(self._http_connection, stream, slot)
+                elif slot is None:
                     self.counters.refused += 1
                     if raw is not None:
                         raw.close()
@@ -337,8 +391,8 @@ class Worker:
                         assert stream is not None
                         await trio.aclose_forcefully(stream)
                     continue
-                assert self._conn_nursery is not None
-                self._conn_nursery.start_soon(self._connection, stream, raw, peer, slot)
+                else:
+                    self._conn_nursery.start_soon(self._connection, stream, raw, peer, slot)
                 if raw is not None:
                     burst += 1
                     if burst >= _ACCEPT_BURST:  # fairness in an accept storm
@@ -486,6 +540,19 @@ class Worker:
                 assert stream is not None
                 with trio.CancelScope(shield=True):
                     await trio.aclose_forcefully(stream)
+
+    async def _http_connection(self, stream: trio.abc.Stream, slot: Slot) -> None:
+        """One HTTP connection: it holds a slot of the shared pool while it lives."""
+        assert self._site is not None
+        self.counters.accepted += 1
+        state = HttpConnectionState(draining=self._stopping, by_status=self.counters.http_by_status)
+        try:
+            with trio.CancelScope() as scope:
+                self._http_connections[slot.index] = (scope, state)
+                await serve_http_connection(stream, self._site, self.config.http, state)
+        finally:
+            del self._http_connections[slot.index]
+            self.recycler.rest(slot)
 
     async def _proxy_header(self, conn: Connection, policy: ProxyPolicy) -> bytes | None:
         """PROXY protocol (issue 8): read the header, make ``conn.peer`` the client it names.

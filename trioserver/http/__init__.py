@@ -19,7 +19,7 @@ from .parser import (
     Request,
 )
 from .policy import BUNDLED_SITE, Response, StaticSite
-from .server import refuse_http_connection, serve_http_connection
+from .server import HttpConnectionState, refuse_http_connection, serve_http_connection
 
 __all__ = [
     "BUNDLED_SITE",
@@ -27,6 +27,7 @@ __all__ = [
     "ConnectionClosed",
     "FileRange",
     "HttpConnection",
+    "HttpConnectionState",
     "LocalProtocolError",
     "Rejected",
     "Request",

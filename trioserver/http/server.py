@@ -40,6 +40,7 @@ the error instead of a reset.
 
 from __future__ import annotations
 
+import collections
 import enum
 import logging
 import os
@@ -47,6 +48,7 @@ import socket
 import time
 from typing import TYPE_CHECKING, Final
 
+import attrs
 import trio
 
 from .files import FileRange
@@ -56,7 +58,7 @@ from .policy import Response, StaticSite, service_unavailable
 if TYPE_CHECKING:
     from trioserver.config import HttpSettings
 
-__all__ = ["refuse_http_connection", "serve_http_connection"]
+__all__ = ["HttpConnectionState", "refuse_http_connection", "serve_http_connection"]
 
 log: Final = logging.getLogger("trioserver.http")
 access_log: Final = logging.getLogger("trioserver.http.access")
@@ -82,8 +84,26 @@ class _FileShrank(Exception):
     """A file got shorter while it was being sent: the promised length cannot be kept."""
 
 
+@attrs.define(eq=False)
+class HttpConnectionState:
+    """What the worker sees of one HTTP connection, and how it asks it to finish.
+
+    ``sending`` is True while responses are being written; a draining worker
+    cancels a connection that is not sending (idle keep-alive, or mid-request
+    head) and sets ``draining`` on the others, which then close after the
+    responses in hand. ``by_status`` counts responses by status code.
+    """
+
+    sending: bool = False
+    draining: bool = False
+    by_status: collections.Counter[int] | None = None
+
+
 async def serve_http_connection(
-    stream: trio.abc.Stream, app: StaticSite, settings: HttpSettings
+    stream: trio.abc.Stream,
+    app: StaticSite,
+    settings: HttpSettings,
+    state: HttpConnectionState | None = None,
 ) -> None:
     """Serve HTTP/1.1 requests on ``stream`` until the connection ends; then close it.
 
@@ -91,7 +111,7 @@ async def serve_http_connection(
     cancellation propagates. The stream is closed when this returns.
     """
     try:
-        await _Connection(stream, app, settings).serve()
+        await _Connection(stream, app, settings, state or HttpConnectionState()).serve()
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass  # the peer went away
     except _FileShrank as exc:
@@ -133,7 +153,14 @@ async def _linger(stream: trio.abc.Stream) -> None:
 class _Connection:
     """One connection: its loop, its parser and its lazily moved deadline."""
 
-    def __init__(self, stream: trio.abc.Stream, site: StaticSite, settings: HttpSettings) -> None:
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        site: StaticSite,
+        settings: HttpSettings,
+        state: HttpConnectionState,
+    ) -> None:
+        self.state = state
         self.stream = stream
         self.site = site
         self.settings = settings
@@ -147,8 +174,6 @@ class _Connection:
         #: deadline is never later than this while reading (see :meth:`serve`).
         self.deadline = 0.0
         self.scope = trio.CancelScope()
-        #: Responses are being sent: a deadline now means the client stopped reading.
-        self.sending = False
         #: The number of the request whose header clock is running.
         self.head_started = 1
         self.outcome = _Outcome.CLOSE
@@ -171,7 +196,7 @@ class _Connection:
                 await self._loop()
             if not scope.cancelled_caught:
                 break
-            if self.sending:
+            if self.state.sending:
                 return  # the client stopped reading: nothing more can be said
             if trio.current_time() < self.deadline:
                 continue  # fired early; re-arm
@@ -201,6 +226,8 @@ class _Connection:
         half_idle = idle / 2
         header_timeout = self.settings.header_timeout
         keep_open, close, linger = _KEEP_OPEN, _CLOSE, _LINGER
+        state = self.state
+        by_status = state.by_status
         # Our copy of scope.deadline: reading the property costs more than comparing.
         scope_deadline = scope.deadline
         while True:
@@ -209,7 +236,7 @@ class _Connection:
                 arrived = now()
                 if scope_deadline < arrived + half_idle:
                     scope_deadline = scope.deadline = arrived + idle
-                self.sending = True
+                state.sending = True
                 out: list[bytes] = []
                 size = 0
                 outcome = keep_open
@@ -236,6 +263,8 @@ class _Connection:
                             size = 0
                             arrived = now()  # the idle clock starts after the file
                             scope_deadline = scope.deadline  # moved while sending
+                        if by_status is not None:
+                            by_status[response.status] += 1
                         if access:
                             self._log_access(event, response)
                         if response.close:
@@ -252,7 +281,9 @@ class _Connection:
                         break
                 if out:
                     await send_all(b"".join(out))
-                self.sending = False
+                state.sending = False
+                if state.draining:
+                    outcome = close  # the worker is stopping: this was the last answer
                 if outcome is not keep_open:
                     self.outcome = outcome
                     return
