@@ -23,8 +23,9 @@ def v2_inet(src: str, sport: int, dst: str, dport: int) -> bytes:
     return v2_header(0x21, 0x11, body)
 
 
-def v1(src: str, sport: int, dst: str = "127.0.0.1", dport: int = 10000) -> bytes:
-    family = "TCP6" if ":" in src else "TCP4"
+def v1(src: str, sport: int, dport: int = 10000) -> bytes:
+    """A v1 line from ``src``:``sport`` to loopback (of the same family)."""
+    family, dst = ("TCP6", "::1") if ":" in src else ("TCP4", "127.0.0.1")
     return f"PROXY {family} {src} {dst} {sport} {dport}\r\n".encode()
 
 
