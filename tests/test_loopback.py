@@ -138,3 +138,49 @@ async def test_reset_with_replies_queued_harms_nothing() -> None:
             while worker.statistics().connections_open:
                 await trio.sleep(0.01)
         assert worker.statistics().kicks_by_reason == {}
+
+
+async def test_worker_serves_http_beside_the_binary_protocol() -> None:
+    from trioserver.config import Address
+
+    config = make_config(
+        server__listen=(Address("127.0.0.1", 0),),
+        http__listen=(Address("127.0.0.1", 0),),
+        server__max_connections=2,
+        connection__recycle_delay=0,
+    )
+    worker = Worker(config)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(worker.serve)
+        port = worker.addresses[0][1]
+        http_port = worker.http_addresses[0][1]
+
+        def get(path: str) -> tuple[int, bytes]:
+            import http.client
+
+            conn = http.client.HTTPConnection("127.0.0.1", http_port, timeout=10)
+            try:
+                conn.request("GET", path)
+                response = conn.getresponse()
+                return response.status, response.read()
+            finally:
+                conn.close()
+
+        status, body = await in_thread(lambda: get("/"))
+        assert status == 200 and b"trioserver" in body
+        assert (await in_thread(lambda: get("/missing")))[0] == 404
+
+        with trio.fail_after(10):  # the server notices both HTTP clients closing
+            while worker.statistics().connections_open:
+                await trio.sleep(0.01)
+        # Both protocols share one pool: two binary connections fill it, HTTP gets 503.
+        with BlockingClient.connect("127.0.0.1", port) as a, BlockingClient.connect(
+            "127.0.0.1", port
+        ) as b:
+            await in_thread(a.ping)
+            await in_thread(b.ping)
+            assert (await in_thread(lambda: get("/")))[0] == 503
+        stats = worker.counters.http_by_status
+        assert (stats[200], stats[404]) == (1, 1)
+        assert worker.statistics().connections_refused == 1
+        worker.stop()
