@@ -7,9 +7,13 @@
     └─ nursery
        ├─ signals: TERM → retire (hand over, then drain)   INT/QUIT → stop now   USR1 → reopen logs
        ├─ worker.serve                              (READY goes to the master once it serves)
-       └─ heartbeat: a byte to the master every liveness_timeout / 2
+       ├─ heartbeat: a byte to the master every liveness_timeout / 2
+       ├─ reports: the worker's statistics to the master every metrics.interval
+       └─ loop lag: a timer whose lateness is the event loop's lag (stats.watch_loop_lag)
 
-The pipe to the master carries single bytes (``READY``, ``HEARTBEAT``). Its
+The pipe to the master carries the records of :mod:`trioserver.pipe`: single
+bytes (``READY``, ``HEARTBEAT``) and length-prefixed statistics reports; a last
+report goes out after the drain, so the master's totals miss nothing. Its
 write failing with EPIPE means the master is gone, as does ``getppid()``
 changing; ``PR_SET_PDEATHSIG`` makes the kernel tell us at once on Linux. Either
 way the worker drains and exits: no worker outlives its master.
@@ -37,7 +41,9 @@ from .config import Config
 from .dispatch import Router
 from .handlers import default_router
 from .logs import configure_logging, reopen_logs, set_role
+from .pipe import MasterPipe, encode_report
 from .procs import HEARTBEAT, READY, ChildSetup, set_title
+from .stats import watch_loop_lag
 from .worker import BoundListener, Worker
 
 __all__ = ["load_router", "run_child"]
@@ -76,26 +82,6 @@ def load_router(spec: str) -> Router:
     return obj
 
 
-class _MasterPipe:
-    """The write end of the pipe to the master; False from ``send`` means the master is gone."""
-
-    def __init__(self, fd: int, master_pid: int) -> None:
-        self._fd = fd
-        self._master_pid = master_pid
-        os.set_blocking(fd, False)
-
-    def send(self, data: bytes) -> bool:
-        if os.getppid() != self._master_pid:
-            return False
-        try:
-            os.write(self._fd, data)
-        except BlockingIOError:
-            pass  # the master is busy; the pipe holds thousands of beats
-        except (BrokenPipeError, OSError):
-            return False
-        return True
-
-
 class _WorkerProcess:
     """One worker process's control tasks around :class:`Worker`."""
 
@@ -113,7 +99,10 @@ class _WorkerProcess:
             http_listeners=self.http_listeners,
             index=self.index,
         )
-        self.pipe = _MasterPipe(setup.pipe, setup.master_pid)
+        self.pipe = MasterPipe(setup.pipe, setup.master_pid)
+        metrics = self.config.metrics
+        if metrics.interval > 0:
+            self.worker.counters.time_handlers(metrics.handler_timing)
         self.ready = False
         self._retiring = False
 
@@ -131,12 +120,18 @@ class _WorkerProcess:
             if not self.pipe.send(READY):
                 self._master_gone(nursery)
             nursery.start_soon(self._heartbeat, nursery)
+            metrics = self.config.metrics
+            if metrics.interval > 0:
+                nursery.start_soon(self._report, metrics.interval)
+                nursery.start_soon(watch_loop_lag, self.worker.counters, metrics.lag_interval)
 
     async def _serve(self, done: trio.CancelScope, *, task_status: trio.TaskStatus[Worker]) -> None:
         try:
             await self.worker.serve(task_status=task_status)
         finally:
             done.cancel()  # drained: the signal and heartbeat tasks end too
+            if self.ready and self.config.metrics.interval > 0:
+                self._send_report()  # the final figures, so the master's totals are exact
 
     async def _signals(self, *, task_status: trio.TaskStatus[None]) -> None:
         wanted = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1)
@@ -172,6 +167,15 @@ class _WorkerProcess:
             if not self.pipe.send(HEARTBEAT):
                 self._master_gone(nursery)
                 return
+
+    async def _report(self, interval: float) -> None:
+        """Send the worker's statistics now, then every ``interval`` seconds."""
+        while True:
+            self._send_report()
+            await trio.sleep(interval)
+
+    def _send_report(self) -> None:
+        self.pipe.send(encode_report(self.worker.statistics().to_json()))
 
     def _master_gone(self, nursery: trio.Nursery) -> None:
         log.warning("worker %d: the master is gone; draining and exiting", self.index)

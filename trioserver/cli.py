@@ -87,6 +87,13 @@ def _build_parser() -> argparse.ArgumentParser:
         )
         control.add_argument("--set", dest="overrides", action="append", default=[])
         control.add_argument("--pidfile", metavar="FILE", help="the server's pidfile")
+        if name == "status":
+            control.add_argument(
+                "--admin",
+                metavar="HOST:PORT",
+                help="the master's admin listener, for per-worker figures "
+                "(default: metrics.listen from the config)",
+            )
         if name == "stop":
             control.add_argument(
                 "--fast", action="store_true", help="SIGQUIT: close connections now"
@@ -156,10 +163,10 @@ def _serve(args: argparse.Namespace) -> int:
 def _control(args: argparse.Namespace) -> int:
     from . import control
 
+    config = load_config(args.config, tuple(args.overrides))
     if args.pidfile:
         path = Path(args.pidfile)
     else:
-        config = load_config(args.config, tuple(args.overrides))
         if config.master.pidfile is None:
             print(
                 "error: no pidfile to find the server by: pass --pidfile, or -c with a "
@@ -170,7 +177,12 @@ def _control(args: argparse.Namespace) -> int:
         path = config.master.pidfile
     try:
         if args.command == "status":
-            print(control.status(path))
+            try:
+                admin = parse_address(args.admin) if args.admin else config.metrics.listen
+            except ValueError as exc:
+                print(f"error: --admin: {exc}", file=sys.stderr)
+                return 2
+            print(control.status(path, admin))
         elif args.command == "reload":
             pid = control.send(path, signal.SIGHUP)
             print(f"reload signalled to pid {pid}")

@@ -2,18 +2,27 @@
 
 Workers are found as the master's children in ``/proc`` (Linux), named by the
 process titles they set (``trioserver: worker N``); their ages come from the
-kernel's start times, so ``status`` needs no help from the server.
+kernel's start times. Their figures (connections, packets, drops, kicks...)
+come from the master's admin listener (``metrics.listen``, ``/status.json``),
+the same source as the Prometheus page; without one, ``status`` lists the
+processes only.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import attrs
 
+from .config import Address
+from .metrics import format_bytes, format_seconds
 from .pidfile import process_alive, read_pid
 
 __all__ = ["ControlError", "ProcessInfo", "children", "find_master", "format_age", "status", "stop"]
@@ -104,17 +113,94 @@ def children(pid: int) -> list[ProcessInfo]:
     return sorted(found, key=lambda p: -(p.age or 0.0))
 
 
-def status(pidfile: Path) -> str:
-    """A few lines: the master, and each worker with its pid and age."""
+def fetch_status(admin: Address, timeout: float = 3.0) -> dict[str, Any]:
+    """The master's ``/status.json`` (OSError or ValueError if it cannot be had)."""
+    host = f"[{admin.host}]" if ":" in admin.host else admin.host
+    if host in ("0.0.0.0", "[::]"):
+        host = "127.0.0.1" if host == "0.0.0.0" else "[::1]"
+    url = f"http://{host}:{admin.port}/status.json"
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        data = json.loads(response.read())
+    if not isinstance(data, dict) or not isinstance(data.get("workers"), list):
+        raise ValueError(f"{url} did not answer a status object")
+    return data
+
+
+#: The per-worker table: (heading, how to show one worker's figures).
+_COLUMNS: list[tuple[str, str]] = [
+    ("open", "connections_open"),
+    ("resting", "connections_resting"),
+    ("accepted", "connections_accepted"),
+    ("refused", "connections_refused"),
+    ("packets", "packets"),
+    ("drops", "drops"),
+    ("kicks", "kicks"),
+    ("queue", "queue_depth"),
+    ("outbox", "outbox_bytes"),
+    ("lag", "loop_lag_recent_max"),
+    ("http", "http_requests"),
+]
+
+
+def _cell(key: str, value: Any) -> str:
+    if key == "outbox_bytes":
+        return format_bytes(float(value))
+    if key == "loop_lag_recent_max":
+        return format_seconds(float(value))
+    return str(value)
+
+
+def format_table(data: dict[str, Any], ages: dict[int, float | None]) -> list[str]:
+    """Per-worker figures as aligned rows, then a row of totals."""
+    rows = [["worker", "pid", "up", *(h for h, _ in _COLUMNS)]]
+    totals: dict[str, float] = {key: 0 for _, key in _COLUMNS}
+    for worker in data["workers"]:
+        pids = worker.get("pids") or []
+        pid_text = ",".join(str(p) for p in pids) or "-"
+        age = format_age(ages.get(pids[-1])) if pids else "-"
+        row = [str(worker["worker"]), pid_text, age]
+        for _, key in _COLUMNS:
+            value = worker.get(key, 0)
+            row.append(_cell(key, value))
+            if key == "loop_lag_recent_max":
+                totals[key] = max(totals[key], float(value))
+            else:
+                totals[key] += value
+        rows.append(row)
+    rows.append(["all", "", "", *(_cell(key, totals[key]) for _, key in _COLUMNS)])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return [
+        "  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    ]
+
+
+def status(pidfile: Path, admin: Address | None = None) -> str:
+    """The master, and each worker with its pid, age and figures (when ``admin`` is set)."""
     pid = find_master(pidfile)
     master = process_info(pid)
     workers = children(pid)
     lines = [f"trioserver master pid {pid}, up {format_age(master.age)} ({pidfile})"]
-    if not workers and not os.path.isdir("/proc"):
-        lines.append("  workers: unknown (no /proc on this system)")
-    for child in workers:
-        name = child.title.removeprefix("trioserver: ") if child.title else "?"
-        lines.append(f"  {name:<22} pid {child.pid:<8} up {format_age(child.age)}")
+    data: dict[str, Any] | None = None
+    if admin is None:
+        note = "figures: none (set metrics.listen to have the master serve them)"
+    else:
+        try:
+            data = fetch_status(admin)
+        except (OSError, ValueError) as exc:
+            note = f"figures: the admin listener on {admin} did not answer: {exc}"
+        else:
+            note = f"figures from {admin} (each worker's last report), health: {data.get('health')}"
+            if data.get("master_pid") != pid:
+                note += f"; WARNING: that is the server of master pid {data.get('master_pid')}"
+    if data is not None:
+        lines.extend(format_table(data, {c.pid: c.age for c in workers}))
+    else:
+        if not workers and not os.path.isdir("/proc"):
+            lines.append("  workers: unknown (no /proc on this system)")
+        for child in workers:
+            name = child.title.removeprefix("trioserver: ") if child.title else "?"
+            lines.append(f"  {name:<22} pid {child.pid:<8} up {format_age(child.age)}")
+    lines.append(note)
     return "\n".join(lines)
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Callable, Iterator
+from time import perf_counter
 from typing import Final
 
 import attrs
@@ -181,6 +182,11 @@ class MessageQueue:
             return not conn.scheduled
         routes = self.router._routes
         ctx = self.context(conn)
+        counters = self._counters
+        counters.until_timed -= 1  # handler latency is sampled per batch (stats.py)
+        timed = counters.until_timed <= 0
+        if timed:
+            counters.timed_batch()
         conn.batching = True
         try:
             for i, packet in enumerate(packets):
@@ -192,7 +198,12 @@ class MessageQueue:
                     inbox.extend(packets[i:])
                     return True
                 try:
-                    route.handler(ctx, packet)
+                    if timed:
+                        start = perf_counter()
+                        route.handler(ctx, packet)
+                        counters.observe_handler(packet.code, perf_counter() - start)
+                    else:
+                        route.handler(ctx, packet)
                 except Exception:
                     self._handler_failed(conn, route, packet)
                 if conn.kick_reason is not None:
@@ -266,9 +277,14 @@ class MessageQueue:
                 return
             routes = self.router._routes
             ctx = self.context(conn)
+            counters = self._counters
             while conn.inbox:
                 batch = conn.inbox
                 conn.inbox = []  # the reader fills a fresh list meanwhile
+                counters.until_timed -= 1  # plain handlers: sampled per batch (stats.py)
+                timed = counters.until_timed <= 0
+                if timed:
+                    counters.timed_batch()
                 for i, packet in enumerate(batch):
                     route = routes.get(packet.code)
                     if route is None:  # removed since the reader checked it
@@ -277,11 +293,19 @@ class MessageQueue:
                     try:
                         if route.is_async:
                             self._flush(conn)
+                            start = perf_counter()
                             await route.handler(ctx, packet)  # type: ignore[misc]
+                            if counters.timing_every:  # always timed when metrics are on
+                                counters.observe_handler(packet.code, perf_counter() - start)
                         else:
                             conn.batching = True
                             try:
-                                route.handler(ctx, packet)
+                                if timed:
+                                    start = perf_counter()
+                                    route.handler(ctx, packet)
+                                    counters.observe_handler(packet.code, perf_counter() - start)
+                                else:
+                                    route.handler(ctx, packet)
                             finally:
                                 conn.batching = False
                     except Exception:

@@ -27,6 +27,11 @@ Rules (gunicorn's arbiter, STYLE.md practice 8):
 - Stop: SIGTERM to every worker (they drain), SIGKILL after ``graceful_timeout``;
   the fast stop sends SIGQUIT and kills after ``FAST_STOP_GRACE``. The master exits
   once every worker is reaped.
+- Statistics: workers report on their pipe every ``metrics.interval``; a
+  :class:`~trioserver.metrics.Gatherer` folds the reports into per-slot series
+  (counters never go backwards across respawns), which the admin listener serves
+  (:mod:`trioserver.admin`) and the master sums into a log line every
+  ``metrics.log_interval``.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from typing import Final
 import attrs
 
 from .config import Config, ConfigError, LoggingSettings
+from .metrics import Gatherer
 from .procs import (
     READY,
     Event,
@@ -51,6 +57,7 @@ from .procs import (
     OsSystem,
     System,
     WorkerMessage,
+    WorkerReport,
     WorkerSpec,
     describe_exit,
     raise_open_file_limit,
@@ -163,8 +170,11 @@ class Master:
         apply_config: Callable[[Config], None] = _nothing,
         reopen_logs: Callable[[], None] = _nothing,
         on_ready: Callable[[], None] = _nothing,
+        gatherer: Gatherer | None = None,
     ) -> None:
         self.config = config
+        #: Every worker's statistics, if this master keeps them.
+        self.gatherer = gatherer
         self.system = system
         self._load_config = load_config
         self._apply_config = apply_config
@@ -206,6 +216,13 @@ class Master:
     def handle(self, event: Event) -> None:
         if isinstance(event, WorkerMessage):
             self._message(event.pid, event.data)
+            return
+        if isinstance(event, WorkerReport):
+            worker = self.workers.get(event.pid)
+            if worker is not None:
+                worker.last_beat = self.system.now()  # a report is a sign of life too
+                if self.gatherer is not None:
+                    self.gatherer.report(event.pid, event.payload)
             return
         action = SIGNAL_ACTIONS.get(event.signum)
         if action is not Action.REAP:
@@ -253,7 +270,18 @@ class Master:
                 )
                 self._kill(worker, f"no heartbeat for {now - worker.last_beat:.1f} s")
         self._reconcile()
+        if self.gatherer is not None:
+            line = self.gatherer.summary_if_due(self.config.metrics.log_interval, now)
+            if line is not None:
+                log.info("%s", line)
         self._finish_if_done()
+
+    @property
+    def health(self) -> str:
+        """``serving``, or ``starting`` (not every worker ready yet) or ``draining`` (stopping)."""
+        if self._stopping is not None:
+            return "draining"
+        return "serving" if self._booted else "starting"
 
     def next_timeout(self) -> float | None:
         """Seconds until the next deadline ``tick`` acts on (None: only events matter)."""
@@ -269,6 +297,12 @@ class Master:
                 deadlines.append(worker.last_beat + settings.liveness_timeout)
             else:
                 deadlines.append(worker.started + settings.boot_timeout)
+        if self.gatherer is not None:
+            due = self.gatherer.summary_deadline(
+                self.config.metrics.log_interval, self.system.now()
+            )
+            if due is not None:
+                deadlines.append(due)
         soonest = min(deadlines, default=math.inf)
         if soonest == math.inf:
             return None
@@ -310,6 +344,13 @@ class Master:
         except ConfigError as exc:
             log.error("reload: %s; the workers keep running on %s", exc, self.config.source)
             return
+        if new.metrics.listen != self.config.metrics.listen:
+            log.warning(
+                "reload: metrics.listen changed to %s; the admin listener stays on %s until "
+                "the server is restarted",
+                new.metrics.listen or "off",
+                self.config.metrics.listen or "off",
+            )
         count = worker_count(new)
         try:
             self.system.prepare(new, count)
@@ -339,6 +380,8 @@ class Master:
             self._progress()
 
     def _exited(self, exited: Exited) -> None:
+        if self.gatherer is not None:
+            self.gatherer.exited(exited.pid, exited.reports)
         worker = self.workers.pop(exited.pid, None)
         if worker is None:
             return
@@ -406,6 +449,8 @@ class Master:
                     return
                 now = self.system.now()
                 self.workers[pid] = WorkerProcess(index, generation, pid, config, now, now)
+                if self.gatherer is not None:
+                    self.gatherer.started(pid, index, generation)
                 log.info("worker %d started (pid %d)", index, pid)
 
     def _progress(self) -> None:
@@ -502,6 +547,7 @@ def serve(config: Config, load_config: Callable[[], Config]) -> int:
     ``load_config`` re-reads the configuration on SIGHUP. Logging must be set up.
     """
     from . import daemon, pidfile
+    from .admin import AdminPages, AdminServer
     from .child import run_child
     from .logs import configure_logging, reopen_logs, set_role
 
@@ -532,6 +578,20 @@ def serve(config: Config, load_config: Callable[[], Config]) -> int:
         for address in config.server.listen:
             host, port = system.listeners.bound(address) or (address.host, address.port)
             log.info("listening on %s:%d", host, port)
+        gatherer = Gatherer()
+        master_ref: list[Master] = []
+        if config.metrics.listen is not None:
+            pages = AdminPages(gatherer, lambda: master_ref[0].health if master_ref else "starting")
+            try:
+                admin = AdminServer.bind(
+                    config.metrics.listen, pages.answer, system.now, config.metrics.admin_timeout
+                )
+            except OSError as exc:
+                log.error("%s", exc)
+                return ExitCode.START_FAILED
+            system.watch(admin)
+            host, port = admin.address
+            log.info("metrics on http://%s:%d/metrics (health: /healthz)", host, port)
         notify: daemon.Readiness | None = None
         if settings.daemon:
             notify = daemon.daemonize()
@@ -551,7 +611,9 @@ def serve(config: Config, load_config: Callable[[], Config]) -> int:
                 apply_config=lambda new: _reconfigure_logging(configure_logging, new),
                 reopen_logs=reopen_logs,
                 on_ready=notify.ready if notify is not None else _nothing,
+                gatherer=gatherer,
             )
+            master_ref.append(master)
             return master.run()
         finally:
             if path is not None:

@@ -30,13 +30,14 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import FrameType
 from typing import Final, Protocol
 
 import attrs
 
 from .config import Address, Config
+from .pipe import HEARTBEAT, READY, PipeDecoder, PipeProtocolError
 
 __all__ = [
     "HEARTBEAT",
@@ -47,7 +48,9 @@ __all__ = [
     "OsSystem",
     "SignalReceived",
     "System",
+    "Watcher",
     "WorkerMessage",
+    "WorkerReport",
     "WorkerSpec",
     "describe_exit",
     "raise_open_file_limit",
@@ -56,9 +59,9 @@ __all__ = [
 
 log = logging.getLogger("trioserver.master")
 
-#: What a worker writes on its pipe to the master: once when it serves, then periodically.
-READY: Final = b"R"
-HEARTBEAT: Final = b"H"
+# READY and HEARTBEAT (re-exported from :mod:`trioserver.pipe`) are what a worker
+# writes on its pipe to the master: once when it serves, then periodically;
+# statistics reports come between them.
 
 #: Fds a worker needs beside its connections: listeners, pipes, log file, account store...
 FD_RESERVE: Final = 64
@@ -94,6 +97,14 @@ class WorkerMessage:
 
 
 @attrs.frozen
+class WorkerReport:
+    """A statistics report a worker sent (JSON bytes, ``WorkerStatistics.to_json``)."""
+
+    pid: int
+    payload: bytes
+
+
+@attrs.frozen
 class Exited:
     """A reaped child: its subprocess-style return code (negative: killed by that signal).
 
@@ -104,9 +115,11 @@ class Exited:
     pid: int
     returncode: int
     unread: bytes = b""
+    #: Statistics reports that were still in its pipe (its last figures).
+    reports: tuple[bytes, ...] = ()
 
 
-Event = SignalReceived | WorkerMessage
+Event = SignalReceived | WorkerMessage | WorkerReport
 
 
 class System(Protocol):
@@ -306,6 +319,27 @@ class ListeningSockets:
 # The real system.
 
 
+class Watcher(Protocol):
+    """Something else the master's poll loop serves (the admin listener): its fds and
+    deadlines join the wait, so it never needs a thread or a blocking call."""
+
+    def interest(self) -> Mapping[int, int]:
+        """fd → poll events wanted right now."""
+        ...
+
+    def on_ready(self, fd: int, revents: int) -> None: ...
+
+    def deadline(self) -> float | None:
+        """Monotonic time at which :meth:`on_time` has something to do, if any."""
+        ...
+
+    def on_time(self, now: float) -> None: ...
+
+    def close(self) -> None:
+        """Close every fd (in the master at exit, and in each worker after the fork)."""
+        ...
+
+
 @attrs.frozen
 class ChildSetup:
     """What a freshly forked worker process gets from the master."""
@@ -342,12 +376,19 @@ class OsSystem:
         self._poll.register(self._wake_r, select.POLLIN)
         self._pipes: dict[int, int] = {}  # read fd -> worker pid
         self._pipe_of: dict[int, int] = {}  # worker pid -> read fd
+        self._decoders: dict[int, PipeDecoder | None] = {}  # read fd -> its records
+        self._watchers: list[Watcher] = []
+        self._watched: dict[int, tuple[Watcher, int]] = {}  # fd -> (watcher, events)
         self._old_wakeup_fd: int | None = None
         self._child_closes: list[int] = []
 
     def close_in_children(self, fd: int) -> None:
         """Have every worker forked from now on close ``fd`` (it belongs to the master)."""
         self._child_closes.append(fd)
+
+    def watch(self, watcher: Watcher) -> None:
+        """Serve ``watcher`` from :meth:`wait`; workers close its fds after the fork."""
+        self._watchers.append(watcher)
 
     # -- signals ------------------------------------------------------------------------
 
@@ -372,6 +413,10 @@ class OsSystem:
             _close_quietly(fd)
         self._pipes.clear()
         self._pipe_of.clear()
+        self._decoders.clear()
+        for watcher in self._watchers:
+            watcher.close()
+        self._watchers.clear()
         self.listeners.close()
 
     # -- System -------------------------------------------------------------------------
@@ -410,6 +455,7 @@ class OsSystem:
         os.set_blocking(read_fd, False)
         self._pipes[read_fd] = pid
         self._pipe_of[pid] = read_fd
+        self._decoders[read_fd] = PipeDecoder()
         self._poll.register(read_fd, select.POLLIN)
         return pid
 
@@ -423,6 +469,8 @@ class OsSystem:
         for sock in self.listeners.all():
             if sock not in keep:
                 sock.close()
+        for watcher in self._watchers:
+            watcher.close()
 
     def kill(self, pid: int, signum: int) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -438,41 +486,91 @@ class OsSystem:
             if pid == 0:
                 break
             unread = b""
+            reports: tuple[bytes, ...] = ()
             fd = self._pipe_of.pop(pid, None)
             if fd is not None:
-                unread, _ = _read_all(fd)
+                data, _ = _read_all(fd)
+                unread, reports = self._decode(fd, pid, data)
                 self._forget(fd)
-            exited.append(Exited(pid, os.waitstatus_to_exitcode(status), unread))
+            exited.append(Exited(pid, os.waitstatus_to_exitcode(status), unread, reports))
         return exited
 
     def wait(self, timeout: float | None) -> list[Event]:
         events: list[Event] = []
         if not self._signals:
+            timeout = self._watch_timeout(timeout)
             millis = None if timeout is None else max(0, int(timeout * 1000) + 1)
             try:
                 ready = self._poll.poll(millis)
             except InterruptedError:  # pragma: no cover - PEP 475 retries; kept for safety
                 ready = []
-            for fd, _ in ready:
+            for fd, revents in ready:
                 if fd == self._wake_r:
                     _read_all(fd)
+                    continue
+                watched = self._watched.get(fd)
+                if watched is not None:
+                    watched[0].on_ready(fd, revents)
                     continue
                 pid = self._pipes.get(fd)
                 if pid is None:
                     continue
                 data, eof = _read_all(fd)
                 if data:
-                    events.append(WorkerMessage(pid, data))
+                    control, reports = self._decode(fd, pid, data)
+                    if control:
+                        events.append(WorkerMessage(pid, control))
+                    events.extend(WorkerReport(pid, report) for report in reports)
                 if eof:  # the worker is gone; SIGCHLD follows and reap() reports it
                     self._pipe_of.pop(pid, None)
                     self._forget(fd)
+        if self._watchers:
+            now = self.now()
+            for watcher in self._watchers:
+                watcher.on_time(now)
         # Messages first: a READY that arrived with its sender's death still counts.
         while self._signals:
             events.append(SignalReceived(self._signals.popleft()))
         return events
 
+    def _watch_timeout(self, timeout: float | None) -> float | None:
+        """Register the watchers' fds as they want them now; the timeout their deadlines allow."""
+        wanted: dict[int, tuple[Watcher, int]] = {}
+        now = self.now()
+        for watcher in self._watchers:
+            for fd, mask in watcher.interest().items():
+                wanted[fd] = (watcher, mask)
+            deadline = watcher.deadline()
+            if deadline is not None:
+                left = max(0.0, deadline - now)
+                timeout = left if timeout is None else min(timeout, left)
+        for fd in self._watched.keys() - wanted.keys():
+            if fd in self._pipes:
+                continue  # closed by the watcher, and the number reused for a new pipe
+            with contextlib.suppress(KeyError, ValueError):
+                self._poll.unregister(fd)
+        for fd, (_, mask) in wanted.items():
+            if self._watched.get(fd, (None, -1))[1] != mask:
+                self._poll.register(fd, mask)  # registering again modifies
+        self._watched = wanted
+        return timeout
+
+    def _decode(self, fd: int, pid: int, data: bytes) -> tuple[bytes, tuple[bytes, ...]]:
+        """A pipe's bytes as (control bytes, reports); a broken stream counts as beats only."""
+        decoder = self._decoders.get(fd)
+        if decoder is None:
+            return HEARTBEAT, ()
+        try:
+            decoded = decoder.feed(data)
+        except PipeProtocolError as exc:
+            log.error("worker pid %d: %s; ignoring its statistics from now on", pid, exc)
+            self._decoders[fd] = None
+            return HEARTBEAT, ()
+        return decoded.control, decoded.reports
+
     def _forget(self, fd: int) -> None:
         self._pipes.pop(fd, None)
+        self._decoders.pop(fd, None)
         with contextlib.suppress(KeyError):
             self._poll.unregister(fd)
         _close_quietly(fd)

@@ -1,0 +1,264 @@
+"""The master's admin listener: /metrics, /healthz and /status.json, served from its poll loop.
+
+The master has no trio and must not have threads (it forks), so this is a tiny
+HTTP/1.0-style server on non-blocking sockets that the master's ``poll`` drives
+(it is a :class:`~trioserver.procs.Watcher`). Every client is bounded: a request
+may be at most ``MAX_REQUEST`` bytes, the whole exchange must finish within
+``timeout`` seconds, at most ``MAX_CLIENTS`` are served at once (more wait in
+the listen backlog), and one answer per connection. A slow or stuck scraper
+therefore costs one socket and a buffer, never a blocked master.
+
+Routes::
+
+    GET /metrics       Prometheus text format (trioserver.metrics)
+    GET /healthz       200 "serving"; 503 "starting" or "draining" (for load balancers)
+    GET /status.json   the per-worker figures ``python -m trioserver status`` prints
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import select
+import socket
+from collections.abc import Callable, Mapping
+from typing import Final
+
+import attrs
+
+from .config import Address
+from .metrics import CONTENT_TYPE, Gatherer
+
+__all__ = ["MAX_CLIENTS", "MAX_REQUEST", "AdminPages", "AdminServer", "Response"]
+
+log = logging.getLogger("trioserver.admin")
+
+MAX_REQUEST: Final = 8192
+MAX_CLIENTS: Final = 32
+#: Connections taken from the backlog per wake-up, so a burst cannot starve the loop.
+_ACCEPT_BURST: Final = 16
+
+_REASONS: Final = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    431: "Request Header Fields Too Large",
+    503: "Service Unavailable",
+}
+
+
+@attrs.frozen
+class Response:
+    status: int
+    content_type: str
+    body: bytes
+
+
+class AdminPages:
+    """What each admin path answers; pure (no sockets), so tests call it directly."""
+
+    def __init__(self, gatherer: Gatherer, health: Callable[[], str]) -> None:
+        self.gatherer = gatherer
+        self.health = health
+
+    def answer(self, method: str, target: str) -> Response:
+        path = target.split("?", 1)[0]
+        if method not in ("GET", "HEAD"):
+            return Response(405, "text/plain", b"only GET and HEAD\n")
+        health = self.health()
+        if path == "/metrics":
+            return Response(200, CONTENT_TYPE, self.gatherer.render(health=health).encode())
+        if path == "/healthz":
+            return Response(
+                200 if health == "serving" else 503, "text/plain", f"{health}\n".encode()
+            )
+        if path == "/status.json":
+            # The pid asked now: a daemon's master is not the process that bound this.
+            body = self.gatherer.status_json(health=health, master_pid=os.getpid())
+            return Response(200, "application/json", body)
+        if path == "/":
+            return Response(
+                200, "text/plain", b"trioserver admin: /metrics /healthz /status.json\n"
+            )
+        return Response(404, "text/plain", b"not found\n")
+
+
+@attrs.define(eq=False)
+class _Client:
+    sock: socket.socket
+    deadline: float
+    request: bytearray = attrs.Factory(bytearray)
+    reply: memoryview | None = None
+
+
+def _encode(response: Response, head_only: bool) -> bytes:
+    reason = _REASONS.get(response.status, "")
+    head = (
+        f"HTTP/1.1 {response.status} {reason}\r\n"
+        f"Content-Type: {response.content_type}\r\n"
+        f"Content-Length: {len(response.body)}\r\n"
+        "Cache-Control: no-store\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode("ascii")
+    return head if head_only else head + response.body
+
+
+class AdminServer:
+    """The listener and its clients, driven by the master's poll (see the module docstring)."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        answer: Callable[[str, str], Response],
+        clock: Callable[[], float],
+        timeout: float,
+    ) -> None:
+        sock.setblocking(False)
+        self._sock = sock
+        self._answer = answer
+        self._clock = clock
+        self._timeout = timeout
+        self._clients: dict[int, _Client] = {}
+
+    @classmethod
+    def bind(
+        cls,
+        address: Address,
+        answer: Callable[[str, str], Response],
+        clock: Callable[[], float],
+        timeout: float,
+    ) -> AdminServer:
+        """Listen on ``address`` (OSError naming it if that fails)."""
+        infos = socket.getaddrinfo(
+            address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+        family, type_, proto, _, sockaddr = infos[0]
+        sock = socket.socket(family, type_, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(sockaddr)
+            sock.listen(64)
+        except OSError as exc:
+            sock.close()
+            raise OSError(
+                exc.errno, f"cannot listen on {address} (metrics.listen): {exc.strerror}"
+            ) from None
+        return cls(sock, answer, clock, timeout)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        name = self._sock.getsockname()
+        return name[0], name[1]
+
+    # -- Watcher ----------------------------------------------------------------------------
+
+    def interest(self) -> Mapping[int, int]:
+        wanted: dict[int, int] = {}
+        if self._sock.fileno() >= 0 and len(self._clients) < MAX_CLIENTS:
+            wanted[self._sock.fileno()] = select.POLLIN
+        for fd, client in self._clients.items():
+            wanted[fd] = select.POLLIN if client.reply is None else select.POLLOUT
+        return wanted
+
+    def on_ready(self, fd: int, revents: int) -> None:
+        if fd == self._sock.fileno():
+            self._accept()
+            return
+        client = self._clients.get(fd)
+        if client is None:
+            return
+        if client.reply is None:
+            self._read(fd, client)
+        else:
+            self._write(fd, client)
+
+    def deadline(self) -> float | None:
+        return min((c.deadline for c in self._clients.values()), default=None)
+
+    def on_time(self, now: float) -> None:
+        for fd, client in list(self._clients.items()):
+            if now >= client.deadline:
+                self._drop(fd)
+
+    def close(self) -> None:
+        for fd in list(self._clients):
+            self._drop(fd)
+        self._sock.close()
+
+    # -- one client ------------------------------------------------------------------------
+
+    def _accept(self) -> None:
+        for _ in range(_ACCEPT_BURST):
+            if len(self._clients) >= MAX_CLIENTS:
+                return
+            try:
+                sock, _ = self._sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    log.warning("admin listener: cannot accept: %s", exc)
+                return
+            sock.setblocking(False)
+            self._clients[sock.fileno()] = _Client(sock, self._clock() + self._timeout)
+
+    def _read(self, fd: int, client: _Client) -> None:
+        try:
+            data = client.sock.recv(MAX_REQUEST + 1 - len(client.request))
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._drop(fd)
+            return
+        if not data:
+            self._drop(fd)
+            return
+        client.request += data
+        end = client.request.find(b"\r\n\r\n")
+        if end < 0:
+            end = client.request.find(b"\n\n")
+        if end < 0:
+            if len(client.request) > MAX_REQUEST:
+                self._reply(fd, client, Response(431, "text/plain", b"request too large\n"), False)
+            return
+        line = bytes(client.request.split(b"\n", 1)[0]).decode("latin-1").strip()
+        parts = line.split()
+        if len(parts) != 3 or not parts[2].startswith("HTTP/"):
+            self._reply(fd, client, Response(400, "text/plain", b"bad request\n"), False)
+            return
+        method, target, _ = parts
+        try:
+            response = self._answer(method, target)
+        except Exception:
+            log.exception("admin listener: answering %s %s failed", method, target)
+            response = Response(503, "text/plain", b"internal error\n")
+        self._reply(fd, client, response, method == "HEAD")
+
+    def _reply(self, fd: int, client: _Client, response: Response, head_only: bool) -> None:
+        client.reply = memoryview(_encode(response, head_only))
+        self._write(fd, client)
+
+    def _write(self, fd: int, client: _Client) -> None:
+        reply = client.reply
+        assert reply is not None
+        try:
+            sent = client.sock.send(reply)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._drop(fd)
+            return
+        client.reply = reply = reply[sent:]
+        if not reply:
+            with contextlib.suppress(OSError):
+                client.sock.shutdown(socket.SHUT_WR)
+            self._drop(fd)
+
+    def _drop(self, fd: int) -> None:
+        client = self._clients.pop(fd, None)
+        if client is not None:
+            client.sock.close()
