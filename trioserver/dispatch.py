@@ -148,6 +148,7 @@ class MessageQueue:
         max_pending_replies: int,
         max_pending_bytes: int,
         flush: Callable[[Connection], None],
+        defer_flush: Callable[[Connection], None] | None = None,
     ) -> None:
         if handler_tasks < 1:
             raise ValueError(f"handler_tasks must be at least 1, got {handler_tasks!r}")
@@ -159,6 +160,7 @@ class MessageQueue:
         self._max_replies = max_pending_replies
         self._max_bytes = max_pending_bytes
         self._flush = flush
+        self._defer_flush = defer_flush or flush
         self._send, self._receive = trio.open_memory_channel[Connection](size)
         self.busy = 0
 
@@ -172,7 +174,7 @@ class MessageQueue:
 
     def context(self, conn: Connection) -> Context:
         """A handler context for ``conn`` (made per batch: idle connections keep none)."""
-        return Context(conn, self.services, self._flush, self._max_replies, self._max_bytes)
+        return Context(conn, self.services, self._defer_flush, self._max_replies, self._max_bytes)
 
     def submit(self, conn: Connection, packets: list[Packet]) -> bool:
         """Hand over one batch of checked packets; True if ``conn`` must now be scheduled."""
@@ -292,7 +294,7 @@ class MessageQueue:
                         continue
                     try:
                         if route.is_async:
-                            self._flush(conn)
+                            self._defer_flush(conn)  # earlier replies leave once we wait
                             start = perf_counter()
                             await route.handler(ctx, packet)  # type: ignore[misc]
                             if counters.timing_every:  # always timed when metrics are on

@@ -201,6 +201,8 @@ class Connection:
     writer_running: bool = False
     #: True while plain handlers run: their replies are sent together afterwards.
     batching: bool = False
+    #: True while the connection waits in the worker's deferred-flush list.
+    flush_queued: bool = False
     #: Wakes the connection's own task: inbox space, or work finished.
     wakeup: Wakeup = attrs.Factory(Wakeup)
     #: Flood rule: arrival time of the previous packet and the fast-packet run length.

@@ -50,7 +50,7 @@ from .framer import (
 )
 from .handlers import Services, default_router
 from .http import HttpConnectionState, StaticSite, refuse_http_connection, serve_http_connection
-from .nursery_pool import Connection, ConnectionPool, Slot
+from .nursery_pool import Connection, ConnectionPool, Slot, Wakeup
 from .proxy_protocol import ProxyPolicy, ProxyProtocolError, read_proxy_header
 from .reasons import DropReason, KickReason
 from .stats import Counters, WorkerStatistics
@@ -183,7 +183,12 @@ class Worker:
             max_pending_replies=conn.max_pending_replies,
             max_pending_bytes=conn.max_pending_bytes,
             flush=self._flush,
+            defer_flush=self._defer_flush,
         )
+        #: Connections with replies from async handlers or other tasks, sent by the
+        #: flusher task on the scheduler's next pass (one send each, not one per reply).
+        self._to_flush: list[Connection] = []
+        self._flusher_wakeup = Wakeup()
         self._given_listeners = list(listeners) if listeners is not None else None
         if http_listeners is not None:
             self._given_http: list[trio.abc.Listener[Any] | BoundListener] | None = list(
@@ -303,6 +308,7 @@ class Worker:
             with trio.CancelScope(shield=True):
                 async with trio.open_nursery() as services:
                     services.start_soon(self.recycler.run)
+                    services.start_soon(self._flusher)
                     await services.start(self.queue.run)
                     async with trio.open_nursery() as conns:
                         self._conn_nursery = conns
@@ -654,6 +660,24 @@ class Worker:
         assert self._conn_nursery is not None
         conn.writer_running = True
         self._conn_nursery.start_soon(self._writer, conn)
+
+    def _defer_flush(self, conn: Connection) -> None:
+        """Send ``conn``'s replies once the current task waits: by then an async
+        handler has either made all the replies it will make without waiting (and
+        they go out together) or it waits, and they must go now."""
+        if not conn.flush_queued and conn.outbox:
+            conn.flush_queued = True
+            self._to_flush.append(conn)
+            self._flusher_wakeup.wake()
+
+    async def _flusher(self) -> None:
+        """Flush the connections ``_defer_flush`` listed, one scheduler pass later."""
+        while True:
+            await self._flusher_wakeup.wait()
+            batch, self._to_flush = self._to_flush, []
+            for conn in batch:
+                conn.flush_queued = False
+                self._flush(conn)
 
     async def _writer(self, conn: Connection) -> None:
         """Send what the outbox holds, waiting for the peer to make room, until it is empty.

@@ -117,8 +117,13 @@ class Context:
             self._flush(conn)
 
     def flush(self) -> None:
-        """Start sending what is queued now (replies are otherwise sent when the
-        handler returns, or at once from async handlers and other tasks)."""
+        """Have what is queued sent as soon as this task next waits.
+
+        Replies of plain handlers leave together when their batch ends; those made
+        by async handlers or other tasks leave when that task next waits, all the
+        ones made until then in one send. Calling this is only needed after
+        replying from a plain handler that was handed the context some other way.
+        """
         self._flush(self._conn)
 
     def kick(self, reason: str | None = None) -> None:
