@@ -615,6 +615,16 @@ class MasterSettings:
         why="A backstop: the worker itself closes what is left after server.drain_timeout; "
         "this only catches a worker that cannot finish (gunicorn's default).",
     )
+    stop_delay: float = setting(
+        0.0,
+        "Seconds a graceful stop (SIGTERM) keeps serving, with /healthz already answering "
+        "503, before the workers stop accepting and drain.",
+        _float(0.0),
+        why="Behind a load balancer, set it to the balancer's time to mark a server down "
+        "(check interval x fall count): new connections then stop arriving before the "
+        "listening sockets close, so none is accepted and then lost. 0 by default: "
+        "without a balancer it would only delay the stop.",
+    )
     boot_timeout: float = setting(
         30.0,
         "Seconds a new worker has to start serving; a slower one has failed to boot.",

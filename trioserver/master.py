@@ -189,6 +189,8 @@ class Master:
         self._reload_again = False
         self._booted = False
         self._stopping: str | None = None
+        #: When a graceful stop's ``stop_delay`` ends and the workers are told to drain.
+        self._retire_at: float | None = None
         self._fast = False
         self._final_code = ExitCode.STOPPED
         self._crashes: collections.deque[float] = collections.deque()
@@ -246,6 +248,12 @@ class Master:
     def tick(self) -> None:
         """Act on deadlines (kills, boot and liveness timeouts); replace missing workers."""
         now = self.system.now()
+        if self._retire_at is not None and now >= self._retire_at:
+            self._retire_at = None
+            grace = self.config.master.graceful_timeout
+            log.info("stop delay over: %d workers drain, up to %.1f s", len(self.workers), grace)
+            for worker in self.workers.values():
+                self._retire(worker, now)
         for worker in list(self.workers.values()):
             if worker.killed is not None:
                 continue
@@ -286,6 +294,8 @@ class Master:
     def next_timeout(self) -> float | None:
         """Seconds until the next deadline ``tick`` acts on (None: only events matter)."""
         deadlines = [self._fork_retry_at] if self._fork_retry_at > -math.inf else []
+        if self._retire_at is not None:
+            deadlines.append(self._retire_at)
         for worker in self.workers.values():
             if worker.killed is not None:
                 continue
@@ -311,13 +321,33 @@ class Master:
     # -- commands -----------------------------------------------------------------------
 
     def stop(self, *, fast: bool, why: str) -> None:
-        """Graceful (drain, then SIGKILL after graceful_timeout) or fast stop."""
+        """Graceful (drain, then SIGKILL after graceful_timeout) or fast stop.
+
+        A graceful stop first waits ``master.stop_delay`` with the health check
+        failing (workers keep serving), so a balancer stops sending new connections
+        before the listening sockets close; a second SIGTERM ends the wait.
+        """
         if self._stopping is not None and (self._fast or not fast):
+            if not fast and self._retire_at is not None:
+                self._retire_at = self.system.now()  # asked again: do not wait any longer
+                self.tick()
             return
+        first = self._stopping is None
         self._stopping = why
         self._fast = fast
         self._reload = None
         now = self.system.now()
+        delay = self.config.master.stop_delay
+        if not fast and first and delay > 0 and self.workers:
+            self._retire_at = now + delay
+            log.info(
+                "stopping (%s): health now reports draining; workers keep serving %.1f s "
+                "(master.stop_delay), then drain",
+                why,
+                delay,
+            )
+            return
+        self._retire_at = None
         if fast:
             log.info("stopping now (%s): %d workers", why, len(self.workers))
             for worker in self.workers.values():

@@ -247,6 +247,34 @@ def test_graceful_stop_terms_then_kills_after_the_timeout(h: Harness) -> None:
     assert len(h.fake.spawned) == 2  # nothing respawned while stopping
 
 
+def test_stop_delay_keeps_serving_with_health_draining_then_drains() -> None:
+    h = Harness(make_config(stop_delay=2.5))
+    pids = h.boot()
+    start = h.fake.clock
+    h.fake.signal(signal.SIGTERM)
+    h.step()
+    assert h.master.health == "draining"  # the balancer is told at once...
+    assert all(h.fake.kills_of(pid) == [] for pid in pids)  # ...while workers still serve
+    h.run_until(lambda: all(h.fake.kills_of(pid) == [signal.SIGTERM] for pid in pids))
+    assert h.fake.clock - start == pytest.approx(2.5)
+    for pid in pids:
+        h.fake.exit(pid, 0)
+    h.step()
+    assert h.master.exit_code is ExitCode.STOPPED
+
+
+def test_a_second_sigterm_ends_the_stop_delay() -> None:
+    h = Harness(make_config(stop_delay=60.0))
+    pids = h.boot()
+    start = h.fake.clock
+    h.fake.signal(signal.SIGTERM)
+    h.step()
+    h.fake.signal(signal.SIGTERM)
+    h.step()
+    assert all(h.fake.kills_of(pid) == [signal.SIGTERM] for pid in pids)
+    assert h.fake.clock == start
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGQUIT])
 def test_fast_stop(h: Harness, signum: signal.Signals) -> None:
     pids = h.boot()

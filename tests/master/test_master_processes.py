@@ -167,15 +167,7 @@ def test_a_bad_config_on_reload_keeps_the_workers(servers: list[Server], tmp_pat
     ("connections", "pipelined"),
     [
         (4, 25),
-        pytest.param(
-            1,
-            100,
-            marks=pytest.mark.xfail(
-                reason="Worker.stop() stops reading at once: packets already received but "
-                "beyond server.inbox_size (64) stay in the decoder and go unanswered "
-                "(trioserver/worker.py drain, not the master)",
-            ),
-        ),
+        (1, 100),  # more than server.inbox_size (64) waiting in one connection's buffer
     ],
 )
 def test_sigterm_answers_every_pipelined_request_then_closes(
