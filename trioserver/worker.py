@@ -49,7 +49,13 @@ from .framer import (
     TruncatedPacketError,
 )
 from .handlers import Services, default_router
-from .http import HttpConnectionState, StaticSite, refuse_http_connection, serve_http_connection
+from .http import (
+    HttpConnectionState,
+    StaticSite,
+    refuse_http_connection,
+    serve_http_connection,
+    serve_http_socket,
+)
 from .nursery_pool import Connection, ConnectionPool, Slot, Wakeup
 from .proxy_protocol import ProxyPolicy, ProxyProtocolError, read_proxy_header
 from .reasons import DropReason, KickReason
@@ -381,14 +387,14 @@ class Worker:
                 slot = self.pool.acquire()
                 assert self._conn_nursery is not None
                 if http:
-                    if stream is None:
-                        assert raw is not None
-                        stream = trio.SocketStream(trio.socket.from_stdlib_socket(raw))
                     if slot is None:
+                        if stream is None:
+                            assert raw is not None
+                            stream = trio.SocketStream(trio.socket.from_stdlib_socket(raw))
                         self.counters.refused += 1
                         self._conn_nursery.start_soon(refuse_http_connection, stream)
-                    else:
-                        self._conn_nursery.start_soon(self._http_connection, stream, slot)
+                    else:  # a raw socket takes the fast path (serve_http_socket)
+                        self._conn_nursery.start_soon(self._http_connection, stream, raw, slot)
                 elif slot is None:
                     self.counters.refused += 1
                     if raw is not None:
@@ -547,15 +553,24 @@ class Worker:
                 with trio.CancelScope(shield=True):
                     await trio.aclose_forcefully(stream)
 
-    async def _http_connection(self, stream: trio.abc.Stream, slot: Slot) -> None:
-        """One HTTP connection: it holds a slot of the shared pool while it lives."""
+    async def _http_connection(
+        self, stream: trio.abc.Stream | None, raw: stdlib_socket.socket | None, slot: Slot
+    ) -> None:
+        """One HTTP connection: it holds a slot of the shared pool while it lives.
+
+        A raw socket (from a ``BoundListener``) is served directly, without a trio
+        ``SocketStream`` around it; ``stream`` is for other listeners."""
         assert self._site is not None
         self.counters.accepted += 1
         state = HttpConnectionState(draining=self._stopping, by_status=self.counters.http_by_status)
         try:
             with trio.CancelScope() as scope:
                 self._http_connections[slot.index] = (scope, state)
-                await serve_http_connection(stream, self._site, self.config.http, state)
+                if raw is not None:
+                    await serve_http_socket(raw, self._site, self.config.http, state)
+                else:
+                    assert stream is not None
+                    await serve_http_connection(stream, self._site, self.config.http, state)
         finally:
             del self._http_connections[slot.index]
             self.recycler.rest(slot)

@@ -2,7 +2,8 @@
 
 The pieces, one concept each (imports flow downwards):
 
-- ``server``: the trio adapter, :func:`serve_http_connection` / :func:`refuse_http_connection`
+- ``server``: the trio adapter, :func:`serve_http_connection` (a stream) /
+  :func:`serve_http_socket` (a raw socket) / :func:`refuse_http_connection`
 - ``policy``: :class:`StaticSite`, a parsed request -> :class:`Response` (no trio)
 - ``parser``: :class:`HttpConnection`, bytes -> requests over httptools (no trio)
 - ``files``: URL path -> checked file, with the hot-file cache
@@ -19,7 +20,12 @@ from .parser import (
     Request,
 )
 from .policy import BUNDLED_SITE, Response, StaticSite
-from .server import HttpConnectionState, refuse_http_connection, serve_http_connection
+from .server import (
+    HttpConnectionState,
+    refuse_http_connection,
+    serve_http_connection,
+    serve_http_socket,
+)
 
 __all__ = [
     "BUNDLED_SITE",
@@ -35,4 +41,5 @@ __all__ = [
     "StaticSite",
     "refuse_http_connection",
     "serve_http_connection",
+    "serve_http_socket",
 ]

@@ -4,6 +4,7 @@
 
     site = StaticSite.from_settings(config.http)
     await serve_http_connection(stream, site, config.http)   # one connection, to its end
+    await serve_http_socket(sock, site, config.http)         # the same on a raw socket
     await refuse_http_connection(stream)                     # worker full: 503 and close
 
 One task per connection, one loop: receive, parse every request the bytes
@@ -11,6 +12,19 @@ completed, decide every response, send them in one write, repeat. Pipelined
 requests are therefore answered in order with one ``send_all`` for all the small
 responses of one receive; a file too large for the cache flushes what is pending
 together with its head and goes out with ``os.sendfile`` (see :func:`_send_file`).
+
+Two transports, one loop: :func:`serve_http_connection` drives any trio stream,
+:func:`serve_http_socket` a connected non-blocking standard-library socket directly
+(what the worker uses). The loop only sees two coroutine functions, ``receive``
+and ``send_all`` (the stream's own bound methods, or :class:`_RawSocket`'s), so
+the abstraction costs nothing per request. The raw-socket side exists because a
+trio ``SocketStream`` pays for generality on every call: a receive is a
+cancellation check, a failed ``recv``, a wait and a second ``recv``, then a
+scheduler pass (``cancel_shielded_checkpoint``), and a send is another pass. On
+a raw socket a keep-alive request is one wait for readability (the only
+scheduler pass, and the only checkpoint: timeouts and fairness hang on it), one
+``recv`` and one ``send``; a receive waits before it reads, because after an
+answer the next request is never there yet.
 
 Time limits are one cancel scope whose deadline moves (no timer tasks):
 
@@ -31,8 +45,10 @@ parsing a request (see ``_Connection.serve``).
 
 Failures: a policy exception is our bug: logged on ``trioserver.http`` with its
 traceback, answered 500, and the connection closes; any other exception from the
-adapter is logged and closes the connection. Nothing but ``Cancelled`` leaves
-:func:`serve_http_connection`, so a bad request never takes the worker down.
+adapter is logged and closes the connection. A raw socket's OSErrors (reset,
+broken pipe) become ``trio.BrokenResourceError``, as a stream's would. Nothing
+but ``Cancelled`` leaves :func:`serve_http_connection` or :func:`serve_http_socket`,
+so a bad request never takes the worker down.
 A connection closed after a protocol error first shuts its sending side and reads
 what the client still sends for a moment ("lingering close"), so the client sees
 the error instead of a reset.
@@ -46,6 +62,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Final
 
 import attrs
@@ -58,7 +75,12 @@ from .policy import Response, StaticSite, service_unavailable
 if TYPE_CHECKING:
     from trioserver.config import HttpSettings
 
-__all__ = ["HttpConnectionState", "refuse_http_connection", "serve_http_connection"]
+__all__ = [
+    "HttpConnectionState",
+    "refuse_http_connection",
+    "serve_http_connection",
+    "serve_http_socket",
+]
 
 log: Final = logging.getLogger("trioserver.http")
 access_log: Final = logging.getLogger("trioserver.http.access")
@@ -110,19 +132,56 @@ async def serve_http_connection(
     Returns normally on every peer behaviour and on our own bugs (logged); only
     cancellation propagates. The stream is closed when this returns.
     """
+    connection = _Connection(
+        stream.receive_some,
+        stream.send_all,
+        stream.send_eof if isinstance(stream, trio.abc.HalfCloseableStream) else None,
+        stream.socket if isinstance(stream, trio.SocketStream) else None,
+        app,
+        settings,
+        state or HttpConnectionState(),
+    )
     try:
-        await _Connection(stream, app, settings, state or HttpConnectionState()).serve()
+        await _run(connection)
+    finally:
+        if type(stream) is trio.SocketStream:
+            await stream.aclose()  # closes at once; skips aclose_forcefully's cancel scope
+        else:
+            await trio.aclose_forcefully(stream)
+
+
+async def serve_http_socket(
+    sock: socket.socket,
+    app: StaticSite,
+    settings: HttpSettings,
+    state: HttpConnectionState | None = None,
+) -> None:
+    """:func:`serve_http_connection` on a connected, non-blocking standard socket.
+
+    The socket belongs to this call from now on: it is closed when this returns
+    (after ``trio.lowlevel.notify_closing``). Same behaviour, same guarantees.
+    """
+    io = _RawSocket(sock)
+    connection = _Connection(
+        io.receive, io.send_all, io.send_eof, sock, app, settings, state or HttpConnectionState()
+    )
+    try:
+        await _run(connection)
+    finally:
+        trio.lowlevel.notify_closing(sock)
+        sock.close()
+
+
+async def _run(connection: _Connection) -> None:
+    """Serve one connection; only cancellation leaves (the caller closes the transport)."""
+    try:
+        await connection.serve()
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass  # the peer went away
     except _FileShrank as exc:
         log.warning("closing an HTTP connection: %s", exc)
     except Exception:
         log.exception("HTTP connection failed; closing it")
-    finally:
-        if type(stream) is trio.SocketStream:
-            await stream.aclose()  # closes at once; skips aclose_forcefully's cancel scope
-        else:
-            await trio.aclose_forcefully(stream)
 
 
 async def refuse_http_connection(stream: trio.abc.Stream) -> None:
@@ -139,29 +198,115 @@ async def refuse_http_connection(stream: trio.abc.Stream) -> None:
 
 async def _linger(stream: trio.abc.Stream) -> None:
     """Shut our sending side, then read and drop what the client still sends, briefly."""
-    if isinstance(stream, trio.abc.HalfCloseableStream):
-        await stream.send_eof()
+    send_eof = stream.send_eof if isinstance(stream, trio.abc.HalfCloseableStream) else None
+    await _linger_on(stream.receive_some, send_eof)
+
+
+async def _linger_on(receive: _Receive, send_eof: _SendEof | None) -> None:
+    if send_eof is not None:
+        await send_eof()
     drained = 0
     with trio.move_on_after(FAREWELL_TIMEOUT):
         while drained < LINGER_BYTES:
-            data = await stream.receive_some(RECEIVE_SIZE)
+            data = await receive(RECEIVE_SIZE)
             if not data:
                 return
             drained += len(data)
 
 
+_Receive = Callable[[int], Awaitable[bytes | bytearray]]
+_SendAll = Callable[[bytes], Awaitable[None]]
+_SendEof = Callable[[], Awaitable[None]]
+
+
+class _RawSocket:
+    """``receive`` / ``send_all`` / ``send_eof`` on a non-blocking standard socket.
+
+    ``receive`` waits for readability first and then reads (see the module
+    docstring): the wait is its checkpoint. ``send_all`` writes at once and waits
+    only when the socket's buffer is full; it is a checkpoint only then. OSErrors
+    become ``trio.BrokenResourceError``.
+    """
+
+    __slots__ = ("sock",)
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    async def receive(self, size: int) -> bytes:
+        sock = self.sock
+        wait_readable = trio.lowlevel.wait_readable
+        while True:
+            await wait_readable(sock)
+            data = _recv(sock, size)
+            if data is not None:
+                return data
+
+    async def send_all(self, data: bytes) -> None:
+        await _send_raw(self.sock, data, 0)
+
+    async def send_eof(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError as exc:
+            raise trio.BrokenResourceError(f"peer went away: {exc}") from exc
+
+
+def _recv(sock: socket.socket, size: int) -> bytes | None:
+    """``sock.recv``, None when nothing is there (a spurious wake-up).
+
+    A function of its own so that a would-block exception's traceback pins this
+    short-lived frame, not the connection's (see ``trioserver.worker._recv``).
+    """
+    try:
+        return sock.recv(size)
+    except BlockingIOError:
+        return None
+    except OSError as exc:
+        raise trio.BrokenResourceError(f"peer went away: {exc}") from exc
+
+
+async def _send_raw(sock: socket.socket, data: bytes | memoryview, flags: int) -> None:
+    """Send all of ``data``, waiting for room only when the socket's buffer is full.
+
+    A coroutine of its own, so a would-block exception pins this short frame only.
+    """
+    while True:
+        try:
+            sent = sock.send(data, flags)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            raise trio.BrokenResourceError(f"peer went away: {exc}") from exc
+        if sent == len(data):
+            return
+        data = memoryview(data)[sent:]
+        await trio.lowlevel.wait_writable(sock)
+
+
 class _Connection:
-    """One connection: its loop, its parser and its lazily moved deadline."""
+    """One connection: its loop, its parser and its lazily moved deadline.
+
+    ``receive``, ``send_all`` and ``send_eof`` (None: cannot half-close) are the
+    transport; ``sock`` is its socket (standard or trio) when files may go by
+    ``os.sendfile``, else None.
+    """
 
     def __init__(
         self,
-        stream: trio.abc.Stream,
+        receive: _Receive,
+        send_all: _SendAll,
+        send_eof: _SendEof | None,
+        sock: socket.socket | trio.socket.SocketType | None,
         site: StaticSite,
         settings: HttpSettings,
         state: HttpConnectionState,
     ) -> None:
         self.state = state
-        self.stream = stream
+        self.receive = receive
+        self.send_all = send_all
+        self.send_eof = send_eof
+        self.sock = sock
         self.site = site
         self.settings = settings
         self.parser = HttpConnection(
@@ -169,7 +314,7 @@ class _Connection:
             max_header_size=settings.max_header_size,
             max_body_size=settings.max_body_size,
         )
-        self.peer = _peer_name(stream) if settings.access_log else "-"
+        self.peer = _peer_name(sock) if settings.access_log else "-"
         #: When the current wait really ends (header or idle deadline). The scope's
         #: deadline is never later than this while reading (see :meth:`serve`).
         self.deadline = 0.0
@@ -204,20 +349,19 @@ class _Connection:
                 timeout = self.site.error(408)
                 assert isinstance(timeout.body, bytes)
                 with trio.move_on_after(FAREWELL_TIMEOUT):
-                    await self.stream.send_all(timeout.head + timeout.body)
+                    await self.send_all(timeout.head + timeout.body)
             return  # an idle connection closes without a word
         if self.outcome is _Outcome.LINGER:
             with trio.move_on_after(FAREWELL_TIMEOUT):
-                await _linger(self.stream)
+                await _linger_on(self.receive, self.send_eof)
 
     async def _loop(self) -> None:
         """Receive, parse, answer everything the bytes completed, in one write; repeat."""
-        stream = self.stream
         parser = self.parser
         site = self.site
         scope = self.scope
-        receive_some = stream.receive_some
-        send_all = stream.send_all
+        receive_some = self.receive
+        send_all = self.send_all
         receive_events = parser.receive_events
         respond = site.respond
         now = trio.lowlevel.current_clock().current_time
@@ -316,24 +460,29 @@ class _Connection:
                 response = site.error(500)
                 body = response.body
             if isinstance(body, bytes):
-                await self.stream.send_all(b"".join((*pending, response.head, body)))
+                await self.send_all(b"".join((*pending, response.head, body)))
                 return response
         assert fd is not None and isinstance(body, FileRange)
         self.scope.deadline = trio.current_time() + self.settings.send_timeout
         try:
             head = b"".join((*pending, response.head))
-            stream = self.stream
-            if isinstance(stream, trio.SocketStream) and body.length:
-                await self._sendfile(stream.socket, head, fd, body.offset, body.length)
+            sock = self.sock
+            if sock is not None and body.length:
+                await self._sendfile(sock, head, fd, body.offset, body.length)
             else:
-                await stream.send_all(head)
+                await self.send_all(head)
                 await self._copy(fd, body.offset, body.length)
         finally:
             os.close(fd)
         return response
 
     async def _sendfile(
-        self, sock: trio.socket.SocketType, head: bytes, fd: int, offset: int, length: int
+        self,
+        sock: socket.socket | trio.socket.SocketType,
+        head: bytes,
+        fd: int,
+        offset: int,
+        length: int,
     ) -> None:
         """Head with MSG_MORE (it leaves with the first data), then the file by sendfile.
 
@@ -343,10 +492,13 @@ class _Connection:
         try:
             scope = self.scope
             send_timeout = self.settings.send_timeout
-            view = memoryview(head)
-            while view:
-                sent = await sock.send(view, _MSG_MORE)
-                view = view[sent:]
+            if isinstance(sock, socket.socket):
+                await _send_raw(sock, head, _MSG_MORE)
+            else:
+                view = memoryview(head)
+                while view:
+                    sent = await sock.send(view, _MSG_MORE)
+                    view = view[sent:]
             out = sock.fileno()
             since_checkpoint = 0
             while length:
@@ -375,7 +527,7 @@ class _Connection:
             chunk = await trio.to_thread.run_sync(os.pread, fd, min(length, COPY_CHUNK), offset)
             if not chunk:
                 raise _FileShrank(f"file shrank by {length} bytes while being sent")
-            await self.stream.send_all(chunk)
+            await self.send_all(chunk)
             offset += len(chunk)
             length -= len(chunk)
             scope.deadline = trio.current_time() + send_timeout
@@ -406,13 +558,13 @@ _CLOSE: Final = _Outcome.CLOSE
 _LINGER: Final = _Outcome.LINGER
 
 
-def _peer_name(stream: trio.abc.Stream) -> str:
-    if isinstance(stream, trio.SocketStream):
-        try:
-            peer = stream.socket.getpeername()
-        except OSError:
-            return "-"
-        if isinstance(peer, tuple):
-            return str(peer[0])
-        return str(peer) or "-"
-    return "-"
+def _peer_name(sock: socket.socket | trio.socket.SocketType | None) -> str:
+    if sock is None:
+        return "-"
+    try:
+        peer = sock.getpeername()
+    except OSError:
+        return "-"
+    if isinstance(peer, tuple):
+        return str(peer[0])
+    return str(peer) or "-"
