@@ -17,7 +17,10 @@ def write(tmp_path: Path, text: str) -> Path:
 
 def test_defaults() -> None:
     config = load_config()
-    assert config == Config()
+    # the one relative path among the defaults is anchored to the start directory
+    assert config == Config().replace(
+        accounts__url=f"sqlite:///{Path.cwd().absolute()}/data/accounts.sqlite3"
+    )
     assert config.server.listen == (Address("127.0.0.1", 10000),)
     assert config.server.max_packet_length == 29000
     assert config.connection.heartbeat_wait == 20.0
@@ -83,3 +86,22 @@ def test_every_setting_is_described() -> None:
     text = describe_settings()
     assert "[server]" in text and "max_pending_replies = 400" in text
     assert text.count("# Why:") >= 10
+
+
+def test_relative_paths_are_made_absolute_against_the_start_directory(tmp_path: Path) -> None:
+    config = load_config(
+        None,
+        (
+            'logging.file="logs/trioserver.log"',
+            'master.pidfile="run/trioserver.pid"',
+            'accounts.url="sqlite:///data/a.sqlite3"',
+            'http.document_root="site"',
+        ),
+        base=tmp_path,
+    )
+    assert config.logging.file == tmp_path / "logs/trioserver.log"
+    assert config.master.pidfile == tmp_path / "run/trioserver.pid"
+    assert config.accounts.url == f"sqlite:///{tmp_path}/data/a.sqlite3"
+    assert config.http.document_root == tmp_path / "site"
+    absolute = load_config(None, ('accounts.url="sqlite:////srv/a.sqlite3"',), base=tmp_path)
+    assert absolute.accounts.url == "sqlite:////srv/a.sqlite3"

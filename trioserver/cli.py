@@ -132,7 +132,12 @@ def _load(args: argparse.Namespace) -> Config:
     for option in ("pidfile", "app"):
         if getattr(args, option, None):
             overrides.append(f"master.{option}={json.dumps(getattr(args, option))}")
-    return load_config(args.config, tuple(overrides))
+    return load_config(args.config, tuple(overrides), base=_START_DIR)
+
+
+#: Where trioserver was started: relative paths in settings stay relative to it,
+#: through a daemon's chdir("/") and every reload.
+_START_DIR = Path.cwd()
 
 
 def _serve(args: argparse.Namespace) -> int:

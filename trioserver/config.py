@@ -795,9 +795,17 @@ def _parse_override(text: str) -> tuple[str, str, Any]:
 
 
 def load_config(
-    path: str | os.PathLike[str] | None = None, overrides: tuple[str, ...] = ()
+    path: str | os.PathLike[str] | None = None,
+    overrides: tuple[str, ...] = (),
+    *,
+    base: Path | None = None,
 ) -> Config:
-    """Read a TOML file (or nothing: the defaults) and apply ``section.name=value`` overrides."""
+    """Read a TOML file (or nothing: the defaults) and apply ``section.name=value`` overrides.
+
+    Relative paths in settings are made absolute against ``base`` (default: the
+    current directory); the command line passes the directory it started in, so
+    a daemon (which changes to ``/``) and its reloads keep the same files.
+    """
     raw: dict[str, Any] = {}
     source = "<built-in defaults>"
     if path is not None:
@@ -830,9 +838,29 @@ def load_config(
         name: _build_section(cls, merged.get(name, {}), where, name)
         for name, cls in SECTIONS.items()
     }
-    config = Config(**built, source=source)
+    config = _absolute_paths(Config(**built, source=source), base)
     _check_across_sections(config, where)
     return config
+
+
+def _absolute_paths(config: Config, base: Path | None) -> Config:
+    """Resolve relative paths once, at load: a daemon changes to ``/`` and a reload
+    may run from anywhere, so ``data/accounts.sqlite3`` must not move with them."""
+    root = (base or Path.cwd()).absolute()
+    changes: dict[str, Any] = {}
+    log_file = config.logging.file
+    if log_file is not None and not log_file.is_absolute():
+        changes["logging__file"] = root / log_file
+    pidfile = config.master.pidfile
+    if pidfile is not None and not pidfile.is_absolute():
+        changes["master__pidfile"] = root / pidfile
+    document_root = config.http.document_root
+    if document_root is not None and not document_root.is_absolute():
+        changes["http__document_root"] = root / document_root
+    url = config.accounts.url
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+        changes["accounts__url"] = "sqlite:///" + str(root / url.removeprefix("sqlite:///"))
+    return config.replace(**changes) if changes else config
 
 
 def _check_across_sections(config: Config, where: str) -> None:
