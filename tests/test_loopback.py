@@ -174,9 +174,10 @@ async def test_worker_serves_http_beside_the_binary_protocol() -> None:
             while worker.statistics().connections_open:
                 await trio.sleep(0.01)
         # Both protocols share one pool: two binary connections fill it, HTTP gets 503.
-        with BlockingClient.connect("127.0.0.1", port) as a, BlockingClient.connect(
-            "127.0.0.1", port
-        ) as b:
+        with (
+            BlockingClient.connect("127.0.0.1", port) as a,
+            BlockingClient.connect("127.0.0.1", port) as b,
+        ):
             await in_thread(a.ping)
             await in_thread(b.ping)
             assert (await in_thread(lambda: get("/")))[0] == 503
