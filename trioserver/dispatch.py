@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from time import perf_counter
 from typing import Final
 
@@ -107,6 +107,11 @@ class Router:
             return handler
 
         return decorate
+
+    @property
+    def routes(self) -> Mapping[int, Route]:
+        """The table itself (read-only), for the reader's per-packet checks."""
+        return self._routes
 
     def get(self, code: int) -> Route | None:
         return self._routes.get(code)

@@ -620,7 +620,7 @@ class Worker:
         any_refreshes = rules.any_packet_refreshes
         counters = self.counters
         by_code = counters.packets_by_code
-        check = self.router.check
+        routes = self.router.routes
         now = trio.current_time()
         refreshed = False
         packets: list[Packet] = []
@@ -635,9 +635,13 @@ class Worker:
                 counters.drop(conn, DropReason(event.reason.value), code)
                 continue
             assert type(event) is Packet
-            drop = check(event)
-            if drop is not None:
-                counters.drop(conn, drop, code)
+            route = routes.get(code)  # Router.check, inlined: this runs for every packet
+            if route is None:
+                counters.drop(conn, DropReason.UNKNOWN_CODE, code)
+                continue
+            size = route.body_size
+            if size is not None and len(event.body) != size:
+                counters.drop(conn, DropReason.BAD_BODY_SIZE, code)
                 continue
             if code == 0 or any_refreshes:
                 refreshed = True
