@@ -525,3 +525,47 @@ def test_missing_paths_are_not_cached(docroot: Path) -> None:
     for i in range(100):
         site.respond(request(f"/missing{i}".encode()))
     assert site.statistics().entries == 0
+
+
+# -- the per-second table of whole responses ----------------------------------------
+
+
+def test_a_hot_response_is_reused_within_its_date_second(docroot: Path) -> None:
+    clock = FakeClock(1_700_000_000.25)
+    site = site_for(docroot, clock, cache_check_interval=1.0)
+    first = site.respond(request(b"/a.txt"))
+    clock.now += 0.5
+    again = site.respond(request(b"/a.txt"))
+    assert again is first  # the same immutable object: no work done
+    # Not confused with a different request for the same file.
+    head = site.respond(request(b"/a.txt", method=b"HEAD"))
+    closing = site.respond(request(b"/a.txt", keep_alive=False))
+    old = site.respond(request(b"/a.txt", version=b"1.0", keep_alive=False))
+    ranged = site.respond(request(b"/a.txt", headers={b"range": b"bytes=0-1"}))
+    assert head.body == b"" and closing.close and headers_of(closing)["connection"] == "close"
+    assert old.close and ranged.status == 206 and body_bytes(ranged) == b"01"
+    etag = headers_of(first)["etag"].encode()
+    assert site.respond(request(b"/a.txt", headers={b"if-none-match": etag})).status == 304
+    assert site.respond(request(b"/a.txt")) is first
+    # The next second: a new Date, so a new response.
+    clock.now += 0.5
+    later = site.respond(request(b"/a.txt"))
+    assert later is not first and later.head != first.head
+    assert headers_of(later)["date"] == http_date(clock.now).decode()
+    assert site.statistics().hits >= 2
+
+
+def test_a_reused_response_still_honours_the_check_interval(docroot: Path) -> None:
+    clock = FakeClock(1_700_000_000.0)
+    site = site_for(docroot, clock, cache_check_interval=0.0)  # check every request
+    site.respond(request(b"/a.txt"))
+    (docroot / "a.txt").write_bytes(b"changed, and longer than before")
+    assert body_bytes(site.respond(request(b"/a.txt"))) == b"changed, and longer than before"
+
+
+def test_the_response_table_is_bounded_against_odd_targets(docroot: Path) -> None:
+    site = site_for(docroot, cache_max_entries=10)
+    for i in range(100):
+        response = site.respond(request(f"/a.txt?{i}".encode()))
+        assert body_bytes(response) == b"0123456789abcdefghij"
+    assert len(site._responses) <= 10

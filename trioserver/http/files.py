@@ -147,6 +147,10 @@ class FileCache:
             self._keep(url_path, found)
         return found
 
+    def count_hit(self) -> None:
+        """Count a hit the caller served from its own memory of an entry it got here."""
+        self._hits += 1
+
     def open_range(self, body: FileRange) -> int | None:
         """An open descriptor for ``body``'s file, or None if the file changed since."""
         try:

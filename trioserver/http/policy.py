@@ -23,8 +23,13 @@ Rules, in the order they are applied:
 5. Otherwise 200 with ``Accept-Ranges: bytes``.
 
 Speed: almost everything in a head is fixed per file, so the fixed part is built
-once per cached file, and ``Date`` once per second; a hot request costs a few
-dict lookups and one ``bytes.join``.
+once per cached file, and ``Date`` once per second. On top of that, a plain 200
+(no conditional or range field) is remembered whole, keyed by the request's
+method, target, version and keep-alive, until the ``Date`` second changes: a
+hot request is then one dict lookup and a check that the file's cache entry is
+still trusted, and returns the same immutable :class:`Response` object. The
+table is emptied every second and holds at most ``cache_max_entries``
+responses, so odd targets (``/?1``, ``/?2``, ...) cannot grow it.
 """
 
 from __future__ import annotations
@@ -107,6 +112,11 @@ class StaticSite:
             check_interval=cache_check_interval,
         )
         self._clock = clock
+        self._interval = cache_check_interval
+        self._max_responses = cache_max_entries
+        #: (method, target, version, keep_alive) -> (response, its file's entry), for
+        #: the current Date second only (see the module docstring).
+        self._responses: dict[tuple[bytes, bytes, bytes, bool], tuple[Response, FileEntry]] = {}
         self._date_second = -1
         self._date_line = b""
         self._error_heads = {code: _error_head(code) for code in STATUSES if code >= 400}
@@ -145,23 +155,35 @@ class StaticSite:
     def respond(self, request: Request, *, recheck: bool = False) -> Response:
         """The response to one request. ``recheck`` ignores the cache's trust interval."""
         method = request.method
+        headers = request.headers
+        conditional = False
+        if headers:
+            for name in _CONDITIONAL:
+                if name in headers:
+                    conditional = True
+                    break
+        now = self._clock()
+        if int(now) != self._date_second:
+            self._date(now)  # also empties the response table
+        elif not conditional and not recheck:
+            key = (method, request.target, request.version, request.keep_alive)
+            hit = self._responses.get(key)
+            if hit is not None and now - hit[1].checked < self._interval:
+                self.files.count_hit()
+                return hit[0]
         if method != b"GET" and method != b"HEAD":
             return self.error(405, request)
         split = split_target(request.target)
         if split is None:
             return self.error(400, request)
         path, query = split
-        now = self._clock()
         found = self.files.lookup(path, now, recheck)
         if isinstance(found, int):
             if found == MOVED:
                 return self._moved(path, query, request)
             return self.error(found, request)
-        headers = request.headers
-        if headers:
-            for name in _CONDITIONAL:
-                if name in headers:
-                    return self._conditional(found, request, now)
+        if conditional:
+            return self._conditional(found, request, now)
         if method == b"HEAD":
             body: bytes | FileRange = b""
         else:
@@ -169,10 +191,8 @@ class StaticSite:
         heads = found.heads
         if heads is None:
             heads = found.heads = _fixed_heads(found)
-        if int(now) != self._date_second:
-            self._date(now)
         keep_alive = request.keep_alive
-        return Response(
+        response = Response(
             200,
             b"".join(
                 (heads[0], self._date_line, _CONNECTION[request.version, keep_alive], b"\r\n")
@@ -180,6 +200,10 @@ class StaticSite:
             body,
             not keep_alive,
         )
+        responses = self._responses
+        if len(responses) < self._max_responses:
+            responses[method, request.target, request.version, keep_alive] = (response, found)
+        return response
 
     def error(self, status: int, request: Request | None = None) -> Response:
         """An error response with its short HTML page (no body for a HEAD request).
@@ -274,6 +298,7 @@ class StaticSite:
         if second != self._date_second:
             self._date_line = b"Date: " + http_date(second) + b"\r\n"
             self._date_second = second
+            self._responses.clear()  # they carry the old Date
         return self._date_line
 
 
