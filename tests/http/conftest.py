@@ -89,7 +89,7 @@ class ResponseReader:
         self._headers: dict[str, str] = {}
         self._body: list[bytes] = []
 
-    def feed(self, data: bytes) -> list[ParsedResponse]:
+    def feed(self, data: bytes | bytearray) -> list[ParsedResponse]:
         self._parser.feed_data(data)
         return self.responses
 

@@ -1,9 +1,16 @@
-"""The trio adapter over in-memory streams: pipelining, timeouts in virtual time, failures."""
+"""The trio adapter: pipelining, timeouts in virtual time, failures.
+
+Every test that uses the default connection runs twice (the ``transport``
+fixture): over an in-memory stream (``serve_http_connection``) and over a real
+loopback TCP connection whose server end is a raw non-blocking socket
+(``serve_http_socket``). Tests that need a special stream run over streams only.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+import socket
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -11,8 +18,15 @@ import trio
 import trio.testing
 
 from trioserver.config import HttpSettings
-from trioserver.http import Request, Response, StaticSite, refuse_http_connection
+from trioserver.http import (
+    Request,
+    Response,
+    StaticSite,
+    refuse_http_connection,
+    serve_http_socket,
+)
 from trioserver.http import serve_http_connection as serve
+from trioserver.http.server import FAREWELL_TIMEOUT
 
 from .conftest import BIG_SIZE, INDEX, ResponseReader, parse_responses, raw_request
 
@@ -34,22 +48,71 @@ def make_settings(root: Path, **overrides: object) -> HttpSettings:
 
 Serve = Callable[[trio.abc.Stream], Awaitable[None]]
 
+#: Which transport start_server uses for its default connection (set per test).
+TRANSPORT = ["stream"]
+#: Client sockets a test opened, closed after it.
+CLIENTS: list[socket.socket] = []
+
+
+@pytest.fixture(autouse=True, params=["stream", "socket"])
+def transport(request: pytest.FixtureRequest) -> Iterator[str]:
+    TRANSPORT[0] = request.param
+    yield request.param
+    TRANSPORT[0] = "stream"
+    for sock in CLIENTS:
+        sock.close()
+    CLIENTS.clear()
+
+
+def socket_pair() -> tuple[socket.socket, socket.socket]:
+    """A connected loopback TCP pair (client, server), both non-blocking."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname())
+        server, _ = listener.accept()
+    for sock in (client, server):
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return client, server
+
+
+def _memory_pair() -> tuple[trio.abc.HalfCloseableStream, trio.abc.HalfCloseableStream]:
+    return trio.testing.memory_stream_pair()
+
 
 async def start_server(
     nursery: trio.Nursery,
     root: Path,
     *,
     site: StaticSite | None = None,
-    pair: Callable[
-        [], tuple[trio.abc.HalfCloseableStream, trio.abc.HalfCloseableStream]
-    ] = trio.testing.memory_stream_pair,
+    pair: Callable[[], tuple[trio.abc.HalfCloseableStream, trio.abc.HalfCloseableStream]]
+    | None = None,
     **overrides: object,
 ) -> tuple[trio.abc.HalfCloseableStream, list[float]]:
-    """Serve one connection in the background; returns the client end and [finish time]."""
+    """Serve one connection in the background; returns the client end and [finish time].
+
+    The default connection follows the ``transport`` fixture; a ``pair`` is a stream.
+    """
     settings = make_settings(root, **overrides)
     site = site or StaticSite.from_settings(settings)
-    client, server = pair()
     finished: list[float] = []
+    if pair is None and TRANSPORT[0] == "socket":
+        raw_client, raw_server = socket_pair()
+        CLIENTS.append(raw_client)
+        client: trio.abc.HalfCloseableStream = trio.SocketStream(
+            trio.socket.from_stdlib_socket(raw_client)
+        )
+
+        async def run_raw() -> None:
+            await serve_http_socket(raw_server, site, settings)
+            finished.append(trio.current_time())
+
+        nursery.start_soon(run_raw)
+        return client, finished
+    if pair is None:
+        pair = _memory_pair
+    elif TRANSPORT[0] == "socket":
+        pytest.skip("needs a special stream")
+    client, server = pair()
 
     async def run() -> None:
         await serve(server, site, settings)
@@ -244,8 +307,9 @@ async def test_one_byte_a_second_gets_408_at_the_header_timeout(
     [response] = parse_responses(wire)
     assert response.status == 408 and response.headers["connection"] == "close"
     assert eof_at - start == HEADER_TIMEOUT
-    await trio.testing.wait_all_tasks_blocked()
-    assert finished == [eof_at]
+    # A lingering close (the client is still sending) for at most the farewell timeout.
+    await trio.sleep(FAREWELL_TIMEOUT * 2)
+    assert finished == [eof_at + FAREWELL_TIMEOUT]
 
 
 async def test_the_next_requests_header_clock_starts_at_its_first_byte(
@@ -373,7 +437,7 @@ async def test_refuse_answers_503_and_closes(nursery: trio.Nursery) -> None:
 
 
 async def test_access_log_is_off_by_default_and_one_line_when_on(
-    docroot: Path, nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+    docroot: Path, nursery: trio.Nursery, caplog: pytest.LogCaptureFixture, transport: str
 ) -> None:
     caplog.set_level(logging.INFO, logger="trioserver.http")
     client, _ = await start_server(nursery, docroot)
@@ -385,7 +449,11 @@ async def test_access_log_is_off_by_default_and_one_line_when_on(
     await read_responses(client, 1)
     await trio.testing.wait_all_tasks_blocked()
     lines = [r.getMessage() for r in caplog.records if r.name == "trioserver.http.access"]
-    assert lines == ['- "GET /a.txt HTTP/1.1" 200 20', '- "HEAD /missing HTTP/1.1" 404 0']
+    peer = "-" if transport == "stream" else "127.0.0.1"  # a memory stream has no address
+    assert lines == [
+        f'{peer} "GET /a.txt HTTP/1.1" 200 20',
+        f'{peer} "HEAD /missing HTTP/1.1" 404 0',
+    ]
 
 
 async def test_405_keeps_the_connection(docroot: Path, nursery: trio.Nursery) -> None:

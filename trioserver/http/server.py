@@ -365,6 +365,9 @@ class _Connection:
                 assert isinstance(timeout.body, bytes)
                 with trio.move_on_after(FAREWELL_TIMEOUT):
                     await self.send_all(timeout.head + timeout.body)
+                    # The client is still sending its head: closing on unread bytes
+                    # would reset the connection and could destroy the 408.
+                    await _linger_on(self.receive, self.send_eof)
             return  # an idle connection closes without a word
         if self.outcome is _Outcome.LINGER:
             with trio.move_on_after(FAREWELL_TIMEOUT):
