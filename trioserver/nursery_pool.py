@@ -20,7 +20,7 @@ import collections
 import enum
 import socket
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import attrs
 import trio
@@ -30,7 +30,29 @@ from .reasons import KickReason
 if TYPE_CHECKING:
     from .framer import Packet
 
-__all__ = ["Connection", "ConnectionPool", "PoolStatistics", "Slot", "SlotState", "Wakeup"]
+__all__ = [
+    "Connection",
+    "ConnectionPool",
+    "NonBlockingSend",
+    "PoolStatistics",
+    "Slot",
+    "SlotState",
+    "Wakeup",
+]
+
+
+@runtime_checkable
+class NonBlockingSend(Protocol):
+    """A stream that can also take bytes without waiting, as a non-blocking socket's ``send``.
+
+    ``send_nowait(data)`` accepts what fits now and returns how many bytes it took
+    (0 if none); it never waits and is not a checkpoint. Like ``send_all`` it
+    raises ``trio.BrokenResourceError`` or ``trio.ClosedResourceError`` once the
+    stream cannot send. The worker writes replies to such a stream the way it
+    writes to a socket: directly, with a writer task only for what did not fit.
+    """
+
+    def send_nowait(self, data: bytes) -> int: ...
 
 
 class SlotState(enum.Enum):

@@ -59,6 +59,7 @@ from .http import (
 from .nursery_pool import Connection, ConnectionPool, Slot, Wakeup
 from .proxy_protocol import ProxyPolicy, ProxyProtocolError, read_proxy_header
 from .reasons import DropReason, KickReason
+from .sockets import bind_listener
 from .stats import Counters, WorkerStatistics
 from .timers import ConnectionRules, RecycleTimer
 
@@ -99,24 +100,7 @@ async def open_listeners(addresses: Sequence[Address], backlog: int) -> list[Bou
     bound: list[BoundListener] = []
     try:
         for address in addresses:
-            infos = await trio.socket.getaddrinfo(
-                address.host,
-                address.port,
-                type=stdlib_socket.SOCK_STREAM,
-                flags=stdlib_socket.AI_PASSIVE,
-            )
-            family, type_, proto, _, sockaddr = infos[0]
-            sock = stdlib_socket.socket(family, type_, proto)
-            try:
-                sock.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_REUSEADDR, 1)
-                sock.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_REUSEPORT, 1)
-                if family == stdlib_socket.AF_INET6:
-                    sock.setsockopt(stdlib_socket.IPPROTO_IPV6, stdlib_socket.IPV6_V6ONLY, 1)
-                sock.bind(sockaddr)
-                sock.listen(backlog)
-            except OSError as exc:
-                sock.close()
-                raise OSError(exc.errno, f"cannot listen on {address}: {exc.strerror}") from None
+            sock = bind_listener(address, backlog)
             listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
             bound.append(BoundListener(listener, sock))
     except BaseException:
@@ -651,19 +635,23 @@ class Worker:
         return packets
 
     def _flush(self, conn: Connection) -> None:
-        """Send what the outbox holds: straight to the socket if it takes it all,
-        else through a writer task (started here) that waits for room."""
+        """Send what the outbox holds: straight to the socket (or to a stream with
+        ``send_nowait``, see ``NonBlockingSend``) if it takes it all, else through
+        a writer task (started here) that waits for room."""
         outbox = conn.outbox
         if not outbox or conn.writer_running or conn.stale:
             return
         raw = conn.raw
-        if raw is not None:
+        # getattr, not isinstance(stream, NonBlockingSend): a runtime Protocol check
+        # costs microseconds on every flush.
+        send = raw.send if raw is not None else getattr(conn.stream, "send_nowait", None)
+        if send is not None:
             data = outbox[0] if len(outbox) == 1 else b"".join(outbox)
             try:
-                sent = raw.send(data)
+                sent = send(data)
             except BlockingIOError:
                 sent = 0
-            except OSError:
+            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
                 outbox.clear()
                 conn.peer_gone = True  # reset or broken pipe: nothing more to deliver
                 conn.scope.cancel()

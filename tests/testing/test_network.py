@@ -11,6 +11,7 @@ import trio.testing
 from trioserver.client import Client, ConnectionClosed
 from trioserver.framer import PING, Packet, encode
 from trioserver.handlers import default_router
+from trioserver.nursery_pool import NonBlockingSend
 from trioserver.testing import (
     Delay,
     HalfClose,
@@ -127,6 +128,80 @@ async def test_link_end_is_a_well_behaved_stream() -> None:
     assert await server.receive_some() == b""
     with pytest.raises(ValueError):
         await server.receive_some(0)
+
+
+async def test_send_nowait_takes_what_the_window_has_room_for(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    client, server = open_link([StopReading(at=0.0, window=10), Delay(0.5)])
+    assert isinstance(server, NonBlockingSend)
+    assert server.send_nowait(b"") == 0
+    assert server.send_nowait(b"abcdef") == 6
+    assert server.send_nowait(b"ghijkl") == 4  # the window is full at 10
+    assert server.send_nowait(b"x") == 0
+    with trio.move_on_after(5.0):
+        await server.send_all(b"more")  # a send that has to wait blocks, as it should
+        pytest.fail("send_all did not block on a full window")
+    assert client.send_nowait(b"ping") == 4  # the other direction has no window
+    with trio.move_on_after(0.25):
+        await server.receive_some()
+        pytest.fail("bytes arrived before their delay")
+    assert await server.receive_some() == b"ping"
+    assert trio.current_time() == pytest.approx(5.5)
+
+
+async def test_send_nowait_arrives_after_the_delay_in_order_with_send_all(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    client, server = open_link([Delay(0.1, jitter=1.0)], seed=5)
+    for i in range(20):
+        if i % 2:
+            assert server.send_nowait(bytes([i])) == 1
+        else:
+            await server.send_all(bytes([i]))
+    received = b""
+    while len(received) < 20:
+        received += await client.receive_some()
+    assert received == bytes(range(20))
+    assert trio.current_time() > 0.1
+
+
+async def test_send_nowait_fails_like_send_all(autojump_clock: trio.testing.MockClock) -> None:
+    client, server = open_link([Reset(at=1.0)])
+    assert server.send_nowait(b"x") == 1
+    await trio.sleep(1.0)
+    with pytest.raises(trio.BrokenResourceError):
+        server.send_nowait(b"y")
+    client, server = open_link([])
+    await server.send_eof()
+    with pytest.raises(trio.ClosedResourceError):
+        server.send_nowait(b"x")
+    await client.aclose()
+    with pytest.raises(trio.ClosedResourceError):
+        client.send_nowait(b"x")
+
+
+async def test_the_worker_sends_replies_on_a_link_without_a_writer_task(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    spawned: list[str] = []
+
+    class Spawns(trio.abc.Instrument):
+        def task_spawned(self, task: trio.lowlevel.Task) -> None:
+            spawned.append(task.name)
+
+    spawns = Spawns()
+    async with serve_in_memory(NO_FLOOD) as server:
+        client = await server.connect(faults=[Delay(0.01)])
+        await client.ping()
+        trio.lowlevel.add_instrument(spawns)
+        for _ in range(10):
+            assert await client.ping() == pytest.approx(0.02)
+        await client.send_raw(PING * 20)  # one batch: one send, all replies
+        for _ in range(20):
+            assert await client.receive_packet() == Packet(0)
+        trio.lowlevel.remove_instrument(spawns)
+    assert spawned == []
 
 
 def test_lockstep_and_faults_do_not_mix() -> None:

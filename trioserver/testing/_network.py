@@ -53,14 +53,18 @@ class _Pipe:
         self._eof_at = -math.inf  # ... and the reader sees it from then on (after the delay)
         self.broken = False  # reset: both ends fail
         self.reader_gone = False  # the receiving end closed
-        self._lot = trio.lowlevel.ParkingLot()
+        self._waiters: list[trio.lowlevel.Task] = []  # the reader, a blocked sender
         # Without timed faults every chunk is ready at once: skip reading the clock.
         self._timed = delay is not None or stall_at < math.inf or link.next_due < math.inf
         self._sending = False
         self._receiving = False
 
     def changed(self) -> None:
-        self._lot.unpark_all()
+        """Wake whoever waits on this pipe to look again (a parking lot without its cost)."""
+        if self._waiters:
+            waiters, self._waiters = self._waiters, []
+            for task in waiters:
+                trio.lowlevel.reschedule(task)
 
     def finish(self) -> None:
         """The sender is done: the EOF arrives behind the bytes in flight, one delay later."""
@@ -78,11 +82,21 @@ class _Pipe:
         self.changed()
 
     async def _wait(self, until: float) -> None:
+        """Wait until ``changed()`` or the virtual time ``until``, whichever comes first."""
+        task = trio.lowlevel.current_task()
+        waiters = self._waiters
+        waiters.append(task)
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            if task in self._waiters:
+                self._waiters.remove(task)
+            return trio.lowlevel.Abort.SUCCEEDED
+
         if until == math.inf:
-            await self._lot.park()
+            await trio.lowlevel.wait_task_rescheduled(abort)
             return
         with trio.move_on_at(until):
-            await self._lot.park()
+            await trio.lowlevel.wait_task_rescheduled(abort)
 
     def _piece(self) -> float:
         split = self._split
@@ -107,13 +121,7 @@ class _Pipe:
             self._link.apply_due(now)
             self._check_send()
             if data:
-                arrival = now
-                if self._delay is not None:
-                    arrival += self._delay.seconds
-                    if self._delay.jitter:
-                        arrival += self._rng.uniform(0.0, self._delay.jitter)
-                arrival = max(arrival, self._last_arrival)  # bytes never overtake each other
-                self._last_arrival = arrival
+                arrival = self._arrival(now)
                 while data:
                     room = self._window - self._buffered
                     if room >= 1:
@@ -130,6 +138,39 @@ class _Pipe:
         finally:
             self._sending = False
 
+    def send_nowait(self, data: bytes | bytearray | memoryview) -> int:
+        """Take what the window has room for now, without waiting; how many bytes it took.
+
+        The bytes get the same arrival time (delay, jitter) as ``send_all`` would
+        give them; a reset, an EOF sent, or a closed reader raise as there.
+        """
+        if self._sending:
+            raise trio.BusyResourceError("another task is sending on this stream")
+        now = trio.current_time() if self._timed else 0.0
+        self._link.apply_due(now)
+        self._check_send()
+        size = len(data)
+        room = self._window - self._buffered
+        if not size or room < 1:
+            return 0
+        piece = bytes(data) if room >= size else bytes(data[: int(room)])
+        self._chunks.append((self._arrival(now), piece))
+        self._buffered += len(piece)
+        self.changed()
+        return len(piece)
+
+    def _arrival(self, now: float) -> float:
+        """When bytes written now arrive: after the delay, not before earlier ones."""
+        arrival = now
+        delay = self._delay
+        if delay is not None:
+            arrival += delay.seconds
+            if delay.jitter:
+                arrival += self._rng.uniform(0.0, delay.jitter)
+        arrival = max(arrival, self._last_arrival)  # bytes never overtake each other
+        self._last_arrival = arrival
+        return arrival
+
     def _check_send(self) -> None:
         if self.broken:
             raise trio.BrokenResourceError("connection reset")
@@ -138,7 +179,7 @@ class _Pipe:
         if self.reader_gone:
             raise trio.BrokenResourceError("the peer closed the connection")
 
-    async def receive_some(self, max_bytes: int | None) -> bytes:
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
         if max_bytes is not None and max_bytes < 1:
             raise ValueError(f"max_bytes must be >= 1, got {max_bytes!r}")
         if self._receiving:
@@ -280,9 +321,22 @@ class LinkEnd(trio.abc.HalfCloseableStream):
         self._out = outgoing
         self._in = incoming
         self.peer = peer
+        # The hot paths go straight to the pipes, one coroutine frame less per call
+        # (a swarm makes hundreds of thousands); the methods below say the same.
+        self.send_all = outgoing.send_all  # type: ignore[method-assign]
+        self.send_nowait = outgoing.send_nowait  # type: ignore[method-assign]
+        self.receive_some = incoming.receive_some  # type: ignore[method-assign]
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         await self._out.send_all(data)
+
+    def send_nowait(self, data: bytes | bytearray | memoryview) -> int:
+        """Send what fits now without waiting (see ``NonBlockingSend``); the bytes taken.
+
+        0 when a ``StopReading`` window is full; raises ``BrokenResourceError``
+        after a reset and ``ClosedResourceError`` after ``send_eof``.
+        """
+        return self._out.send_nowait(data)
 
     async def wait_send_all_might_not_block(self) -> None:
         await self._out.wait_send_all_might_not_block()

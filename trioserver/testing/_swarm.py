@@ -106,6 +106,10 @@ class SwarmReport:
 Script = Callable[["Bot"], Awaitable[None]]
 
 
+def _wait_forever(_: object) -> trio.lowlevel.Abort:
+    return trio.lowlevel.Abort.SUCCEEDED
+
+
 def _peer(index: int) -> str:
     # One address per bot: per-address limits (registrations, failed logins)
     # must not make bots depend on each other.
@@ -148,7 +152,12 @@ class Bot:
         return round(trio.current_time() - self._start, 6)
 
     async def sleep(self, seconds: float) -> None:
-        await trio.sleep(seconds)
+        """``trio.sleep(seconds)``, minus three coroutine frames the wake-up has to unwind."""
+        if not seconds > 0:  # 0 (a checkpoint), or trio's error for < 0 and NaN
+            await trio.sleep(seconds)
+            return
+        with trio.CancelScope(deadline=trio.current_time() + seconds):
+            await trio.lowlevel.wait_task_rescheduled(_wait_forever)
 
     async def send(self, code: int, body: bytes = b"") -> None:
         """Send one packet without waiting for a reply."""
@@ -186,7 +195,7 @@ class Bot:
         return decode_login_reply(await self._expect(await self.receive(), LOGIN)).result
 
     async def _send_raw(self, data: bytes, code: int) -> None:
-        await self.client.send_raw(data)
+        await self.client.stream.send_all(data)
         self._sent += 1
         if self._keep:
             self._events.append(BotEvent(self.now, "sent", code))
