@@ -38,6 +38,7 @@ import attrs
 
 from .config import Address, Config
 from .pipe import HEARTBEAT, READY, PipeDecoder, PipeProtocolError
+from .sockets import bind_listener
 
 __all__ = [
     "HEARTBEAT",
@@ -227,27 +228,6 @@ def raise_open_file_limit(max_connections: int) -> tuple[int, int]:
 
 # ---------------------------------------------------------------------------
 # Listening sockets, one per worker slot and address.
-
-
-def bind_listener(address: Address, backlog: int) -> socket.socket:
-    """One SO_REUSEPORT listening socket (IPv6 sockets are v6-only, as in the worker)."""
-    infos = socket.getaddrinfo(
-        address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )
-    family, type_, proto, _, sockaddr = infos[0]
-    sock = socket.socket(family, type_, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.bind(sockaddr)
-        sock.listen(backlog)
-    except OSError as exc:
-        sock.close()
-        raise OSError(exc.errno, f"cannot listen on {address}: {exc.strerror}") from None
-    sock.setblocking(False)
-    return sock
 
 
 class ListeningSockets:
