@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import random
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import trio
 import trio.lowlevel
@@ -24,6 +24,33 @@ import trio.lowlevel
 from ._faults import Delay, Fault, HalfClose, RandomSplit, Reset, Split, StopReading, wire_random
 
 __all__ = ["LinkEnd", "open_link"]
+
+
+def _succeed(_: object) -> trio.lowlevel.Abort:
+    return trio.lowlevel.Abort.SUCCEEDED
+
+
+async def wait_until(
+    deadline: float, abort: Callable[[object], trio.lowlevel.Abort] = _succeed
+) -> None:
+    """Block (as ``wait_task_rescheduled(abort)``) until rescheduled or ``deadline``.
+
+    At the deadline the task simply wakes up: its own scope's expiry is turned into
+    a plain ``reschedule``, not a ``Cancelled`` raised through every frame (a swarm
+    does this tens of thousands of times). A cancellation from outside still
+    raises as usual, through ``abort``.
+    """
+    task = trio.lowlevel.current_task()
+    with trio.CancelScope(deadline=deadline) as scope:
+
+        def on_cancel(raise_cancel: object) -> trio.lowlevel.Abort:
+            result = abort(raise_cancel)
+            if result is trio.lowlevel.Abort.SUCCEEDED and scope.cancel_called:
+                trio.lowlevel.reschedule(task)  # our own deadline: just wake up
+                return trio.lowlevel.Abort.FAILED
+            return result
+
+        await trio.lowlevel.wait_task_rescheduled(on_cancel)
 
 
 class _Pipe:
@@ -84,8 +111,7 @@ class _Pipe:
     async def _wait(self, until: float) -> None:
         """Wait until ``changed()`` or the virtual time ``until``, whichever comes first."""
         task = trio.lowlevel.current_task()
-        waiters = self._waiters
-        waiters.append(task)
+        self._waiters.append(task)
 
         def abort(_: object) -> trio.lowlevel.Abort:
             if task in self._waiters:
@@ -94,9 +120,8 @@ class _Pipe:
 
         if until == math.inf:
             await trio.lowlevel.wait_task_rescheduled(abort)
-            return
-        with trio.move_on_at(until):
-            await trio.lowlevel.wait_task_rescheduled(abort)
+        else:
+            await wait_until(until, abort)
 
     def _piece(self) -> float:
         split = self._split
