@@ -1,12 +1,16 @@
-"""Run the binary-protocol benchmark suite: servers side by side, medians and ratios.
+"""Run the benchmark suite: servers side by side, medians and ratios.
 
     python benchmarks/run.py                     # every case, 3 runs of 10 s after 2 s warm-up
     python benchmarks/run.py --quick             # 1 run of 3 s per case
     python benchmarks/run.py --cases ping-100x16 idle-10k --targets bare-trio uvloop
+    python benchmarks/run.py --cases 'http-*' ping-100x16-2workers
     python benchmarks/run.py --list
 
-Each server runs pinned to CPU 0 (``taskset -c 0``), the C load generator
-(``benchmarks/loadgen.c``, built here with the system compiler) pinned to CPU 1.
+Binary protocol, idle connections, trioserver with 2 workers against 1, and HTTP
+static files (wrk against nginx, trioserver and a bare trio+httptools loop). Each
+server runs pinned to CPU 0 (``taskset -c 0``), the C load generator
+(``benchmarks/loadgen.c``, built here with the system compiler) or wrk pinned to
+CPU 1; the 2-workers case pins nothing (see benchmarks/README.md).
 Runs are interleaved (case by case, run by run, target by target) so that noise
 from a shared machine falls on every target alike; what to trust is the ratios.
 Everything talks to 127.0.0.1 only, every run is bounded in time, and every
@@ -15,9 +19,8 @@ process started here is stopped by its own PID.
 Results: a progress line per run, a table of medians and ratios at the end, and
 ``benchmarks/results/<timestamp>.json`` with every run and the machine.
 
-Adding a target: one entry in ``TARGETS``. Adding a case: one entry in ``CASES``; a
-case of a new kind also needs a runner in ``RUNNERS`` (the "workers" and "http"
-kinds are declared but have none yet).
+Adding a target: one entry in ``TARGETS``. Adding a case: one entry in ``CASES`` (its
+targets, ratios and CPUs); a case of a new kind also needs a runner in ``RUNNERS``.
 """
 
 from __future__ import annotations
@@ -25,9 +28,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fnmatch
+import http.client
 import json
 import os
 import platform
+import re
 import resource
 import shutil
 import signal
@@ -56,10 +61,13 @@ ACCOUNT_PREFIX = "bench_"
 # Opening 20,000 connections to a server that accepts slowly overflows its accept queue;
 # the kernel's SYN retries (up to ~127 s) then get them in, so connecting may take a while.
 IDLE_CONNECT_TIMEOUT = 150.0
+HTTP_CONNS = 100  # wrk -t1 -c100, as in TARGETS.md
+HTTP_FILES = {"index.html": 1024, "1m.bin": 1 << 20}
 
 # ---------------------------------------------------------------------------
 # Targets: the servers under test. Strings in commands are formatted with
-# {python}, {port}, {host}, {conns}.
+# {python}, {port}, {host}, {conns}, {workdir} (this run's scratch and log directory),
+# {docroot} (the HTTP files: index.html of 1 KiB, 1m.bin of 1 MiB) and {nginx}.
 
 
 @dataclass(frozen=True)
@@ -70,12 +78,78 @@ class Target:
     tag_args: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     # A command that must exit 0 (within 20 s) for the target to be runnable at all.
     probe: tuple[str, ...] | None = None
+    # Programs that must be on PATH (or in /usr/sbin) for the target to run.
+    needs: tuple[str, ...] = ()
     # Check that account setup really created accounts (result code 0); baselines
     # answer any register/login with a fixed reply, so for them there is nothing to check.
     checks_accounts: bool = False
     # The command starts a master that forks workers: measure the workers, not it.
     forks_workers: bool = False
+    workers: int = 1  # how many workers to wait for (forks_workers)
+    # Called with the format values before the command starts (e.g. writes a config file).
+    prepare: Callable[[dict[str, Any]], None] | None = None
     description: str = ""
+
+
+def trioserver_command(workers: int, *extra: str) -> tuple[str, ...]:
+    """``python -m trioserver serve`` with N workers, its account store in memory
+    (never the repository's data/ directory) and the given extra arguments."""
+    return (
+        "{python}",
+        "-m",
+        "trioserver",
+        "serve",
+        "--set",
+        f"master.workers={workers}",
+        "--set",
+        "accounts.url=memory:",
+        *extra,
+    )
+
+
+# The binary-protocol trioserver: HTTP off (its default listener, 127.0.0.1:8080, would
+# be shared by every server this suite starts and by anything else on the machine).
+TRIOSERVER_BINARY = (
+    "--set",
+    'server.listen=["{host}:{port}"]',
+    "--set",
+    "http.listen=[]",
+    "--set",
+    "connection.flood_check=false",
+    "--set",
+    "connection.heartbeat=false",
+)
+TRIOSERVER_TAGS: Mapping[str, tuple[str, ...]] = {
+    # Benchmark-only settings, said so: the cheap hash (one salted SHA-256, not scrypt)
+    # and no per-address limits (every benchmark client shares 127.0.0.1). The store is
+    # in memory for every trioserver target.
+    "accounts": (
+        "--set",
+        "accounts.hash=insecure-fast",
+        "--set",
+        "accounts.max_registrations_per_address=0",
+        "--set",
+        "accounts.max_failures_per_address=0",
+        "--set",
+        "accounts.max_failures_per_name=0",
+    ),
+    "idle": ("--set", "server.max_connections={conns}"),
+}
+TRIOSERVER_PROBE = ("{python}", "-m", "trioserver", "serve", "--help")
+
+
+def write_nginx_conf(values: dict[str, Any]) -> None:
+    """nginx.conf for one nginx on {port}: http_bench.py's (1 worker, sendfile, tcp_nopush,
+    access_log off), with its pid file and temp paths in a directory of its own."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        from http_bench import NGINX_CONF
+    finally:
+        sys.path.remove(str(BENCH))
+    prefix = Path(values["workdir"]) / f"nginx-{values['port']}"
+    prefix.mkdir(mode=0o755, exist_ok=True)
+    conf = NGINX_CONF.format(tmp=prefix, port=values["port"], root=values["docroot"])
+    (prefix / "nginx.conf").write_text(conf)
 
 
 TARGETS: dict[str, Target] = {
@@ -107,50 +181,80 @@ TARGETS: dict[str, Target] = {
         ),
         Target(
             "trioserver",
-            (
-                "{python}",
-                "-m",
-                "trioserver",
-                "serve",
-                "--set",
-                'server.listen=["{host}:{port}"]',
-                "--set",
-                "connection.flood_check=false",
-                "--set",
-                "connection.heartbeat=false",
-            ),
-            tag_args={
-                # Benchmark-only settings, said so: an in-memory store, the cheap hash,
-                # and no per-address limits (every benchmark client shares 127.0.0.1).
-                "accounts": (
-                    "--set",
-                    "accounts.url=memory:",
-                    "--set",
-                    "accounts.hash=insecure-fast",
-                    "--set",
-                    "accounts.max_registrations_per_address=0",
-                    "--set",
-                    "accounts.max_failures_per_address=0",
-                    "--set",
-                    "accounts.max_failures_per_name=0",
-                ),
-                "idle": ("--set", "server.max_connections={conns}"),
-            },
-            probe=("{python}", "-m", "trioserver", "serve", "--help"),
+            trioserver_command(1, *TRIOSERVER_BINARY),
+            tag_args=TRIOSERVER_TAGS,
+            probe=TRIOSERVER_PROBE,
             checks_accounts=True,
             forks_workers=True,
             description="python -m trioserver serve, master + 1 worker (the worker is measured), "
-            "flood rule and heartbeat off",
+            "flood rule and heartbeat off, HTTP off",
+        ),
+        Target(
+            "trioserver-1w",
+            trioserver_command(1, *TRIOSERVER_BINARY),
+            probe=TRIOSERVER_PROBE,
+            forks_workers=True,
+            description="trioserver as above, master.workers=1 (for the workers case)",
+        ),
+        Target(
+            "trioserver-2w",
+            trioserver_command(2, *TRIOSERVER_BINARY),
+            probe=TRIOSERVER_PROBE,
+            forks_workers=True,
+            workers=2,
+            description="trioserver as above, master.workers=2 (both workers measured)",
+        ),
+        Target(
+            "nginx",
+            ("{nginx}", "-c", "{workdir}/nginx-{port}/nginx.conf", "-p", "{workdir}/nginx-{port}"),
+            needs=("nginx", "wrk"),
+            forks_workers=True,
+            prepare=write_nginx_conf,
+            description="nginx, 1 worker (measured), sendfile + tcp_nopush, access_log off "
+            "(http_bench.NGINX_CONF)",
+        ),
+        Target(
+            "trioserver-http",
+            trioserver_command(
+                1,
+                "--set",
+                "server.listen=[]",
+                "--set",
+                'http.listen=["{host}:{port}"]',
+                "--set",
+                "http.document_root={docroot}",
+            ),
+            probe=TRIOSERVER_PROBE,
+            needs=("wrk",),
+            forks_workers=True,
+            description="python -m trioserver serve, HTTP only, master + 1 worker (measured), "
+            "every HTTP feature at its default (cache with stat checks, conditional and "
+            "range requests, timeouts), access log off (its default)",
+        ),
+        Target(
+            "bare-httptools",
+            ("{python}", str(BENCH / "http_bench.py"), "--serve-bare", "{port}", "{docroot}"),
+            needs=("wrk",),
+            description="http_bench.py --serve-bare: trio + httptools, cached bytes, no "
+            "features: the ceiling for HTTP on trio",
         ),
     )
 }
 
-# Ratios printed for every case (numerator, denominator), when both ran.
+BINARY_TARGETS = ("bare-trio", "uvloop", "trioserver")
+HTTP_TARGETS = ("nginx", "trioserver-http", "bare-httptools")
+# Ratios printed for a case (numerator, denominator), when both ran.
 RATIOS: tuple[tuple[str, str], ...] = (
     ("trioserver", "bare-trio"),
     ("trioserver", "uvloop"),
     ("bare-trio", "uvloop"),
 )
+HTTP_RATIOS: tuple[tuple[str, str], ...] = (
+    ("trioserver-http", "nginx"),
+    ("trioserver-http", "bare-httptools"),
+    ("bare-httptools", "nginx"),
+)
+WORKERS_RATIOS: tuple[tuple[str, str], ...] = (("trioserver-2w", "trioserver-1w"),)
 
 # ---------------------------------------------------------------------------
 # Cases.
@@ -168,13 +272,20 @@ class Case:
     depth: int = 1
     tags: frozenset[str] = frozenset()
     fresh_server_per_run: bool = False  # idle: RSS deltas need a server that has done nothing
+    targets: tuple[str, ...] = BINARY_TARGETS
+    ratios: tuple[tuple[str, str], ...] = RATIOS
+    # CPUs the server and the load run on (taskset -c); None: not pinned.
+    server_cpus: str | None = SERVER_CPU
+    load_cpus: str | None = LOAD_CPU
+    path: str = ""  # http: the URL path
+    close: bool = False  # http: every request says "Connection: close"
 
 
 CASES: tuple[Case, ...] = (
     Case("ping-1x1", "load", "1 connection, 1 ping outstanding: latency", conns=1, depth=1),
     Case("ping-100x1", "load", "100 connections, 1 ping outstanding each", conns=100, depth=1),
     Case("ping-100x16", "load", "100 connections, 16 pings pipelined each", conns=100, depth=16),
-    Case("ping-1000x1", "load", "1000 connections, 1 ping outstanding each", conns=1000),
+    Case("ping-1000x1", "load", "1000 connections, 1 outstanding each", conns=1000),
     Case(
         "register-100x16",
         "load",
@@ -210,18 +321,45 @@ CASES: tuple[Case, ...] = (
         tags=frozenset({"idle"}),
         fresh_server_per_run=True,
     ),
-    # Declared for later (no runner yet): see RUNNERS.
     Case(
         "ping-100x16-2workers",
         "workers",
-        "trioserver master.workers=2 against 1 (planned)",
+        "trioserver master.workers=2 against =1, ping 100x16; server and load generator "
+        "NOT pinned (both cores shared by all of them); ratios of req/s and per CPU-s",
         conns=100,
         depth=16,
+        targets=("trioserver-1w", "trioserver-2w"),
+        ratios=WORKERS_RATIOS,
+        server_cpus=None,
+        load_cpus=None,
     ),
     Case(
         "http-keepalive",
         "http",
-        "wrk -t1 -c100 against trioserver and nginx (planned; see benchmarks/http_bench.py)",
+        f"wrk -t1 -c{HTTP_CONNS}: 1 KiB index.html, keep-alive",
+        conns=HTTP_CONNS,
+        targets=HTTP_TARGETS,
+        ratios=HTTP_RATIOS,
+        path="/index.html",
+    ),
+    Case(
+        "http-close",
+        "http",
+        f"wrk -t1 -c{HTTP_CONNS}: 1 KiB index.html, every request with Connection: close",
+        conns=HTTP_CONNS,
+        targets=HTTP_TARGETS,
+        ratios=HTTP_RATIOS,
+        path="/index.html",
+        close=True,
+    ),
+    Case(
+        "http-1mib",
+        "http",
+        f"wrk -t1 -c{HTTP_CONNS}: 1 MiB file, keep-alive",
+        conns=HTTP_CONNS,
+        targets=HTTP_TARGETS,
+        ratios=HTTP_RATIOS,
+        path="/1m.bin",
     ),
 )
 
@@ -247,8 +385,9 @@ def raise_nofile() -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-def pinned(cpu: str, argv: Sequence[str]) -> list[str]:
-    return ["taskset", "-c", cpu, *argv] if shutil.which("taskset") else list(argv)
+def pinned(cpu: str | None, argv: Sequence[str]) -> list[str]:
+    """argv run on `cpu` (taskset -c, which execs: the PID stays the program's); None: as is."""
+    return ["taskset", "-c", cpu, *argv] if cpu and shutil.which("taskset") else list(argv)
 
 
 def free_port() -> int:
@@ -275,15 +414,54 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float) -> b
     return False
 
 
+# Every server process this run started and has not yet stopped: main() stops whatever
+# is left here on any exit (an exception, Ctrl-C, SIGTERM).
+STARTED: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def descendants(pid: int) -> list[int]:
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        kids = children(todo.pop())
+        found += kids
+        todo += kids
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
 def stop(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
-    """SIGTERM this one process, then SIGKILL it if it has not gone after `timeout`."""
+    """Stop one server by its PID: SIGTERM, then SIGKILL after `timeout`; then SIGKILL, by
+    PID, any of its descendants (a master's workers) noted before the signal and still there."""
+    kids = descendants(proc.pid) if proc.poll() is None else []
     if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+    deadline = time.monotonic() + 2.0  # a master's workers exit just after it
+    while any(alive(k) for k in kids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for k in kids:
+        if alive(k):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(k, signal.SIGKILL)
+    STARTED.pop(proc.pid, None)
+
+
+def stop_all() -> None:
+    for proc in list(STARTED.values()):
+        stop(proc)
 
 
 @dataclass
@@ -315,8 +493,9 @@ def children(pid: int) -> list[int]:
     return kids
 
 
-def worker_pids(pid: int, settle: float = 2.0) -> tuple[int, ...]:
-    """The leaf processes under `pid` (a master's workers), or `pid` itself if it has none.
+def worker_pids(pid: int, settle: float = 2.0, expect: int = 1) -> tuple[int, ...]:
+    """The leaf processes under `pid` (a master's workers), or `pid` itself if it has none;
+    waits up to `settle` seconds for `expect` of them.
 
     The CPU, RSS and fds that matter are the workers'; a master only supervises.
     """
@@ -332,7 +511,7 @@ def worker_pids(pid: int, settle: float = 2.0) -> tuple[int, ...]:
                 todo += kids
             elif p != pid:
                 leaves.append(p)
-        if leaves or time.monotonic() >= deadline:
+        if len(leaves) >= expect or time.monotonic() >= deadline:
             break
         time.sleep(0.05)
     return tuple(sorted(leaves)) or (pid,)
@@ -362,21 +541,39 @@ def fmt_args(args: Sequence[str], **values: object) -> list[str]:
     return [a.format(**values) for a in args]
 
 
+def format_values(port: int, conns: int, workdir: Path) -> dict[str, Any]:
+    return {
+        "python": PY,  # sys.executable: the real interpreter, never a pyenv shim
+        "port": port,
+        "host": HOST,
+        "conns": conns,
+        "workdir": workdir,
+        "docroot": workdir / "www",
+        "nginx": shutil.which("nginx") or "/usr/sbin/nginx",
+    }
+
+
 def start_server(target: Target, case: Case, logdir: Path, timeout: float) -> Server:
     port = free_port()
-    values = {"python": PY, "port": port, "host": HOST, "conns": case.conns + 100}
+    values = format_values(port, case.conns + 100, logdir)
+    if target.prepare:
+        target.prepare(values)
     argv = fmt_args(target.command, **values)
     for tag in sorted(case.tags):
         argv += fmt_args(target.tag_args.get(tag, ()), **values)
     log = logdir / f"{target.name}-{case.name}-{port}.log"
     with log.open("wb") as out:
+        # A session of its own: a Ctrl-C at the terminal reaches only this script,
+        # which then stops every server itself, by PID, in order.
         proc = subprocess.Popen(
-            pinned(SERVER_CPU, argv),
+            pinned(case.server_cpus, argv),
             cwd=ROOT,
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
+    STARTED[proc.pid] = proc
     server = Server(target, port, proc, log)
     if not wait_for_port(port, proc, timeout):
         stop(proc)
@@ -385,13 +582,18 @@ def start_server(target: Target, case: Case, logdir: Path, timeout: float) -> Se
             f"(exit code {proc.returncode}); command: {' '.join(argv)}\n{server.log_tail()}"
         )
     if target.forks_workers:
-        server.measured = worker_pids(proc.pid, settle=5.0)
+        server.measured = worker_pids(proc.pid, settle=5.0, expect=target.workers)
+        if len(server.measured) < target.workers:
+            stop(proc)
+            raise RuntimeError(
+                f"{target.name}: {len(server.measured)} of {target.workers} workers started"
+            )
     return server
 
 
-def loadgen(args: Sequence[str], timeout: float) -> dict[str, Any]:
-    """Run the load generator on the load CPU; return its JSON report."""
-    argv = pinned(LOAD_CPU, [str(LOADGEN), *args, "-j"])
+def loadgen(args: Sequence[str], timeout: float, cpu: str | None = LOAD_CPU) -> dict[str, Any]:
+    """Run the load generator on `cpu` (None: unpinned); return its JSON report."""
+    argv = pinned(cpu, [str(LOADGEN), *args, "-j"])
     done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
     if done.returncode != 0 or not done.stdout.strip():
         raise RuntimeError(
@@ -412,9 +614,12 @@ def build_loadgen() -> None:
 
 def probe(target: Target) -> str | None:
     """None if the target can run here, else why not."""
+    for tool in target.needs:
+        if not shutil.which(tool) and not Path(f"/usr/sbin/{tool}").exists():
+            return f"{tool} is not installed (apt-get install -y nginx wrk)"
     if target.probe is None:
         return None
-    argv = fmt_args(target.probe, python=PY, port=0, host=HOST, conns=0)
+    argv = fmt_args(target.probe, **format_values(0, 0, Path(".")))
     try:
         done = subprocess.run(
             argv, cwd=ROOT, capture_output=True, text=True, timeout=20, check=False
@@ -454,7 +659,12 @@ def run_load(case: Case, server: Server, cfg: Settings, rep: int) -> dict[str, A
     ]
     if "login" in case.tags:
         args += ["-u", ACCOUNT_PREFIX, "-n", str(LOGIN_USERS)]
-    report = loadgen(args, timeout=cfg.warmup + cfg.duration + cfg.connect_timeout + 30)
+    pids = server.measured or (server.proc.pid,)
+    ticks_before = [cpu_ticks(p) for p in pids]
+    report = loadgen(
+        args, timeout=cfg.warmup + cfg.duration + cfg.connect_timeout + 30, cpu=case.load_cpus
+    )
+    ticks: list[int] = [cpu_ticks(p) - b for p, b in zip(pids, ticks_before, strict=True)]
     requests = report["requests"]
     record: dict[str, Any] = {
         "rps": report["rps"],
@@ -467,6 +677,12 @@ def run_load(case: Case, server: Server, cfg: Settings, rep: int) -> dict[str, A
         "errors": report["errors"],
         "loadgen": report,
     }
+    all_ticks = max(1, sum(ticks))
+    if len(pids) > 1:
+        # How the work fell on the workers (CPU over warm-up + window, from /proc).
+        shares = [t / all_ticks for t in ticks]
+        record["worker_cpu_share"] = shares
+        record["worker_cpu_share_min"] = min(shares)
     if case.mix in ("register", "login") and requests:
         ok = report["result_codes"]["0"]
         record["result_ok_fraction"] = ok / requests
@@ -513,10 +729,156 @@ def run_idle(case: Case, server: Server, cfg: Settings, rep: int) -> dict[str, A
     }
 
 
-RUNNERS: dict[Kind, Runner] = {"load": run_load, "idle": run_idle}
-# Hooks for later: "workers" (trioserver with master.workers=2 against 1; on 2 cores the
-# load generator needs a core too, so say how it was measured) and "http" (wrk against
-# nginx and trioserver; see benchmarks/http_bench.py). Add a runner here and the cases run.
+def cpu_ticks(pid: int) -> int:
+    """utime + stime of one process, in clock ticks (0 if it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0
+    return int(fields[11]) + int(fields[12])
+
+
+def rss_kib(pid: int) -> int:
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def make_docroot(workdir: Path) -> Path:
+    """The HTTP files every HTTP target serves: index.html (1 KiB) and 1m.bin (1 MiB)."""
+    docroot = workdir / "www"
+    docroot.mkdir(mode=0o755, exist_ok=True)
+    page = b"<!doctype html><title>bench</title>"
+    page += b"x" * (HTTP_FILES["index.html"] - len(page))
+    (docroot / "index.html").write_bytes(page)
+    (docroot / "1m.bin").write_bytes(os.urandom(HTTP_FILES["1m.bin"]))
+    for f in docroot.iterdir():
+        f.chmod(0o644)
+    workdir.chmod(0o755)  # nginx's worker runs as an unprivileged user
+    return docroot
+
+
+CLOSE_WAIT = 2.0  # seconds the close check waits for the server to close
+
+
+def check_http(server: Server, path: str) -> float | None:
+    """The server must really serve the file (a benchmark of 404s proves nothing); and
+    whether a response the client asked to be last closes at once: returns the slowest
+    time in ms from sending such a request (HTTP/1.0; HTTP/1.1 with Connection: close) to
+    EOF, or None if one was not closed within CLOSE_WAIT (the bare baseline leaves that
+    to the client; wrk closes such connections itself)."""
+    docroot = Path(format_values(0, 0, server.log.parent)["docroot"])
+    want = (docroot / path.lstrip("/")).read_bytes()
+    conn = http.client.HTTPConnection(HOST, server.port, timeout=10)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        body = response.read()
+    finally:
+        conn.close()
+    if response.status != 200 or body != want:
+        raise RuntimeError(f"GET {path} answered {response.status} with {len(body)} bytes")
+    slowest = 0.0
+    for request in (
+        f"GET {path} HTTP/1.0\r\nHost: {HOST}\r\n\r\n",
+        f"GET {path} HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n",
+    ):
+        with socket.create_connection((HOST, server.port), timeout=CLOSE_WAIT) as s:
+            started = time.monotonic()
+            s.sendall(request.encode())
+            got = 0
+            try:
+                while chunk := s.recv(1 << 20):
+                    got += len(chunk)
+            except TimeoutError:
+                return None
+            slowest = max(slowest, (time.monotonic() - started) * 1000)
+        if got < len(want):
+            raise RuntimeError(f"{request.split(chr(13))[0]!r}: only {got} bytes before EOF")
+    return slowest
+
+
+WRK_UNITS = {"us": 1.0, "ms": 1e3, "s": 1e6, "m": 60e6, "h": 3600e6}
+
+
+def wrk(server: Server, case: Case, seconds: float) -> tuple[str, float]:
+    """Run wrk -t1 -c<conns> for `seconds` (whole seconds, at least 1) on the load CPU;
+    returns its output and its CPU seconds."""
+    argv = ["wrk", "-t1", f"-c{case.conns}", f"-d{max(1, round(seconds))}s", "--latency"]
+    if case.close:
+        argv += ["-H", "Connection: close"]
+    argv.append(f"http://{HOST}:{server.port}{case.path}")
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    done = subprocess.run(
+        pinned(case.load_cpus, argv),
+        capture_output=True,
+        text=True,
+        timeout=seconds + 30,
+        check=False,
+    )
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode != 0 or "Requests/sec" not in done.stdout:
+        raise RuntimeError(f"wrk exited {done.returncode}: {' '.join(argv)}\n{done.stderr}")
+    used = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return done.stdout, used
+
+
+def run_http(case: Case, server: Server, cfg: Settings, rep: int) -> dict[str, Any]:
+    """One wrk run (after a warm-up run) against an HTTP server; the server's CPU (its
+    workers') is read from /proc around the measured run."""
+    close_ms = check_http(server, case.path)
+    if cfg.warmup > 0:
+        wrk(server, case, cfg.warmup)
+    pids = server.measured or (server.proc.pid,)
+    ticks_before = sum(cpu_ticks(p) for p in pids)
+    started = time.monotonic()
+    out, wrk_cpu = wrk(server, case, cfg.duration)
+    wall = time.monotonic() - started
+    server_cpu = (sum(cpu_ticks(p) for p in pids) - ticks_before) / os.sysconf("SC_CLK_TCK")
+
+    def grab(pattern: str) -> re.Match[str] | None:
+        return re.search(pattern, out, re.MULTILINE)
+
+    requests = int(grab(r"(\d+) requests in")[1])  # type: ignore[index]
+    window = float(grab(r"requests in ([\d.]+)s")[1])  # type: ignore[index]
+    latency: dict[str, float | None] = {}
+    for pct in ("50", "99"):
+        m = grab(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s|m|h)\s*$")
+        latency[pct] = float(m[1]) * WRK_UNITS[m[2]] if m else None
+    socket_errors = grab(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
+    non2xx = grab(r"Non-2xx or 3xx responses: (\d+)")
+    errors = {
+        "connect": int(socket_errors[1]) if socket_errors else 0,
+        "read": int(socket_errors[2]) if socket_errors else 0,
+        "write": int(socket_errors[3]) if socket_errors else 0,
+        "timeout": int(socket_errors[4]) if socket_errors else 0,
+        "non_2xx_3xx": int(non2xx[1]) if non2xx else 0,
+    }
+    rss = [rss_kib(p) for p in pids]
+    return {
+        "rps": requests / window,
+        "p50_us": latency["50"],
+        "p99_us": latency["99"],
+        "server_cpu_pct": server_cpu / window * 100,
+        "server_us_per_req": server_cpu / requests * 1e6 if requests else None,
+        "loadgen_cpu_pct": wrk_cpu / wall * 100,
+        "errors": sum(int(v) for v in errors.values()),
+        "wrk_errors": errors,
+        "rss_mib_per_worker": max(rss) / 1024 if rss else None,
+        "last_response_close_ms": close_ms,
+        "wrk_output": out,
+    }
+
+
+RUNNERS: dict[Kind, Runner] = {
+    "load": run_load,
+    "idle": run_idle,
+    # 2 workers against 1 is the load runner on a case that pins nothing (see the README).
+    "workers": run_load,
+    "http": run_http,
+}
 
 
 def setup_accounts(server: Server, cfg: Settings) -> str | None:
@@ -579,7 +941,30 @@ def machine_info(nofile: int) -> dict[str, Any]:
         "cc": cc[0] if cc else "",
         "nofile_limit": nofile,
         "taskset": bool(shutil.which("taskset")),
+        "git": git_state(),
     }
+
+
+def git_state() -> str:
+    """The commit the servers ran from, and whether the working tree had changes."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(ROOT), "log", "-1", "--format=%h %s"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--", "trioserver"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        ).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+    return head[:100] + (" (trioserver/ has uncommitted changes)" if dirty else "")
 
 
 def loadavg() -> str:
@@ -605,6 +990,28 @@ SUMMARY_KEYS = {
         "loadgen_cpu_pct",
         "errors",
         "result_ok_fraction",
+    ),
+    "workers": (
+        "rps",
+        "p50_us",
+        "p99_us",
+        "p999_us",
+        "server_cpu_pct",
+        "server_us_per_req",
+        "loadgen_cpu_pct",
+        "errors",
+        "worker_cpu_share_min",
+    ),
+    "http": (
+        "rps",
+        "p50_us",
+        "p99_us",
+        "server_cpu_pct",
+        "server_us_per_req",
+        "loadgen_cpu_pct",
+        "rss_mib_per_worker",
+        "last_response_close_ms",
+        "errors",
     ),
     "idle": (
         "connections",
@@ -657,71 +1064,17 @@ def print_tables(
     notes: dict[str, dict[str, str]],
 ) -> list[str]:
     lines: list[str] = []
-    ratio_cols = [(a, b) for a, b in RATIOS if a in targets and b in targets]
-    load_cases = [c for c in cases if c.kind == "load" and c.name in summary]
-    if load_cases:
-        # Two ratios per pair: of req/s, and of requests per server CPU-second (the
-        # inverse ratio of server µs/req), which holds up better when the server's
-        # core is shared with other work and gets only part of it.
-        head = (
-            ["case"]
-            + [f"{t} req/s" for t in targets]
-            + [f"{a}/{b}" for a, b in ratio_cols]
-            + [f"{a}/{b} per CPU-s" for a, b in ratio_cols]
-        )
-        rows = []
-        for c in load_cases:
-            s = summary[c.name]
-            row = [c.name] + [fmt_num(s.get(t, {}).get("rps")) for t in targets]
-            for a, b in ratio_cols:
-                ra, rb = s.get(a, {}).get("rps"), s.get(b, {}).get("rps")
-                row.append(f"{ra / rb:.2f}" if ra and rb else "-")
-            for a, b in ratio_cols:
-                ca = s.get(a, {}).get("server_us_per_req")
-                cb = s.get(b, {}).get("server_us_per_req")
-                row.append(f"{cb / ca:.2f}" if ca and cb else "-")
-            rows.append(row)
-        lines += markdown_table(head, rows)
+    for kind in ("load", "workers", "http"):
+        group = [c for c in cases if c.kind == kind and c.name in summary]
+        if not group:
+            continue
+        shown = [t for t in dict.fromkeys(t for c in group for t in c.targets) if t in targets]
+        ratio_cols = [(a, b) for a, b in group[0].ratios if a in shown and b in shown]
+        lines += ratio_table(summary, group, shown, ratio_cols)
         lines.append("")
-        head = [
-            "case",
-            "target",
-            "req/s",
-            "p50 µs",
-            "p99 µs",
-            "p99.9 µs",
-            "server CPU %",
-            "server µs/req",
-            "loadgen CPU %",
-            "errors",
-            "note",
-        ]
-        rows = []
-        for c in load_cases:
-            for t in targets:
-                st = summary[c.name].get(t)
-                if not st:
-                    continue
-                ok = st.get("result_ok_fraction")
-                note = notes.get(c.name, {}).get(t, "")
-                if ok is not None and ok < 0.999:
-                    note = (note + "; " if note else "") + f"result code 0 for {ok:.0%}"
-                rows.append(
-                    [
-                        c.name,
-                        t,
-                        fmt_num(st["rps"]),
-                        fmt_num(st["p50_us"], 1),
-                        fmt_num(st["p99_us"], 1),
-                        fmt_num(st["p999_us"], 1),
-                        fmt_num(st["server_cpu_pct"]),
-                        fmt_num(st["server_us_per_req"], 2),
-                        fmt_num(st["loadgen_cpu_pct"]),
-                        fmt_num(st["errors"]),
-                        note,
-                    ]
-                )
-        lines += markdown_table(head, rows)
+        if kind == "workers":
+            lines += workers_projection(summary, group)
+        lines += detail_table(summary, group, shown, notes)
         lines.append("")
     idle_cases = [c for c in cases if c.kind == "idle" and c.name in summary]
     if idle_cases:
@@ -770,6 +1123,103 @@ def print_tables(
     return lines
 
 
+def workers_projection(
+    summary: dict[str, dict[str, dict[str, Any]]], cases: Sequence[Case]
+) -> list[str]:
+    """What 2 workers would do with a core each and the load elsewhere, from what they did:
+    2 x (requests per worker CPU-second, 2 workers / 1 worker). Derived, not measured."""
+    lines = []
+    for c in cases:
+        one = summary[c.name].get("trioserver-1w", {})
+        two = summary[c.name].get("trioserver-2w", {})
+        c1, c2 = one.get("server_us_per_req"), two.get("server_us_per_req")
+        if not (c1 and c2):
+            continue
+        lines.append(
+            f"{c.name}: the workers used {fmt_num(one.get('server_cpu_pct'))} % (1 worker) and "
+            f"{fmt_num(two.get('server_cpu_pct'))} % (2 workers) of one core, the load "
+            f"generator {fmt_num(one.get('loadgen_cpu_pct'))} % / "
+            f"{fmt_num(two.get('loadgen_cpu_pct'))} %; per worker CPU-second 2 workers did "
+            f"{c1 / c2:.2f}x what 1 did, so with a whole core each (load generator elsewhere) "
+            f"2 workers would do {2 * c1 / c2:.2f}x one (projected, not measured)."
+        )
+    return [*lines, ""] if lines else []
+
+
+def ratio_table(
+    summary: dict[str, dict[str, dict[str, Any]]],
+    cases: Sequence[Case],
+    targets: Sequence[str],
+    ratio_cols: Sequence[tuple[str, str]],
+) -> list[str]:
+    """req/s per target, then two ratios per pair: of req/s, and of requests per server
+    CPU-second (the inverse ratio of server µs/req), which holds up better when the
+    server's core is shared with other work and gets only part of it."""
+    head = (
+        ["case"]
+        + [f"{t} req/s" for t in targets]
+        + [f"{a}/{b}" for a, b in ratio_cols]
+        + [f"{a}/{b} per CPU-s" for a, b in ratio_cols]
+    )
+    rows = []
+    for c in cases:
+        s = summary[c.name]
+        row = [c.name] + [fmt_num(s.get(t, {}).get("rps")) for t in targets]
+        for a, b in ratio_cols:
+            ra, rb = s.get(a, {}).get("rps"), s.get(b, {}).get("rps")
+            row.append(f"{ra / rb:.2f}" if ra and rb else "-")
+        for a, b in ratio_cols:
+            ca = s.get(a, {}).get("server_us_per_req")
+            cb = s.get(b, {}).get("server_us_per_req")
+            row.append(f"{cb / ca:.2f}" if ca and cb else "-")
+        rows.append(row)
+    return markdown_table(head, rows)
+
+
+def detail_table(
+    summary: dict[str, dict[str, dict[str, Any]]],
+    cases: Sequence[Case],
+    targets: Sequence[str],
+    notes: dict[str, dict[str, str]],
+) -> list[str]:
+    http = cases[0].kind == "http"
+    workers = cases[0].kind == "workers"
+    head = ["case", "target", "req/s", "p50 µs", "p99 µs"]
+    head += [] if http else ["p99.9 µs"]
+    head += ["server CPU %", "server µs/req", "loadgen CPU %" if not http else "wrk CPU %"]
+    head += ["least-busy worker's CPU share"] if workers else []
+    head += ["RSS MiB/worker", "last response closes, ms"] if http else []
+    head += ["errors", "note"]
+    rows = []
+    for c in cases:
+        for t in targets:
+            st = summary[c.name].get(t)
+            if not st:
+                continue
+            ok = st.get("result_ok_fraction")
+            note = notes.get(c.name, {}).get(t, "")
+            if ok is not None and ok < 0.999:
+                note = (note + "; " if note else "") + f"result code 0 for {ok:.0%}"
+            row = [c.name, t, fmt_num(st["rps"]), fmt_num(st["p50_us"], 1)]
+            row += [fmt_num(st["p99_us"], 1)]
+            row += [] if http else [fmt_num(st["p999_us"], 1)]
+            row += [
+                fmt_num(st["server_cpu_pct"]),
+                fmt_num(st["server_us_per_req"], 2),
+                fmt_num(st["loadgen_cpu_pct"]),
+            ]
+            if workers:
+                share = st.get("worker_cpu_share_min")
+                row.append(f"{share:.0%}" if share is not None else "-")
+            if http:
+                row += [fmt_num(st["rss_mib_per_worker"], 1)]
+                close = st["last_response_close_ms"]
+                row += [fmt_num(close, 1) if close is not None else f"> {CLOSE_WAIT:g} s"]
+            row += [fmt_num(st["errors"]), note]
+            rows.append(row)
+    return markdown_table(head, rows)
+
+
 def markdown_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows, strict=False)]
 
@@ -806,6 +1256,91 @@ def servers_cleanup() -> Iterator[list[Server]]:
             stop(s.proc)
 
 
+def interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def run_cases(
+    runnable: Sequence[Case],
+    case_targets: Callable[[Case], list[str]],
+    cfg: Settings,
+    logdir: Path,
+    notes: dict[str, dict[str, str]],
+    records: list[dict[str, Any]],
+    per: dict[str, dict[str, list[dict[str, Any]]]],
+    step: int,
+    total: int,
+) -> None:
+    """Every case, run by run, target by target (interleaved, so that noise from a shared
+    machine falls on every target alike); each case's servers are stopped at its end."""
+    for case in runnable:
+        runner = RUNNERS[case.kind]
+        with servers_cleanup() as started:
+            live: dict[str, Server] = {}
+            failed: set[str] = set()
+            for rep in range(1, cfg.runs + 1):
+                for name in case_targets(case):
+                    step += 1
+                    label = f"[{step}/{total}] {case.name:20} {name:15} run {rep}"
+                    if name in failed:
+                        continue
+                    if name in live and case.fresh_server_per_run:
+                        stop(live.pop(name).proc)
+                    if name not in live:
+                        try:
+                            server = start_server(TARGETS[name], case, logdir, cfg.connect_timeout)
+                        except (RuntimeError, OSError) as exc:
+                            failed.add(name)  # it will not start: skip the rest of this case
+                            add_note(notes, case.name, name, str(exc).strip().splitlines()[0])
+                            print(f"{label}: FAILED to start: {exc}", file=sys.stderr)
+                            continue
+                        started.append(server)
+                        live[name] = server
+                        if "login" in case.tags:
+                            try:
+                                note = setup_accounts(server, cfg)
+                            except (RuntimeError, subprocess.TimeoutExpired) as exc:
+                                note = f"account setup failed: {str(exc).splitlines()[0]}"
+                            if note:
+                                add_note(notes, case.name, name, note)
+                    server = live[name]
+                    try:
+                        rec = runner(case, server, cfg, rep)
+                    except (
+                        RuntimeError,
+                        subprocess.TimeoutExpired,
+                        OSError,
+                        ValueError,
+                        TypeError,
+                        http.client.HTTPException,
+                    ) as exc:
+                        msg = str(exc).strip()
+                        dead = not server_alive(server)
+                        add_note(
+                            notes,
+                            case.name,
+                            name,
+                            ("server died; " if dead else "") + msg.splitlines()[0],
+                        )
+                        print(f"{label}: FAILED: {msg}\n{server.log_tail()}", file=sys.stderr)
+                        stop(live.pop(name).proc)  # the next run gets a fresh server
+                        continue
+                    if not server_alive(server):
+                        rec["server_died"] = True
+                        rec["server_log_tail"] = server.log_tail(20)
+                        add_note(
+                            notes, case.name, name, "server (or its worker) exited during a run"
+                        )
+                        print(f"{label}: server died; log:\n{server.log_tail()}", file=sys.stderr)
+                        stop(live.pop(name).proc)
+                    elif rec.get("errors"):
+                        rec["server_log_tail"] = server.log_tail(20)
+                    rec.update(case=case.name, target=name, run=rep, loadavg=loadavg())
+                    records.append(rec)
+                    per.setdefault(case.name, {}).setdefault(name, []).append(rec)
+                    print(f"{label}: {progress(case, rec)}", flush=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -817,8 +1352,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         nargs="+",
         metavar="TARGET",
         choices=list(TARGETS),
-        default=list(TARGETS),
-        help=f"default: {' '.join(TARGETS)}",
+        help="run only these targets (default: every case's own targets)",
     )
     ap.add_argument("--runs", type=int, help="runs per case (default 3, quick 1)")
     ap.add_argument("--duration", type=float, help="measured seconds (default 10, quick 3)")
@@ -851,6 +1385,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for c in CASES:
             state = "" if c.kind in RUNNERS else "  [no runner yet]"
             print(f"{c.name:22} {c.kind:8} {c.help}{state}")
+            print(f"{'':31} targets: {' '.join(c.targets)}")
         for t in TARGETS.values():
             print(f"target {t.name:14} {t.description}")
         return 0
@@ -870,10 +1405,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not shutil.which("taskset"):
         print("warning: taskset not found: server and load are not pinned", file=sys.stderr)
 
+    runnable = [c for c in cases if c.kind in RUNNERS]
+    for c in cases:
+        if c.kind not in RUNNERS:
+            print(f"{c.name}: no runner for kind {c.kind!r} yet, skipped", file=sys.stderr)
+    wanted = set(args.targets or TARGETS)
     targets: list[str] = []
     notes: dict[str, dict[str, str]] = {}
     skipped: dict[str, str] = {}
-    for name in args.targets:
+    for name in dict.fromkeys(t for c in runnable for t in c.targets if t in wanted):
         why = probe(TARGETS[name])
         if why:
             skipped[name] = why
@@ -890,80 +1430,40 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"machine: {info['cpu_model']}, {info['cores']} cores, kernel {info['kernel']}, "
         f"python {info['python']}, load average {loadavg()}"
     )
+    print(f"code: {info['git']}")
     print(
         f"{cfg.runs} run(s) x {cfg.duration:g} s after {cfg.warmup:g} s warm-up; "
-        f"servers on CPU {SERVER_CPU}, loadgen on CPU {LOAD_CPU}; targets: {' '.join(targets)}"
+        f"servers on CPU {SERVER_CPU}, loadgen on CPU {LOAD_CPU} (the workers case pins "
+        f"nothing); targets: {' '.join(targets)}"
     )
 
     records: list[dict[str, Any]] = []
     per: dict[str, dict[str, list[dict[str, Any]]]] = {}
-    runnable = [c for c in cases if c.kind in RUNNERS]
-    for c in cases:
-        if c.kind not in RUNNERS:
-            print(f"{c.name}: no runner for kind {c.kind!r} yet, skipped", file=sys.stderr)
-    total = len(runnable) * cfg.runs * len(targets)
+
+    def case_targets(case: Case) -> list[str]:
+        return [t for t in case.targets if t in targets]
+
+    total = sum(len(case_targets(c)) for c in runnable) * cfg.runs
     step = 0
-    # Server logs stay on disk (their path is printed) so a failure can be looked into.
+    # Server logs stay on disk (their path is printed) so a failure can be looked into;
+    # the HTTP files and nginx's configuration live there too.
     logdir = Path(tempfile.mkdtemp(prefix="trioserver-bench-logs-"))
-    for case in runnable:
-        runner = RUNNERS[case.kind]
-        with servers_cleanup() as started:
-            live: dict[str, Server] = {}
-            failed: set[str] = set()
-            for rep in range(1, cfg.runs + 1):
-                for name in targets:
-                    step += 1
-                    label = f"[{step}/{total}] {case.name:16} {name:11} run {rep}"
-                    if name in failed:
-                        continue
-                    if name in live and case.fresh_server_per_run:
-                        stop(live.pop(name).proc)
-                    if name not in live:
-                        try:
-                            server = start_server(TARGETS[name], case, logdir, cfg.connect_timeout)
-                        except (RuntimeError, OSError) as exc:
-                            failed.add(name)  # it will not start: skip the rest of this case
-                            add_note(notes, case.name, name, str(exc).strip().splitlines()[0])
-                            print(f"{label}: FAILED to start: {exc}", file=sys.stderr)
-                            continue
-                        started.append(server)
-                        live[name] = server
-                        if "login" in case.tags:
-                            try:
-                                note = setup_accounts(server, cfg)
-                            except (RuntimeError, subprocess.TimeoutExpired) as exc:
-                                note = f"account setup failed: {str(exc).splitlines()[0]}"
-                            if note:
-                                add_note(notes, case.name, name, note)
-                    server = live[name]
-                    try:
-                        rec = runner(case, server, cfg, rep)
-                    except (RuntimeError, subprocess.TimeoutExpired, OSError) as exc:
-                        msg = str(exc).strip()
-                        dead = not server_alive(server)
-                        add_note(
-                            notes,
-                            case.name,
-                            name,
-                            ("server died; " if dead else "") + msg.splitlines()[0],
-                        )
-                        print(f"{label}: FAILED: {msg}\n{server.log_tail()}", file=sys.stderr)
-                        stop(live.pop(name).proc)  # the next run gets a fresh server
-                        continue
-                    if not server_alive(server):
-                        rec["server_died"] = True
-                        rec["server_log_tail"] = server.log_tail(20)
-                        add_note(
-                            notes, case.name, name, "server (or its worker) exited during a run"
-                        )
-                        print(f"{label}: server died; log:\n{server.log_tail()}", file=sys.stderr)
-                        stop(live.pop(name).proc)
-                    elif rec.get("errors"):
-                        rec["server_log_tail"] = server.log_tail(20)
-                    rec.update(case=case.name, target=name, run=rep, loadavg=loadavg())
-                    records.append(rec)
-                    per.setdefault(case.name, {}).setdefault(name, []).append(rec)
-                    print(f"{label}: {progress(case, rec)}", flush=True)
+    if any(c.kind == "http" for c in runnable):
+        make_docroot(logdir)
+    # SIGTERM (or a closed terminal) ends the run like Ctrl-C: every server is stopped.
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, interrupted)
+    try:
+        run_cases(runnable, case_targets, cfg, logdir, notes, records, per, step, total)
+    except KeyboardInterrupt:
+        print("\ninterrupted: stopping every server started", file=sys.stderr)
+        stop_all()
+        print(f"server logs: {logdir}", file=sys.stderr)
+        return 130
+    finally:
+        stop_all()
+
+    summary = summarise_runs(records)
 
     summary = summarise_runs(records)
     lines = print_tables(summary, runnable, targets, notes)
@@ -1013,9 +1513,19 @@ def progress(case: Case, rec: dict[str, Any]) -> str:
             f"{rec['rss_before_mib']:.1f} -> {rec['rss_after_mib']:.1f} MiB, "
             f"{fmt_num(rec['rss_per_conn_kib'], 2)} KiB/conn, errors {rec['errors']}"
         )
+    if case.kind == "http":
+        return (
+            f"{rec['rps']:>10,.0f} req/s  p50 {fmt_num(rec['p50_us'], 1):>8} µs  p99 "
+            f"{fmt_num(rec['p99_us'], 1):>8} µs  server {rec['server_cpu_pct']:5.1f}% CPU "
+            f"({fmt_num(rec['server_us_per_req'], 2)} µs/req)  wrk {rec['loadgen_cpu_pct']:5.1f}%"
+            f"  RSS {fmt_num(rec['rss_mib_per_worker'], 1)} MiB  last response closed in "
+            f"{fmt_num(rec['last_response_close_ms'], 1)} ms  errors {rec['errors']}"
+        )
     extra = ""
+    if "worker_cpu_share" in rec:
+        extra = ", worker CPU " + "/".join(f"{x:.0%}" for x in rec["worker_cpu_share"])
     if "result_ok_fraction" in rec:
-        extra = f", result 0 for {rec['result_ok_fraction']:.0%}"
+        extra += f", result 0 for {rec['result_ok_fraction']:.0%}"
     return (
         f"{rec['rps']:>10,.0f} req/s  p50 {rec['p50_us']:8.1f} µs  p99 {rec['p99_us']:8.1f} µs"
         f"  server {rec['server_cpu_pct']:5.1f}% CPU ({fmt_num(rec['server_us_per_req'], 2)}"
