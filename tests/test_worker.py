@@ -229,3 +229,35 @@ async def test_client_reports_a_closed_connection() -> None:
         await client.send_raw(struct.pack(">HHI", 1, 0, 0))
         with pytest.raises(ConnectionClosed):
             await client.ping()
+
+
+async def test_a_busy_connection_waits_its_turn_behind_others() -> None:
+    """One handler task: A's packets that arrive while A is being handled wait until B,
+    queued meanwhile, has had its turn (no connection can hold a handler task)."""
+    router = default_router()
+    gate = trio.Event()
+    handled: list[bytes] = []
+
+    @router.route(100)
+    async def record(ctx: Context, packet: Packet) -> None:
+        handled.append(packet.body)
+        if packet.body == b"A0":
+            await gate.wait()
+        ctx.reply(100, packet.body)
+
+    config = NO_FLOOD.replace(server__handler_tasks=1)
+    async with serve_in_memory(config, router) as server:
+        a = await server.connect()
+        b = await server.connect()
+        await a.send_raw(b"".join(encode(100, b"A%d" % i) for i in range(5)))
+        await trio.testing.wait_all_tasks_blocked()
+        assert handled == [b"A0"]  # the handler task is inside A's first visit
+        await a.send_raw(b"".join(encode(100, b"A%d" % i) for i in range(5, 10)))
+        await b.send(100, b"B")
+        await trio.testing.wait_all_tasks_blocked()
+        gate.set()
+        for i in range(10):
+            assert (await a.receive_packet()).body == b"A%d" % i
+        assert (await b.receive_packet()).body == b"B"
+        first_visit = [b"A%d" % i for i in range(5)]
+        assert handled == [*first_visit, b"B", *(b"A%d" % i for i in range(5, 10))]

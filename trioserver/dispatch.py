@@ -271,13 +271,19 @@ class MessageQueue:
                 self.busy -= 1
 
     async def _drain(self, conn: Connection) -> None:
-        """Handle every packet in ``conn``'s inbox, in order; then unschedule it.
+        """Handle the packets in ``conn``'s inbox, in order; then unschedule it.
+
+        One visit takes the inbox as it is when the visit starts. What the reader
+        adds meanwhile waits for the connection's next turn: the connection goes
+        to the back of the queue, so a client that keeps its inbox full cannot
+        hold a handler task while the other connections wait (measured: with 8
+        handler tasks and 100 pipelining clients, some waited 10 s otherwise).
+        Only when the queue is full does the visit go on with the new packets.
 
         Replies of plain handlers leave together when the run of them ends; an
-        async handler's replies leave as it makes them (``conn.batching`` off), so
-        a handler that replies and then awaits something slow does not hold its
-        reply back.
+        async handler's replies leave once it waits (see ``Context.flush``).
         """
+        requeued = False
         try:
             if conn.stale:
                 self._drop_stale(conn, conn.inbox)
@@ -321,8 +327,16 @@ class MessageQueue:
                         self._drop_stale(conn, batch[i + 1 :] + conn.inbox)
                         conn.inbox = []
                         return
+                if conn.inbox:
+                    try:
+                        self._send.send_nowait(conn)  # its next turn, behind the others
+                    except (trio.WouldBlock, trio.ClosedResourceError):
+                        continue  # the queue is full (or closing): go on with it here
+                    requeued = True
+                    return
         finally:
-            conn.scheduled = False
+            if not requeued:
+                conn.scheduled = False
             self._flush(conn)
             conn.settle()
 
