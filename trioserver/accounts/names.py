@@ -61,6 +61,8 @@ class ValidCredentials:
 
 def name_key(name: str) -> str:
     """The comparison key of an already valid, NFC name."""
+    if name.isascii():  # the common case: casefold is lower, and NFC changes nothing
+        return name.lower()
     return unicodedata.normalize("NFC", name.casefold())
 
 
@@ -73,18 +75,30 @@ def _decode(raw: bytes, what: str, limit: int) -> str:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise InvalidInput(f"{what} is not valid UTF-8") from None
-    return unicodedata.normalize("NFC", text)
+    return text if text.isascii() else unicodedata.normalize("NFC", text)
+
+
+def _has(text: str, forbidden: frozenset[str]) -> bool:
+    """True if a character of ``text`` is in one of the ``forbidden`` categories.
+
+    ASCII text is checked with ``isprintable`` (its only forbidden characters are
+    the Cc controls), not one ``unicodedata.category`` call per character: that
+    was the costliest step of a register or login.
+    """
+    if text.isascii():
+        return not text.isprintable()
+    return any(unicodedata.category(c) in forbidden for c in text)
 
 
 def validate(username: bytes, password: bytes) -> ValidCredentials:
     """Check both fields and normalise them; ``InvalidInput`` names the broken rule."""
     name = _decode(username, "name", MAX_NAME_BYTES)
-    if any(unicodedata.category(c) in _NAME_FORBIDDEN for c in name):
+    if _has(name, _NAME_FORBIDDEN):
         raise InvalidInput("name contains a control, format or separator character")
     if name != name.strip():
         raise InvalidInput("name starts or ends with white space")
     text = _decode(password, "password", MAX_PASSWORD_BYTES)
-    if any(unicodedata.category(c) in _PASSWORD_FORBIDDEN for c in text):
+    if _has(text, _PASSWORD_FORBIDDEN):
         raise InvalidInput("password contains a control character")
     encoded = text.encode("utf-8")
     # NFC can lengthen text (rarely); the wire limit applies to what was sent, not this.
