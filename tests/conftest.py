@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 
 import pytest
 
 from trioserver.config import Config
+
+from .accounts.pgserver import PostgresServer, PostgresUnavailable
 
 
 def make_config(**settings: object) -> Config:
@@ -33,3 +36,19 @@ def _isolated_trioserver_logger() -> Iterator[None]:
             handler.close()
     logger.setLevel(saved[1])
     logger.propagate = saved[2]
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One throwaway PostgreSQL for the session (tests/accounts/pgserver.py). When it
+    cannot start the tests that need it skip, unless ``CI`` is set: then they fail."""
+    try:
+        server = PostgresServer.create()
+    except PostgresUnavailable as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI is set but a PostgreSQL server cannot be started: {exc}")
+        pytest.skip(f"no PostgreSQL server: {exc}")
+    try:
+        yield server
+    finally:
+        server.destroy()

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from trioserver.config import Config
 
-from .pgserver import PostgresServer, PostgresUnavailable
+from .pgserver import PostgresServer
 
 BACKENDS = ("sqlite", "postgres")
 _databases = itertools.count(1)
@@ -38,18 +37,6 @@ def accounts_config(url: str, **settings: object) -> Config:
     return Config().replace(**defaults)
 
 
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[PostgresServer]:
-    try:
-        server = PostgresServer.create()
-    except PostgresUnavailable as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI is set but a PostgreSQL server cannot be started: {exc}")
-        pytest.skip(f"no PostgreSQL server: {exc}")
-    try:
-        yield server
-    finally:
-        server.destroy()
 
 
 def fresh_database(server: PostgresServer) -> str:

@@ -246,10 +246,10 @@ def fail_or_skip(message: str) -> None:
 
 @pytest.fixture
 def cluster(
-    tmp_path: Path, proxy_postgres: PostgresServer
+    tmp_path: Path, postgres_server: PostgresServer
 ) -> Iterator[tuple[HAProxy, Instance, Instance]]:
     binary = find_haproxy()
-    url = fresh_database(proxy_postgres)
+    url = fresh_database(postgres_server)
     started: list[Instance] = []
     haproxy: HAProxy | None = None
     try:
