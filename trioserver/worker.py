@@ -427,6 +427,8 @@ class Worker:
         queue = self.queue
         waited = True
         data: bytes | bytearray | None
+        events: list[Event] | None = None
+        packets: list[Packet] | None = None
         clean = False
         try:
             with conn.scope:
@@ -499,6 +501,7 @@ class Worker:
                             # Let the writer run between batches: replies pile up only
                             # while the peer really does not read (then it is kicked).
                             await trio.lowlevel.checkpoint()
+                    events = packets = None  # a waiting connection keeps no batch alive
                     if conn.finish_reason is not None or conn.kick_reason is not None:
                         break
                 conn.reading = False
