@@ -37,8 +37,6 @@ def accounts_config(url: str, **settings: object) -> Config:
     return Config().replace(**defaults)
 
 
-
-
 def fresh_database(server: PostgresServer) -> str:
     """The URL of a new, empty database on ``server`` (CREATE DATABASE: ~0.5 s)."""
     import psycopg
