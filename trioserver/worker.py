@@ -190,7 +190,7 @@ class Worker:
         self._http_listeners: list[trio.abc.Listener[Any] | BoundListener] = []
         self._site: StaticSite | None = None
         self._connections: dict[int, Connection] = {}
-        self._http_connections: dict[int, tuple[trio.CancelScope, HttpConnectionState]] = {}
+        self._http_connections: dict[int, HttpConnectionState] = {}
         self._accept_scope = trio.CancelScope()
         self._conn_nursery: trio.Nursery | None = None
         self._stopping = False
@@ -245,10 +245,8 @@ class Worker:
             for conn in self._connections.values():
                 conn.draining = True
                 conn.settle()  # idle ones close now; busy ones once their work is done
-            for scope, state in self._http_connections.values():
-                state.draining = True  # a sending one closes after its answers
-                if not state.sending:
-                    scope.cancel()
+            for state in self._http_connections.values():
+                state.stop()  # idle ones close now; a sending one after its answers
         self._drain_deadline = min(self._drain_deadline, deadline)
         if self._conn_nursery is not None:
             self._conn_nursery.cancel_scope.deadline = self._drain_deadline
@@ -550,14 +548,13 @@ class Worker:
         assert self._site is not None
         self.counters.accepted += 1
         state = HttpConnectionState(draining=self._stopping, by_status=self.counters.http_by_status)
+        self._http_connections[slot.index] = state
         try:
-            with trio.CancelScope() as scope:
-                self._http_connections[slot.index] = (scope, state)
-                if raw is not None:
-                    await serve_http_socket(raw, self._site, self.config.http, state)
-                else:
-                    assert stream is not None
-                    await serve_http_connection(stream, self._site, self.config.http, state)
+            if raw is not None:
+                await serve_http_socket(raw, self._site, self.config.http, state)
+            else:
+                assert stream is not None
+                await serve_http_connection(stream, self._site, self.config.http, state)
         finally:
             del self._http_connections[slot.index]
             self.recycler.rest(slot)

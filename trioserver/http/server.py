@@ -119,6 +119,14 @@ class HttpConnectionState:
     sending: bool = False
     draining: bool = False
     by_status: collections.Counter[int] | None = None
+    #: The connection's current deadline scope (the adapter's own: one per connection).
+    scope: trio.CancelScope | None = None
+
+    def stop(self) -> None:
+        """Finish: at once if idle or mid-head, after the answers in hand if sending."""
+        self.draining = True
+        if not self.sending and self.scope is not None:
+            self.scope.cancel()
 
 
 async def serve_http_connection(
@@ -352,12 +360,14 @@ class _Connection:
         self.deadline = trio.current_time() + self.settings.header_timeout
         while True:
             with trio.CancelScope(deadline=self.deadline) as scope:
-                self.scope = scope
+                self.scope = self.state.scope = scope
                 await self._loop()
             if not scope.cancelled_caught:
                 break
             if self.state.sending:
                 return  # the client stopped reading: nothing more can be said
+            if self.state.draining:
+                return  # the worker is stopping (HttpConnectionState.stop)
             if trio.current_time() < self.deadline:
                 continue  # fired early; re-arm
             if parser.in_request:
