@@ -12,13 +12,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TypeVar
 
 from sample_apps import WHO
 
+from tests.polling import wait_for
 from trioserver.client import BlockingClient
 from trioserver.control import children
 from trioserver.pidfile import process_alive, read_pid
@@ -27,18 +27,6 @@ T = TypeVar("T")
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
-
-
-def wait_for(what: str, check: Callable[[], T | None], timeout: float = 10.0) -> T:
-    """Poll ``check`` every 10 ms until it returns something truthy; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        got = check()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)
 
 
 def env() -> dict[str, str]:

@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,6 +23,8 @@ import pytest
 from trioserver.client import BlockingClient, ConnectionClosed
 from trioserver.framer import PING, encode_header
 
+from ..polling import wait_for as _wait_for
+
 parser = pytest.importorskip("prometheus_client.parser")
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only")
 
@@ -33,14 +34,7 @@ Key = tuple[str, tuple[tuple[str, str], ...]]
 
 
 def wait_for(what: str, check: Callable[[], T | None], timeout: float = 15.0) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = check()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
+    return _wait_for(what, check, timeout)
 
 
 def free_port() -> int:

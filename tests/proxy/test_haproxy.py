@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -39,6 +39,7 @@ from trioserver.messages import ResultCode
 from trioserver.pidfile import process_alive
 
 from ..accounts.pgserver import PostgresServer, free_port
+from ..polling import wait_for
 from .proxy_app import WHO
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux /proc")
@@ -46,18 +47,6 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Li
 T = TypeVar("T")
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
-
-
-def wait_for(what: str, check: Callable[[], T | None], timeout: float = 10.0) -> T:
-    """Poll ``check`` every 20 ms until it returns something truthy; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        got = check()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
 
 
 def fresh_database(server: PostgresServer) -> str:
