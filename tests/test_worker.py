@@ -261,3 +261,22 @@ async def test_a_busy_connection_waits_its_turn_behind_others() -> None:
         assert (await b.receive_packet()).body == b"B"
         first_visit = [b"A%d" % i for i in range(5)]
         assert handled == [*first_visit, b"B", *(b"A%d" % i for i in range(5, 10))]
+
+
+async def test_a_drain_waits_briefly_for_a_new_connections_first_request(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Accepted just before the drain, nothing sent yet: its request (on its way) is
+    answered; one that never sends is closed quietly after 1 s, not counted as a kick."""
+    async with serve_in_memory(NO_FLOOD) as server:
+        late = await server.connect()
+        silent = await server.connect()
+        await trio.testing.wait_all_tasks_blocked()
+        start = trio.current_time()
+        server.worker.stop()
+        await trio.sleep(0.5)
+        assert await late.request(0) == Packet(0)
+        assert await late.at_eof()
+        assert await silent.at_eof()
+        assert trio.current_time() - start == pytest.approx(1.0)
+        assert server.worker.statistics().kicks_by_reason == {}

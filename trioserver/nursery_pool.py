@@ -208,6 +208,9 @@ class Connection:
     drained: bool = False
     #: True while the reader waits for bytes (a drain may then stop it at once).
     receiving: bool = False
+    #: True once any bytes arrived: a drain gives a connection without any a moment
+    #: for its first request instead of closing it under the client's feet.
+    received: bool = False
     #: True once the peer sent EOF (a half-close).
     peer_eof: bool = False
     #: The connection's socket, when the worker drives one directly: it is read
@@ -256,7 +259,7 @@ class Connection:
         """Some work for this connection finished: wake its task, and during a drain
         close it once it is idle in a receive (a busy reader stops by itself)."""
         self.wakeup.wake()
-        if self.draining and self.receiving and not self.busy:
+        if self.draining and self.receiving and self.received and not self.busy:
             self.drained = True
             self.scope.cancel()
 

@@ -72,6 +72,9 @@ _CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EN
 #: Back-off after a capacity error: starts small, doubles, capped (never spins).
 _BACKOFF_START = 0.1
 _BACKOFF_MAX = 1.0
+#: Seconds a draining worker waits for the first request of a connection that has
+#: sent nothing yet (accepted just before the drain began) before closing it.
+_FIRST_REQUEST_GRACE = 1.0
 #: Connections accepted in a row before the accept loop yields: a burst of new
 #: clients is taken in a few scheduler passes, not one pass per client.
 _ACCEPT_BURST = 64
@@ -242,9 +245,16 @@ class Worker:
                 grace,
             )
             self._accept_scope.cancel()
+            now = trio.current_time()
             for conn in self._connections.values():
                 conn.draining = True
-                conn.settle()  # idle ones close now; busy ones once their work is done
+                if conn.received:
+                    conn.settle()  # idle ones close now; busy ones once their work is done
+                else:
+                    # Accepted a moment ago, its first request perhaps on the way: closing
+                    # now would reset it. It gets a short grace, then closes quietly.
+                    conn.drained = True
+                    conn.scope.deadline = min(conn.scope.deadline, now + _FIRST_REQUEST_GRACE)
             for state in self._http_connections.values():
                 state.stop()  # idle ones close now; a sending one after its answers
         self._drain_deadline = min(self._drain_deadline, deadline)
@@ -475,6 +485,7 @@ class Worker:
                     if not data:
                         _at_eof(conn, decoder)
                         break
+                    conn.received = True
                     decoder.receive_data(data)
                     # Take at most what the inbox has room for; the rest stays as bytes.
                     while True:
