@@ -130,6 +130,20 @@ async def test_link_end_is_a_well_behaved_stream() -> None:
         await server.receive_some(0)
 
 
+@pytest.mark.parametrize(
+    "faults",
+    [(), (Split((1, 2)),), (Delay(0.01, jitter=0.02),)],
+    ids=["plain", "split", "delayed"],
+)
+async def test_link_passes_trios_half_closeable_stream_checks(
+    faults: tuple[Split | Delay, ...],
+) -> None:
+    async def make() -> tuple[trio.abc.HalfCloseableStream, trio.abc.HalfCloseableStream]:
+        return open_link(faults)
+
+    await trio.testing.check_half_closeable_stream(make, None)
+
+
 async def test_send_nowait_takes_what_the_window_has_room_for(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

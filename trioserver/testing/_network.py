@@ -14,6 +14,7 @@ depends only on virtual time, not on which task trio happens to run first.
 from __future__ import annotations
 
 import math
+import operator
 import random
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -31,14 +32,17 @@ def _succeed(_: object) -> trio.lowlevel.Abort:
 
 
 async def wait_until(
-    deadline: float, abort: Callable[[object], trio.lowlevel.Abort] = _succeed
+    deadline: float,
+    abort: Callable[[object], trio.lowlevel.Abort] = _succeed,
+    on_scope: Callable[[trio.CancelScope | None], None] | None = None,
 ) -> None:
     """Block (as ``wait_task_rescheduled(abort)``) until rescheduled or ``deadline``.
 
     At the deadline the task simply wakes up: its own scope's expiry is turned into
     a plain ``reschedule``, not a ``Cancelled`` raised through every frame (a swarm
     does this tens of thousands of times). A cancellation from outside still
-    raises as usual, through ``abort``.
+    raises as usual, through ``abort``. ``on_scope`` is given the scope while the
+    task waits (and None after), so that another task can bring the deadline nearer.
     """
     task = trio.lowlevel.current_task()
     with trio.CancelScope(deadline=deadline) as scope:
@@ -50,11 +54,22 @@ async def wait_until(
                 return trio.lowlevel.Abort.FAILED
             return result
 
-        await trio.lowlevel.wait_task_rescheduled(on_cancel)
+        if on_scope is None:
+            await trio.lowlevel.wait_task_rescheduled(on_cancel)
+            return
+        on_scope(scope)
+        try:
+            await trio.lowlevel.wait_task_rescheduled(on_cancel)
+        finally:
+            on_scope(None)
 
 
 class _Pipe:
-    """One direction of a link: ordered chunks, each with the virtual time it arrives."""
+    """One direction of a link: ordered chunks, each with the virtual time it arrives.
+
+    A pipe without timed faults (no delay, no stalled reader, no reset or
+    half-close planned) never reads the clock: every chunk arrives at 0.0.
+    """
 
     def __init__(
         self,
@@ -67,6 +82,7 @@ class _Pipe:
         rng: random.Random,
     ) -> None:
         self._link = link
+        self._now = trio.lowlevel.current_clock().current_time  # trio.current_time, less a call
         self._chunks: deque[tuple[float, bytes]] = deque()
         self._buffered = 0
         self._last_arrival = -math.inf
@@ -80,18 +96,82 @@ class _Pipe:
         self._eof_at = -math.inf  # ... and the reader sees it from then on (after the delay)
         self.broken = False  # reset: both ends fail
         self.reader_gone = False  # the receiving end closed
-        self._waiters: list[trio.lowlevel.Task] = []  # the reader, a blocked sender
-        # Without timed faults every chunk is ready at once: skip reading the clock.
+        self._reader: trio.lowlevel.Task | None = None  # waiting in receive_some
+        self._reader_scope: trio.CancelScope | None = None  # ... until this scope's deadline
+        self._senders: list[trio.lowlevel.Task] = []  # waiting for room in the window
         self._timed = delay is not None or stall_at < math.inf or link.next_due < math.inf
         self._sending = False
         self._receiving = False
 
+    # -- waking ---------------------------------------------------------------------------------
+
     def changed(self) -> None:
-        """Wake whoever waits on this pipe to look again (a parking lot without its cost)."""
-        if self._waiters:
-            waiters, self._waiters = self._waiters, []
-            for task in waiters:
+        """The pipe's state changed (EOF, reset, closed, emptied): wake every waiter."""
+        self._wake_reader()
+        self._wake_senders()
+
+    def _wake_reader(self) -> None:
+        task = self._reader
+        if task is not None:
+            self._reader = None
+            trio.lowlevel.reschedule(task)
+
+    def _wake_senders(self) -> None:
+        if self._senders:
+            senders, self._senders = self._senders, []
+            for task in senders:
                 trio.lowlevel.reschedule(task)
+
+    def _arrived(self, arrival: float, now: float) -> None:
+        """New bytes: wake a waiting reader, or, if they arrive later, end its wait then.
+
+        Moving the waiting reader's deadline instead of waking it to find nothing
+        ready saves a delayed connection two scheduler passes per packet.
+        """
+        if self._reader is None:
+            return
+        scope = self._reader_scope
+        if arrival <= now or scope is None:
+            self._wake_reader()
+        elif arrival < scope.deadline:
+            scope.deadline = arrival
+
+    def _set_reader_scope(self, scope: trio.CancelScope | None) -> None:
+        self._reader_scope = scope
+
+    async def _wait_readable(self, until: float) -> None:
+        """Wait (in receive_some) until bytes, a state change, or the virtual time ``until``."""
+        task = trio.lowlevel.current_task()
+        self._reader = task
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            if self._reader is task:
+                self._reader = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        if self._timed:
+            await wait_until(until, abort, self._set_reader_scope)
+        else:
+            await trio.lowlevel.wait_task_rescheduled(abort)
+
+    async def _wait_for_room(self) -> None:
+        """Wait until the reader takes bytes, a state change, or the link's next fault."""
+        task = trio.lowlevel.current_task()
+        self._senders.append(task)
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            if task in self._senders:
+                self._senders.remove(task)
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        until = self._link.next_due
+        if until == math.inf:
+            await trio.lowlevel.wait_task_rescheduled(abort)
+        else:
+            await wait_until(until, abort)
+        self._link.apply_due(self._now())
+
+    # -- state ----------------------------------------------------------------------------------
 
     def finish(self) -> None:
         """The sender is done: the EOF arrives behind the bytes in flight, one delay later."""
@@ -99,7 +179,7 @@ class _Pipe:
             return
         self.eof = True
         if self._delay is not None:
-            arrival = trio.current_time() + self._delay.seconds
+            arrival = self._now() + self._delay.seconds
             self._eof_at = max(arrival, self._last_arrival)
         self.changed()
 
@@ -107,21 +187,6 @@ class _Pipe:
         self._chunks.clear()
         self._buffered = 0
         self.changed()
-
-    async def _wait(self, until: float) -> None:
-        """Wait until ``changed()`` or the virtual time ``until``, whichever comes first."""
-        task = trio.lowlevel.current_task()
-        self._waiters.append(task)
-
-        def abort(_: object) -> trio.lowlevel.Abort:
-            if task in self._waiters:
-                self._waiters.remove(task)
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        if until == math.inf:
-            await trio.lowlevel.wait_task_rescheduled(abort)
-        else:
-            await wait_until(until, abort)
 
     def _piece(self) -> float:
         split = self._split
@@ -133,6 +198,18 @@ class _Pipe:
         self._split_index += 1
         return size
 
+    def _time(self) -> float:
+        """The current virtual time, with the link's due faults applied (0.0 if untimed)."""
+        if not self._timed:
+            return 0.0
+        now = self._now()
+        link = self._link
+        if now >= link.next_due:
+            link.apply_due(now)
+        return now
+
+    # -- sending --------------------------------------------------------------------------------
+
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         if self._sending:
             raise trio.BusyResourceError("another task is sending on this stream")
@@ -142,8 +219,7 @@ class _Pipe:
             # as this task resumes, which halves the batches a round trip takes.
             await trio.lowlevel.checkpoint_if_cancelled()
             data = bytes(data)
-            now = trio.current_time() if self._timed else 0.0
-            self._link.apply_due(now)
+            now = self._time()
             self._check_send()
             if data:
                 arrival = self._arrival(now)
@@ -152,12 +228,10 @@ class _Pipe:
                     if room >= 1:
                         piece = data if room >= len(data) else data[: int(room)]
                         data = data[len(piece) :]
-                        self._chunks.append((arrival, piece))
-                        self._buffered += len(piece)
-                        self.changed()
+                        self._put(piece, arrival, now)
                         continue
-                    await self._wait(self._link.next_due)  # a full window: wait for the reader
-                    self._link.apply_due(trio.current_time())
+                    await self._wait_for_room()  # a full window: wait for the reader
+                    now = self._time()
                     self._check_send()
             await trio.lowlevel.cancel_shielded_checkpoint()
         finally:
@@ -171,27 +245,29 @@ class _Pipe:
         """
         if self._sending:
             raise trio.BusyResourceError("another task is sending on this stream")
-        now = trio.current_time() if self._timed else 0.0
-        self._link.apply_due(now)
+        now = self._time()
         self._check_send()
         size = len(data)
         room = self._window - self._buffered
         if not size or room < 1:
             return 0
         piece = bytes(data) if room >= size else bytes(data[: int(room)])
-        self._chunks.append((self._arrival(now), piece))
-        self._buffered += len(piece)
-        self.changed()
+        self._put(piece, self._arrival(now), now)
         return len(piece)
+
+    def _put(self, piece: bytes, arrival: float, now: float) -> None:
+        self._chunks.append((arrival, piece))
+        self._buffered += len(piece)
+        self._arrived(arrival, now)
 
     def _arrival(self, now: float) -> float:
         """When bytes written now arrive: after the delay, not before earlier ones."""
-        arrival = now
         delay = self._delay
-        if delay is not None:
-            arrival += delay.seconds
-            if delay.jitter:
-                arrival += self._rng.uniform(0.0, delay.jitter)
+        if delay is None:
+            return now  # 0.0 on an untimed pipe; never before earlier bytes either way
+        arrival = now + delay.seconds
+        if delay.jitter:
+            arrival += self._rng.uniform(0.0, delay.jitter)
         arrival = max(arrival, self._last_arrival)  # bytes never overtake each other
         self._last_arrival = arrival
         return arrival
@@ -204,9 +280,13 @@ class _Pipe:
         if self.reader_gone:
             raise trio.BrokenResourceError("the peer closed the connection")
 
+    # -- receiving ------------------------------------------------------------------------------
+
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        if max_bytes is not None and max_bytes < 1:
-            raise ValueError(f"max_bytes must be >= 1, got {max_bytes!r}")
+        if max_bytes is not None:
+            max_bytes = operator.index(max_bytes)
+            if max_bytes < 1:
+                raise ValueError(f"max_bytes must be >= 1, got {max_bytes!r}")
         if self._receiving:
             raise trio.BusyResourceError("another task is receiving on this stream")
         self._receiving = True
@@ -214,60 +294,92 @@ class _Pipe:
             await trio.lowlevel.checkpoint_if_cancelled()
             waited = False
             while True:
-                now = trio.current_time() if self._timed else 0.0
-                self._link.apply_due(now)
-                if self.reader_gone:
-                    raise trio.ClosedResourceError("this end was closed")
-                if self.broken:
-                    raise trio.BrokenResourceError("connection reset")
-                ready = bool(self._chunks) and self._chunks[0][0] <= now
-                stalled = now >= self._stall_at
-                at_eof = self.eof and now >= self._eof_at
-                if stalled and at_eof:
-                    self.discard()  # the stalled reader sees the close, never the data
-                    ready = False
-                if (ready and not stalled) or (not self._chunks and at_eof):
-                    data = self._take(max_bytes, now)
+                data = self._ready(max_bytes)
+                if data is not None:
                     if not waited:
                         await trio.lowlevel.cancel_shielded_checkpoint()
                     return data
-                until = self._link.next_due
-                if self._chunks and not stalled:
-                    until = min(until, self._chunks[0][0])
-                if not stalled:
-                    until = min(until, self._stall_at)
-                if self.eof and not at_eof:
-                    until = min(until, self._eof_at)
-                await self._wait(until)
+                await self._wait_readable(self._next_change())
                 waited = True
         finally:
             self._receiving = False
 
-    def _take(self, max_bytes: int | None, now: float) -> bytes:
-        limit = min(math.inf if max_bytes is None else max_bytes, self._piece())
-        out: list[bytes] = []
-        taken = 0
+    def _ready(self, max_bytes: int | None) -> bytes | None:
+        """What a read returns now (b"" at EOF), or None if it must wait."""
+        now = self._time()
+        if self.reader_gone:
+            raise trio.ClosedResourceError("this end was closed")
+        if self.broken:
+            raise trio.BrokenResourceError("connection reset")
         chunks = self._chunks
-        while chunks and chunks[0][0] <= now and taken < limit:
-            arrival, chunk = chunks[0]
-            room = limit - taken
-            if len(chunk) > room:
-                out.append(chunk[: int(room)])
-                chunks[0] = (arrival, chunk[int(room) :])
-                taken += int(room)
-                break
+        if not self._timed:
+            if chunks:
+                return self._take(max_bytes, now)
+            return b"" if self.eof else None
+        ready = bool(chunks) and chunks[0][0] <= now
+        stalled = now >= self._stall_at
+        at_eof = self.eof and now >= self._eof_at
+        if stalled and at_eof:
+            self.discard()  # the stalled reader sees the close, never the data
+            return b""
+        if ready and not stalled:
+            return self._take(max_bytes, now)
+        if not chunks and at_eof:
+            return b""
+        return None
+
+    def _next_change(self) -> float:
+        """The virtual time at which a waiting read must look again (inf: only when woken)."""
+        if not self._timed:
+            return math.inf
+        now = self._now()
+        until = self._link.next_due
+        stalled = now >= self._stall_at
+        if self._chunks and not stalled:
+            until = min(until, self._chunks[0][0])
+        if not stalled:
+            until = min(until, self._stall_at)
+        if self.eof and self._eof_at > now:
+            until = min(until, self._eof_at)
+        return until
+
+    def _take(self, max_bytes: int | None, now: float) -> bytes:
+        """Take the bytes due, at most ``max_bytes`` and one piece of a split."""
+        limit = self._piece() if self._split is not None else math.inf
+        if max_bytes is not None and max_bytes < limit:
+            limit = max_bytes
+        chunks = self._chunks
+        arrival, data = chunks[0]
+        taken = len(data)
+        if taken > limit:
+            taken = int(limit)
+            chunks[0] = (arrival, data[taken:])
+            data = data[:taken]
+        else:
             chunks.popleft()
-            out.append(chunk)
-            taken += len(chunk)
+            if chunks and taken < limit and chunks[0][0] <= now:
+                out = [data]
+                while chunks and chunks[0][0] <= now and taken < limit:
+                    arrival, chunk = chunks[0]
+                    room = int(min(limit - taken, len(chunk)))
+                    if room < len(chunk):
+                        chunks[0] = (arrival, chunk[room:])
+                        chunk = chunk[:room]
+                    else:
+                        chunks.popleft()
+                    out.append(chunk)
+                    taken += room
+                data = b"".join(out)
         self._buffered -= taken
-        if taken:
-            self.changed()  # room in the window for a blocked sender
-        return b"".join(out)
+        self._wake_senders()  # room in the window for a blocked sender
+        return data
 
     async def wait_send_all_might_not_block(self) -> None:
-        while self._buffered >= self._window and not (self.broken or self.reader_gone):
-            await self._wait(self._link.next_due)
-            self._link.apply_due(trio.current_time())
+        self._time()
+        if self.eof:
+            raise trio.ClosedResourceError("this end was closed for sending")
+        while self._buffered >= self._window and not (self.broken or self.reader_gone or self.eof):
+            await self._wait_for_room()
         await trio.lowlevel.checkpoint()
 
 
@@ -302,6 +414,7 @@ class _Link:
                 self.reset_at = min(self.reset_at, now + fault.at)
             elif isinstance(fault, HalfClose):
                 self.half_close_at = min(self.half_close_at, now + fault.at)
+        self.next_due = min(self.reset_at, self.half_close_at)
         self.to_server = _Pipe(
             self,
             split=split_for("to_server"),
@@ -319,11 +432,8 @@ class _Link:
             rng=wire_random(seed, key, "to_client"),
         )
 
-    @property
-    def next_due(self) -> float:
-        return min(self.reset_at, self.half_close_at)
-
     def apply_due(self, now: float) -> None:
+        """Apply the faults due at ``now`` (the pipes call this once ``now >= next_due``)."""
         if now >= self.half_close_at:
             self.half_close_at = math.inf
             self.half_closed = True
@@ -331,6 +441,7 @@ class _Link:
         if now >= self.reset_at:
             self.reset_at = self.half_close_at = math.inf
             self.reset()
+        self.next_due = min(self.reset_at, self.half_close_at)
 
     def reset(self) -> None:
         for pipe in (self.to_server, self.to_client):
