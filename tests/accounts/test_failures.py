@@ -235,3 +235,50 @@ async def test_postgres_outage_then_reconnect(postgres_server: PostgresServer) -
                 await trio.sleep(0.2)
         assert (await client.register("bob", "pw")).result == OK
         assert server.worker.services.accounts.statistics().store_up
+
+
+class _BusyConnection:
+    """Answers ``PRAGMA journal_mode=WAL`` with "database is locked" ``busy`` times."""
+
+    def __init__(self, busy: int, code: int = sqlite3.SQLITE_BUSY) -> None:
+        self.busy = busy
+        self.code = code
+        self.calls = 0
+
+    def execute(self, sql: str) -> _BusyConnection:
+        assert sql == "PRAGMA journal_mode=WAL"
+        self.calls += 1
+        if self.calls <= self.busy:
+            exc = sqlite3.OperationalError("database is locked")
+            exc.sqlite_errorcode = self.code
+            raise exc
+        return self
+
+    def fetchone(self) -> tuple[str]:
+        return ("wal",)
+
+
+def test_switching_a_new_file_to_wal_is_retried_while_another_worker_holds_it() -> None:
+    from trioserver.accounts.sqlite import _set_wal
+
+    now = [0.0]
+    pauses: list[float] = []
+
+    def pause(seconds: float) -> None:
+        pauses.append(seconds)
+        now[0] += seconds
+
+    conn = _BusyConnection(busy=8)
+    assert _set_wal(conn, 5.0, clock=lambda: now[0], pause=pause) == "wal"  # type: ignore[arg-type]
+    assert conn.calls == 9
+    assert pauses == [0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.05, 0.05]
+
+    # Busy for longer than the busy timeout: the error comes through, after the timeout.
+    now[0] = 0.0
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        _set_wal(_BusyConnection(busy=10**6), 1.0, clock=lambda: now[0], pause=pause)  # type: ignore[arg-type]
+    assert 1.0 <= now[0] < 1.1
+
+    # Any other error is not retried.
+    with pytest.raises(sqlite3.OperationalError):
+        _set_wal(_BusyConnection(busy=1, code=sqlite3.SQLITE_IOERR), 5.0, pause=pause)  # type: ignore[arg-type]

