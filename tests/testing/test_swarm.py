@@ -83,6 +83,22 @@ async def test_each_bot_reports_how_its_faults_ended_it(
     }
 
 
+async def test_ramp_up_spreads_the_connects_and_bad_arguments_are_refused(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def ping_once(bot: Bot) -> None:
+        await bot.ping()
+
+    async with serve_in_memory() as server:
+        report = await run_swarm(server, ping_once, bots=4, duration=10.0, ramp_up=8.0)
+        assert [bot.events[0].at for bot in report.bots] == [0.0, 2.0, 4.0, 6.0]
+        assert report.outcomes() == {"finished": 4}
+        for bad in ({"bots": -1}, {"duration": float("nan")}, {"ramp_up": -1.0}):
+            arguments = {"bots": 1, "duration": 1.0, "ramp_up": 0.0, **bad}
+            with pytest.raises(ValueError, match=next(iter(bad))):
+                await run_swarm(server, ping_once, **arguments)  # type: ignore[arg-type]
+
+
 async def swarm(bots: int, seed: int) -> tuple[SwarmReport, float]:
     async with serve_in_memory() as server:
         start = time.perf_counter()

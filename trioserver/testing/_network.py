@@ -13,6 +13,7 @@ depends only on virtual time, not on which task trio happens to run first.
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
 import random
@@ -79,7 +80,7 @@ class _Pipe:
         delay: Delay | None,
         window: float,
         stall_at: float,
-        rng: random.Random,
+        rng: Callable[[], random.Random],
     ) -> None:
         self._link = link
         self._now = trio.lowlevel.current_clock().current_time  # trio.current_time, less a call
@@ -91,7 +92,8 @@ class _Pipe:
         self._delay = delay
         self._window = window
         self._stall_at = stall_at
-        self._rng = rng
+        self._make_rng = rng  # made on first use: seeding costs more than a link
+        self._rng: random.Random | None = None
         self.eof = False  # the sender is done: send_eof or aclose
         self._eof_at = -math.inf  # ... and the reader sees it from then on (after the delay)
         self.broken = False  # reset: both ends fail
@@ -193,10 +195,15 @@ class _Pipe:
         if split is None:
             return math.inf
         if isinstance(split, RandomSplit):
-            return self._rng.randint(split.low, split.high)
+            return self._random().randint(split.low, split.high)
         size = split.sizes[self._split_index % len(split.sizes)]
         self._split_index += 1
         return size
+
+    def _random(self) -> random.Random:
+        if self._rng is None:
+            self._rng = self._make_rng()
+        return self._rng
 
     def _time(self) -> float:
         """The current virtual time, with the link's due faults applied (0.0 if untimed)."""
@@ -267,7 +274,7 @@ class _Pipe:
             return now  # 0.0 on an untimed pipe; never before earlier bytes either way
         arrival = now + delay.seconds
         if delay.jitter:
-            arrival += self._rng.uniform(0.0, delay.jitter)
+            arrival += self._random().uniform(0.0, delay.jitter)
         arrival = max(arrival, self._last_arrival)  # bytes never overtake each other
         self._last_arrival = arrival
         return arrival
@@ -421,7 +428,7 @@ class _Link:
             delay=delay_for("to_server"),
             window=math.inf,
             stall_at=math.inf,
-            rng=wire_random(seed, key, "to_server"),
+            rng=functools.partial(wire_random, seed, key, "to_server"),
         )
         self.to_client = _Pipe(
             self,
@@ -429,7 +436,7 @@ class _Link:
             delay=delay_for("to_client"),
             window=window,
             stall_at=stall_at,
-            rng=wire_random(seed, key, "to_client"),
+            rng=functools.partial(wire_random, seed, key, "to_client"),
         )
 
     def apply_due(self, now: float) -> None:

@@ -281,6 +281,8 @@ async def run_swarm(
         raise ValueError(f"bots must be >= 0, got {bots!r}")
     if not duration >= 0:
         raise ValueError(f"duration must be >= 0, got {duration!r}")
+    if not ramp_up >= 0:
+        raise ValueError(f"ramp_up must be >= 0, got {ramp_up!r}")
     plan = faults if faults is not None else FaultPlan()
     start = trio.current_time()
     end = start + duration
@@ -288,7 +290,8 @@ async def run_swarm(
     reports: dict[int, BotReport] = {}
 
     async def run_one(bot: Bot) -> None:
-        await trio.sleep_until(start + ramp_up * bot.index / max(bots, 1))
+        if ramp_up:
+            await wait_until(start + ramp_up * bot.index / max(bots, 1))
         stream = await server.listener.connect(
             peer=bot.peer, faults=bot.faults, seed=plan.seed, key=bot.index
         )
