@@ -164,3 +164,14 @@ def test_garbage_only_raises_documented_errors(blob: bytes) -> None:
     except PacketLengthError:
         pass
     assert decoder.pending <= len(blob)
+
+
+def test_a_drained_decoder_keeps_no_buffer() -> None:
+    """An idle connection's decoder holds no bytes once every packet was taken (memory)."""
+    decoder = FrameDecoder()
+    decoder.receive_data(PING * 3 + PING[:5])
+    assert decoder.next_packets() == [Packet(0)] * 3
+    assert decoder.pending == 5 and len(decoder._buf) == len(PING) * 3 + 5  # a partial packet waits
+    decoder.receive_data(PING[5:])
+    assert decoder.next_packets() == [Packet(0)]
+    assert decoder.pending == 0 and len(decoder._buf) == 0

@@ -248,6 +248,9 @@ class FrameDecoder:
         if self._eof and avail:
             self._error = TruncatedPacketError(avail)
             raise self._error
+        if not avail and pos:
+            buf.clear()  # all taken: an idle connection keeps no buffer
+            self._pos = 0
         return NEED_DATA
 
     def next_packets(self, limit: int | None = None) -> list[Event]:
