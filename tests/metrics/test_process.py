@@ -241,9 +241,14 @@ def test_session_counts_exactly_and_survive_a_kill(server: Running) -> None:
         lambda: total(server.page(), "trioserver_packets_total", code="0") == 32 + 6,
     )
 
-    # The summary line in the log, and the status table from the same source.
-    log = _text(server.log)
-    assert re.search(r"stats: 2 workers; .* drops 1 \(bad_crc 1\); kicks 1 \(flood 1\)", log)
+    # The summary line in the log (the master writes one every 0.5 s here: wait for the
+    # first that has the session's counts), and the status table from the same source.
+    wait_for(
+        "a summary line with the session's drops and kicks",
+        lambda: re.search(
+            r"stats: 2 workers; .* drops 1 \(bad_crc 1\); kicks 1 \(flood 1\)", _text(server.log)
+        ),
+    )
     out = subprocess.run(
         [sys.executable, "-m", "trioserver", "status", "--pidfile", str(server.pidfile),
          "--admin", f"127.0.0.1:{server.admin}"],
