@@ -144,6 +144,33 @@ async def test_link_passes_trios_half_closeable_stream_checks(
     await trio.testing.check_half_closeable_stream(make, None)
 
 
+async def test_a_reader_of_a_delayed_link_wakes_once_when_the_bytes_arrive(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The sender moves the waiting reader's deadline to the arrival time instead of
+    waking it early to find nothing ready: one task step for the whole wait."""
+    client, server = open_link([Delay(1.5)])
+    steps: list[float] = []
+
+    class Steps(trio.abc.Instrument):
+        def before_task_step(self, task: trio.lowlevel.Task) -> None:
+            if task.name.endswith("reader"):
+                steps.append(trio.current_time())
+
+    got: list[bytes] = []
+
+    async def reader() -> None:
+        got.append(await client.receive_some())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(reader, name="reader")
+        await trio.testing.wait_all_tasks_blocked()
+        trio.lowlevel.add_instrument(Steps())
+        assert server.send_nowait(b"late") == 4
+    assert got == [b"late"]
+    assert steps == [1.5]
+
+
 async def test_send_nowait_takes_what_the_window_has_room_for(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
