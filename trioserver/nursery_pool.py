@@ -187,7 +187,6 @@ class Connection:
     #: worker drives the socket in ``raw`` itself.
     stream: trio.abc.Stream | None
     peer: str
-    opened_at: float
     #: The connection's whole life; a kick cancels it, the heartbeat is its deadline.
     scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
     #: Packets waiting for a handler task; a handler takes the whole list at once.

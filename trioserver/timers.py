@@ -51,8 +51,13 @@ class ConnectionRules:
 
     def open(self, conn: Connection, now: float) -> None:
         """Arm a new connection's deadline: heartbeat from now, capped by the lifetime."""
-        conn.hard_deadline = now + self.lifetime
-        conn.scope.deadline = min(now + self.heartbeat_timeout, conn.hard_deadline)
+        # Only finite times are stored: an idle connection keeps no float of its own
+        # for a rule that is off (memory per connection counts, see benchmarks/).
+        if self.lifetime < math.inf:
+            conn.hard_deadline = now + self.lifetime
+        deadline = min(now + self.heartbeat_timeout, conn.hard_deadline)
+        if deadline < math.inf:
+            conn.scope.deadline = deadline
 
     def refresh(self, conn: Connection, now: float) -> None:
         """A refreshing packet arrived: push the heartbeat deadline out again."""

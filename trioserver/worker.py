@@ -433,7 +433,7 @@ class Worker:
         is paid for by every one of tens of thousands of idle connections.
         """
         now = trio.current_time()
-        conn = Connection(slot, slot.sequence, stream, peer, now, raw=raw)
+        conn = Connection(slot, slot.sequence, stream, peer, raw=raw)
         self.counters.accepted += 1
         self.rules.open(conn, now)
         self._connections[slot.index] = conn
