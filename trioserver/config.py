@@ -530,7 +530,8 @@ class AccountsSettings:
     max_failures_per_name: int = setting(
         5,
         "Failed logins a name may take in a burst; further attempts get 'rate limited' "
-        "until the bucket refills (0 = no limit).",
+        "until the bucket refills (0 = no limit). A login in progress holds a token "
+        "until it succeeds, so this also caps concurrent logins to one name.",
         _int(0),
         why="Online guessing gets 5 tries per failure_window per worker, and a locked-out "
         "owner waits minutes, not forever.",

@@ -10,6 +10,7 @@ from pathlib import Path
 import attrs
 import pytest
 import trio
+import trio.testing
 
 from trioserver.accounts import (
     Account,
@@ -18,6 +19,7 @@ from trioserver.accounts import (
     StoreUnavailable,
     open_store,
 )
+from trioserver.client import Client
 from trioserver.config import Config
 from trioserver.handlers import Services
 from trioserver.messages import ResultCode
@@ -99,6 +101,45 @@ async def test_successful_logins_are_never_limited(autojump_clock: trio.abc.Cloc
         assert (await client.register("alice", "secret")).result == OK
         for _ in range(50):
             assert (await client.login("alice", "secret")).result == OK
+
+
+@attrs.define(eq=False)
+class GatedStore(MemoryStore):
+    """A memory store whose lookups wait until the test opens the gate."""
+
+    gate: trio.Event = attrs.Factory(trio.Event)
+    waiting: int = 0
+
+    async def get(self, key: str) -> Account | None:
+        self.waiting += 1
+        await self.gate.wait()
+        return await super().get(key)
+
+
+async def test_logins_in_progress_hold_their_names_token(autojump_clock: trio.abc.Clock) -> None:
+    """A login holds a token of its name until it succeeds, so that concurrent guesses
+    cannot overshoot the limit: the same cap applies to concurrent correct logins."""
+    store = GatedStore()
+    config = memory_config(accounts__max_failures_per_name=5)
+    async with serve_with(config, store) as server:
+        setup = await server.connect()
+        assert (await setup.register("alice", "secret")).result == OK
+        clients = [await server.connect() for _ in range(6)]
+        results: list[int] = []
+
+        async def login(client: Client) -> None:
+            results.append((await client.login("alice", "secret")).result)
+
+        async with trio.open_nursery() as nursery:
+            for client in clients[:5]:
+                nursery.start_soon(login, client)
+            await trio.testing.wait_all_tasks_blocked()
+            assert store.waiting == 5
+            await login(clients[5])  # the sixth, while five are in progress
+            assert results == [LIMITED]
+            store.gate.set()
+        assert results == [LIMITED] + [OK] * 5
+        assert (await clients[5].login("alice", "secret")).result == OK  # all given back
 
 
 async def test_store_failure_answers_unavailable_and_recovers(
