@@ -78,10 +78,6 @@ _FIRST_REQUEST_GRACE = 1.0
 #: Connections accepted in a row before the accept loop yields: a burst of new
 #: clients is taken in a few scheduler passes, not one pass per client.
 _ACCEPT_BURST = 64
-#: Connection tasks' names, given rather than left to trio, which would format the
-#: same string anew for every task: 85 bytes per idle connection.
-_TASK_NAME = "trioserver.worker.Worker._connection"
-_HTTP_TASK_NAME = "trioserver.worker.Worker._http_connection"
 
 
 @attrs.frozen(eq=False)
@@ -820,6 +816,16 @@ def run_worker(
 ) -> None:
     """Run one worker in this process until SIGTERM (drain) or SIGINT/SIGQUIT (fast stop)."""
     trio.run(serve_until_signalled, Worker(config, router, services=services))
+
+
+def _task_name(method: Any) -> str:
+    return f"{method.__module__}.{method.__qualname__}"
+
+
+#: Connection tasks' names, given rather than left to trio, which would format the
+#: same string anew for every task: 85 bytes per idle connection.
+_TASK_NAME = _task_name(Worker._connection)
+_HTTP_TASK_NAME = _task_name(Worker._http_connection)
 
 
 async def serve_until_signalled(worker: Worker) -> None:

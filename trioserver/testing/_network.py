@@ -171,7 +171,6 @@ class _Pipe:
             await trio.lowlevel.wait_task_rescheduled(abort)
         else:
             await wait_until(until, abort)
-        self._link.apply_due(self._now())
 
     # -- state ----------------------------------------------------------------------------------
 
@@ -301,19 +300,19 @@ class _Pipe:
             await trio.lowlevel.checkpoint_if_cancelled()
             waited = False
             while True:
-                data = self._ready(max_bytes)
+                now = self._time()
+                data = self._ready(max_bytes, now)
                 if data is not None:
                     if not waited:
                         await trio.lowlevel.cancel_shielded_checkpoint()
                     return data
-                await self._wait_readable(self._next_change())
+                await self._wait_readable(self._next_change(now))
                 waited = True
         finally:
             self._receiving = False
 
-    def _ready(self, max_bytes: int | None) -> bytes | None:
-        """What a read returns now (b"" at EOF), or None if it must wait."""
-        now = self._time()
+    def _ready(self, max_bytes: int | None, now: float) -> bytes | None:
+        """What a read returns at ``now`` (b"" at EOF), or None if it must wait."""
         if self.reader_gone:
             raise trio.ClosedResourceError("this end was closed")
         if self.broken:
@@ -335,11 +334,10 @@ class _Pipe:
             return b""
         return None
 
-    def _next_change(self) -> float:
+    def _next_change(self, now: float) -> float:
         """The virtual time at which a waiting read must look again (inf: only when woken)."""
         if not self._timed:
             return math.inf
-        now = self._now()
         until = self._link.next_due
         stalled = now >= self._stall_at
         if self._chunks and not stalled:
@@ -387,6 +385,7 @@ class _Pipe:
             raise trio.ClosedResourceError("this end was closed for sending")
         while self._buffered >= self._window and not (self.broken or self.reader_gone or self.eof):
             await self._wait_for_room()
+            self._time()  # applies the faults that fell due meanwhile
         await trio.lowlevel.checkpoint()
 
 

@@ -205,9 +205,7 @@ class Bot:
 
     async def _send_raw(self, data: bytes, code: int) -> None:
         await self.client.stream.send_all(data)
-        self._sent += 1
-        if self._keep:
-            self._record(self._clock(), "sent", code)
+        self._count_sent(self._clock(), code)
 
     async def _send_request(self, data: bytes, code: int, now: float) -> None:
         """Send a request whose reply is read next: without a checkpoint if the wire
@@ -217,9 +215,12 @@ class Bot:
         sent = 0 if send_nowait is None else send_nowait(data)
         if sent < len(data):
             await self.client.stream.send_all(data[sent:])
+        self._count_sent(now, code)
+
+    def _count_sent(self, at: float, code: int) -> None:
         self._sent += 1
         if self._keep:
-            self._record(now, "sent", code)
+            self._record(at, "sent", code)
 
     def _record(self, at: float, kind: str, code: int) -> None:
         self._event_at.append(at)
