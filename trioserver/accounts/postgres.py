@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import trio
 
-from .store import SCHEMA_VERSION, Account, AccountStore, StoreUnavailable, redact_url
+from .store import Account, AccountStore, StoreUnavailable, pending_migrations, redact_url
 
 if TYPE_CHECKING:
     import psycopg
@@ -73,12 +73,7 @@ def _migrate(conn: psycopg.Connection[Any]) -> None:
         conn.execute("CREATE TABLE IF NOT EXISTS trioserver_schema (version integer NOT NULL)")
         row = conn.execute("SELECT coalesce(max(version), 0) FROM trioserver_schema").fetchone()
         current = int(row[0]) if row else 0
-        if current > SCHEMA_VERSION:
-            raise StoreUnavailable(
-                f"the database has schema version {current}, newer than this trioserver's "
-                f"{SCHEMA_VERSION}: upgrade trioserver"
-            )
-        for version in range(current + 1, SCHEMA_VERSION + 1):
+        for version in pending_migrations(current):
             for statement in MIGRATIONS[version]:
                 conn.execute(statement)
             conn.execute("INSERT INTO trioserver_schema (version) VALUES (%s)", (version,))

@@ -32,7 +32,7 @@ from typing import Final, TypeVar
 import attrs
 import trio
 
-from .store import SCHEMA_VERSION, Account, AccountStore, StoreUnavailable
+from .store import Account, AccountStore, StoreUnavailable, pending_migrations
 
 __all__ = ["SQLiteStore"]
 
@@ -68,19 +68,14 @@ class _Insert:
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
-    """Bring the schema up to SCHEMA_VERSION; BEGIN IMMEDIATE serialises racing workers."""
+    """Bring the schema up to date; BEGIN IMMEDIATE serialises racing workers."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         conn.execute("CREATE TABLE IF NOT EXISTS trioserver_schema (version INTEGER NOT NULL)")
         (current,) = conn.execute(
             "SELECT coalesce(max(version), 0) FROM trioserver_schema"
         ).fetchone()
-        if current > SCHEMA_VERSION:
-            raise StoreUnavailable(
-                f"the database has schema version {current}, newer than this trioserver's "
-                f"{SCHEMA_VERSION}: upgrade trioserver"
-            )
-        for version in range(current + 1, SCHEMA_VERSION + 1):
+        for version in pending_migrations(current):
             for statement in MIGRATIONS[version]:
                 conn.execute(statement)
             conn.execute("INSERT INTO trioserver_schema (version) VALUES (?)", (version,))

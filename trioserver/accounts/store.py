@@ -28,6 +28,7 @@ __all__ = [
     "MemoryStore",
     "StoreUnavailable",
     "open_store",
+    "pending_migrations",
     "redact_url",
 ]
 
@@ -37,6 +38,20 @@ SCHEMA_VERSION: Final = 1
 
 class StoreUnavailable(Exception):
     """The account store could not do its job (down, full, timed out); retry later."""
+
+
+def pending_migrations(current: int) -> range:
+    """The schema versions a database at version ``current`` still needs, in order.
+
+    A database newer than this trioserver is refused rather than used: its rows
+    may mean something this code does not know.
+    """
+    if current > SCHEMA_VERSION:
+        raise StoreUnavailable(
+            f"the database has schema version {current}, newer than this trioserver's "
+            f"{SCHEMA_VERSION}: upgrade trioserver"
+        )
+    return range(current + 1, SCHEMA_VERSION + 1)
 
 
 @attrs.frozen
