@@ -3,6 +3,8 @@ request builders and a small response reader (httptools' response parser)."""
 
 from __future__ import annotations
 
+import hashlib
+import http.client
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -117,3 +119,17 @@ def rss_bytes() -> int:
     """This process's resident set size, from /proc."""
     with open(f"/proc/{os.getpid()}/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def download(port: int, path: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
+    """GET ``path`` over a real connection: the status and the SHA-256 of the body."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("GET", path, headers=headers or {})
+        response = conn.getresponse()
+        digest = hashlib.sha256()
+        while chunk := response.read(1 << 20):
+            digest.update(chunk)
+        return response.status, digest.hexdigest()
+    finally:
+        conn.close()

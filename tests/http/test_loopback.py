@@ -16,7 +16,7 @@ import trio
 from trioserver.config import HttpSettings
 from trioserver.http import StaticSite, serve_http_connection
 
-from .conftest import INDEX, parse_responses, raw_request, rss_bytes
+from .conftest import INDEX, download, parse_responses, raw_request, rss_bytes
 
 
 @pytest.fixture
@@ -69,30 +69,17 @@ async def test_http_client_keep_alive(server: tuple[int, list[int]], docroot: Pa
     assert len(connections) == 1  # one connection carried all of them
 
 
-def _download(port: int, path: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    try:
-        conn.request("GET", path, headers=headers or {})
-        response = conn.getresponse()
-        digest = hashlib.sha256()
-        while chunk := response.read(1 << 20):
-            digest.update(chunk)
-        return response.status, digest.hexdigest()
-    finally:
-        conn.close()
-
-
 async def test_sendfile_path_sends_large_files_and_ranges_intact(
     server: tuple[int, list[int]], docroot: Path
 ) -> None:
     port, _ = server
     data = bytes(range(256)) * (20 * 4096)  # 20 MiB: far past the cache, many sendfile calls
     (docroot / "large.bin").write_bytes(data)
-    status, digest = await trio.to_thread.run_sync(_download, port, "/large.bin")
+    status, digest = await trio.to_thread.run_sync(download, port, "/large.bin")
     assert status == 200 and digest == hashlib.sha256(data).hexdigest()
     start, end = 1_000_003, 15_000_001
     status, digest = await trio.to_thread.run_sync(
-        _download, port, "/large.bin", {"Range": f"bytes={start}-{end}"}
+        download, port, "/large.bin", {"Range": f"bytes={start}-{end}"}
     )
     assert status == 206 and digest == hashlib.sha256(data[start : end + 1]).hexdigest()
 

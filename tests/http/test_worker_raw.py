@@ -22,7 +22,7 @@ import trio
 from trioserver.config import Address, Config
 from trioserver.worker import Worker
 
-from .conftest import INDEX, parse_responses, raw_request
+from .conftest import INDEX, download, parse_responses, raw_request
 
 T = TypeVar("T")
 
@@ -137,19 +137,6 @@ async def test_a_response_asked_to_be_last_closes_at_once(
     assert responses[-1].headers["connection"] == "close"
     assert seconds < 1.0
     await wait_closed(worker)
-
-
-def download(port: int, path: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    try:
-        conn.request("GET", path, headers=headers or {})
-        response = conn.getresponse()
-        digest = hashlib.sha256()
-        while chunk := response.read(1 << 20):
-            digest.update(chunk)
-        return response.status, digest.hexdigest()
-    finally:
-        conn.close()
 
 
 async def test_large_files_go_by_sendfile_intact(worker: Worker, docroot: Path) -> None:
