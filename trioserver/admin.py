@@ -30,6 +30,7 @@ import attrs
 
 from .config import Address
 from .metrics import CONTENT_TYPE, Gatherer
+from .sockets import bind_listener
 
 __all__ = ["MAX_CLIENTS", "MAX_REQUEST", "AdminPages", "AdminServer", "Response"]
 
@@ -133,20 +134,7 @@ class AdminServer:
         timeout: float,
     ) -> AdminServer:
         """Listen on ``address`` (OSError naming it if that fails)."""
-        infos = socket.getaddrinfo(
-            address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )
-        family, type_, proto, _, sockaddr = infos[0]
-        sock = socket.socket(family, type_, proto)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(sockaddr)
-            sock.listen(64)
-        except OSError as exc:
-            sock.close()
-            raise OSError(
-                exc.errno, f"cannot listen on {address} (metrics.listen): {exc.strerror}"
-            ) from None
+        sock = bind_listener(address, 64, reuse_port=False, setting="metrics.listen")
         return cls(sock, answer, clock, timeout)
 
     @property

@@ -139,3 +139,12 @@ def test_clients_beyond_the_limit_wait_in_the_backlog(
     assert read_reply(server, late).endswith(b"serving\n")
     for sock in idle:
         sock.close()
+
+
+def test_the_admin_port_is_not_shared_and_a_clash_names_the_setting(
+    admin: tuple[AdminServer, Clock, list[str]],
+) -> None:
+    server, clock, _ = admin
+    host, port = server.address
+    with pytest.raises(OSError, match=rf"cannot listen on 127.0.0.1:{port} \(metrics.listen\)"):
+        AdminServer.bind(Address(host, port), lambda method, path: None, clock, timeout=5.0)  # type: ignore[arg-type, return-value]
