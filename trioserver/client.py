@@ -55,6 +55,22 @@ def _check(packet: Packet, code: int) -> Packet:
     return packet
 
 
+def _next_packet(decoder: FrameDecoder) -> Packet | None:
+    """The next whole packet buffered, or None when more bytes are needed."""
+    event = decoder.next_packet()
+    if event is NEED_DATA:
+        return None
+    if isinstance(event, Discarded):
+        raise UnexpectedReply(f"server sent a packet with a bad CRC: {event}")
+    return event
+
+
+def _feed(decoder: FrameDecoder, data: bytes | bytearray) -> None:
+    if not data:
+        raise ConnectionClosed("the server closed the connection")
+    decoder.receive_data(data)
+
+
 class Client:
     """A trio client over any stream (a TCP connection, or a memory stream in tests)."""
 
@@ -89,20 +105,13 @@ class Client:
 
     async def receive_packet(self) -> Packet:
         """The next packet from the server; ``ConnectionClosed`` at EOF."""
-        while True:
-            event = self._decoder.next_packet()
-            if event is NEED_DATA:
-                try:
-                    data = await self.stream.receive_some(65536)
-                except trio.BrokenResourceError as exc:
-                    raise ConnectionClosed("connection reset by the server") from exc
-                if not data:
-                    raise ConnectionClosed("the server closed the connection")
-                self._decoder.receive_data(data)
-                continue
-            if isinstance(event, Discarded):
-                raise UnexpectedReply(f"server sent a packet with a bad CRC: {event}")
-            return event
+        while (packet := _next_packet(self._decoder)) is None:
+            try:
+                data = await self.stream.receive_some(65536)
+            except trio.BrokenResourceError as exc:
+                raise ConnectionClosed("connection reset by the server") from exc
+            _feed(self._decoder, data)
+        return packet
 
     async def at_eof(self) -> bool:
         """Read until the server closes; True if it closed cleanly with nothing unread."""
@@ -173,20 +182,13 @@ class BlockingClient:
         self.sock.shutdown(socket.SHUT_WR)
 
     def receive_packet(self) -> Packet:
-        while True:
-            event = self._decoder.next_packet()
-            if event is NEED_DATA:
-                try:
-                    data = self.sock.recv(65536)
-                except ConnectionResetError as exc:
-                    raise ConnectionClosed("connection reset by the server") from exc
-                if not data:
-                    raise ConnectionClosed("the server closed the connection")
-                self._decoder.receive_data(data)
-                continue
-            if isinstance(event, Discarded):
-                raise UnexpectedReply(f"server sent a packet with a bad CRC: {event}")
-            return event
+        while (packet := _next_packet(self._decoder)) is None:
+            try:
+                data = self.sock.recv(65536)
+            except ConnectionResetError as exc:
+                raise ConnectionClosed("connection reset by the server") from exc
+            _feed(self._decoder, data)
+        return packet
 
     def at_eof(self) -> bool:
         try:
