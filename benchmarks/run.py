@@ -979,29 +979,21 @@ def median(values: Sequence[float | None]) -> float | None:
     return statistics.median(vals) if vals else None
 
 
+#: What a load run reports, whatever the case; a case kind adds its own figure last.
+_LOAD_KEYS = (
+    "rps",
+    "p50_us",
+    "p99_us",
+    "p999_us",
+    "server_cpu_pct",
+    "server_us_per_req",
+    "loadgen_cpu_pct",
+    "errors",
+)
+
 SUMMARY_KEYS = {
-    "load": (
-        "rps",
-        "p50_us",
-        "p99_us",
-        "p999_us",
-        "server_cpu_pct",
-        "server_us_per_req",
-        "loadgen_cpu_pct",
-        "errors",
-        "result_ok_fraction",
-    ),
-    "workers": (
-        "rps",
-        "p50_us",
-        "p99_us",
-        "p999_us",
-        "server_cpu_pct",
-        "server_us_per_req",
-        "loadgen_cpu_pct",
-        "errors",
-        "worker_cpu_share_min",
-    ),
+    "load": (*_LOAD_KEYS, "result_ok_fraction"),
+    "workers": (*_LOAD_KEYS, "worker_cpu_share_min"),
     "http": (
         "rps",
         "p50_us",
