@@ -17,7 +17,7 @@ from pathlib import Path
 
 from . import __version__
 from .config import Config, ConfigError, describe_settings, load_config, parse_address
-from .logs import configure_logging
+from .ops.logs import configure_logging
 
 __all__ = ["main"]
 
@@ -148,13 +148,13 @@ def _serve(args: argparse.Namespace) -> int:
     configure_logging(config.logging)
     log.info("trioserver %s starting (config: %s)", __version__, config.source)
     if not args.no_master:
-        from .master import serve
+        from .prefork.master import serve
 
         if config.master.daemon and config.logging.file is None:
             log.warning("daemon mode with logging.file unset: log lines go to /dev/null")
         return serve(config, lambda: _load(args))
 
-    from .child import load_router
+    from .prefork.child import load_router
     from .worker import run_worker
 
     try:
@@ -166,7 +166,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _control(args: argparse.Namespace) -> int:
-    from . import control
+    from .prefork import control
 
     config = load_config(args.config, tuple(args.overrides))
     if args.pidfile:

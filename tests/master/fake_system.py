@@ -1,6 +1,6 @@
-"""A fake :class:`trioserver.procs.System`: fake pids, a fake clock, scripted exits and beats.
+"""A fake :class:`trioserver.prefork.procs.System`: fake pids, fake clock, scripted exits, beats.
 
-Tests drive a real :class:`~trioserver.master.Master` through it: ``fake.ready(pid)``
+Tests drive a real :class:`~trioserver.prefork.master.Master` through it: ``fake.ready(pid)``
 delivers a READY message, ``fake.exit(pid, code)`` queues an exit and a SIGCHLD,
 and ``fake.wait(timeout)`` advances the clock by ``timeout`` when nothing is
 queued, so deadlines pass in virtual time.
@@ -14,7 +14,7 @@ import signal
 import attrs
 
 from trioserver.config import Config
-from trioserver.procs import (
+from trioserver.prefork.procs import (
     HEARTBEAT,
     READY,
     Event,

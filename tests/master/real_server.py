@@ -20,8 +20,8 @@ from sample_apps import WHO
 
 from tests.polling import wait_for
 from trioserver.client import BlockingClient
-from trioserver.control import children
-from trioserver.pidfile import process_alive, read_pid
+from trioserver.prefork.control import children
+from trioserver.prefork.pidfile import process_alive, read_pid
 
 T = TypeVar("T")
 

@@ -10,8 +10,8 @@ import pytest
 from fake_system import FakeSystem
 
 from trioserver.config import Config, ConfigError
-from trioserver.master import FAST_STOP_GRACE, SIGNAL_ACTIONS, Action, ExitCode, Master
-from trioserver.procs import READY, describe_exit
+from trioserver.prefork.master import FAST_STOP_GRACE, SIGNAL_ACTIONS, Action, ExitCode, Master
+from trioserver.prefork.procs import READY, describe_exit
 
 
 def make_config(**master: object) -> Config:
@@ -90,7 +90,7 @@ def h() -> Harness:
 
 @pytest.fixture
 def records() -> Iterator[list[logging.LogRecord]]:
-    """Log records of trioserver.master, whatever the 'trioserver' logger's set-up."""
+    """Log records of trioserver.prefork.master, whatever the 'trioserver' logger's set-up."""
     got: list[logging.LogRecord] = []
 
     class Keep(logging.Handler):

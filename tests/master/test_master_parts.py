@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from trioserver import pidfile
-from trioserver.child import load_router
 from trioserver.config import Address, ConfigError, load_config
 from trioserver.dispatch import Router
-from trioserver.procs import ListeningSockets
+from trioserver.prefork import pidfile
+from trioserver.prefork.child import load_router
+from trioserver.prefork.procs import ListeningSockets
 
 
 def test_pidfile_is_written_and_removed(tmp_path: Path) -> None:

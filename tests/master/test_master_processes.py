@@ -23,7 +23,7 @@ from real_server import Server, ask_who, env, wait_for
 from sample_apps import BLOCK, SLOW_WHO
 
 from trioserver.framer import FrameDecoder, Packet, encode
-from trioserver.pidfile import process_alive, read_pid
+from trioserver.prefork.pidfile import process_alive, read_pid
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux /proc")
 

@@ -9,9 +9,9 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from trioserver.admin import MAX_CLIENTS, MAX_REQUEST, AdminPages, AdminServer
 from trioserver.config import Address
-from trioserver.metrics import Gatherer
+from trioserver.ops.admin import MAX_CLIENTS, MAX_REQUEST, AdminPages, AdminServer
+from trioserver.ops.metrics import Gatherer
 
 
 class Clock:

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import attrs
 import pytest
 
-from trioserver.metrics import Gatherer
+from trioserver.ops.metrics import Gatherer
 from trioserver.stats import Counters, HistogramSnapshot, WorkerStatistics
 
 parser = pytest.importorskip("prometheus_client.parser")

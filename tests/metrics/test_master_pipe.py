@@ -12,8 +12,8 @@ from collections.abc import Mapping
 import pytest
 
 from trioserver.config import Address, Config
-from trioserver.pipe import READY, encode_report
-from trioserver.procs import ChildSetup, OsSystem, WorkerMessage, WorkerReport, WorkerSpec
+from trioserver.prefork.pipe import READY, encode_report
+from trioserver.prefork.procs import ChildSetup, OsSystem, WorkerMessage, WorkerReport, WorkerSpec
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork, Linux")
 

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from trioserver.pipe import (
+from trioserver.prefork.pipe import (
     HEARTBEAT,
     MAX_REPORT,
     READY,

@@ -33,10 +33,10 @@ from typing import TypeVar
 import pytest
 
 from trioserver.client import BlockingClient
-from trioserver.control import children
 from trioserver.framer import PING
 from trioserver.messages import ResultCode
-from trioserver.pidfile import process_alive
+from trioserver.prefork.control import children
+from trioserver.prefork.pidfile import process_alive
 
 from ..accounts.pgserver import PostgresServer, free_port
 from ..polling import wait_for

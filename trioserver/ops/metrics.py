@@ -41,8 +41,8 @@ from typing import Any, Final
 
 import attrs
 
-from .reasons import DropReason, KickReason
-from .stats import HistogramSnapshot, WorkerStatistics
+from ..reasons import DropReason, KickReason
+from ..stats import HistogramSnapshot, WorkerStatistics
 
 __all__ = ["Gatherer", "SlotView", "Totals", "format_bytes", "format_seconds"]
 

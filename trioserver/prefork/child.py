@@ -11,7 +11,7 @@
        ├─ reports: the worker's statistics to the master every metrics.interval
        └─ loop lag: a timer whose lateness is the event loop's lag (stats.watch_loop_lag)
 
-The pipe to the master carries the records of :mod:`trioserver.pipe`: single
+The pipe to the master carries the records of :mod:`trioserver.prefork.pipe`: single
 bytes (``READY``, ``HEARTBEAT``) and length-prefixed statistics reports; a last
 report goes out after the drain, so the master's totals miss nothing. Its
 write failing with EPIPE means the master is gone, as does ``getppid()``
@@ -20,7 +20,7 @@ way the worker drains and exits: no worker outlives its master.
 
 Retiring (SIGTERM from a reload or a graceful stop) is the worker's drain: it
 closes this process's copy of the slot's listening sockets, which stay open in
-the master and in the new worker of the slot (see :mod:`trioserver.procs`), so
+the master and in the new worker of the slot (see :mod:`trioserver.prefork.procs`), so
 connections the kernel queued there are accepted by the new worker, not reset.
 """
 
@@ -37,14 +37,14 @@ from typing import Any, Final
 
 import trio
 
-from .config import Config
-from .dispatch import Router
-from .handlers import default_router
-from .logs import configure_logging, reopen_logs, set_role
+from ..config import Config
+from ..dispatch import Router
+from ..handlers import default_router
+from ..ops.logs import configure_logging, reopen_logs, set_role
+from ..stats import watch_loop_lag
+from ..worker import BoundListener, Worker
 from .pipe import MasterPipe, encode_report
 from .procs import HEARTBEAT, READY, ChildSetup, set_title
-from .stats import watch_loop_lag
-from .worker import BoundListener, Worker
 
 __all__ = ["load_router", "run_child"]
 

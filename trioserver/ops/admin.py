@@ -2,7 +2,7 @@
 
 The master has no trio and must not have threads (it forks), so this is a tiny
 HTTP/1.0-style server on non-blocking sockets that the master's ``poll`` drives
-(it is a :class:`~trioserver.procs.Watcher`). Every client is bounded: a request
+(it is a :class:`~trioserver.prefork.procs.Watcher`). Every client is bounded: a request
 may be at most ``MAX_REQUEST`` bytes, the whole exchange must finish within
 ``timeout`` seconds, at most ``MAX_CLIENTS`` are served at once (more wait in
 the listen backlog), and one answer per connection. A slow or stuck scraper
@@ -10,7 +10,7 @@ therefore costs one socket and a buffer, never a blocked master.
 
 Routes::
 
-    GET /metrics       Prometheus text format (trioserver.metrics)
+    GET /metrics       Prometheus text format (trioserver.ops.metrics)
     GET /healthz       200 "serving"; 503 "starting" or "draining" (for load balancers)
     GET /status.json   the per-worker figures ``python -m trioserver status`` prints
 """
@@ -28,9 +28,9 @@ from typing import Final
 
 import attrs
 
-from .config import Address
+from ..config import Address
+from ..sockets import bind_listener
 from .metrics import CONTENT_TYPE, Gatherer
-from .sockets import bind_listener
 
 __all__ = ["MAX_CLIENTS", "MAX_REQUEST", "AdminPages", "AdminServer", "Response"]
 

@@ -1,6 +1,6 @@
 """The master's seam to the operating system: fork, kill, waitpid, clocks, signals, sockets.
 
-:class:`~trioserver.master.Master` holds every rule (respawn, crash loop, boot
+:class:`~trioserver.prefork.master.Master` holds every rule (respawn, crash loop, boot
 failure, reload order, stop deadlines) and touches the OS only through a
 :class:`System`. :class:`OsSystem` is the real one; the master's unit tests pass
 a fake that records spawns and kills and plays exits and heartbeats, so the rules
@@ -36,9 +36,9 @@ from typing import Final, Protocol
 
 import attrs
 
-from .config import Address, Config
+from ..config import Address, Config
+from ..sockets import bind_listener
 from .pipe import HEARTBEAT, READY, PipeDecoder, PipeProtocolError
-from .sockets import bind_listener
 
 __all__ = [
     "HEARTBEAT",
@@ -60,7 +60,7 @@ __all__ = [
 
 log = logging.getLogger("trioserver.master")
 
-# READY and HEARTBEAT (re-exported from :mod:`trioserver.pipe`) are what a worker
+# READY and HEARTBEAT (re-exported from :mod:`trioserver.prefork.pipe`) are what a worker
 # writes on its pipe to the master: once when it serves, then periodically;
 # statistics reports come between them.
 

@@ -5,10 +5,10 @@
     master = Master(config, system, load_config=reload_from_disk)
     exit_code = master.run()        # until SIGTERM / SIGINT / SIGQUIT, or a halt
 
-Signal handlers only queue the signal (:class:`~trioserver.procs.OsSystem`); one
+Signal handlers only queue the signal (:class:`~trioserver.prefork.procs.OsSystem`); one
 loop waits for signals, worker messages and deadlines, and dispatches
 (``SIGNAL_ACTIONS``). Every rule lives here and reaches the OS through a
-:class:`~trioserver.procs.System`, so the tests drive it with a fake system and
+:class:`~trioserver.prefork.procs.System`, so the tests drive it with a fake system and
 a fake clock.
 
 Rules (gunicorn's arbiter, STYLE.md practice 8):
@@ -22,15 +22,15 @@ Rules (gunicorn's arbiter, STYLE.md practice 8):
   ``crash_window`` seconds halt the server.
 - Reload: read and check the new config (a bad one is logged and ignored), start
   the new workers, wait until every one is READY, then SIGTERM the old ones. The
-  listening sockets stay open throughout (see :mod:`trioserver.procs`), so no
+  listening sockets stay open throughout (see :mod:`trioserver.prefork.procs`), so no
   connection is refused or reset.
 - Stop: SIGTERM to every worker (they drain), SIGKILL after ``graceful_timeout``;
   the fast stop sends SIGQUIT and kills after ``FAST_STOP_GRACE``. The master exits
   once every worker is reaped.
 - Statistics: workers report on their pipe every ``metrics.interval``; a
-  :class:`~trioserver.metrics.Gatherer` folds the reports into per-slot series
+  :class:`~trioserver.ops.metrics.Gatherer` folds the reports into per-slot series
   (counters never go backwards across respawns), which the admin listener serves
-  (:mod:`trioserver.admin`) and the master sums into a log line every
+  (:mod:`trioserver.ops.admin`) and the master sums into a log line every
   ``metrics.log_interval``.
 """
 
@@ -48,8 +48,8 @@ from typing import Final
 
 import attrs
 
-from .config import Config, ConfigError, LoggingSettings
-from .metrics import Gatherer
+from ..config import Config, ConfigError, LoggingSettings
+from ..ops.metrics import Gatherer
 from .procs import (
     READY,
     Event,
@@ -159,7 +159,7 @@ def _nothing(*args: object) -> None:
 
 
 class Master:
-    """The master's rules, on top of a :class:`~trioserver.procs.System`."""
+    """The master's rules, on top of a :class:`~trioserver.prefork.procs.System`."""
 
     def __init__(
         self,
@@ -576,10 +576,10 @@ def serve(config: Config, load_config: Callable[[], Config]) -> int:
 
     ``load_config`` re-reads the configuration on SIGHUP. Logging must be set up.
     """
+    from ..ops.admin import AdminPages, AdminServer
+    from ..ops.logs import configure_logging, reopen_logs, set_role
     from . import daemon, pidfile
-    from .admin import AdminPages, AdminServer
     from .child import run_child
-    from .logs import configure_logging, reopen_logs, set_role
 
     settings = config.master
     path = Path(settings.pidfile).absolute() if settings.pidfile is not None else None

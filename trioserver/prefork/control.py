@@ -21,8 +21,8 @@ from typing import Any
 
 import attrs
 
-from .config import Address
-from .metrics import format_bytes, format_seconds
+from ..config import Address
+from ..ops.metrics import format_bytes, format_seconds
 from .pidfile import process_alive, read_pid
 
 __all__ = ["ControlError", "ProcessInfo", "children", "find_master", "format_age", "status", "stop"]

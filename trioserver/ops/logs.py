@@ -12,7 +12,7 @@ import os
 import sys
 import time
 
-from .config import LoggingSettings
+from ..config import LoggingSettings
 
 __all__ = ["configure_logging", "reopen_logs", "set_role"]
 

@@ -1,0 +1,1 @@
+"""Operations: metrics, the admin listener, logging."""
