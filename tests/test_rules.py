@@ -231,7 +231,8 @@ async def test_reader_that_never_reads_is_kicked_and_others_keep_being_served(
                 await victim.ping()  # served throughout
                 conns = server.worker.statistics()
                 assert conns.outbox_replies <= 400  # bounded while it lasts
-                assert sent < 10_000, "never kicked"
+                # (counted in what the server read: a client may send faster than it reads)
+                assert conns.packets_by_code[0] < 10_000, "never kicked"
         stats = server.worker.statistics()
         assert stats.kicks_by_reason == {"send_queue": 1}
         await victim.ping()

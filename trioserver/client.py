@@ -24,10 +24,8 @@ import trio
 
 from .framer import NEED_DATA, PING, Discarded, FrameDecoder, Packet, encode
 from .messages import (
-    LOGIN,
-    PING_CODE,
-    REGISTER,
     LoginReply,
+    MessageCode,
     RegisterReply,
     decode_login_reply,
     decode_register_reply,
@@ -97,11 +95,19 @@ class Client:
         await self.stream.aclose()
 
     async def send_raw(self, data: bytes) -> None:
-        """Send bytes as they are (whole packets, fragments, garbage)."""
+        """Send bytes as they are (whole packets, fragments, garbage); a closed
+        connection raises the stream's own ``trio.BrokenResourceError``."""
         await self.stream.send_all(data)
 
     async def send(self, code: int, body: bytes = b"") -> None:
-        await self.stream.send_all(encode(code, body))
+        """Send one packet; ``ConnectionClosed`` if the server has closed the connection."""
+        await self._send(encode(code, body))
+
+    async def _send(self, data: bytes) -> None:
+        try:
+            await self.stream.send_all(data)
+        except trio.BrokenResourceError as exc:
+            raise ConnectionClosed("the server closed the connection") from exc
 
     async def receive_packet(self) -> Packet:
         """The next packet from the server; ``ConnectionClosed`` at EOF."""
@@ -129,19 +135,19 @@ class Client:
     async def ping(self) -> float:
         """Round trip of one ping, in seconds (of trio's clock)."""
         start = trio.current_time()
-        await self.stream.send_all(PING)
-        _check(await self.receive_packet(), PING_CODE)
+        await self._send(PING)
+        _check(await self.receive_packet(), MessageCode.PING)
         return trio.current_time() - start
 
     async def register(
         self, username: str | bytes, password: str | bytes, itype: int = 1
     ) -> RegisterReply:
-        await self.stream.send_all(encode_register(username, password, itype))
-        return decode_register_reply(_check(await self.receive_packet(), REGISTER).body)
+        await self._send(encode_register(username, password, itype))
+        return decode_register_reply(_check(await self.receive_packet(), MessageCode.REGISTER).body)
 
     async def login(self, username: str | bytes, password: str | bytes) -> LoginReply:
-        await self.stream.send_all(encode_login(username, password))
-        return decode_login_reply(_check(await self.receive_packet(), LOGIN).body)
+        await self._send(encode_login(username, password))
+        return decode_login_reply(_check(await self.receive_packet(), MessageCode.LOGIN).body)
 
 
 class BlockingClient:
@@ -205,15 +211,15 @@ class BlockingClient:
         """Round trip of one ping, in seconds."""
         start = time.perf_counter()
         self.sock.sendall(PING)
-        _check(self.receive_packet(), PING_CODE)
+        _check(self.receive_packet(), MessageCode.PING)
         return time.perf_counter() - start
 
     def register(
         self, username: str | bytes, password: str | bytes, itype: int = 1
     ) -> RegisterReply:
         self.sock.sendall(encode_register(username, password, itype))
-        return decode_register_reply(_check(self.receive_packet(), REGISTER).body)
+        return decode_register_reply(_check(self.receive_packet(), MessageCode.REGISTER).body)
 
     def login(self, username: str | bytes, password: str | bytes) -> LoginReply:
         self.sock.sendall(encode_login(username, password))
-        return decode_login_reply(_check(self.receive_packet(), LOGIN).body)
+        return decode_login_reply(_check(self.receive_packet(), MessageCode.LOGIN).body)

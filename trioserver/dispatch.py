@@ -1,4 +1,4 @@
-"""The message queue, its handler tasks, the router, and the stale check.
+"""The message queue, its handler tasks, and the stale check.
 
 Order on a connection, with N handler tasks (DESIGN.md): the shared queue does
 not carry packets, it carries *connections that have work*. A connection's
@@ -18,118 +18,25 @@ inbox is dropped and counted as stale.
 
 from __future__ import annotations
 
-import inspect
 import logging
-from collections.abc import Callable, Iterator, Mapping
 from time import perf_counter
 from typing import Final
 
-import attrs
 import trio
 
+from .connection import Connection
 from .framer import Packet
-from .handlers.context import Context, Handler, Services
-from .nursery_pool import Connection
+from .handlers.context import Context, Services
+from .handlers.router import Route, Router
 from .reasons import DropReason, KickReason
 from .stats import Counters
 
-__all__ = ["RESERVED_CODES", "MessageQueue", "Route", "Router"]
+__all__ = ["MessageQueue", "Route", "Router"]
 
 log = logging.getLogger("trioserver.dispatch")
 
-#: Message codes 1-4 are reserved by the protocol (PROTOCOL.md, "Messages").
-RESERVED_CODES: Final = frozenset(range(1, 5))
 #: A handler task yields to the scheduler at least this often while the queue stays full.
 _YIELD_EVERY: Final = 64
-
-
-@attrs.frozen
-class Route:
-    """One message code's handler and the body size it requires (None: any size)."""
-
-    code: int
-    handler: Handler
-    body_size: int | None
-    is_async: bool
-    name: str
-
-
-class Router:
-    """msgCode → handler; the table readers check and handler tasks call.
-
-    ``body_size`` makes the reader drop a packet of the wrong size before it
-    costs a queue hop (PROTOCOL.md: wrong body sizes are dropped silently).
-    """
-
-    def __init__(self) -> None:
-        self._routes: dict[int, Route] = {}
-
-    def add(
-        self,
-        code: int,
-        handler: Handler,
-        *,
-        body_size: int | None = None,
-        name: str | None = None,
-        replace: bool = False,
-    ) -> Route:
-        """Serve ``code`` with ``handler`` (a plain or an async function)."""
-        if isinstance(code, bool) or not isinstance(code, int) or not 0 <= code <= 0xFFFF:
-            raise ValueError(f"message code must be an int in 0..65535, got {code!r}")
-        if code in RESERVED_CODES:
-            raise ValueError(f"message code {code} is reserved by the protocol (1-4)")
-        if body_size is not None and not 0 <= body_size <= 0xFFFF - 8:
-            raise ValueError(f"body_size {body_size!r} cannot fit a packet")
-        if not callable(handler):
-            raise TypeError(f"handler for code {code} must be callable, got {handler!r}")
-        if code in self._routes and not replace:
-            raise ValueError(
-                f"message code {code} is already served by {self._routes[code].name}; "
-                "pass replace=True to override it"
-            )
-        route = Route(
-            code=code,
-            handler=handler,
-            body_size=body_size,
-            is_async=inspect.iscoroutinefunction(handler),
-            name=name or str(getattr(handler, "__qualname__", None) or repr(handler)),
-        )
-        self._routes[code] = route
-        return route
-
-    def route(
-        self, code: int, *, body_size: int | None = None, replace: bool = False
-    ) -> Callable[[Handler], Handler]:
-        """Decorator form of :meth:`add`."""
-
-        def decorate(handler: Handler) -> Handler:
-            self.add(code, handler, body_size=body_size, replace=replace)
-            return handler
-
-        return decorate
-
-    @property
-    def routes(self) -> Mapping[int, Route]:
-        """The table itself (read-only), for the reader's per-packet checks."""
-        return self._routes
-
-    def get(self, code: int) -> Route | None:
-        return self._routes.get(code)
-
-    def __contains__(self, code: object) -> bool:
-        return code in self._routes
-
-    def __iter__(self) -> Iterator[Route]:
-        return iter(sorted(self._routes.values(), key=lambda r: r.code))
-
-    def check(self, packet: Packet) -> DropReason | None:
-        """Why ``packet`` must be dropped before queueing, or None if a handler takes it."""
-        route = self._routes.get(packet.code)
-        if route is None:
-            return DropReason.UNKNOWN_CODE
-        if route.body_size is not None and len(packet.body) != route.body_size:
-            return DropReason.BAD_BODY_SIZE
-        return None
 
 
 class MessageQueue:
@@ -150,10 +57,6 @@ class MessageQueue:
         *,
         size: int,
         handler_tasks: int,
-        max_pending_replies: int,
-        max_pending_bytes: int,
-        flush: Callable[[Connection], None],
-        defer_flush: Callable[[Connection], None] | None = None,
     ) -> None:
         if handler_tasks < 1:
             raise ValueError(f"handler_tasks must be at least 1, got {handler_tasks!r}")
@@ -162,10 +65,6 @@ class MessageQueue:
         self._counters = counters
         self._size = size
         self._handler_tasks = handler_tasks
-        self._max_replies = max_pending_replies
-        self._max_bytes = max_pending_bytes
-        self._flush = flush
-        self._defer_flush = defer_flush or flush
         self._send, self._receive = trio.open_memory_channel[Connection](size)
         self.busy = 0
 
@@ -179,7 +78,7 @@ class MessageQueue:
 
     def context(self, conn: Connection) -> Context:
         """A handler context for ``conn`` (made per batch: idle connections keep none)."""
-        return Context(conn, self.services, self._defer_flush, self._max_replies, self._max_bytes)
+        return Context(conn, self.services)
 
     def submit(self, conn: Connection, packets: list[Packet]) -> bool:
         """Hand over one batch of checked packets; True if ``conn`` must now be scheduled."""
@@ -194,7 +93,8 @@ class MessageQueue:
         timed = counters.until_timed <= 0
         if timed:
             counters.timed_batch()
-        conn.batching = True
+        outbox = conn.outbox
+        outbox.batching = True
         try:
             for i, packet in enumerate(packets):
                 route = routes.get(packet.code)
@@ -213,12 +113,12 @@ class MessageQueue:
                         route.handler(ctx, packet)
                 except Exception:
                     self._handler_failed(conn, route, packet)
-                if conn.kick_reason is not None:
+                if conn.closing:
                     return False
             return False
         finally:
-            conn.batching = False
-            self._flush(conn)
+            outbox.batching = False
+            outbox.flush()
 
     async def schedule(self, conn: Connection) -> None:
         """Put ``conn`` in the queue unless it is already there (waits when full)."""
@@ -291,6 +191,7 @@ class MessageQueue:
             routes = self.router._routes
             ctx = self.context(conn)
             counters = self._counters
+            outbox = conn.outbox
             while conn.inbox:
                 batch = conn.inbox
                 conn.inbox = []  # the reader fills a fresh list meanwhile
@@ -305,13 +206,13 @@ class MessageQueue:
                         continue
                     try:
                         if route.is_async:
-                            self._defer_flush(conn)  # earlier replies leave once we wait
+                            outbox.defer()  # earlier replies leave once we wait
                             start = perf_counter()
                             await route.handler(ctx, packet)  # type: ignore[misc]
                             if counters.timing_every:  # always timed when metrics are on
                                 counters.observe_handler(packet.code, perf_counter() - start)
                         else:
-                            conn.batching = True
+                            outbox.batching = True
                             try:
                                 if timed:
                                     start = perf_counter()
@@ -320,10 +221,10 @@ class MessageQueue:
                                 else:
                                     route.handler(ctx, packet)
                             finally:
-                                conn.batching = False
+                                outbox.batching = False
                     except Exception:
                         self._handler_failed(conn, route, packet)
-                    if conn.stale or conn.kick_reason is not None:
+                    if conn.stale or conn.closing:
                         self._drop_stale(conn, batch[i + 1 :] + conn.inbox)
                         conn.inbox = []
                         return
@@ -337,7 +238,7 @@ class MessageQueue:
         finally:
             if not requeued:
                 conn.scheduled = False
-            self._flush(conn)
+            conn.outbox.flush()
             conn.settle()
 
     def _handler_failed(self, conn: Connection, route: Route, packet: Packet) -> None:

@@ -18,15 +18,15 @@ import attrs
 from .framer import encode
 
 __all__ = [
-    "LOGIN",
+    "FIRST_APPLICATION_CODE",
     "LOGIN_BODY_SIZE",
     "PASSWORD_FIELD",
-    "PING_CODE",
-    "REGISTER",
     "REGISTER_BODY_SIZE",
+    "RESERVED_CODES",
     "USERNAME_FIELD",
     "Credentials",
     "LoginReply",
+    "MessageCode",
     "RegisterReply",
     "RegisterRequest",
     "ResultCode",
@@ -40,9 +40,21 @@ __all__ = [
     "encode_register_reply",
 ]
 
-PING_CODE: Final = 0
-REGISTER: Final = 5
-LOGIN: Final = 6
+
+class MessageCode(enum.IntEnum):
+    """The protocol's own message codes; applications use 7 and up."""
+
+    PING = 0
+    #: Log in with a session token instead of a password.
+    RESUME = 1
+    REGISTER = 5
+    LOGIN = 6
+
+
+#: Codes the protocol keeps for itself without a message yet: no handler may take them.
+RESERVED_CODES: Final = frozenset({2, 3, 4})
+#: The first code free for applications.
+FIRST_APPLICATION_CODE: Final = 7
 USERNAME_FIELD: Final = 56
 PASSWORD_FIELD: Final = 40
 REGISTER_BODY_SIZE: Final = 4 + USERNAME_FIELD + PASSWORD_FIELD  # 100
@@ -112,7 +124,7 @@ def encode_register(username: str | bytes, password: str | bytes, itype: int = 1
         + _field(_as_bytes(username), USERNAME_FIELD, "username")
         + _field(_as_bytes(password), PASSWORD_FIELD, "password")
     )
-    return encode(REGISTER, body)
+    return encode(MessageCode.REGISTER, body)
 
 
 def encode_login(username: str | bytes, password: str | bytes) -> bytes:
@@ -120,7 +132,7 @@ def encode_login(username: str | bytes, password: str | bytes) -> bytes:
     body = _field(_as_bytes(username), USERNAME_FIELD, "username") + _field(
         _as_bytes(password), PASSWORD_FIELD, "password"
     )
-    return encode(LOGIN, body)
+    return encode(MessageCode.LOGIN, body)
 
 
 def decode_register(body: bytes) -> RegisterRequest:
@@ -148,12 +160,14 @@ def _echo(username: bytes) -> bytes:
 
 def encode_register_reply(result: int, username: bytes) -> bytes:
     """Register reply: iType carries the result, the name is echoed, the password zeroed."""
-    return encode(REGISTER, _I32.pack(result) + _echo(username) + bytes(PASSWORD_FIELD))
+    return encode(MessageCode.REGISTER, _I32.pack(result) + _echo(username) + bytes(PASSWORD_FIELD))
 
 
 def encode_login_reply(result: int, username: bytes) -> bytes:
     """Login reply: the name echoed, the result as an i32 at body offset 56, zeros after."""
-    return encode(LOGIN, _echo(username) + _I32.pack(result) + bytes(PASSWORD_FIELD - 4))
+    return encode(
+        MessageCode.LOGIN, _echo(username) + _I32.pack(result) + bytes(PASSWORD_FIELD - 4)
+    )
 
 
 def decode_register_reply(body: bytes) -> RegisterReply:

@@ -8,51 +8,19 @@ whoever holds the slot next. The resting period (the delayed recycle of
 ``timers.RecycleTimer``) keeps a slot out of the free list a while longer, so a
 slot changes hands at a human-readable pace in logs and statistics.
 
-A ``Connection`` is one accepted stream's state: its inbox (packets waiting for
-a handler), its outbox (replies waiting for the writer), its cancel scope (a
-kick is a cancellation; the heartbeat is that scope's deadline) and its
-flood-rule counters. Only the worker creates them.
+A connection holds a slot for its whole life (``connection.Connection``); the
+slot, not the connection, is what the pool counts and recycles.
 """
 
 from __future__ import annotations
 
 import collections
 import enum
-import socket
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import attrs
-import trio
 
-from .reasons import KickReason
-
-if TYPE_CHECKING:
-    from .framer import Packet
-
-__all__ = [
-    "Connection",
-    "ConnectionPool",
-    "NonBlockingSend",
-    "PoolStatistics",
-    "Slot",
-    "SlotState",
-    "Wakeup",
-]
-
-
-@runtime_checkable
-class NonBlockingSend(Protocol):
-    """A stream that can also take bytes without waiting, as a non-blocking socket's ``send``.
-
-    ``send_nowait(data)`` accepts what fits now and returns how many bytes it took
-    (0 if none); it never waits and is not a checkpoint. Like ``send_all`` it
-    raises ``trio.BrokenResourceError`` or ``trio.ClosedResourceError`` once the
-    stream cannot send. The worker writes replies to such a stream the way it
-    writes to a socket: directly, with a writer task only for what did not fit.
-    """
-
-    def send_nowait(self, data: bytes) -> int: ...
+__all__ = ["ConnectionPool", "PoolStatistics", "Slot", "SlotState"]
 
 
 class SlotState(enum.Enum):
@@ -141,134 +109,3 @@ class ConnectionPool:
             acquired_total=self._acquired_total,
             exhausted_total=self._exhausted_total,
         )
-
-
-class Wakeup:
-    """Wake one parked task; the cheapest 'something changed, look again'.
-
-    Edge-triggered: trio is cooperative, so a task that checks its condition and
-    then parks cannot miss a ``wake()`` made after the check.
-    """
-
-    __slots__ = ("_task",)
-
-    def __init__(self) -> None:
-        self._task: trio.lowlevel.Task | None = None
-
-    async def wait(self) -> None:
-        if self._task is not None:
-            raise trio.BusyResourceError("another task is already waiting on this Wakeup")
-        self._task = trio.lowlevel.current_task()
-
-        def abort(_: Any) -> trio.lowlevel.Abort:
-            self._task = None
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        await trio.lowlevel.wait_task_rescheduled(abort)
-
-    def wake(self) -> None:
-        task = self._task
-        if task is not None:
-            self._task = None
-            trio.lowlevel.reschedule(task)
-
-    @property
-    def waiting(self) -> bool:
-        return self._task is not None
-
-
-@attrs.define(eq=False, slots=True, repr=False)
-class Connection:
-    """One accepted stream: inbox, outbox, cancel scope and rule counters."""
-
-    slot: Slot
-    sequence: int
-    #: The connection as a trio stream (in-memory tests, HTTP), or None when the
-    #: worker drives the socket in ``raw`` itself.
-    stream: trio.abc.Stream | None
-    peer: str
-    #: The connection's whole life; a kick cancels it, the heartbeat is its deadline.
-    scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
-    #: Packets waiting for a handler task; a handler takes the whole list at once.
-    inbox: list[Packet] = attrs.Factory(list)
-    #: True while the connection sits in the message queue or a handler drains it.
-    scheduled: bool = False
-    #: False once the peer sent EOF or the worker stopped reading.
-    reading: bool = True
-    kick_reason: KickReason | None = None
-    #: Set when the reader stopped for a rule (flood, bad length): what was already
-    #: read is still answered, then the connection closes and this reason is counted.
-    finish_reason: KickReason | None = None
-    #: True once the peer reset or vanished (not a kick: nothing to count).
-    peer_gone: bool = False
-    #: Set by a stopping worker: read no more, finish, close.
-    draining: bool = False
-    #: True when a drain closed the connection while it waited idle (not a kick).
-    drained: bool = False
-    #: True while the reader waits for bytes (a drain may then stop it at once).
-    receiving: bool = False
-    #: True once any bytes arrived: a drain gives a connection without any a moment
-    #: for its first request instead of closing it under the client's feet.
-    received: bool = False
-    #: True once the peer sent EOF (a half-close).
-    peer_eof: bool = False
-    #: The connection's socket, when the worker drives one directly: it is read
-    #: and written without blocking, waiting on trio only when it must.
-    raw: socket.socket | None = None
-    #: The scope of the writer task, which exists only while a send has to wait.
-    writer_scope: trio.CancelScope | None = None
-    #: Replies waiting to be sent, and the reply count / bytes not yet sent.
-    outbox: list[bytes] = attrs.Factory(list)
-    pending_replies: int = 0
-    pending_bytes: int = 0
-    #: True while a writer task sends what a non-blocking send could not.
-    writer_running: bool = False
-    #: True while plain handlers run: their replies are sent together afterwards.
-    batching: bool = False
-    #: True while the connection waits in the worker's deferred-flush list.
-    flush_queued: bool = False
-    #: Wakes the connection's own task: inbox space, or work finished.
-    wakeup: Wakeup = attrs.Factory(Wakeup)
-    #: Flood rule: arrival time of the previous packet and the fast-packet run length.
-    last_packet_at: float = float("-inf")
-    flood_count: int = 0
-    #: Hard session-lifetime deadline (inf when off); the heartbeat never extends past it.
-    hard_deadline: float = float("inf")
-    #: Drop reasons already logged for this connection (each logged once).
-    logged_drops: set[Any] | None = None
-    #: The authenticated user, set by the login handler.
-    user: str | None = None
-    #: The application's own per-connection state (``Context.state``), made on first use.
-    state: dict[str, Any] | None = None
-
-    @property
-    def stale(self) -> bool:
-        """True once this connection closed (its slot's sequence moved on)."""
-        return self.sequence != self.slot.sequence
-
-    @property
-    def id(self) -> str:
-        """``slot#sequence``: unique among the worker's connections, stable in logs."""
-        return f"{self.slot.index}#{self.sequence}"
-
-    def __repr__(self) -> str:
-        return f"<Connection {self.id} from {self.peer}>"
-
-    def settle(self) -> None:
-        """Some work for this connection finished: wake its task, and during a drain
-        close it once it is idle in a receive (a busy reader stops by itself)."""
-        self.wakeup.wake()
-        if self.draining and self.receiving and self.received and not self.busy:
-            self.drained = True
-            self.scope.cancel()
-
-    def kick(self, reason: KickReason) -> None:
-        """Close the connection now; the first reason given is the one counted."""
-        if self.kick_reason is None:
-            self.kick_reason = reason
-        self.scope.cancel()
-
-    @property
-    def busy(self) -> bool:
-        """Something is still queued, being handled, or being sent."""
-        return bool(self.scheduled or self.inbox or self.outbox or self.writer_running)

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Final, TypeAlias
 import attrs
 
 from .framer import NEED_DATA, NeedData
+from .peer import Peer
 
 if TYPE_CHECKING:
     from .config import ServerSettings
@@ -192,11 +193,14 @@ class ProxyHeader:
     length: int = 0
 
     @property
-    def peer(self) -> str | None:
-        """The client as ``host:port`` (worker log format), or None: use the socket's peer."""
+    def peer(self) -> Peer | None:
+        """The client the header names, or None: use the socket's peer."""
         if self.command is ProxyCommand.LOCAL or self.source is None:
             return None
-        return str(self.source)
+        source = self.source
+        if source.port is None:
+            return Peer(f"unix:{source.host}")
+        return Peer(source.host, source.port)
 
 
 # -- the parser ----------------------------------------------------------------------------
@@ -482,20 +486,6 @@ def parse_proxy_header(
 # -- policy and the I/O-free half of the worker's adapter ---------------------------------
 
 
-def _ip_of_peer(peer: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """The address in a worker peer string (``host:port`` / ``[v6]:port``), if it is one."""
-    host = peer.rpartition(":")[0] if ":" in peer else peer
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
-
-
 @attrs.frozen
 class ProxyPolicy:
     """What a PROXY listener demands: header versions, trusted sources, a time limit."""
@@ -513,9 +503,9 @@ class ProxyPolicy:
             return None
         return cls(versions, tuple(server.proxy_trusted), server.proxy_timeout)
 
-    def trusts(self, peer: str) -> bool:
-        """True when ``peer`` (the socket's ``host:port``) may send a PROXY header."""
-        ip = _ip_of_peer(peer)
+    def trusts(self, peer: Peer) -> bool:
+        """True when ``peer`` (the socket's other end) may send a PROXY header."""
+        ip = peer.ip
         return ip is not None and any(ip in network for network in self.trusted)
 
     def parser(self) -> ProxyParser:
@@ -525,16 +515,16 @@ class ProxyPolicy:
 async def read_proxy_header(
     receive: Callable[[], Awaitable[bytes | bytearray]],
     policy: ProxyPolicy,
-    socket_peer: str,
-) -> tuple[str, bytes]:
-    """Read one connection's PROXY header: (the client's ``host:port``, the bytes after it).
+    socket_peer: Peer,
+) -> tuple[Peer, bytes]:
+    """Read one connection's PROXY header: (the client, the bytes after it).
 
     An untrusted ``socket_peer`` is refused before anything is read. ``receive``
     returns the next bytes (``b""`` at EOF). A LOCAL header (the balancer's
     health check) keeps ``socket_peer``. No time limit here: the caller sets one.
     """
     if not policy.trusts(socket_peer):
-        raise UntrustedProxySource(socket_peer)
+        raise UntrustedProxySource(str(socket_peer))
     parser = policy.parser()
     while (header := parser.next_event()) is NEED_DATA:
         parser.receive_data(await receive())

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["DropReason", "KickReason"]
+__all__ = ["CloseReason", "DropReason", "KickReason"]
 
 
 class KickReason(enum.Enum):
@@ -41,6 +41,24 @@ _KICK_TEXT = {
     KickReason.HANDLER_ERROR: "made a handler raise (a bug, logged with its traceback)",
     KickReason.APPLICATION: "was kicked by an application handler",
     KickReason.DRAIN_TIMEOUT: "was still open when the worker's drain timeout ran out",
+}
+
+
+class CloseReason(enum.Enum):
+    """Why a connection ended when it was not the server's kick (not counted as one)."""
+
+    PEER_GONE = "peer_gone"
+    DRAINED = "drained"
+    PROXY_REFUSED = "proxy_refused"
+
+    def __str__(self) -> str:
+        return _CLOSE_TEXT[self]
+
+
+_CLOSE_TEXT = {
+    CloseReason.PEER_GONE: "reset the connection or went away",
+    CloseReason.DRAINED: "was closed by the worker's drain while it waited idle",
+    CloseReason.PROXY_REFUSED: "sent no valid PROXY header (counted as proxy_refused)",
 }
 
 

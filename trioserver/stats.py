@@ -21,12 +21,12 @@ import collections
 import json
 import logging
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import attrs
 import trio
 
-from .nursery_pool import Connection, PoolStatistics
+from .nursery_pool import PoolStatistics
 from .reasons import DropReason, KickReason
 
 __all__ = [
@@ -53,6 +53,17 @@ LAG_BUCKETS: Final = (
 _NEVER: Final = 1 << 62
 
 log = logging.getLogger("trioserver.worker")
+
+
+class Counted(Protocol):
+    """A connection as counting and logging see it."""
+
+    @property
+    def peer(self) -> object: ...
+    @property
+    def id(self) -> str: ...
+
+    logged_drops: set[Any] | None
 
 
 @attrs.frozen
@@ -230,7 +241,7 @@ class Counters:
         self.loop_lag.observe(seconds)
         self.recent_lag.append(seconds)
 
-    def drop(self, conn: Connection, reason: DropReason, code: int, count: int = 1) -> None:
+    def drop(self, conn: Counted, reason: DropReason, code: int, count: int = 1) -> None:
         """Count ``count`` dropped packets; log the first of each reason per connection."""
         self.drops[reason.value] += count
         logged = conn.logged_drops
@@ -247,7 +258,7 @@ class Counters:
                 code,
             )
 
-    def kick(self, conn: Connection, reason: KickReason) -> None:
+    def kick(self, conn: Counted, reason: KickReason) -> None:
         """Count and log one kick (called once per closed connection)."""
         self.kicks[reason.value] += 1
         log.info("closed %s (conn %s): it %s", conn.peer, conn.id, reason)
@@ -255,9 +266,12 @@ class Counters:
     def snapshot(
         self,
         pool: PoolStatistics,
-        connections: list[Connection],
         queue_depth: int,
         queue_capacity: int,
+        *,
+        inbox_packets: int,
+        outbox_replies: int,
+        outbox_bytes: int,
     ) -> WorkerStatistics:
         return WorkerStatistics(
             connections_open=pool.in_use,
@@ -271,9 +285,9 @@ class Counters:
             handler_errors=self.handler_errors,
             queue_depth=queue_depth,
             queue_capacity=queue_capacity,
-            inbox_packets=sum(len(c.inbox) for c in connections),
-            outbox_replies=sum(c.pending_replies for c in connections),
-            outbox_bytes=sum(c.pending_bytes for c in connections),
+            inbox_packets=inbox_packets,
+            outbox_replies=outbox_replies,
+            outbox_bytes=outbox_bytes,
             accept_errors=self.accept_errors,
             http_by_status=dict(self.http_by_status),
             proxy_refused=self.proxy_refused,

@@ -15,15 +15,26 @@ from __future__ import annotations
 
 import collections
 import math
+from typing import Protocol
 
 import attrs
 import trio
 
 from .config import ConnectionSettings
-from .nursery_pool import Connection, ConnectionPool, Slot, Wakeup
+from .nursery_pool import ConnectionPool, Slot
 from .reasons import KickReason
+from .wakeup import Wakeup
 
 __all__ = ["ConnectionRules", "RecycleTimer"]
+
+
+class Ruled(Protocol):
+    """The part of a connection the time rules read and move."""
+
+    scope: trio.CancelScope
+    hard_deadline: float
+    last_packet_at: float
+    flood_count: int
 
 
 @attrs.frozen
@@ -49,7 +60,7 @@ class ConnectionRules:
             flood_kick_counter=s.flood_kick_counter,
         )
 
-    def open(self, conn: Connection, now: float) -> None:
+    def open(self, conn: Ruled, now: float) -> None:
         """Arm a new connection's deadline: heartbeat from now, capped by the lifetime."""
         # Only finite times are stored: an idle connection keeps no float of its own
         # for a rule that is off (memory per connection counts, see benchmarks/).
@@ -59,17 +70,17 @@ class ConnectionRules:
         if deadline < math.inf:
             conn.scope.deadline = deadline
 
-    def refresh(self, conn: Connection, now: float) -> None:
+    def refresh(self, conn: Ruled, now: float) -> None:
         """A refreshing packet arrived: push the heartbeat deadline out again."""
         conn.scope.deadline = min(now + self.heartbeat_timeout, conn.hard_deadline)
 
-    def deadline_reason(self, conn: Connection) -> KickReason:
+    def deadline_reason(self, conn: Ruled) -> KickReason:
         """Which rule's deadline fired, once the connection's scope ran out of time."""
         if conn.scope.deadline >= conn.hard_deadline:
             return KickReason.LIFETIME
         return KickReason.HEARTBEAT
 
-    def is_flood(self, conn: Connection, now: float) -> bool:
+    def is_flood(self, conn: Ruled, now: float) -> bool:
         """Account one completed packet; True means it is the one that makes a flood.
 
         The original's rule: a packet arriving less than ``flood_interval`` after

@@ -17,7 +17,7 @@ from trioserver.accounts import AccountService
 from trioserver.client import Client
 from trioserver.framer import Packet
 from trioserver.handlers import Context, Services, default_router
-from trioserver.messages import LOGIN, REGISTER, ResultCode, decode_login_reply
+from trioserver.messages import MessageCode, ResultCode, decode_login_reply
 from trioserver.testing import serve_in_memory
 
 from .conftest import accounts_config
@@ -97,7 +97,7 @@ async def test_names_are_case_insensitive(store_url: str) -> None:
 def raw_body(code: int, name: bytes, password: bytes) -> bytes:
     """A body with exactly these field bytes (no NUL forced at the end)."""
     fields = name.ljust(56, b"\0")[:56] + password.ljust(40, b"\0")[:40]
-    return (struct.pack(">i", 1) + fields) if code == REGISTER else fields
+    return (struct.pack(">i", 1) + fields) if code == MessageCode.REGISTER else fields
 
 
 INVALID_CASES = [
@@ -114,13 +114,13 @@ INVALID_CASES = [
 
 
 @pytest.mark.parametrize(("name", "password"), INVALID_CASES)
-@pytest.mark.parametrize("code", [REGISTER, LOGIN])
+@pytest.mark.parametrize("code", [MessageCode.REGISTER, MessageCode.LOGIN])
 async def test_invalid_input(store_url: str, code: int, name: bytes, password: bytes) -> None:
     async with serve_in_memory(accounts_config(store_url)) as server:
         client = await server.connect()
         packet = await client.request(code, raw_body(code, name, password))
         assert packet.code == code
-        if code == REGISTER:
+        if code == MessageCode.REGISTER:
             (result,) = struct.unpack_from(">i", packet.body)
             assert packet.body[60:] == bytes(40)  # the password is never echoed
         else:

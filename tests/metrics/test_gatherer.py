@@ -37,7 +37,7 @@ def stats(
     from trioserver.nursery_pool import PoolStatistics
 
     pool = PoolStatistics(100, open_, 0, 100 - open_, 0, 0)
-    return counters.snapshot(pool, [], 0, 1024)
+    return counters.snapshot(pool, 0, 1024, inbox_packets=0, outbox_replies=0, outbox_bytes=0)
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -7,6 +7,7 @@ import ipaddress
 import pytest
 
 from trioserver.config import ConfigError, describe_settings, load_config
+from trioserver.peer import Peer
 from trioserver.proxy_protocol import MODES, ProxyPolicy
 
 
@@ -76,4 +77,4 @@ def test_modes_match_the_setting_choices() -> None:
 def test_trust_is_by_the_socket_peer_address(peer: str, trusted: bool) -> None:
     policy = ProxyPolicy.from_settings(load_config(None, ('server.proxy_protocol="any"',)).server)
     assert policy is not None
-    assert policy.trusts(peer) is trusted
+    assert policy.trusts(Peer.parse(peer)) is trusted

@@ -31,7 +31,7 @@ def peer_router() -> Router:
     router = default_router()
 
     def who(ctx: Context, packet: Packet) -> None:
-        ctx.reply(WHO, ctx.peer.encode())
+        ctx.reply(WHO, str(ctx.peer).encode())
 
     router.add(WHO, who)
     return router
@@ -74,7 +74,7 @@ async def test_header_names_the_peer_and_the_request_in_the_same_send_is_answere
         assert (await conn.receive_packet()).body == client.encode()
         assert (await conn.receive_packet()).code == 0
         assert server.worker.counters.proxy_refused == 0
-        assert [c.peer for c in server.worker.connections()] == [client]
+        assert [str(c.peer) for c in server.worker.connections()] == [client]
 
 
 async def test_header_and_request_split_byte_by_byte() -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..messages import LOGIN, LOGIN_BODY_SIZE, PING_CODE, REGISTER, REGISTER_BODY_SIZE
+from ..messages import LOGIN_BODY_SIZE, REGISTER_BODY_SIZE, MessageCode
 from .accounts import handle_login, handle_register
 from .context import Context, Handler, Services
 from .ping import handle_ping
@@ -41,7 +41,7 @@ def default_router() -> Router:
     from ..dispatch import Router  # dispatch imports this package's context module
 
     router = Router()
-    router.add(PING_CODE, handle_ping, body_size=0, name="ping")
-    router.add(REGISTER, handle_register, body_size=REGISTER_BODY_SIZE, name="register")
-    router.add(LOGIN, handle_login, body_size=LOGIN_BODY_SIZE, name="login")
+    router.add(MessageCode.PING, handle_ping, body_size=0, name="ping")
+    router.add(MessageCode.REGISTER, handle_register, body_size=REGISTER_BODY_SIZE, name="register")
+    router.add(MessageCode.LOGIN, handle_login, body_size=LOGIN_BODY_SIZE, name="login")
     return router

@@ -64,7 +64,9 @@ async def handle_register(ctx: Context, packet: Packet) -> None:
     elif service is None:
         result = _without_service(creds.username, creds.password)
     else:
-        result = await service.register(creds.username, creds.password, request.itype, ctx.peer)
+        result = await service.register(
+            creds.username, creds.password, request.itype, str(ctx.peer)
+        )
     ctx.send(encode_register_reply(result, creds.username))
 
 
@@ -77,7 +79,7 @@ async def handle_login(ctx: Context, packet: Packet) -> None:
     elif service is None:
         result = _without_service(creds.username, creds.password)
     else:
-        outcome = await service.login(creds.username, creds.password, ctx.peer)
+        outcome = await service.login(creds.username, creds.password, str(ctx.peer))
         result = outcome.code
         if outcome.user is not None:
             ctx.user = outcome.user

@@ -15,8 +15,9 @@ from typing import Any, TypeAlias
 import attrs
 
 from ..config import Config
+from ..connection import Connection
 from ..framer import Packet, encode
-from ..nursery_pool import Connection
+from ..peer import Peer
 from ..reasons import KickReason
 
 __all__ = ["Context", "Handler", "Services"]
@@ -40,25 +41,16 @@ class Services:
 class Context:
     """One connection as its handlers see it."""
 
-    __slots__ = ("_conn", "_flush", "_max_bytes", "_max_replies", "services")
+    __slots__ = ("_conn", "services")
 
-    def __init__(
-        self,
-        conn: Connection,
-        services: Services,
-        flush: Callable[[Connection], None],
-        max_replies: int,
-        max_bytes: int,
-    ) -> None:
+    def __init__(self, conn: Connection, services: Services) -> None:
         self._conn = conn
         self.services = services
-        self._flush = flush
-        self._max_replies = max_replies
-        self._max_bytes = max_bytes
 
     @property
-    def peer(self) -> str:
-        """The client's address as ``host:port`` (as given by a PROXY header if any)."""
+    def peer(self) -> Peer:
+        """The client's address (the one a PROXY header named, if any); ``str()`` is
+        ``host:port``."""
         return self._conn.peer
 
     @property
@@ -78,19 +70,19 @@ class Context:
     @property
     def state(self) -> dict[str, Any]:
         """Free per-connection storage for the application."""
-        state = self._conn.state
+        state = self._conn.app_state
         if state is None:
-            state = self._conn.state = {}
+            state = self._conn.app_state = {}
         return state
 
     @property
     def closed(self) -> bool:
-        """True once the connection closed; replies made after that are dropped."""
-        return self._conn.stale or self._conn.kick_reason is not None
+        """True once the connection is closing; replies made after that are dropped."""
+        return self._conn.stale or self._conn.closing
 
     def reply(self, code: int, body: bytes = b"") -> None:
         """Queue one packet for this connection (the CRC and length are computed)."""
-        self.send(encode(code, body))
+        self._conn.outbox.send(encode(code, body))
 
     def send(self, data: bytes) -> None:
         """Queue already-encoded bytes (one or more whole packets) as one reply.
@@ -99,22 +91,7 @@ class Context:
         ``max_pending_bytes`` bytes wait unread is kicked; the reply that crossed
         the line is not queued.
         """
-        conn = self._conn
-        if conn.stale or conn.kick_reason is not None:
-            return
-        replies = conn.pending_replies + 1
-        size = conn.pending_bytes + len(data)
-        if replies > self._max_replies:
-            conn.kick(KickReason.SEND_QUEUE)
-            return
-        if size > self._max_bytes:
-            conn.kick(KickReason.SEND_BYTES)
-            return
-        conn.pending_replies = replies
-        conn.pending_bytes = size
-        conn.outbox.append(data)
-        if not conn.batching:
-            self._flush(conn)
+        self._conn.outbox.send(data)
 
     def flush(self) -> None:
         """Have what is queued sent as soon as this task next waits.
@@ -124,7 +101,7 @@ class Context:
         ones made until then in one send. Calling this is only needed after
         replying from a plain handler that was handed the context some other way.
         """
-        self._flush(self._conn)
+        self._conn.outbox.defer()
 
     def kick(self, reason: str | None = None) -> None:
         """Close this connection now; replies still queued are not sent."""

@@ -2,8 +2,9 @@
 
 The pieces, one concept each (imports flow downwards):
 
-- ``server``: the trio adapter, :func:`serve_http_connection` (a stream) /
-  :func:`serve_http_socket` (a raw socket) / :func:`refuse_http_connection`
+- ``server``: the trio adapter, :func:`serve_http` over the worker's transport seam
+  (:func:`serve_http_connection` for a trio stream, :func:`serve_http_socket` for a
+  raw socket), :func:`refuse_http_connection`
 - ``policy``: :class:`StaticSite`, a parsed request -> :class:`Response` (no trio)
 - ``parser``: :class:`HttpConnection`, bytes -> requests over httptools (no trio)
 - ``files``: URL path -> checked file, with the hot-file cache
@@ -23,6 +24,7 @@ from .policy import BUNDLED_SITE, Response, StaticSite
 from .server import (
     HttpConnectionState,
     refuse_http_connection,
+    serve_http,
     serve_http_connection,
     serve_http_socket,
 )
@@ -40,6 +42,7 @@ __all__ = [
     "Response",
     "StaticSite",
     "refuse_http_connection",
+    "serve_http",
     "serve_http_connection",
     "serve_http_socket",
 ]

@@ -3,9 +3,10 @@
 ::
 
     site = StaticSite.from_settings(config.http)
-    await serve_http_connection(stream, site, config.http)   # one connection, to its end
+    await serve_http(transport, site, config.http)           # one connection, to its end
+    await serve_http_connection(stream, site, config.http)   # the same on a trio stream
     await serve_http_socket(sock, site, config.http)         # the same on a raw socket
-    await refuse_http_connection(stream)                     # worker full: 503 and close
+    await refuse_http_connection(transport)                  # worker full: 503 and close
 
 One task per connection, one loop: receive, parse every request the bytes
 completed, decide every response, send them in one write, repeat. Pipelined
@@ -13,18 +14,15 @@ requests are therefore answered in order with one ``send_all`` for all the small
 responses of one receive; a file too large for the cache flushes what is pending
 together with its head and goes out with ``os.sendfile`` (see :func:`_send_file`).
 
-Two transports, one loop: :func:`serve_http_connection` drives any trio stream,
-:func:`serve_http_socket` a connected non-blocking standard-library socket directly
-(what the worker uses). The loop only sees two coroutine functions, ``receive``
-and ``send_all`` (the stream's own bound methods, or :class:`_RawSocket`'s), so
-the abstraction costs nothing per request. The raw-socket side exists because a
-trio ``SocketStream`` pays for generality on every call: a receive is a
-cancellation check, a failed ``recv``, a wait and a second ``recv``, then a
-scheduler pass (``cancel_shielded_checkpoint``), and a send is another pass. On
-a raw socket a keep-alive request is one wait for readability (the only
+Every transport goes through the worker's seam (:mod:`trioserver.transport`):
+a raw socket (what the worker uses), any trio stream, the testing kit's links.
+The seam's socket transport exists because a trio ``SocketStream`` pays for
+generality on every call: a receive is a cancellation check, a failed ``recv``,
+a wait and a second ``recv``, then a scheduler pass, and a send is another
+pass. On a raw socket a keep-alive request is one wait for readability (the only
 scheduler pass, and the only checkpoint: timeouts and fairness hang on it), one
 ``recv`` and one ``send``; a receive waits before it reads, because after an
-answer the next request is never there yet.
+answer the next request is never there yet (see :class:`_Receiver`).
 
 Time limits are one cancel scope whose deadline moves (no timer tasks):
 
@@ -45,10 +43,10 @@ parsing a request (see ``_Connection.serve``).
 
 Failures: a policy exception is our bug: logged on ``trioserver.http`` with its
 traceback, answered 500, and the connection closes; any other exception from the
-adapter is logged and closes the connection. A raw socket's OSErrors (reset,
-broken pipe) become ``trio.BrokenResourceError``, as a stream's would. Nothing
-but ``Cancelled`` leaves :func:`serve_http_connection` or :func:`serve_http_socket`,
-so a bad request never takes the worker down.
+adapter is logged and closes the connection. The transport turns a socket's OSErrors
+(reset, broken pipe) into ``trio.BrokenResourceError``, as a stream's would.
+Nothing but ``Cancelled`` leaves :func:`serve_http`, so a bad request never
+takes the worker down.
 A connection closed after a protocol error first shuts its sending side and reads
 what the client still sends for a moment ("lingering close"), so the client sees
 the error instead of a reset.
@@ -62,12 +60,13 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Final
 
 import attrs
 import trio
 
+from ..peer import Peer
+from ..transport import SocketTransport, StreamTransport, Transport, as_transport, linger
 from .files import FileRange
 from .parser import HttpConnection, Rejected, Request
 from .policy import Response, StaticSite, service_unavailable
@@ -78,6 +77,7 @@ if TYPE_CHECKING:
 __all__ = [
     "HttpConnectionState",
     "refuse_http_connection",
+    "serve_http",
     "serve_http_connection",
     "serve_http_socket",
 ]
@@ -98,8 +98,6 @@ SENDFILE_CHUNK: Final = 4 * 1024 * 1024
 FAREWELL_TIMEOUT: Final = 1.0
 #: Most bytes read and thrown away during a lingering close.
 LINGER_BYTES: Final = 256 * 1024
-
-_MSG_MORE: Final = getattr(socket, "MSG_MORE", 0)
 
 
 class _FileShrank(Exception):
@@ -129,59 +127,20 @@ class HttpConnectionState:
             self.scope.cancel()
 
 
-async def serve_http_connection(
-    stream: trio.abc.Stream,
+async def serve_http(
+    transport: Transport,
     app: StaticSite,
     settings: HttpSettings,
     state: HttpConnectionState | None = None,
+    *,
+    peer: Peer | None = None,
 ) -> None:
-    """Serve HTTP/1.1 requests on ``stream`` until the connection ends; then close it.
+    """Serve HTTP/1.1 requests on ``transport`` until the connection ends; then close it.
 
     Returns normally on every peer behaviour and on our own bugs (logged); only
-    cancellation propagates. The stream is closed when this returns.
+    cancellation propagates. The transport is closed when this returns.
     """
-    connection = _Connection(
-        stream.receive_some,
-        stream.send_all,
-        stream.send_eof if isinstance(stream, trio.abc.HalfCloseableStream) else None,
-        stream.socket if isinstance(stream, trio.SocketStream) else None,
-        app,
-        settings,
-        state or HttpConnectionState(),
-    )
-    try:
-        await _run(connection)
-    finally:
-        if type(stream) is trio.SocketStream:
-            await stream.aclose()  # closes at once; skips aclose_forcefully's cancel scope
-        else:
-            await trio.aclose_forcefully(stream)
-
-
-async def serve_http_socket(
-    sock: socket.socket,
-    app: StaticSite,
-    settings: HttpSettings,
-    state: HttpConnectionState | None = None,
-) -> None:
-    """:func:`serve_http_connection` on a connected, non-blocking standard socket.
-
-    The socket belongs to this call from now on: it is closed when this returns
-    (after ``trio.lowlevel.notify_closing``). Same behaviour, same guarantees.
-    """
-    io = _RawSocket(sock)
-    connection = _Connection(
-        io.receive, io.send_all, io.send_eof, sock, app, settings, state or HttpConnectionState()
-    )
-    try:
-        await _run(connection)
-    finally:
-        trio.lowlevel.notify_closing(sock)
-        sock.close()
-
-
-async def _run(connection: _Connection) -> None:
-    """Serve one connection; only cancellation leaves (the caller closes the transport)."""
+    connection = _Connection(transport, app, settings, state or HttpConnectionState(), peer)
     try:
         await connection.serve()
     except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -190,146 +149,101 @@ async def _run(connection: _Connection) -> None:
         log.warning("closing an HTTP connection: %s", exc)
     except Exception:
         log.exception("HTTP connection failed; closing it")
+    finally:
+        await transport.aclose()
 
 
-async def refuse_http_connection(stream: trio.abc.Stream) -> None:
-    """Answer 503 (worker full) without reading the request, then close the stream."""
+async def serve_http_connection(
+    stream: trio.abc.Stream,
+    app: StaticSite,
+    settings: HttpSettings,
+    state: HttpConnectionState | None = None,
+) -> None:
+    """:func:`serve_http` on a trio stream (closed when this returns)."""
+    await serve_http(as_transport(stream), app, settings, state)
+
+
+async def serve_http_socket(
+    sock: socket.socket,
+    app: StaticSite,
+    settings: HttpSettings,
+    state: HttpConnectionState | None = None,
+) -> None:
+    """:func:`serve_http` on a connected, non-blocking standard socket (closed when this
+    returns, after ``trio.lowlevel.notify_closing``)."""
+    await serve_http(SocketTransport(sock), app, settings, state)
+
+
+async def refuse_http_connection(transport: Transport | trio.abc.Stream) -> None:
+    """Answer 503 (worker full) without reading the request, then close."""
+    if isinstance(transport, trio.abc.Stream):
+        transport = StreamTransport(transport)
     try:
         with trio.move_on_after(FAREWELL_TIMEOUT):
-            await stream.send_all(service_unavailable(time.time()))
-            await _linger(stream)
+            await transport.send_all(service_unavailable(time.time()))
+            await linger(transport, FAREWELL_TIMEOUT, LINGER_BYTES)
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass
     finally:
-        await trio.aclose_forcefully(stream)
+        await transport.aclose()
 
 
-async def _linger(stream: trio.abc.Stream) -> None:
-    """Shut our sending side, then read and drop what the client still sends, briefly."""
-    send_eof = stream.send_eof if isinstance(stream, trio.abc.HalfCloseableStream) else None
-    await _linger_on(stream.receive_some, send_eof)
+class _Receiver:
+    """``receive(size)`` over a transport, always a checkpoint (timeouts and fairness
+    hang on it).
 
-
-async def _linger_on(receive: _Receive, send_eof: _SendEof | None) -> None:
-    if send_eof is not None:
-        await send_eof()
-    drained = 0
-    with trio.move_on_after(FAREWELL_TIMEOUT):
-        while drained < LINGER_BYTES:
-            data = await receive(RECEIVE_SIZE)
-            if not data:
-                return
-            drained += len(data)
-
-
-_Receive = Callable[[int], Awaitable[bytes | bytearray]]
-_SendAll = Callable[[bytes], Awaitable[None]]
-_SendEof = Callable[[], Awaitable[None]]
-
-
-class _RawSocket:
-    """``receive`` / ``send_all`` / ``send_eof`` on a non-blocking standard socket.
-
-    ``receive`` is always a checkpoint (timeouts and fairness hang on it). It
-    either yields to the scheduler once and then reads ("eager"), or waits for
+    It either yields to the scheduler once and then reads ("eager"), or waits for
     readability and then reads. Eager is right under load: by the time every
     other connection has had its turn, the client has sent its next request, and
     a plain yield costs less than a wait (``epoll_ctl``, then the event's round
     trip through ``epoll_wait``). Waiting is right when the connection is quiet.
     So it reads eagerly after every receive that found data that way or after a
     wait, and waits right away after an eager read that found nothing.
-    ``send_all`` writes at once and waits only when the socket's buffer is full;
-    it is a checkpoint only then. OSErrors become ``trio.BrokenResourceError``.
     """
 
-    __slots__ = ("eager", "sock")
+    __slots__ = ("eager", "transport")
 
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
+    def __init__(self, transport: Transport) -> None:
+        self.transport = transport
         self.eager = True
 
     async def receive(self, size: int) -> bytes:
-        sock = self.sock
+        transport = self.transport
         if self.eager:
             await trio.lowlevel.checkpoint()
-            data = _recv(sock, size)
+            data = transport.receive_nowait(size)
             if data is not None:
                 return data
             self.eager = False
         else:
             self.eager = True
-        wait_readable = trio.lowlevel.wait_readable
         while True:
-            await wait_readable(sock)
-            data = _recv(sock, size)
+            await transport.wait_readable()
+            data = transport.receive_nowait(size)
             if data is not None:
                 return data
-
-    async def send_all(self, data: bytes) -> None:
-        await _send_raw(self.sock, data, 0)
-
-    async def send_eof(self) -> None:
-        try:
-            self.sock.shutdown(socket.SHUT_WR)
-        except OSError as exc:
-            raise trio.BrokenResourceError(f"peer went away: {exc}") from exc
-
-
-def _recv(sock: socket.socket, size: int) -> bytes | None:
-    """``sock.recv``, None when nothing is there (a spurious wake-up).
-
-    A function of its own so that a would-block exception's traceback pins this
-    short-lived frame, not the connection's (see ``trioserver.worker._recv``).
-    """
-    try:
-        return sock.recv(size)
-    except BlockingIOError:
-        return None
-    except OSError as exc:
-        raise trio.BrokenResourceError(f"peer went away: {exc}") from exc
-
-
-async def _send_raw(sock: socket.socket, data: bytes | memoryview, flags: int) -> None:
-    """Send all of ``data``, waiting for room only when the socket's buffer is full.
-
-    A coroutine of its own, so a would-block exception pins this short frame only.
-    """
-    while True:
-        try:
-            sent = sock.send(data, flags)
-        except BlockingIOError:
-            sent = 0
-        except OSError as exc:
-            raise trio.BrokenResourceError(f"peer went away: {exc}") from exc
-        if sent == len(data):
-            return
-        data = memoryview(data)[sent:]
-        await trio.lowlevel.wait_writable(sock)
 
 
 class _Connection:
     """One connection: its loop, its parser and its lazily moved deadline.
 
-    ``receive``, ``send_all`` and ``send_eof`` (None: cannot half-close) are the
-    transport; ``sock`` is its socket (standard or trio) when files may go by
+    ``sock`` is the transport's socket (standard or trio) when files may go by
     ``os.sendfile``, else None.
     """
 
     def __init__(
         self,
-        receive: _Receive,
-        send_all: _SendAll,
-        send_eof: _SendEof | None,
-        sock: socket.socket | trio.socket.SocketType | None,
+        transport: Transport,
         site: StaticSite,
         settings: HttpSettings,
         state: HttpConnectionState,
+        peer: Peer | None,
     ) -> None:
         self.state = state
-        self.receive = receive
-        self.send_all = send_all
-        self.send_eof = send_eof
-        self.sock = sock
+        self.transport = transport
+        self.receive = _Receiver(transport).receive
+        self.send_all = transport.send_all
+        self.sock = sock = transport.socket
         self.site = site
         self.settings = settings
         self.parser = HttpConnection(
@@ -337,7 +251,10 @@ class _Connection:
             max_header_size=settings.max_header_size,
             max_body_size=settings.max_body_size,
         )
-        self.peer = _peer_name(sock) if settings.access_log else "-"
+        if not settings.access_log:
+            self.peer = "-"
+        else:
+            self.peer = peer.host if peer is not None else _peer_name(sock)
         #: When the current wait really ends (header or idle deadline). The scope's
         #: deadline is never later than this while reading (see :meth:`serve`).
         self.deadline = 0.0
@@ -377,11 +294,10 @@ class _Connection:
                     await self.send_all(timeout.head + timeout.body)
                     # The client is still sending its head: closing on unread bytes
                     # would reset the connection and could destroy the 408.
-                    await _linger_on(self.receive, self.send_eof)
+                    await linger(self.transport, FAREWELL_TIMEOUT, LINGER_BYTES)
             return  # an idle connection closes without a word
         if self.outcome is _Outcome.LINGER:
-            with trio.move_on_after(FAREWELL_TIMEOUT):
-                await _linger_on(self.receive, self.send_eof)
+            await linger(self.transport, FAREWELL_TIMEOUT, LINGER_BYTES)
 
     async def _loop(self) -> None:
         """Receive, parse, answer everything the bytes completed, in one write; repeat."""
@@ -514,26 +430,20 @@ class _Connection:
     ) -> None:
         """Head with MSG_MORE (it leaves with the first data), then the file by sendfile.
 
-        The raw socket calls raise plain OSErrors when the peer goes away; they are
-        turned into BrokenResourceError like every other stream error.
+        ``os.sendfile`` raises plain OSErrors when the peer goes away; they are
+        turned into BrokenResourceError like every other transport error.
         """
         try:
             scope = self.scope
             send_timeout = self.settings.send_timeout
-            if isinstance(sock, socket.socket):
-                await _send_raw(sock, head, _MSG_MORE)
-            else:
-                view = memoryview(head)
-                while view:
-                    sent = await sock.send(view, _MSG_MORE)
-                    view = view[sent:]
+            await self.transport.send_all(head, more=True)
             out = sock.fileno()
             since_checkpoint = 0
             while length:
                 try:
                     sent = os.sendfile(out, fd, offset, min(length, SENDFILE_CHUNK))
                 except BlockingIOError:
-                    await trio.lowlevel.wait_writable(sock)
+                    await self.transport.wait_writable()
                     continue
                 if sent == 0:
                     raise _FileShrank(f"file shrank by {length} bytes while being sent")

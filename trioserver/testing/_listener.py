@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import trio
 import trio.testing
@@ -15,18 +14,19 @@ from ._network import open_link
 
 __all__ = ["MemoryListener"]
 
-StreamPair = Callable[[], tuple[trio.StapledStream[Any, Any], trio.StapledStream[Any, Any]]]
-
 
 class MemoryListener(trio.abc.Listener[trio.abc.Stream]):
     """A listener whose connections are in-memory stream pairs.
 
-    ``connect()`` returns the client's end. By default both directions buffer
-    without limit (``memory_stream_pair``); ``lockstep=True`` gives a client whose
-    unread replies block the server's ``send_all``, like a full TCP window; with
-    ``faults`` (even empty) the connection is a simulated link that applies them
-    (see :mod:`trioserver.testing`). Every server end has a ``peer`` attribute,
-    which the worker reports as the client's address.
+    ``connect()`` returns the client's end. By default the connection is a
+    simulated link (:func:`open_link`) whose directions buffer without limit; it
+    is a transport of the worker's own seam, so the worker reads and writes it
+    with exactly the code it uses for sockets. ``faults`` put faults on that
+    link (see :mod:`trioserver.testing`). ``lockstep=True`` gives a trio
+    ``lockstep_stream_pair`` instead, whose unread replies block the server's
+    ``send_all`` like a full TCP window (the worker drives it as it drives any
+    trio stream). Every server end has a ``peer`` attribute, which the worker
+    reports as the client's address.
     """
 
     def __init__(self) -> None:
@@ -50,18 +50,15 @@ class MemoryListener(trio.abc.Listener[trio.abc.Stream]):
         name = peer or f"memory:{number}"
         client: trio.abc.Stream
         server: trio.abc.Stream
-        if faults is not None:
-            if lockstep:
+        if lockstep:
+            if faults is not None:
                 raise ValueError("lockstep=True and faults do not mix: use StopReading(at=0)")
-            client, server = open_link(
-                faults, seed=seed, key=number if key is None else key, peer=name
-            )
-        else:
-            pair: StreamPair = (
-                trio.testing.lockstep_stream_pair if lockstep else trio.testing.memory_stream_pair
-            )
-            client, server = pair()
+            client, server = trio.testing.lockstep_stream_pair()
             server.peer = name  # type: ignore[attr-defined]
+        else:
+            client, server = open_link(
+                faults or (), seed=seed, key=number if key is None else key, peer=name
+            )
         try:
             self._send.send_nowait(server)
         except trio.BrokenResourceError:

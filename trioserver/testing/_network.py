@@ -216,7 +216,7 @@ class _Pipe:
 
     # -- sending --------------------------------------------------------------------------------
 
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+    async def send_all(self, data: bytes | bytearray | memoryview, *, more: bool = False) -> None:
         if self._sending:
             raise trio.BusyResourceError("another task is sending on this stream")
         self._sending = True
@@ -310,6 +310,43 @@ class _Pipe:
                 waited = True
         finally:
             self._receiving = False
+
+    def receive_nowait(self, max_bytes: int) -> bytes | None:
+        """What a read would return now (b"" at EOF), or None if it would wait."""
+        if self._receiving:
+            raise trio.BusyResourceError("another task is receiving on this stream")
+        return self._ready(max_bytes, self._time())
+
+    async def wait_readable(self) -> None:
+        """Wait until ``receive_nowait`` has bytes, EOF or an error to give."""
+        if self._receiving:
+            raise trio.BusyResourceError("another task is receiving on this stream")
+        self._receiving = True
+        try:
+            now = self._time()
+            if self._readable(now):
+                await trio.lowlevel.checkpoint()
+                return
+            while True:
+                await self._wait_readable(self._next_change(now))
+                now = self._time()
+                if self._readable(now):
+                    return
+        finally:
+            self._receiving = False
+
+    def _readable(self, now: float) -> bool:
+        """True when ``_ready`` would not return None at ``now`` (it may raise)."""
+        if self.reader_gone or self.broken:
+            return True
+        chunks = self._chunks
+        if not self._timed:
+            return bool(chunks) or self.eof
+        stalled = now >= self._stall_at
+        at_eof = self.eof and now >= self._eof_at
+        if stalled:
+            return at_eof
+        return (bool(chunks) and chunks[0][0] <= now) or (not chunks and at_eof)
 
     def _ready(self, max_bytes: int | None, now: float) -> bytes | None:
         """What a read returns at ``now`` (b"" at EOF), or None if it must wait."""
@@ -456,7 +493,16 @@ class _Link:
 
 
 class LinkEnd(trio.abc.HalfCloseableStream):
-    """One end of a simulated connection; ``peer`` names the client, as a socket's address would."""
+    """One end of a simulated connection; ``peer`` names the client, as a socket's address would.
+
+    It is a trio stream and also a transport of the worker's own seam
+    (``trioserver.transport.Transport``: ``receive_nowait``, ``wait_readable``,
+    ``send_nowait``...), so a worker reads and writes it exactly as it does a socket.
+    """
+
+    #: Closing a link with unread bytes destroys nothing (no TCP reset to avoid).
+    lingers = False
+    socket = None
 
     def __init__(self, link: _Link, outgoing: _Pipe, incoming: _Pipe, peer: str) -> None:
         self._link = link
@@ -468,12 +514,25 @@ class LinkEnd(trio.abc.HalfCloseableStream):
         self.send_all = outgoing.send_all  # type: ignore[method-assign]
         self.send_nowait = outgoing.send_nowait  # type: ignore[method-assign]
         self.receive_some = incoming.receive_some  # type: ignore[method-assign]
+        self.receive_nowait = incoming.receive_nowait  # type: ignore[method-assign]
+        self.wait_readable = incoming.wait_readable  # type: ignore[method-assign]
 
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+    def receive_nowait(self, max_bytes: int) -> bytes | None:
+        """What a receive would return now (b"" at EOF), or None when it would wait."""
+        return self._in.receive_nowait(max_bytes)
+
+    async def wait_readable(self) -> None:
+        """Wait until :meth:`receive_nowait` has bytes, EOF or an error to give."""
+        await self._in.wait_readable()
+
+    async def wait_writable(self) -> None:
+        await self._out.wait_send_all_might_not_block()
+
+    async def send_all(self, data: bytes | bytearray | memoryview, *, more: bool = False) -> None:
         await self._out.send_all(data)
 
     def send_nowait(self, data: bytes | bytearray | memoryview) -> int:
-        """Send what fits now without waiting (see ``NonBlockingSend``); the bytes taken.
+        """Send what fits now without waiting; the bytes taken.
 
         0 when a ``StopReading`` window is full; raises ``BrokenResourceError``
         after a reset and ``ClosedResourceError`` after ``send_eof``.

@@ -34,9 +34,7 @@ import trio.testing
 from ..client import Client, ConnectionClosed
 from ..framer import PING, Packet, encode
 from ..messages import (
-    LOGIN,
-    PING_CODE,
-    REGISTER,
+    MessageCode,
     decode_login_reply,
     decode_register_reply,
     encode_login,
@@ -187,21 +185,23 @@ class Bot:
     async def ping(self) -> float:
         """One heartbeat; returns its round trip in virtual seconds."""
         start = self._clock()
-        await self._send_request(PING, PING_CODE, start)
-        self._expect(await self.receive(), PING_CODE)
+        await self._send_request(PING, MessageCode.PING, start)
+        self._expect(await self.receive(), MessageCode.PING)
         return self._replied_at - start
 
     async def register(self, name: str | None = None, password: str | None = None) -> int:
         """Register (by default as this bot); returns the result code (0 is OK)."""
         data = encode_register(name or self.name, password or self.password)
-        await self._send_request(data, REGISTER, self._clock())
-        return decode_register_reply(self._expect(await self.receive(), REGISTER)).result
+        await self._send_request(data, MessageCode.REGISTER, self._clock())
+        return decode_register_reply(
+            self._expect(await self.receive(), MessageCode.REGISTER)
+        ).result
 
     async def login(self, name: str | None = None, password: str | None = None) -> int:
         """Log in (by default as this bot); returns the result code (0 is OK)."""
         data = encode_login(name or self.name, password or self.password)
-        await self._send_request(data, LOGIN, self._clock())
-        return decode_login_reply(self._expect(await self.receive(), LOGIN)).result
+        await self._send_request(data, MessageCode.LOGIN, self._clock())
+        return decode_login_reply(self._expect(await self.receive(), MessageCode.LOGIN)).result
 
     async def _send_raw(self, data: bytes, code: int) -> None:
         await self.client.stream.send_all(data)

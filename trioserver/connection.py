@@ -1,0 +1,501 @@
+"""One connection, one object: its reader, its outbox, its lifecycle and its close.
+
+::
+
+    conn = Connection(slot, transport, peer, shared)
+    nursery.start_soon(conn.serve)     # reads until EOF, a rule, a kick or the drain
+
+The reader moves bytes from the transport through the framer and the checks
+(CRC, size, flood, unknown codes) to the handlers: plain handlers run right in
+the reader, async ones through the message queue. Replies leave through
+``conn.outbox``. Everything a connection needs from its worker (rules,
+counters, the queue, the nursery writers run in) is in one :class:`Shared`
+record handed down at creation; a connection never calls back up into the
+worker.
+
+The lifecycle
+-------------
+
+The state is one :class:`State`; every move goes through :meth:`Connection._move`
+and the table ``TRANSITIONS`` (the two moves the reader makes on every wait,
+READING ⇄ IDLE, are written directly: they are always allowed from there and
+cost a dict lookup per wake-up otherwise)::
+
+    NEW ──bytes──▶ READING ⇄ IDLE          (IDLE: parked until the peer sends more)
+     │               │
+     │      EOF, rule, drain ──▶ FINISHING ──▶ LINGERING ──┐
+     │               │               │                      ▼
+     └── kick, reset, deadline ─────────────────────────▶ CLOSING ──▶ CLOSED
+
+- NEW: accepted, nothing received yet (a PROXY header may be on its way). A drain
+  gives it a moment for its first request instead of closing it under the client.
+- READING / IDLE: open. A drain closes an IDLE connection with nothing in hand at
+  once, and makes a READING one stop after what has already arrived.
+- FINISHING: reads no more (EOF, a rule such as flood, the drain); every request
+  already read is still answered and every reply flushed.
+- LINGERING: all sent; our side is shut and the peer's bytes are discarded until
+  its EOF, so that closing does not reset replies it has not read yet.
+- CLOSING: closing now (a kick, a reset peer, a deadline); nothing more is sent.
+- CLOSED: the slot is released (exactly once) and the transport closed.
+
+``reason`` says why it ended: a :class:`KickReason` is counted as a kick; a
+:class:`CloseReason` (the peer left, the drain closed it) is not; None means the
+peer closed it and got every answer.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+from collections.abc import Mapping
+from typing import Any, Final, Protocol
+
+import attrs
+import trio
+
+from .framer import (
+    Discarded,
+    Event,
+    FrameDecoder,
+    Packet,
+    RemoteProtocolError,
+    TruncatedPacketError,
+)
+from .messages import MessageCode
+from .nursery_pool import Slot
+from .outbox import DeferredFlusher, Outbox
+from .peer import Peer
+from .proxy_protocol import ProxyPolicy, ProxyProtocolError, read_proxy_header
+from .reasons import CloseReason, DropReason, KickReason
+from .stats import Counters
+from .timers import ConnectionRules, RecycleTimer
+from .transport import Transport, linger
+from .wakeup import Wakeup
+
+__all__ = ["TRANSITIONS", "Connection", "Dispatcher", "LifecycleError", "Shared", "State"]
+
+log = logging.getLogger("trioserver.worker")
+
+
+class State(enum.Enum):
+    """Where a connection is in its life (see the module docstring)."""
+
+    NEW = "new"
+    READING = "reading"
+    IDLE = "idle"
+    FINISHING = "finishing"
+    LINGERING = "lingering"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+#: Every allowed move. Anything else is a bug in the server, raised as LifecycleError.
+TRANSITIONS: Final[Mapping[State, frozenset[State]]] = {
+    State.NEW: frozenset({State.READING, State.FINISHING, State.CLOSING}),
+    State.READING: frozenset({State.IDLE, State.FINISHING, State.CLOSING}),
+    State.IDLE: frozenset({State.READING, State.CLOSING}),
+    State.FINISHING: frozenset({State.LINGERING, State.CLOSING}),
+    State.LINGERING: frozenset({State.CLOSING}),
+    State.CLOSING: frozenset({State.CLOSED}),
+    State.CLOSED: frozenset(),
+}
+
+# Module constants: reading an Enum member through its class costs ~200 ns on 3.11.
+_NEW: Final = State.NEW
+_READING: Final = State.READING
+_IDLE: Final = State.IDLE
+_FINISHING: Final = State.FINISHING
+_CLOSING: Final = State.CLOSING
+_CLOSED: Final = State.CLOSED
+_PING: Final = int(MessageCode.PING)
+
+#: Seconds a draining worker waits for the first request of a connection that has
+#: sent nothing yet (accepted just before the drain began) before closing it.
+FIRST_REQUEST_GRACE: Final = 1.0
+
+
+class LifecycleError(RuntimeError):
+    """A connection was asked to make a move its state does not allow (a server bug)."""
+
+
+class Checked(Protocol):
+    """What the reader checks of a message code's route before queueing a packet."""
+
+    @property
+    def body_size(self) -> int | None: ...
+
+
+class Dispatcher(Protocol):
+    """What the reader hands checked packets to (the worker's message queue)."""
+
+    def submit(self, conn: Connection, packets: list[Packet]) -> bool:
+        """Run or queue ``packets``; True if ``conn`` must now be scheduled."""
+        ...
+
+    async def schedule(self, conn: Connection) -> None:
+        """Put ``conn`` in the queue (waits while the queue is full)."""
+        ...
+
+
+@attrs.define(eq=False)
+class Shared:
+    """What every connection of one worker shares: its rules, counters and queue.
+
+    Made once by the worker; ``nursery`` (where writer tasks run) is set when it
+    serves, ``stopping`` when it drains.
+    """
+
+    rules: ConnectionRules
+    counters: Counters
+    queue: Dispatcher
+    recycler: RecycleTimer
+    routes: Mapping[int, Checked]
+    flusher: DeferredFlusher
+    proxy: ProxyPolicy | None = None
+    max_packet_length: int = 29000
+    receive_size: int = 65536
+    inbox_size: int = 1024
+    max_pending_replies: int = 400
+    max_pending_bytes: int = 4 << 20
+    #: The open connections by slot index.
+    connections: dict[int, Connection] = attrs.Factory(dict)
+    stopping: bool = False
+    _nursery: trio.Nursery | None = None
+
+    @property
+    def nursery(self) -> trio.Nursery:
+        """Where writer tasks run: the worker's connection nursery, once it serves."""
+        if self._nursery is None:
+            raise RuntimeError("the worker is not serving yet")
+        return self._nursery
+
+    @nursery.setter
+    def nursery(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
+
+
+class Connection:
+    """One accepted connection (see the module docstring)."""
+
+    __slots__ = (
+        "app_state",
+        "flood_count",
+        "hard_deadline",
+        "inbox",
+        "last_packet_at",
+        "logged_drops",
+        "outbox",
+        "peer",
+        "reason",
+        "scheduled",
+        "scope",
+        "sequence",
+        "shared",
+        "slot",
+        "state",
+        "transport",
+        "user",
+        "wakeup",
+    )
+
+    def __init__(self, slot: Slot, transport: Transport, peer: Peer, shared: Shared) -> None:
+        self.slot = slot
+        #: The slot's sequence at open: once it moves on, this connection is stale.
+        self.sequence = slot.sequence
+        self.transport = transport
+        self.peer = peer
+        self.shared = shared
+        self.state = _NEW
+        self.reason: KickReason | CloseReason | None = None
+        #: The connection's whole life; a kick cancels it, the heartbeat is its deadline.
+        self.scope = trio.CancelScope()
+        #: Packets waiting for a handler task; a handler takes the whole list at once.
+        self.inbox: list[Packet] = []
+        #: True while the connection sits in the message queue or a handler drains it.
+        self.scheduled = False
+        self.outbox = Outbox(self)
+        #: Wakes the reader: inbox space, or work finished.
+        self.wakeup = Wakeup()
+        #: Flood rule: arrival time of the previous packet and the fast-packet run length.
+        self.last_packet_at = -math.inf
+        self.flood_count = 0
+        #: Hard session-lifetime deadline (inf when off); the heartbeat never extends past it.
+        self.hard_deadline = math.inf
+        #: Drop reasons already logged for this connection (each logged once).
+        self.logged_drops: set[Any] | None = None
+        #: The authenticated user, set by the login handler.
+        self.user: str | None = None
+        #: The application's own per-connection state (``Context.state``), made on first use.
+        self.app_state: dict[str, Any] | None = None
+
+    # -- what others ask -----------------------------------------------------------------------
+
+    @property
+    def id(self) -> str:
+        """``slot#sequence``: unique among the worker's connections, stable in logs."""
+        return f"{self.slot.index}#{self.sequence}"
+
+    @property
+    def stale(self) -> bool:
+        """True once this connection closed (its slot's sequence moved on)."""
+        return self.sequence != self.slot.sequence
+
+    @property
+    def closing(self) -> bool:
+        """True once it is closing: nothing more will be sent."""
+        state = self.state
+        return state is _CLOSING or state is _CLOSED
+
+    @property
+    def busy(self) -> bool:
+        """Something is still queued, being handled, or being sent."""
+        return bool(self.scheduled or self.inbox or self.outbox)
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.id} from {self.peer} {self.state.value}>"
+
+    # -- what others tell it -------------------------------------------------------------------
+
+    def kick(self, reason: KickReason) -> None:
+        """Close now, replies still queued unsent; the first kick's reason is counted."""
+        if self.closing:
+            return
+        self.reason = reason
+        self._move(_CLOSING)
+        self.scope.cancel()
+
+    def peer_gone(self) -> None:
+        """The peer reset or vanished: nothing more can be delivered (not a kick)."""
+        if self.closing:
+            return
+        self.reason = CloseReason.PEER_GONE
+        self._move(_CLOSING)
+        self.scope.cancel()
+
+    def settle(self) -> None:
+        """Some work for this connection finished: wake its reader, and during a drain
+        close it once it is idle with nothing in hand (a busy reader stops by itself)."""
+        self.wakeup.wake()
+        if self.shared.stopping and self.state is _IDLE and not self.busy:
+            self.reason = CloseReason.DRAINED
+            self._move(_CLOSING)
+            self.scope.cancel()
+
+    def drain(self, now: float) -> None:
+        """The worker is stopping (``shared.stopping`` is already set): finish."""
+        if self.state is _NEW:
+            # Accepted a moment ago, its first request perhaps on the way: closing
+            # now would reset it. It gets a short grace, then closes quietly.
+            self.reason = CloseReason.DRAINED
+            self.scope.deadline = min(self.scope.deadline, now + FIRST_REQUEST_GRACE)
+        else:
+            self.settle()  # idle ones close now; busy ones once their work is done
+
+    def _move(self, state: State) -> None:
+        if state not in TRANSITIONS[self.state]:
+            raise LifecycleError(f"{self!r} cannot move from {self.state.value} to {state.value}")
+        self.state = state
+
+    # -- the reader ----------------------------------------------------------------------------
+
+    async def serve(self) -> None:
+        """Read, check and hand over until the connection ends; then close it.
+
+        The reader is inline here rather than in coroutines of its own because an
+        idle connection is this task's frame and little else: every nested frame
+        is paid for by every one of tens of thousands of idle connections.
+        """
+        shared = self.shared
+        transport = self.transport
+        shared.rules.open(self, trio.current_time())
+        decoder = FrameDecoder(shared.max_packet_length)
+        receive_size = shared.receive_size
+        inbox_size = shared.inbox_size
+        queue = shared.queue
+        waited = True
+        peer_eof = False
+        data: bytes | None
+        events: list[Event] | None = None
+        packets: list[Packet] | None = None
+        clean = False
+        try:
+            with self.scope:
+                early: bytes | None = b""
+                if shared.proxy is not None:
+                    early = await self._proxy_header(shared.proxy)
+                while early is not None:  # bytes → packets → checks → handlers
+                    if early:  # bytes that arrived with the PROXY header come first
+                        data, early = early, b""
+                    else:
+                        try:
+                            data = transport.receive_nowait(receive_size)
+                            if data is None:
+                                if shared.stopping:
+                                    break  # draining: all that had arrived is read; no more
+                                if self.state is _READING:
+                                    self.state = _IDLE
+                                await transport.wait_readable()
+                                if self.state is _IDLE:
+                                    self.state = _READING
+                                waited = True
+                                continue
+                        except trio.BrokenResourceError:
+                            self.peer_gone()  # reset by peer: nothing more to deliver
+                            break
+                        if not data:
+                            peer_eof = True
+                            self._at_eof(decoder)
+                            break
+                        if not waited:
+                            await trio.lowlevel.checkpoint()  # data kept coming: be fair
+                        waited = False
+                    if self.state is _NEW:
+                        self._move(_READING)
+                    decoder.receive_data(data)
+                    # Take at most what the inbox has room for; the rest stays as bytes.
+                    while True:
+                        room = inbox_size - len(self.inbox)
+                        try:
+                            events = decoder.next_packets(room)
+                        except RemoteProtocolError:
+                            self._finish(KickReason.BAD_LENGTH)
+                            break
+                        if not events:
+                            break
+                        packets = self._check(events)
+                        if packets and queue.submit(self, packets):
+                            await queue.schedule(self)
+                        if self.state is not _READING:
+                            break
+                        if len(events) < room:
+                            break  # the buffer holds no further whole packet
+                        while len(self.inbox) >= inbox_size:
+                            await self.wakeup.wait()
+                        if self.outbox.writing:
+                            # Let the writer run between batches: replies pile up only
+                            # while the peer really does not read (then it is kicked).
+                            await trio.lowlevel.checkpoint()
+                    events = packets = None  # a waiting connection keeps no batch alive
+                    if self.state is not _READING:
+                        break
+                if not self.closing:
+                    if self.state is not _FINISHING:
+                        self._move(_FINISHING)
+                    while self.busy:  # answer and send everything that was read
+                        await self.wakeup.wait()
+                    if transport.lingers and not peer_eof:
+                        self._move(State.LINGERING)
+                        await linger(transport)
+            clean = True
+        except Exception:
+            log.exception("bug while serving %s (conn %s); closing it", self.peer, self.id)
+            clean = True
+        finally:
+            await self._close(clean)
+
+    def _finish(self, reason: KickReason) -> None:
+        """Stop reading for a rule: what was read is still answered, then it closes."""
+        self.reason = reason
+        self._move(_FINISHING)
+
+    def _at_eof(self, decoder: FrameDecoder) -> None:
+        """The peer sent EOF: a half-close, or (mid-packet) a truncated packet."""
+        decoder.receive_data(b"")
+        try:
+            decoder.next_packet()
+        except TruncatedPacketError:
+            self._finish(KickReason.TRUNCATED)
+
+    def _check(self, events: list[Event]) -> list[Packet]:
+        """Count and check one batch of decoded events; the packets a handler should get.
+
+        Applies the flood rule to every completed packet, drops (and counts) bad
+        CRCs, unknown codes and wrong sizes, and moves the heartbeat deadline once
+        for the batch if it held a refreshing packet.
+        """
+        shared = self.shared
+        rules = shared.rules
+        flood_check = rules.flood_check
+        any_refreshes = rules.any_packet_refreshes
+        counters = shared.counters
+        by_code = counters.packets_by_code
+        routes = shared.routes
+        now = trio.current_time()
+        refreshed = False
+        packets: list[Packet] = []
+        for event in events:
+            code = event.code
+            by_code[code] += 1
+            if flood_check and rules.is_flood(self, now):
+                # Drop this packet, answer what came before it, then close.
+                self._finish(KickReason.FLOOD)
+                break
+            if type(event) is Discarded:
+                counters.drop(self, DropReason(event.reason.value), code)
+                continue
+            assert type(event) is Packet
+            route = routes.get(code)
+            if route is None:
+                counters.drop(self, DropReason.UNKNOWN_CODE, code)
+                continue
+            size = route.body_size
+            if size is not None and len(event.body) != size:
+                counters.drop(self, DropReason.BAD_BODY_SIZE, code)
+                continue
+            if code == _PING or any_refreshes:
+                refreshed = True
+            packets.append(event)
+        if refreshed:
+            rules.refresh(self, now)
+        return packets
+
+    async def _proxy_header(self, policy: ProxyPolicy) -> bytes | None:
+        """Read the PROXY header, make ``peer`` the client it names; the bytes after it.
+
+        None when the connection is refused (untrusted source, no valid header in
+        time): counted, logged, and the connection closes quietly.
+        """
+        transport, size = self.transport, self.shared.receive_size
+
+        async def receive() -> bytes:
+            while (data := transport.receive_nowait(size)) is None:
+                await transport.wait_readable()
+            return data
+
+        why = f"sent no complete PROXY header within {policy.timeout:g} s"
+        with trio.move_on_after(policy.timeout):
+            try:
+                self.peer, early = await read_proxy_header(receive, policy, self.peer)
+                return early
+            except ProxyProtocolError as exc:
+                why = str(exc)
+            except trio.BrokenResourceError:
+                why = "went away before its PROXY header was complete"
+        self.shared.counters.proxy_refused += 1
+        log.info("refused %s (conn %s): %s", self.peer, self.id, why)
+        self.reason = CloseReason.PROXY_REFUSED
+        self._move(_CLOSING)
+        return None
+
+    # -- the close -----------------------------------------------------------------------------
+
+    async def _close(self, clean: bool) -> None:
+        """Account for the end, release the slot (exactly once), close the transport."""
+        shared = self.shared
+        if not self.closing:
+            reason = self.reason
+            if not clean:
+                reason = KickReason.DRAIN_TIMEOUT  # the worker's drain deadline cancelled it
+            elif reason is None and self.scope.cancelled_caught:
+                reason = shared.rules.deadline_reason(self)
+            self.reason = reason
+            self._move(_CLOSING)
+        reason = self.reason
+        if isinstance(reason, KickReason):
+            shared.counters.kick(self, reason)
+        del shared.connections[self.slot.index]
+        shared.recycler.rest(self.slot)  # bumps the sequence: anything queued is now stale
+        self.outbox.close()
+        self._move(_CLOSED)
+        await self.transport.aclose()

@@ -1,0 +1,106 @@
+"""The router: message code → handler, the table readers check and handler tasks call.
+
+::
+
+    router = Router()
+    router.add(100, echo)                 # a plain or an async function (ctx, packet)
+
+    @router.route(101, body_size=4)       # packets of another body size are dropped
+    async def lookup(ctx, packet): ...
+
+Codes 0-6 are the protocol's (``MessageCode``; 2-4 are reserved and take no
+handler); applications use 7 and up. Built-in codes can be served by another
+handler with ``replace=True``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterator, Mapping
+
+import attrs
+
+from ..messages import RESERVED_CODES
+from .context import Handler
+
+__all__ = ["Route", "Router"]
+
+
+@attrs.frozen
+class Route:
+    """One message code's handler and the body size it requires (None: any size)."""
+
+    code: int
+    handler: Handler
+    body_size: int | None
+    is_async: bool
+    name: str
+
+
+class Router:
+    """msgCode → handler; the table readers check and handler tasks call.
+
+    ``body_size`` makes the reader drop a packet of the wrong size before it
+    costs a queue hop (PROTOCOL.md: wrong body sizes are dropped silently).
+    """
+
+    def __init__(self) -> None:
+        self._routes: dict[int, Route] = {}
+
+    def add(
+        self,
+        code: int,
+        handler: Handler,
+        *,
+        body_size: int | None = None,
+        name: str | None = None,
+        replace: bool = False,
+    ) -> Route:
+        """Serve ``code`` with ``handler`` (a plain or an async function)."""
+        if isinstance(code, bool) or not isinstance(code, int) or not 0 <= code <= 0xFFFF:
+            raise ValueError(f"message code must be an int in 0..65535, got {code!r}")
+        if code in RESERVED_CODES:
+            raise ValueError(f"message code {code} is reserved by the protocol (2-4)")
+        if body_size is not None and not 0 <= body_size <= 0xFFFF - 8:
+            raise ValueError(f"body_size {body_size!r} cannot fit a packet")
+        if not callable(handler):
+            raise TypeError(f"handler for code {code} must be callable, got {handler!r}")
+        if code in self._routes and not replace:
+            raise ValueError(
+                f"message code {code} is already served by {self._routes[code].name}; "
+                "pass replace=True to override it"
+            )
+        route = Route(
+            code=code,
+            handler=handler,
+            body_size=body_size,
+            is_async=inspect.iscoroutinefunction(handler),
+            name=name or str(getattr(handler, "__qualname__", None) or repr(handler)),
+        )
+        self._routes[code] = route
+        return route
+
+    def route(
+        self, code: int, *, body_size: int | None = None, replace: bool = False
+    ) -> Callable[[Handler], Handler]:
+        """Decorator form of :meth:`add`."""
+
+        def decorate(handler: Handler) -> Handler:
+            self.add(code, handler, body_size=body_size, replace=replace)
+            return handler
+
+        return decorate
+
+    @property
+    def routes(self) -> Mapping[int, Route]:
+        """The table itself (read-only), for the reader's per-packet checks."""
+        return self._routes
+
+    def get(self, code: int) -> Route | None:
+        return self._routes.get(code)
+
+    def __contains__(self, code: object) -> bool:
+        return code in self._routes
+
+    def __iter__(self) -> Iterator[Route]:
+        return iter(sorted(self._routes.values(), key=lambda r: r.code))

@@ -1,0 +1,287 @@
+"""The transport seam: how a connection moves bytes, whatever carries them.
+
+A connection (binary or HTTP) reads and writes through one small interface,
+:class:`Transport`, shaped for a reader that tries before it waits::
+
+    data = transport.receive_nowait(65536)   # bytes, b"" at EOF, None: nothing there yet
+    if data is None:
+        await transport.wait_readable()      # the only wait; then try again
+    sent = transport.send_nowait(reply)      # what fit now; the rest waits for...
+    await transport.send_all(rest)           # ...a writer that waits for room
+
+Implementations:
+
+- :class:`SocketTransport`: a connected non-blocking standard socket, the
+  production fast path. ``receive_nowait`` is one ``recv``, ``wait_readable``
+  is trio's own ``wait_readable`` (the only scheduler pass per wake-up), and a
+  reply that fits goes out in one ``send`` without a task switch.
+- :class:`StreamTransport`: any ``trio.abc.Stream`` (``trio.SSLStream``,
+  ``trio.SocketStream``, trio's memory streams). A stream cannot be read without
+  waiting, so ``wait_readable`` receives into a one-chunk buffer that
+  ``receive_nowait`` then hands out; a stream with ``send_nowait`` (the testing
+  kit's links) is written without a task.
+- Anything else that has these methods: the testing kit's simulated links are
+  transports themselves, so the kit runs exactly the production reader.
+
+Semantics shared by all: ``receive_nowait`` and ``send_nowait`` never wait and
+are not checkpoints; a reset peer raises ``trio.BrokenResourceError`` (from any
+method), a transport we closed ``trio.ClosedResourceError``; ``aclose`` closes
+at once and never raises. One receiver and one sender may work concurrently,
+as on a trio stream.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Awaitable
+from typing import Any, Final, Protocol
+
+import trio
+
+from .peer import Peer
+
+__all__ = [
+    "LINGER_BYTES",
+    "LINGER_TIMEOUT",
+    "SocketTransport",
+    "StreamTransport",
+    "Transport",
+    "as_transport",
+    "linger",
+    "peer_of_stream",
+]
+
+#: How long a finished connection keeps reading (and discarding) after its last
+#: reply, so the peer gets every reply instead of a reset (nginx's lingering close).
+LINGER_TIMEOUT: Final = 2.0
+LINGER_BYTES: Final = 1 << 20
+#: Most bytes a :class:`StreamTransport` asks its stream for in one receive.
+STREAM_RECEIVE_SIZE: Final = 65536
+
+_MSG_MORE: Final = getattr(socket, "MSG_MORE", 0)
+
+
+class Transport(Protocol):
+    """The bytes under one connection (see the module docstring for the semantics)."""
+
+    #: True when closing with unread bytes destroys replies still in flight (TCP
+    #: answers them with a reset), so a finished connection lingers before closing.
+    lingers: bool
+
+    @property
+    def socket(self) -> socket.socket | trio.socket.SocketType | None:
+        """The socket under the transport, when bytes may go by ``os.sendfile``."""
+        ...
+
+    def receive_nowait(self, max_bytes: int) -> bytes | None:
+        """Up to ``max_bytes`` that are there now; ``b""`` at EOF; None when none are."""
+        ...
+
+    def wait_readable(self) -> Awaitable[None]:
+        """Wait until ``receive_nowait`` has something to say (bytes, EOF or an error)."""
+        ...
+
+    def send_nowait(self, data: bytes | memoryview) -> int:
+        """Send what fits now; how many bytes were taken (0 when none fit)."""
+        ...
+
+    def wait_writable(self) -> Awaitable[None]:
+        """Wait until a send might take something."""
+        ...
+
+    async def send_all(self, data: bytes | memoryview, *, more: bool = False) -> None:
+        """Send all of ``data``, waiting for room as needed; ``more``: more follows at once."""
+        ...
+
+    async def send_eof(self) -> None:
+        """Close our sending side (the peer reads EOF after what was sent); may be a no-op."""
+        ...
+
+    async def aclose(self) -> None:
+        """Close now, discarding anything unsent; never raises."""
+        ...
+
+
+class SocketTransport:
+    """A connected, non-blocking standard socket (the worker's fast path)."""
+
+    __slots__ = ("sock",)
+
+    lingers = True
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    @property
+    def socket(self) -> socket.socket:
+        return self.sock
+
+    # Each call that can raise BlockingIOError is a method of its own: the
+    # exception's traceback then pins this short-lived frame, not the caller's
+    # (Python makes a full frame object for a frame an exception passes through:
+    # about 400 bytes for each idle connection's reader otherwise).
+
+    def receive_nowait(self, max_bytes: int) -> bytes | None:
+        try:
+            return self.sock.recv(max_bytes)
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            raise trio.BrokenResourceError(f"peer went away: {exc}") from exc
+
+    def wait_readable(self) -> Awaitable[None]:
+        # A plain function returning trio's coroutine: no frame of ours while parked.
+        return trio.lowlevel.wait_readable(self.sock)  # noqa: ASYNC105 (the caller awaits)
+
+    def send_nowait(self, data: bytes | memoryview) -> int:
+        try:
+            return self.sock.send(data)
+        except BlockingIOError:
+            return 0
+        except OSError as exc:
+            raise trio.BrokenResourceError(f"peer went away: {exc}") from exc
+
+    def wait_writable(self) -> Awaitable[None]:
+        return trio.lowlevel.wait_writable(self.sock)  # noqa: ASYNC105 (the caller awaits)
+
+    async def send_all(self, data: bytes | memoryview, *, more: bool = False) -> None:
+        sock = self.sock
+        flags = _MSG_MORE if more else 0
+        while True:
+            try:
+                sent = sock.send(data, flags)
+            except BlockingIOError:
+                sent = 0
+            except OSError as exc:
+                raise trio.BrokenResourceError(f"peer went away: {exc}") from exc
+            if sent == len(data):
+                return
+            data = memoryview(data)[sent:]
+            await trio.lowlevel.wait_writable(sock)
+
+    async def send_eof(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError as exc:
+            raise trio.BrokenResourceError(f"peer went away: {exc}") from exc
+
+    async def aclose(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close at once (the socket's waiters are woken with ``ClosedResourceError``)."""
+        trio.lowlevel.notify_closing(self.sock)
+        self.sock.close()
+
+
+class StreamTransport:
+    """Any ``trio.abc.Stream`` as a transport (see the module docstring)."""
+
+    __slots__ = ("_pending", "_send_nowait", "lingers", "stream")
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self._pending: bytes | None = None
+        self._send_nowait = getattr(stream, "send_nowait", None)
+        self.lingers = _over_tcp(stream)
+
+    @property
+    def socket(self) -> trio.socket.SocketType | None:
+        stream = self.stream
+        return stream.socket if isinstance(stream, trio.SocketStream) else None
+
+    def receive_nowait(self, max_bytes: int) -> bytes | None:
+        data = self._pending
+        if data is None:
+            return None
+        if len(data) > max_bytes:
+            self._pending = data[max_bytes:]
+            return data[:max_bytes]
+        self._pending = None
+        return data
+
+    async def wait_readable(self) -> None:
+        if self._pending is None:
+            self._pending = bytes(await self.stream.receive_some(STREAM_RECEIVE_SIZE))
+        else:
+            await trio.lowlevel.checkpoint()
+
+    def send_nowait(self, data: bytes | memoryview) -> int:
+        send_nowait = self._send_nowait
+        return 0 if send_nowait is None else int(send_nowait(data))
+
+    async def wait_writable(self) -> None:
+        await self.stream.wait_send_all_might_not_block()
+
+    async def send_all(self, data: bytes | memoryview, *, more: bool = False) -> None:
+        await self.stream.send_all(data)
+
+    async def send_eof(self) -> None:
+        stream = self.stream
+        if isinstance(stream, trio.abc.HalfCloseableStream):
+            await stream.send_eof()
+        else:
+            await trio.lowlevel.checkpoint()
+
+    async def aclose(self) -> None:
+        with trio.CancelScope(shield=True):
+            await trio.aclose_forcefully(self.stream)
+
+
+def _over_tcp(stream: trio.abc.Stream) -> bool:
+    """True when a TCP socket is at the bottom of ``stream`` (through SSLStream layers)."""
+    inner: Any = stream
+    while isinstance(inner, trio.SSLStream):
+        inner = inner.transport_stream
+    return isinstance(inner, trio.SocketStream)
+
+
+def as_transport(connection: socket.socket | trio.abc.Stream) -> Transport:
+    """The transport for an accepted connection: a socket, a stream, or a transport already."""
+    if isinstance(connection, socket.socket):
+        return SocketTransport(connection)
+    if hasattr(connection, "receive_nowait") and hasattr(connection, "wait_readable"):
+        return connection  # type: ignore[return-value]  # it implements the seam itself
+    return StreamTransport(connection)
+
+
+def peer_of_stream(stream: Any) -> Peer:
+    """The client at the other end of a stream: its socket's address, or its ``peer``."""
+    if isinstance(stream, trio.SocketStream):
+        try:
+            return Peer.from_sockaddr(stream.socket.getpeername())
+        except OSError:
+            return Peer("unknown")
+    peer = getattr(stream, "peer", None)
+    if isinstance(peer, Peer):
+        return peer
+    return Peer.parse(str(peer)) if peer is not None else Peer(type(stream).__name__)
+
+
+async def linger(
+    transport: Transport, seconds: float = LINGER_TIMEOUT, max_bytes: int = LINGER_BYTES
+) -> None:
+    """Shut our side, then read and drop the peer's bytes until its EOF (bounded).
+
+    Closing a TCP socket whose receive buffer still holds unread bytes makes
+    Linux send a reset, which can destroy replies the peer has not read yet: a
+    client that pipelined past the point where we stopped reading (a drain, a
+    flood rule, an HTTP error) would lose answers it was owed.
+    """
+    try:
+        await transport.send_eof()
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        return
+    discarded = 0
+    with trio.move_on_after(seconds):
+        while discarded < max_bytes:
+            try:
+                data = transport.receive_nowait(65536)
+                if data is None:
+                    await transport.wait_readable()
+                    continue
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return
+            if not data:
+                return
+            discarded += len(data)
