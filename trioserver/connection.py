@@ -13,30 +13,9 @@ counters, the queue, the nursery writers run in) is in one :class:`Shared`
 record handed down at creation; a connection never calls back up into the
 worker.
 
-The lifecycle
--------------
-
-The state is one :class:`State`; every move goes through :meth:`Connection._move`
-and the table ``TRANSITIONS`` (the two moves the reader makes on every wait,
-READING ⇄ IDLE, are written directly: they are always allowed from there and
-cost a dict lookup per wake-up otherwise)::
-
-    NEW ──bytes──▶ READING ⇄ IDLE          (IDLE: parked until the peer sends more)
-     │               │
-     │      EOF, rule, drain ──▶ FINISHING ──▶ LINGERING ──┐
-     │               │               │                      ▼
-     └── kick, reset, deadline ─────────────────────────▶ CLOSING ──▶ CLOSED
-
-- NEW: accepted, nothing received yet (a PROXY header may be on its way). A drain
-  gives it a moment for its first request instead of closing it under the client.
-- READING / IDLE: open. A drain closes an IDLE connection with nothing in hand at
-  once, and makes a READING one stop after what has already arrived.
-- FINISHING: reads no more (EOF, a rule such as flood, the drain); every request
-  already read is still answered and every reply flushed.
-- LINGERING: all sent; our side is shut and the peer's bytes are discarded until
-  its EOF, so that closing does not reset replies it has not read yet.
-- CLOSING: closing now (a kick, a reset peer, a deadline); nothing more is sent.
-- CLOSED: the slot is released (exactly once) and the transport closed.
+The lifecycle (:mod:`trioserver.lifecycle`) is one state moved through one
+table; the reader makes the READING ⇄ IDLE moves itself on every wait (they are
+always allowed from there, and a table lookup per wake-up costs).
 
 ``reason`` says why it ended: a :class:`KickReason` is counted as a kick; a
 :class:`CloseReason` (the peer left, the drain closed it) is not; None means the
@@ -45,7 +24,6 @@ peer closed it and got every answer.
 
 from __future__ import annotations
 
-import enum
 import logging
 import math
 from collections.abc import Mapping
@@ -62,6 +40,7 @@ from .framer import (
     RemoteProtocolError,
     TruncatedPacketError,
 )
+from .lifecycle import State, check_move
 from .messages import MessageCode
 from .nursery_pool import Slot
 from .outbox import DeferredFlusher, Outbox
@@ -73,33 +52,10 @@ from .timers import ConnectionRules, RecycleTimer
 from .transport import Transport, linger
 from .wakeup import Wakeup
 
-__all__ = ["TRANSITIONS", "Connection", "Dispatcher", "LifecycleError", "Shared", "State"]
+__all__ = ["Checked", "Connection", "Dispatcher", "Shared"]
 
 log = logging.getLogger("trioserver.worker")
 
-
-class State(enum.Enum):
-    """Where a connection is in its life (see the module docstring)."""
-
-    NEW = "new"
-    READING = "reading"
-    IDLE = "idle"
-    FINISHING = "finishing"
-    LINGERING = "lingering"
-    CLOSING = "closing"
-    CLOSED = "closed"
-
-
-#: Every allowed move. Anything else is a bug in the server, raised as LifecycleError.
-TRANSITIONS: Final[Mapping[State, frozenset[State]]] = {
-    State.NEW: frozenset({State.READING, State.FINISHING, State.CLOSING}),
-    State.READING: frozenset({State.IDLE, State.FINISHING, State.CLOSING}),
-    State.IDLE: frozenset({State.READING, State.CLOSING}),
-    State.FINISHING: frozenset({State.LINGERING, State.CLOSING}),
-    State.LINGERING: frozenset({State.CLOSING}),
-    State.CLOSING: frozenset({State.CLOSED}),
-    State.CLOSED: frozenset(),
-}
 
 # Module constants: reading an Enum member through its class costs ~200 ns on 3.11.
 _NEW: Final = State.NEW
@@ -113,10 +69,6 @@ _PING: Final = int(MessageCode.PING)
 #: Seconds a draining worker waits for the first request of a connection that has
 #: sent nothing yet (accepted just before the drain began) before closing it.
 FIRST_REQUEST_GRACE: Final = 1.0
-
-
-class LifecycleError(RuntimeError):
-    """A connection was asked to make a move its state does not allow (a server bug)."""
 
 
 class Checked(Protocol):
@@ -293,8 +245,7 @@ class Connection:
             self.settle()  # idle ones close now; busy ones once their work is done
 
     def _move(self, state: State) -> None:
-        if state not in TRANSITIONS[self.state]:
-            raise LifecycleError(f"{self!r} cannot move from {self.state.value} to {state.value}")
+        check_move(self.state, state)
         self.state = state
 
     # -- the reader ----------------------------------------------------------------------------

@@ -28,12 +28,16 @@ from .connection import Connection
 from .framer import Packet
 from .handlers.context import Context, Services
 from .handlers.router import Route, Router
+from .lifecycle import State
 from .reasons import DropReason, KickReason
 from .stats import Counters
 
 __all__ = ["MessageQueue", "Route", "Router"]
 
 log = logging.getLogger("trioserver.dispatch")
+
+# Module constants: reading an Enum member through its class costs ~200 ns on 3.11.
+_CLOSING: Final = State.CLOSING
 
 #: A handler task yields to the scheduler at least this often while the queue stays full.
 _YIELD_EVERY: Final = 64
@@ -113,7 +117,7 @@ class MessageQueue:
                         route.handler(ctx, packet)
                 except Exception:
                     self._handler_failed(conn, route, packet)
-                if conn.closing:
+                if conn.state is _CLOSING:  # kicked (the reader runs this: not yet CLOSED)
                     return False
             return False
         finally:
