@@ -320,6 +320,8 @@ class Connection:
                         if self.state is not _READING:
                             break
                         if len(events) < room:
+                            if decoder.error is not None:  # after the packets before it
+                                self._finish(KickReason.BAD_LENGTH)
                             break  # the buffer holds no further whole packet
                         while len(self.inbox) >= inbox_size:
                             await self.wakeup.wait()

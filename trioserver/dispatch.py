@@ -1,6 +1,6 @@
 """The message queue, its handler tasks, and the stale check.
 
-Order on a connection, with N handler tasks (DESIGN.md): the shared queue does
+Order on a connection, with N handler tasks: the shared queue does
 not carry packets, it carries *connections that have work*. A connection's
 packets wait in its own inbox; a connection is in the queue at most once
 (``Connection.scheduled``), so exactly one handler task drains a given inbox at

@@ -1,4 +1,4 @@
-"""Sans-I/O framing for the course's binary protocol (PROTOCOL.md, "Framing").
+"""Sans-I/O framing for the course's binary protocol (docs/protocol.md, "Framing").
 
 Every packet is an 8-byte big-endian header ``pkgLen u16, msgCode u16, crc32 u32``
 followed by the body. The CRC is ``zlib.crc32(body)`` and must be 0 for an empty body.
@@ -10,8 +10,10 @@ This module imports neither trio nor socket; it is shaped like h11's ``Connectio
     while (event := decoder.next_packet()) is not NEED_DATA:
         ...                              # a Packet or a Discarded
 
-``receive_packets()`` is the batch form the worker's hot path uses: one call per
-receive returns every event that the bytes completed.
+``next_packets(limit)`` is the batch form the worker's reader uses: one call per
+receive returns every event the bytes completed, at most ``limit`` (the room
+left in the connection's inbox; the rest stays buffered as bytes).
+``receive_packets(data)`` buffers and returns every event at once.
 
 A ``Discarded`` event is a packet that was framed correctly but must be dropped
 (bad CRC): the stream stays in sync, so the connection stays usable. A length
@@ -51,7 +53,7 @@ __all__ = [
 
 HEADER: Final = struct.Struct(">HHI")
 HEADER_SIZE: Final = HEADER.size  # 8
-#: The original's 30000-byte maximum minus its 1000-byte margin (PROTOCOL.md).
+#: The original's 30000-byte maximum minus its 1000-byte margin (docs/protocol.md).
 DEFAULT_MAX_PACKET_LENGTH: Final = 29000
 #: pkgLen is a u16, so no setting may exceed this.
 ABSOLUTE_MAX_PACKET_LENGTH: Final = 0xFFFF
@@ -106,7 +108,7 @@ NEED_DATA: Final = NeedData.NEED_DATA
 
 
 class DiscardReason(enum.Enum):
-    """Why a well-framed packet is dropped without a reply (PROTOCOL.md, "Behaviour")."""
+    """Why a well-framed packet is dropped without a reply (docs/protocol.md, "Rules")."""
 
     BAD_CRC = "bad_crc"
     CRC_ON_EMPTY_BODY = "crc_on_empty_body"
@@ -254,19 +256,24 @@ class FrameDecoder:
         return NEED_DATA
 
     def next_packets(self, limit: int | None = None) -> list[Event]:
-        """Up to ``limit`` events from what is buffered (the batch hot path).
+        """Up to ``limit`` events from what is buffered (the reader's batch form).
 
         The limit lets a reader take no more packets than its inbox has room for
         and leave the rest as bytes, which are far smaller than decoded packets.
-        On a framing error the events decoded before it are lost with the
-        connection; the error is raised and stays sticky.
+        On a framing error the events decoded before it are returned, so they can
+        still be answered; the error is raised by the next call (it is sticky).
         """
         out: list[Event] = []
         append = out.append
         next_packet = self.next_packet
         remaining = -1 if limit is None else limit
         while remaining:
-            event = next_packet()
+            try:
+                event = next_packet()
+            except RemoteProtocolError:
+                if out:
+                    return out
+                raise
             if event is NEED_DATA:
                 break
             append(event)
@@ -274,6 +281,9 @@ class FrameDecoder:
         return out
 
     def receive_packets(self, data: bytes | bytearray | memoryview) -> list[Event]:
-        """Buffer ``data`` and return every event it completed."""
+        """Buffer ``data`` and return every event it completed (raises at a framing error)."""
         self.receive_data(data)
-        return self.next_packets()
+        out: list[Event] = []
+        while (event := self.next_packet()) is not NEED_DATA:
+            out.append(event)
+        return out

@@ -241,6 +241,10 @@ class Worker:
         if self._conn_nursery is not None:
             self._conn_nursery.cancel_scope.deadline = self._drain_deadline
 
+    async def wait_stopped(self) -> None:
+        """Wait until the worker has stopped: every connection closed and counted."""
+        await self._stopped.wait()
+
     async def serve(
         self, *, task_status: trio.TaskStatus[Worker] = trio.TASK_STATUS_IGNORED
     ) -> None:

@@ -41,7 +41,7 @@ class Router:
     """msgCode → handler; the table readers check and handler tasks call.
 
     ``body_size`` makes the reader drop a packet of the wrong size before it
-    costs a queue hop (PROTOCOL.md: wrong body sizes are dropped silently).
+    costs a queue hop (the protocol drops wrong body sizes silently).
     """
 
     def __init__(self) -> None:
