@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
+import sys
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -162,3 +164,24 @@ def test_page_links_resolve(page: Path) -> None:
         path = (page.parent / target.partition("#")[0]).resolve()
         assert path.exists(), f"{page.relative_to(ROOT)} links to missing {target}"
         assert ROOT in path.parents or path == ROOT, f"{target} is outside the repository"
+
+
+# -- the testing page's examples run as written ----------------------------------------
+
+
+def test_testing_page_examples_pass_as_a_users_tests(tmp_path: Path) -> None:
+    """Each ``python`` block of docs/testing.md is a user's test file; pytest runs them all."""
+    blocks = re.findall(r"^```python\n(.*?)^```$", _read(DOCS / "testing.md"), re.S | re.M)
+    assert len(blocks) >= 4
+    for i, block in enumerate(blocks):
+        (tmp_path / f"test_example_{i}.py").write_text(block)
+    (tmp_path / "pytest.ini").write_text("[pytest]\ntrio_mode = true\nfilterwarnings = error\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    tests = sum(len(re.findall(r"^async def test_", block, re.M)) for block in blocks)
+    assert done.returncode == 0 and f"{tests} passed" in done.stdout, done.stdout + done.stderr
