@@ -1,4 +1,6 @@
-"""trioserver's HTTP static files beside nginx, in one run, on the same files (TARGETS.md).
+"""trioserver's HTTP static files beside nginx, in one run, on the same files.
+
+The goals they are measured against are in benchmarks/README.md.
 
     apt-get install -y nginx wrk
     python benchmarks/http_bench.py [--duration 10] [--connections 100] [--repeat 1]
@@ -110,7 +112,7 @@ def serve_stream(port: int, root: str) -> None:
 
 
 def serve_bare(port: int, root: str) -> None:
-    """The ceiling on this machine: trio + httptools, cached bytes, no features (TARGETS.md)."""
+    """The ceiling on this machine: trio + httptools, cached bytes, no features."""
     import httptools
     import trio
 

@@ -61,7 +61,7 @@ ACCOUNT_PREFIX = "bench_"
 # Opening 20,000 connections to a server that accepts slowly overflows its accept queue;
 # the kernel's SYN retries (up to ~127 s) then get them in, so connecting may take a while.
 IDLE_CONNECT_TIMEOUT = 150.0
-HTTP_CONNS = 100  # wrk -t1 -c100, as in TARGETS.md
+HTTP_CONNS = 100  # wrk -t1 -c100, as in the goals (benchmarks/README.md)
 HTTP_FILES = {"index.html": 1024, "1m.bin": 1 << 20}
 
 # ---------------------------------------------------------------------------

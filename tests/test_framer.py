@@ -1,5 +1,5 @@
-"""The sans-I/O framer: PROTOCOL.md's vectors, every decoder case fed whole, byte by
-byte and with trailing bytes, and a Hypothesis round trip split at random points."""
+"""The sans-I/O framer: the vectors of docs/protocol.md, every decoder case fed whole,
+byte by byte and with trailing bytes, and a Hypothesis round trip split at random points."""
 
 from __future__ import annotations
 

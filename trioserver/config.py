@@ -247,7 +247,7 @@ class ServerSettings:
         "closing every connection.",
         _float(0.0),
     )
-    # -- PROXY protocol (issue 8) --
+    # -- PROXY protocol: the client address a load balancer passes on --
     proxy_protocol: str = setting(
         "off",
         "PROXY protocol header required on every [server] listen address: 'off', 'v1', "
@@ -276,7 +276,7 @@ class ServerSettings:
 
 @attrs.frozen
 class ConnectionSettings:
-    """``[connection]``: the life rules of PROTOCOL.md ("Behaviour")."""
+    """``[connection]``: the rules a connection lives by: heartbeat, flood, send queue, recycle."""
 
     heartbeat: bool = setting(
         True,
@@ -348,7 +348,7 @@ class ConnectionSettings:
 
 @attrs.frozen
 class HttpSettings:
-    """``[http]``: the static file server beside the binary protocol (issue 6)."""
+    """``[http]``: the static file server beside the binary protocol."""
 
     listen: tuple[Address, ...] = setting(
         (Address("127.0.0.1", 8080),),
@@ -468,7 +468,7 @@ def _store_url(value: Any) -> str:
 
 @attrs.frozen
 class AccountsSettings:
-    """``[accounts]``: the account store behind register (5) and login (6) (issue 4)."""
+    """``[accounts]``: the account store behind register (5) and login (6)."""
 
     url: str = setting(
         "sqlite:///data/accounts.sqlite3",
@@ -672,7 +672,7 @@ class MasterSettings:
 
 @attrs.frozen
 class MetricsSettings:
-    """``[metrics]``: live statistics, the Prometheus page and the log summary (issue 7)."""
+    """``[metrics]``: live statistics, the Prometheus page and the log summary."""
 
     listen: Address | None = setting(
         None,

@@ -1,4 +1,4 @@
-"""Bodies of the built-in messages (docs/protocol.md): pure encode/decode.
+"""Bodies of the built-in messages (docs/protocol.md, "Messages"): pure encode/decode.
 
 Names and passwords travel as NUL-padded byte fields (``char[56]`` and ``char[40]``);
 the original forces a NUL into the last byte, so at most 55 and 39 bytes count.

@@ -2,7 +2,7 @@
 
 Every listening socket has SO_REUSEADDR and SO_REUSEPORT: the master binds one
 socket per worker slot on the same port, and the kernel spreads new connections
-over them. IPv6 sockets are v6-only, so ``[::]:N`` and
+over them (docs/design.md, "Scale"). IPv6 sockets are v6-only, so ``[::]:N`` and
 ``0.0.0.0:N`` can be listed side by side.
 """
 

@@ -6,8 +6,8 @@ happens once per connection and reason, so a client sending garbage costs one
 log line, not one per packet.
 
 Timing is what costs on the hot path (two clock reads and a bucket update are
-~0.3 µs, over a tenth of a ping's 2.5 µs budget at a target of 400k
-pings/s per core), so handler latency is sampled: the
+~0.3 µs, over a tenth of a ping's 2.5 µs budget when a core is to answer 400k
+pings/s), so handler latency is sampled: the
 handlers of one batch in ``metrics.handler_timing`` are timed, one by one, and
 the rest are not timed at all (``Counters.until_timed``). Async handlers, which
 wait on threads or the network, are always timed. Event-loop lag comes from a

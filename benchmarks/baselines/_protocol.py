@@ -1,6 +1,6 @@
 """The replies both baseline servers send, precomputed (shared, so they answer alike).
 
-Replies have the sizes and codes of PROTOCOL.md with a correct CRC; their bodies are
+Replies have the sizes and codes of docs/protocol.md with a correct CRC; their bodies are
 fixed (all zero: result code 0, empty username) because a baseline is a ceiling, not
 an account server.
 """

@@ -1,6 +1,6 @@
 """Register and login through a real worker, against each backend (``store_url``).
 
-Every result code of PROTOCOL.md, the case rule, ``ctx.user``, brute-force limits
+Every result code of docs/protocol.md, the case rule, ``ctx.user``, brute-force limits
 that refuse before hashing, and two workers sharing one store.
 """
 

@@ -32,6 +32,7 @@ from .store import Account, AccountStore, StoreUnavailable, pending_migrations, 
 
 if TYPE_CHECKING:
     import psycopg
+    from psycopg_pool import ConnectionPool
 
 __all__ = ["PostgresStore"]
 

@@ -2,7 +2,7 @@
 
 Resolving a path safely costs a ``realpath`` (one ``lstat`` per component), a
 ``stat`` and, for small files, an open and a read: tens of microseconds, more than
-the whole budget of a keep-alive request (TARGETS.md). So each URL path's answer
+the whole budget of a keep-alive request (benchmarks/README.md, "Goals"). So each URL path's answer
 is kept as a :class:`FileEntry` and trusted for ``check_interval`` seconds; after
 that the next request resolves the path again, and the entry is rebuilt (body
 re-read) only if the file's identity (device, inode, size, mtime) changed. That is

@@ -11,7 +11,7 @@ loop waits for signals, worker messages and deadlines, and dispatches
 :class:`~trioserver.prefork.procs.System`, so the tests drive it with a fake system and
 a fake clock.
 
-Rules (gunicorn's arbiter, STYLE.md practice 8):
+Rules (after gunicorn's arbiter, but typed and testable):
 
 - A worker says READY once it serves, then beats every ``liveness_timeout / 2``.
   Silence for ``liveness_timeout`` means its event loop is stuck: SIGKILL, replace.
@@ -91,7 +91,7 @@ class Action(enum.Enum):
     REOPEN_LOGS = "reopen log files here and in every worker"
 
 
-#: What each signal makes the master do (DESIGN.md, "Process model").
+#: What each signal makes the master do (docs/design.md, "The process model").
 SIGNAL_ACTIONS: Final[Mapping[int, Action]] = {
     signal.SIGCHLD: Action.REAP,
     signal.SIGTERM: Action.GRACEFUL_STOP,

@@ -9,7 +9,7 @@ are tested without processes, sleeps or monkeypatching.
 Listening sockets are bound here, in the master, one SO_REUSEPORT socket per
 worker slot and address, and each worker inherits its slot's sockets. The kernel
 balances new connections over the slots exactly as if each worker had bound its
-own after the fork (DESIGN.md), but a slot's socket outlives any one worker
+own after the fork, but a slot's socket outlives any one worker
 process. That is what makes a reload and a respawn lose nothing: a listening
 socket that closes resets every connection still waiting in its accept queue
 (Linux, unless ``net.ipv4.tcp_migrate_req`` is on), and per-process sockets close

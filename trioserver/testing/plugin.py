@@ -17,12 +17,18 @@ your ``conftest.py``; ``trioserver_server`` runs a real worker with them for the
 test, in the test's own trio run (and clock), and ``trioserver_client`` is one
 client connected to it. The imports are lazy so that loading the plugin costs
 nothing in test runs that do not use it.
+
+The server and client fixtures are async, so they need pytest-trio
+(``pip install 'trioserver[testing]'``) and a trio test (``trio_mode = true``, or
+``@pytest.mark.trio``); without either, asking for them fails at once with a
+message that says which, instead of pytest's generic async-fixture error.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import pytest
 
@@ -40,6 +46,38 @@ __all__ = [
     "trioserver_server",
     "trioserver_services",
 ]
+
+#: The fixtures below that are coroutines: only pytest-trio can run them.
+_ASYNC_FIXTURES: Final = frozenset({"trioserver_server", "trioserver_client"})
+
+_NO_PYTEST_TRIO: Final = (
+    "{name} is an async fixture: it needs the pytest-trio plugin, which is {why}. "
+    "Install it with pip install 'trioserver[testing]' (or pip install pytest-trio) "
+    "and set trio_mode = true in your pytest configuration."
+)
+_NOT_A_TRIO_TEST: Final = (
+    "{test} uses {name}, an async fixture that runs only in trio tests: make the test "
+    "'async def' and set trio_mode = true in your pytest configuration, or mark it "
+    "@pytest.mark.trio."
+)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_fixture_setup(
+    fixturedef: pytest.FixtureDef[object], request: pytest.FixtureRequest
+) -> None:
+    """Fail clearly when one of our async fixtures cannot run; otherwise do nothing."""
+    name = fixturedef.argname
+    if name not in _ASYNC_FIXTURES or fixturedef.func.__module__ != __name__:
+        return  # not ours, or overridden by the user
+    if not request.config.pluginmanager.hasplugin("trio"):
+        if importlib.util.find_spec("pytest_trio") is None:
+            why = "not installed"
+        else:
+            why = "installed but not loaded (was it disabled with -p no:trio?)"
+        pytest.fail(_NO_PYTEST_TRIO.format(name=name, why=why), pytrace=False)
+    if request.node.get_closest_marker("trio") is None:
+        pytest.fail(_NOT_A_TRIO_TEST.format(test=request.node.name, name=name), pytrace=False)
 
 
 @pytest.fixture
