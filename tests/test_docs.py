@@ -192,17 +192,6 @@ def test_testing_page_examples_pass_as_a_users_tests(tmp_path: Path) -> None:
 #: References a user cannot follow: issue numbers, and team documents that do not ship.
 _UNSHIPPED = re.compile(r"\bissue[ -]\d+|\b(?:PROTOCOL|DESIGN|TARGETS|STYLE)\.md\b")
 
-#: Files that still carry such references, to be reworded (each says why instead, or points
-#: to docs/). Remove a file from here once it is clean; the second test insists on it.
-_NOT_YET_REWORDED = frozenset(
-    {
-        "trioserver/dispatch.py",
-        "trioserver/framer.py",
-        "trioserver/handlers/router.py",
-    }
-)
-
-
 def _sources_with_unshipped_references() -> set[str]:
     return {
         path.relative_to(ROOT).as_posix()
@@ -212,10 +201,5 @@ def _sources_with_unshipped_references() -> set[str]:
 
 
 def test_code_points_only_to_what_ships() -> None:
-    offenders = _sources_with_unshipped_references() - _NOT_YET_REWORDED
+    offenders = _sources_with_unshipped_references()
     assert not offenders, f"cite docs/ or say why instead of issues and team notes: {offenders}"
-
-
-def test_reworded_files_leave_the_not_yet_list() -> None:
-    clean = _NOT_YET_REWORDED - _sources_with_unshipped_references()
-    assert not clean, f"{sorted(clean)} no longer cite anything: remove them from the list"
