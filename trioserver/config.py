@@ -579,6 +579,15 @@ class LoggingSettings:
         _optional_path,
     )
     json: bool = setting(False, "Write one JSON object per line.", _bool)
+    stderr_to_file: bool = setting(
+        True,
+        "In daemon mode, point standard error at the log file (when logging.file is set) "
+        "instead of /dev/null; its lines are raw text, not the log format.",
+        _bool,
+        why="Tracebacks printed before logging is set up, Python's fatal-error dumps and "
+        "native crash messages go to fd 2: on /dev/null a worker that dies at start "
+        "leaves no reason behind (nginx sends stderr to its error log the same way).",
+    )
 
 
 def _app_spec(value: Any) -> str:
@@ -656,8 +665,8 @@ class MasterSettings:
     )
     daemon: bool = setting(
         False,
-        "Detach from the terminal (double fork, new session, standard streams to /dev/null); "
-        "needs a pidfile.",
+        "Detach from the terminal (double fork, new session, stdin and stdout to /dev/null, "
+        "stderr to the log file: logging.stderr_to_file); needs a pidfile.",
         _bool,
         why="Off: service managers (systemd, containers) want a foreground process.",
     )

@@ -577,7 +577,7 @@ def serve(config: Config, load_config: Callable[[], Config]) -> int:
     ``load_config`` re-reads the configuration on SIGHUP. Logging must be set up.
     """
     from ..ops.admin import AdminPages, AdminServer
-    from ..ops.logs import configure_logging, reopen_logs, set_role
+    from ..ops.logs import capture_stderr, configure_logging, reopen_logs, set_role
     from . import daemon, pidfile
     from .child import run_child
 
@@ -625,7 +625,9 @@ def serve(config: Config, load_config: Callable[[], Config]) -> int:
         notify: daemon.Readiness | None = None
         if settings.daemon:
             notify = daemon.daemonize()
-            system.close_in_children(notify.fd)
+            system.close_in_children(notify)
+            if config.logging.file is not None and config.logging.stderr_to_file:
+                capture_stderr(config.logging.file)
         if path is not None:
             try:
                 pidfile.write(path)
