@@ -731,6 +731,15 @@ class MetricsSettings:
         why="The master serves the page from its own loop; a slow or stuck scraper is "
         "closed after this instead of holding a connection.",
     )
+    fold_unknown_codes: bool = setting(
+        True,
+        "Count packets of msgCodes the application does not serve under one series "
+        '(code="unknown") instead of one series per code.',
+        _bool,
+        why="The client picks the msgCode: one series per code lets anyone grow every "
+        "report and the /metrics page by a series per code sent (65,536 possible), "
+        "which costs the workers, the master and the scraper. Served codes keep their own.",
+    )
 
 
 SECTIONS: Final[Mapping[str, type]] = {

@@ -101,8 +101,10 @@ class _WorkerProcess:
         )
         self.pipe = MasterPipe(setup.pipe, setup.master_pid)
         metrics = self.config.metrics
+        counters = self.worker.counters
+        counters.serve_codes((route.code for route in router), fold=metrics.fold_unknown_codes)
         if metrics.interval > 0:
-            self.worker.counters.time_handlers(metrics.handler_timing)
+            counters.time_handlers(metrics.handler_timing)
         self.ready = False
         self._retiring = False
 

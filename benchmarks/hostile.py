@@ -1,0 +1,136 @@
+"""Re-run hostile-client attacks against a real server and print the figure each one moves.
+
+::
+
+    python benchmarks/hostile.py metrics     # /metrics size before and after 76,000 unknown codes
+    python benchmarks/hostile.py admin       # /healthz time with 1,000 idle admin connections
+    python benchmarks/hostile.py logflood    # log bytes per minute under a garbage flood
+
+Each case starts ``python -m trioserver`` (2 workers, loopback, port 0) in a temporary
+directory with a session of its own, drives it from this process on 127.0.0.1 only,
+and stops it by its pid (SIGTERM, then SIGKILL after 5 s). Every phase is bounded in
+time. Not a test: it prints figures, it asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def packet(code: int, body: bytes = b"", *, bad_crc: bool = False) -> bytes:
+    crc = zlib.crc32(body) ^ (1 if bad_crc else 0)
+    return struct.pack(">HHI", 8 + len(body), code, crc) + body
+
+
+@contextlib.contextmanager
+def server(tmp: Path, *settings: str) -> Iterator[tuple[int, tuple[str, int], Path]]:
+    """A running master: (binary port, admin address, log file)."""
+    log = tmp / "server.log"
+    admin_port = free_port()
+    args = [
+        sys.executable, "-m", "trioserver", "serve", "--listen", "127.0.0.1:0", "--workers", "2",
+        "--set", f'logging.file="{log}"', "--set", f'metrics.listen="127.0.0.1:{admin_port}"',
+        "--set", "http.listen=[]", "--set", "metrics.interval=0.5",
+    ]  # fmt: skip
+    for setting in settings:
+        args += ["--set", setting]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        args, cwd=tmp, env=env, start_new_session=True, stdout=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while "serving: 2 workers ready" not in _text(log):
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"the server did not start:\n{_text(log)}")
+            time.sleep(0.02)
+        found = re.search(r"listening on 127\.0\.0\.1:(\d+)", _text(log))
+        assert found is not None
+        yield int(found.group(1)), ("127.0.0.1", admin_port), log
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def _text(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def http_get(address: tuple[str, int], path: str, timeout: float = 10.0) -> tuple[float, bytes]:
+    """(seconds to the whole answer, the answer)."""
+    start = time.perf_counter()
+    with socket.create_connection(address, timeout=timeout) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return time.perf_counter() - start, b"".join(chunks)
+
+
+def send_and_close(port: int, data: bytes) -> None:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(data)
+        sock.sendall(packet(0))  # a ping after the rest: its answer means all was read
+        sock.recv(64)
+
+
+def case_metrics(tmp: Path) -> None:
+    with server(tmp, "connection.flood_check=false") as (port, admin, _):
+        before = len(http_get(admin, "/metrics")[1])
+        codes = list(range(1000, 65536))
+        sent = 0
+        while sent < 76_000:
+            chunk = codes[sent % len(codes) : sent % len(codes) + 1000][: 76_000 - sent]
+            send_and_close(port, b"".join(packet(code) for code in chunk))
+            sent += len(chunk)
+        time.sleep(1.5)  # three report intervals: the workers' reports reach the master
+        seconds, page = http_get(admin, "/metrics")
+        series = page.count(b"\ntrioserver_packets_total{")
+        print(
+            f"metrics: {sent} packets of unknown codes; /metrics {before} -> {len(page)} bytes, "
+            f"{series} packets_total series, fetched in {seconds * 1000:.0f} ms"
+        )
+
+
+CASES = {"metrics": case_metrics}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("cases", nargs="*", choices=[*CASES, []], default=list(CASES))
+    args = parser.parse_args()
+    for name in args.cases or CASES:
+        with tempfile.TemporaryDirectory(prefix=f"hostile-{name}-") as tmp:
+            CASES[name](Path(tmp))
+
+
+if __name__ == "__main__":
+    main()
