@@ -120,7 +120,30 @@ def case_metrics(tmp: Path) -> None:
         )
 
 
-CASES = {"metrics": case_metrics}
+def case_admin(tmp: Path) -> None:
+    with server(tmp) as (_, admin, _):
+        quiet = sorted(http_get(admin, "/healthz")[0] for _ in range(20))
+        idle = []
+        try:
+            for _ in range(int(os.environ.get("HOSTILE_IDLE", "1000"))):
+                idle.append(socket.create_connection(admin, timeout=30))
+            times = []
+            for _ in range(int(os.environ.get("HOSTILE_PROBES", "20"))):
+                seconds, reply = http_get(admin, "/healthz", timeout=30)
+                assert reply.endswith(b"serving\n"), reply
+                times.append(seconds)
+        finally:
+            for sock in idle:
+                sock.close()
+        times.sort()
+        median = times[len(times) // 2]
+        print(
+            f"admin: /healthz median {quiet[10] * 1000:.1f} ms idle-free; with {len(idle)} idle "
+            f"admin connections median {median * 1000:.1f} ms, max {times[-1] * 1000:.1f} ms"
+        )
+
+
+CASES = {"metrics": case_metrics, "admin": case_admin}
 
 
 def main() -> None:

@@ -731,6 +731,23 @@ class MetricsSettings:
         why="The master serves the page from its own loop; a slow or stuck scraper is "
         "closed after this instead of holding a connection.",
     )
+    admin_request_timeout: float = setting(
+        2.0,
+        "Seconds an admin-listener client has to send its whole request after connecting.",
+        _float(0.0, lo_open=True),
+        why="A scraper or a balancer's probe sends its few hundred bytes right after the "
+        "handshake; one that has sent nothing after 2 s is idle, not slow, and its socket "
+        "is reclaimed (nginx's client_header_timeout, shortened for a private port).",
+    )
+    admin_max_clients: int = setting(
+        1024,
+        "Admin-listener connections open at once; at the limit the oldest one that has not "
+        "sent a whole request is closed for each new one.",
+        _int(1, 100_000),
+        why="The listener never stops accepting, so no number of idle sockets can keep "
+        "a probe out; the limit only bounds the master's fds and buffers (1,024 fits "
+        "the usual open-file limit beside the workers' pipes).",
+    )
     fold_unknown_codes: bool = setting(
         True,
         "Count packets of msgCodes the application does not serve under one series "

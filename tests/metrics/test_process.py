@@ -276,3 +276,19 @@ def test_healthz_turns_503_while_draining(server: Running) -> None:
     finally:
         client.close()
     assert server.proc.wait(20) == 0
+
+
+def test_healthz_is_answered_with_a_thousand_idle_admin_connections(server: Running) -> None:
+    idle = []
+    try:
+        for _ in range(1000):
+            idle.append(socket.create_connection(("127.0.0.1", server.admin), timeout=5))
+        with socket.create_connection(("127.0.0.1", server.admin), timeout=5) as probe:
+            probe.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            reply = b""
+            while chunk := probe.recv(65536):
+                reply += chunk
+        assert reply.startswith(b"HTTP/1.1 200") and reply.endswith(b"serving\n")
+    finally:
+        for sock in idle:
+            sock.close()

@@ -614,7 +614,12 @@ def serve(config: Config, load_config: Callable[[], Config]) -> int:
             pages = AdminPages(gatherer, lambda: master_ref[0].health if master_ref else "starting")
             try:
                 admin = AdminServer.bind(
-                    config.metrics.listen, pages.answer, system.now, config.metrics.admin_timeout
+                    config.metrics.listen,
+                    pages.answer,
+                    system.now,
+                    config.metrics.admin_timeout,
+                    request_timeout=config.metrics.admin_request_timeout,
+                    max_clients=config.metrics.admin_max_clients,
                 )
             except OSError as exc:
                 log.error("%s", exc)
