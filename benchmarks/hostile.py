@@ -15,8 +15,11 @@ time. Not a test: it prints figures, it asserts nothing.
 from __future__ import annotations
 
 import argparse
+import collections
+import concurrent.futures
 import contextlib
 import os
+import random
 import re
 import signal
 import socket
@@ -143,7 +146,55 @@ def case_admin(tmp: Path) -> None:
         )
 
 
-CASES = {"metrics": case_metrics, "admin": case_admin}
+def garbage_client(port: int, stop: float, seed: int) -> int:
+    """Connections sending random bytes and bad-CRC packets until ``stop``; how many opened."""
+    rng = random.Random(seed)
+    opened = 0
+    while time.monotonic() < stop:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+                opened += 1
+                if rng.random() < 0.5:
+                    sock.sendall(rng.randbytes(64))  # a header of noise: closed at once
+                else:
+                    bad = b"".join(
+                        packet(rng.randrange(65536), b"xy", bad_crc=True) for _ in range(20)
+                    )
+                    sock.sendall(bad + packet(0) * 12)  # dropped packets, then a flood
+                sock.settimeout(0.05)
+                with contextlib.suppress(OSError):
+                    while sock.recv(65536):
+                        pass
+        except OSError:
+            pass
+    return opened
+
+
+def case_logflood(tmp: Path) -> None:
+    seconds = float(os.environ.get("HOSTILE_SECONDS", "20"))
+    with server(tmp) as (port, _, log):
+        start_size = log.stat().st_size
+        stop = time.monotonic() + seconds
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            opened = sum(pool.map(lambda seed: garbage_client(port, stop, seed), range(8)))
+        time.sleep(0.5)  # the last lines reach the file
+        text = log.read_text(errors="replace")[start_size:]
+    lines = text.count("\n")
+    per_minute = (len(text.encode()) / seconds) * 60
+    print(
+        f"logflood: {opened} garbage connections in {seconds:.0f} s; log +{lines} lines, "
+        f"{len(text.encode())} bytes: {per_minute / 1e6:.2f} MB/min"
+    )
+    kinds = collections.Counter(
+        re.sub(r"\d+", "N", line.split(": ", 1)[-1])[:70] for line in text.splitlines()
+    )
+    for kind, count in kinds.most_common(6):
+        print(f"  {count:7d}  {kind}")
+    for line in [ln for ln in text.splitlines() if "suppressed" in ln][:3]:
+        print("  ", line[:240])
+
+
+CASES = {"metrics": case_metrics, "admin": case_admin, "logflood": case_logflood}
 
 
 def main() -> None:

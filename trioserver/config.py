@@ -588,6 +588,23 @@ class LoggingSettings:
         "native crash messages go to fd 2: on /dev/null a worker that dies at start "
         "leaves no reason behind (nginx sends stderr to its error log the same way).",
     )
+    connection_lines: int = setting(
+        10,
+        "Lines about misbehaving connections (dropped packets, connections closed by the "
+        "server) written in full per logging.connection_lines_interval in each worker; "
+        "the rest are counted by reason and summed up in one line when the interval ends.",
+        _int(0, 1_000_000),
+        why="Each bad connection costs a line, so a garbage flood wrote thousands a second "
+        "(2.7 GB an hour at info). Ten show what the attack looks like, the summary its "
+        "size by reason, and the log stays near a line a second per worker.",
+    )
+    connection_lines_interval: float = setting(
+        10.0,
+        "Seconds over which logging.connection_lines is counted (0: write every line).",
+        _float(0.0),
+        why="The same 10 s as the master's statistics summary (metrics.log_interval), so "
+        "the two can be read side by side.",
+    )
 
 
 def _app_spec(value: Any) -> str:

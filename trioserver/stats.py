@@ -3,7 +3,9 @@
 Counters are plain ints and dicts bumped on the hot path; ``snapshot()`` turns
 them into a frozen record (trio's ``statistics()`` convention). Logging a drop
 happens once per connection and reason, so a client sending garbage costs one
-log line, not one per packet.
+log line, not one per packet; and those lines, with the kicks', go through a
+:class:`~trioserver.log_budget.LogBudget`, so many such clients cost a few lines
+and a count per interval, not a line each.
 
 Timing is what costs on the hot path (two clock reads and a bucket update are
 ~0.3 µs, over a tenth of a ping's 2.5 µs budget at the issue-9 target of 400k
@@ -26,6 +28,8 @@ from typing import Any, Final, Protocol
 import attrs
 import trio
 
+from .config import LoggingSettings
+from .log_budget import LogBudget
 from .nursery_pool import PoolStatistics
 from .reasons import DropReason, KickReason
 
@@ -68,6 +72,13 @@ class Counted(Protocol):
     def id(self) -> str: ...
 
     logged_drops: set[Any] | None
+
+
+def _connection_log() -> LogBudget:
+    defaults = LoggingSettings()
+    return LogBudget(
+        log, lines=defaults.connection_lines, interval=defaults.connection_lines_interval
+    )
 
 
 @attrs.frozen
@@ -228,6 +239,14 @@ class Counters:
     #: :meth:`serve_codes`); the codes served, once the application's router is known.
     fold_unknown: bool = True
     served_codes: frozenset[int] | None = None
+    #: Where drop and kick lines go: a few in full per interval, the rest counted
+    #: (:mod:`trioserver.log_budget`; run ``connection_log.run`` for timely summaries).
+    connection_log: LogBudget = attrs.Factory(_connection_log)
+
+    def limit_connection_lines(self, settings: LoggingSettings) -> None:
+        """Apply ``logging.connection_lines`` and ``connection_lines_interval``."""
+        self.connection_log.lines = settings.connection_lines
+        self.connection_log.interval = settings.connection_lines_interval
 
     def serve_codes(self, codes: Iterable[int], *, fold: bool = True) -> None:
         """Keep per-code packet counts for ``codes`` only; count the rest as unknown.
@@ -290,7 +309,8 @@ class Counters:
             logged = conn.logged_drops = set()
         if reason not in logged:
             logged.add(reason)
-            log.info(
+            self.connection_log.line(
+                reason.value,
                 "dropped from %s (conn %s): %s (msgCode %d); further drops of this kind "
                 "on this connection are counted, not logged",
                 conn.peer,
@@ -302,7 +322,9 @@ class Counters:
     def kick(self, conn: Counted, reason: KickReason) -> None:
         """Count and log one kick (called once per closed connection)."""
         self.kicks[reason.value] += 1
-        log.info("closed %s (conn %s): it %s", conn.peer, conn.id, reason)
+        self.connection_log.line(
+            reason.value, "closed %s (conn %s): it %s", conn.peer, conn.id, reason
+        )
 
     def snapshot(
         self,
