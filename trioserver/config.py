@@ -272,6 +272,18 @@ class ServerSettings:
         why="A balancer sends the header at once; waiting longer only lets a stuck or "
         "hostile peer hold a connection slot.",
     )
+    proxy_unix: str = setting(
+        "balancer",
+        "A PROXY v2 header for a client on a UNIX socket (family AF_UNIX): 'balancer' "
+        "keeps the connection's own address (the balancer's) as the client's, 'refuse' "
+        "closes the connection.",
+        _choice("balancer", "refuse"),
+        why="A socket path is no network address: the usual unbound client sends an "
+        "empty one, and any path is the sender's to choose, so neither may key logs "
+        "and per-network limits. The spec's fallback for a family a receiver does not "
+        "take addresses from is the real endpoint, which keeps such clients together "
+        "under the balancer's address instead of closing them.",
+    )
 
 
 @attrs.frozen
