@@ -5,6 +5,8 @@
     python benchmarks/hostile.py metrics     # /metrics size before and after 76,000 unknown codes
     python benchmarks/hostile.py admin       # /healthz time with 1,000 idle admin connections
     python benchmarks/hostile.py logflood    # log bytes per minute under a garbage flood
+    python benchmarks/hostile.py http        # statuses for Host, If-Modified-Since, fragments
+    python benchmarks/hostile.py proxyunix   # the peer a UNIX-family PROXY v2 header gets
 
 Each case starts ``python -m trioserver`` (2 workers, loopback, port 0) in a temporary
 directory with a session of its own, drives it from this process on 127.0.0.1 only,
@@ -194,7 +196,51 @@ def case_logflood(tmp: Path) -> None:
         print("  ", line[:240])
 
 
-CASES = {"metrics": case_metrics, "admin": case_admin, "logflood": case_logflood}
+def raw_status(port: int, request: bytes) -> str:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        reply = sock.recv(65536)
+    return reply.split(b"\r\n", 1)[0].decode()
+
+
+def case_http(tmp: Path) -> None:
+    port = free_port()
+    with server(tmp, f'http.listen=["127.0.0.1:{port}"]') as _:
+        future = "Fri, 01 Jan 2100 00:00:00 GMT"
+        probes = {
+            "no Host": b"GET / HTTP/1.1\r\n\r\n",
+            "two Host": b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            "future If-Modified-Since": (
+                f"GET / HTTP/1.1\r\nHost: x\r\nIf-Modified-Since: {future}\r\n\r\n".encode()
+            ),
+            "#fragment": b"GET /#top HTTP/1.1\r\nHost: x\r\n\r\n",
+        }
+        for name, request in probes.items():
+            print(f"http: {name:26} -> {raw_status(port, request)}")
+
+
+def case_proxyunix(tmp: Path) -> None:
+    with server(tmp, 'server.proxy_protocol="v2"') as (port, _, log):
+        signature = b"\r\n\r\n\x00\r\nQUIT\n"
+        header = signature + bytes([0x21, 0x31]) + struct.pack(">H", 216) + bytes(216)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(header + struct.pack(">HHI", 3, 0, 0))  # then a bad header: kicked
+            sock.recv(64)
+        deadline = time.monotonic() + 5
+        while not (found := re.search(r"closed (\S+) \(conn", _text(log))):
+            if time.monotonic() > deadline:
+                raise RuntimeError("no kick line in the log")
+            time.sleep(0.02)
+        print(f"proxyunix: a UNIX-family header with empty addresses -> peer {found.group(1)!r}")
+
+
+CASES = {
+    "metrics": case_metrics,
+    "admin": case_admin,
+    "logflood": case_logflood,
+    "http": case_http,
+    "proxyunix": case_proxyunix,
+}
 
 
 def main() -> None:
