@@ -55,7 +55,8 @@ def page_after(codes: int) -> str:
     pool = PoolStatistics(100, 0, 0, 100, 0, 0)
     gatherer = Gatherer(wall_clock=0.0)
     gatherer.started(10, 1, 0)
-    gatherer.report(10, counters.snapshot(pool, [], 0, 1024).to_json())
+    stats = counters.snapshot(pool, 0, 1024, inbox_packets=0, outbox_replies=0, outbox_bytes=0)
+    gatherer.report(10, stats.to_json())
     return gatherer.render()
 
 
