@@ -15,8 +15,8 @@ accepting and put a short deadline on the request head instead of serving a
 few clients at a time). A load balancer's probe sends its request at once, so
 it is never the oldest idle client, and it is answered on the poll loop's
 next turn however many silent sockets are open. A fixed small cap with the
-rest waiting in the backlog, as before, let 40 silent sockets delay /healthz
-by seconds.
+rest waiting in the backlog would let a few dozen silent sockets delay /healthz
+past a balancer's probe timeout.
 
 Routes::
 
