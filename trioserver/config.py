@@ -272,6 +272,18 @@ class ServerSettings:
         why="A balancer sends the header at once; waiting longer only lets a stuck or "
         "hostile peer hold a connection slot.",
     )
+    proxy_unix: str = setting(
+        "balancer",
+        "A PROXY v2 header for a client on a UNIX socket (family AF_UNIX): 'balancer' "
+        "keeps the connection's own address (the balancer's) as the client's, 'refuse' "
+        "closes the connection.",
+        _choice("balancer", "refuse"),
+        why="A socket path is no network address: the usual unbound client sends an "
+        "empty one, and any path is the sender's to choose, so neither may key logs "
+        "and per-network limits. The spec's fallback for a family a receiver does not "
+        "take addresses from is the real endpoint, which keeps such clients together "
+        "under the balancer's address instead of closing them.",
+    )
 
 
 @attrs.frozen
@@ -579,6 +591,32 @@ class LoggingSettings:
         _optional_path,
     )
     json: bool = setting(False, "Write one JSON object per line.", _bool)
+    stderr_to_file: bool = setting(
+        True,
+        "In daemon mode, point standard error at the log file (when logging.file is set) "
+        "instead of /dev/null; its lines are raw text, not the log format.",
+        _bool,
+        why="Tracebacks printed before logging is set up, Python's fatal-error dumps and "
+        "native crash messages go to fd 2: on /dev/null a worker that dies at start "
+        "leaves no reason behind (nginx sends stderr to its error log the same way).",
+    )
+    connection_lines: int = setting(
+        10,
+        "Lines about misbehaving connections (dropped packets, connections closed by the "
+        "server) written in full per logging.connection_lines_interval in each worker; "
+        "the rest are counted by reason and summed up in one line when the interval ends.",
+        _int(0, 1_000_000),
+        why="Each bad connection costs a line, so a garbage flood wrote thousands a second "
+        "(2.7 GB an hour at info). Ten show what the attack looks like, the summary its "
+        "size by reason, and the log stays near a line a second per worker.",
+    )
+    connection_lines_interval: float = setting(
+        10.0,
+        "Seconds over which logging.connection_lines is counted (0: write every line).",
+        _float(0.0),
+        why="The same 10 s as the master's statistics summary (metrics.log_interval), so "
+        "the two can be read side by side.",
+    )
 
 
 def _app_spec(value: Any) -> str:
@@ -656,8 +694,8 @@ class MasterSettings:
     )
     daemon: bool = setting(
         False,
-        "Detach from the terminal (double fork, new session, standard streams to /dev/null); "
-        "needs a pidfile.",
+        "Detach from the terminal (double fork, new session, stdin and stdout to /dev/null, "
+        "stderr to the log file: logging.stderr_to_file); needs a pidfile.",
         _bool,
         why="Off: service managers (systemd, containers) want a foreground process.",
     )
@@ -721,6 +759,32 @@ class MetricsSettings:
         _float(0.0, lo_open=True),
         why="The master serves the page from its own loop; a slow or stuck scraper is "
         "closed after this instead of holding a connection.",
+    )
+    admin_request_timeout: float = setting(
+        2.0,
+        "Seconds an admin-listener client has to send its whole request after connecting.",
+        _float(0.0, lo_open=True),
+        why="A scraper or a balancer's probe sends its few hundred bytes right after the "
+        "handshake; one that has sent nothing after 2 s is idle, not slow, and its socket "
+        "is reclaimed (nginx's client_header_timeout, shortened for a private port).",
+    )
+    admin_max_clients: int = setting(
+        1024,
+        "Admin-listener connections open at once; at the limit the oldest one that has not "
+        "sent a whole request is closed for each new one.",
+        _int(1, 100_000),
+        why="The listener never stops accepting, so no number of idle sockets can keep "
+        "a probe out; the limit only bounds the master's fds and buffers (1,024 fits "
+        "the usual open-file limit beside the workers' pipes).",
+    )
+    fold_unknown_codes: bool = setting(
+        True,
+        "Count packets of msgCodes the application does not serve under one series "
+        '(code="unknown") instead of one series per code.',
+        _bool,
+        why="The client picks the msgCode: one series per code lets anyone grow every "
+        "report and the /metrics page by a series per code sent (65,536 possible), "
+        "which costs the workers, the master and the scraper. Served codes keep their own.",
     )
 
 

@@ -53,6 +53,7 @@ __all__ = [
     "ProxyPolicy",
     "ProxyProtocolError",
     "ProxyTransport",
+    "RefusedProxyFamily",
     "Tlv",
     "TruncatedProxyHeader",
     "UntrustedProxySource",
@@ -129,6 +130,15 @@ class UntrustedProxySource(ProxyProtocolError):
         self.peer = peer
 
 
+class RefusedProxyFamily(ProxyProtocolError):
+    """A PROXY header for a client on a UNIX socket, and ``server.proxy_unix`` refuses them."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "PROXY header for a client on a UNIX socket refused (server.proxy_unix = 'refuse')"
+        )
+
+
 class LocalProxyError(ValueError):
     """We misused the parser (our bug, not the peer's)."""
 
@@ -194,13 +204,23 @@ class ProxyHeader:
 
     @property
     def peer(self) -> Peer | None:
-        """The client the header names, or None: use the socket's peer."""
-        if self.command is ProxyCommand.LOCAL or self.source is None:
+        """The client the header names, or None: use the socket's peer.
+
+        A UNIX-socket client has no network address: its path (zero bytes for the
+        usual unbound client socket, which is valid) could key no per-network rule,
+        and an empty or made-up path would be an identity of the sender's choosing.
+        The spec lets a receiver fall back to the UNSPEC handling for a family it
+        does not support (section 2.2): keep the connection's own address, the
+        balancer's, as nginx and HAProxy do for families they do not take addresses
+        from. ``source`` still holds the path, for logs.
+        """
+        if (
+            self.command is ProxyCommand.LOCAL
+            or self.source is None
+            or self.family is ProxyFamily.UNIX
+        ):
             return None
-        source = self.source
-        if source.port is None:
-            return Peer(f"unix:{source.host}")
-        return Peer(source.host, source.port)
+        return Peer(self.source.host, self.source.port)
 
 
 # -- the parser ----------------------------------------------------------------------------
@@ -494,6 +514,8 @@ class ProxyPolicy:
     trusted: tuple[Network, ...]
     timeout: float = 5.0
     max_v2_length: int = DEFAULT_MAX_V2_LENGTH
+    #: UNIX-family headers: ``"balancer"`` keeps the socket's peer, ``"refuse"`` closes.
+    unix: str = "balancer"
 
     @classmethod
     def from_settings(cls, server: ServerSettings) -> ProxyPolicy | None:
@@ -501,7 +523,9 @@ class ProxyPolicy:
         versions = MODES[server.proxy_protocol]
         if versions is None:
             return None
-        return cls(versions, tuple(server.proxy_trusted), server.proxy_timeout)
+        return cls(
+            versions, tuple(server.proxy_trusted), server.proxy_timeout, unix=server.proxy_unix
+        )
 
     def trusts(self, peer: Peer) -> bool:
         """True when ``peer`` (the socket's other end) may send a PROXY header."""
@@ -521,11 +545,18 @@ async def read_proxy_header(
 
     An untrusted ``socket_peer`` is refused before anything is read. ``receive``
     returns the next bytes (``b""`` at EOF). A LOCAL header (the balancer's
-    health check) keeps ``socket_peer``. No time limit here: the caller sets one.
+    health check) keeps ``socket_peer``, and so does a header for a UNIX-socket client
+    unless ``policy.unix`` refuses it. No time limit here: the caller sets one.
     """
     if not policy.trusts(socket_peer):
         raise UntrustedProxySource(str(socket_peer))
     parser = policy.parser()
     while (header := parser.next_event()) is NEED_DATA:
         parser.receive_data(await receive())
+    if (
+        header.family is ProxyFamily.UNIX
+        and header.command is ProxyCommand.PROXY
+        and policy.unix == "refuse"
+    ):
+        raise RefusedProxyFamily()
     return header.peer or socket_peer, parser.trailing_data

@@ -3,7 +3,9 @@
 Counters are plain ints and dicts bumped on the hot path; ``snapshot()`` turns
 them into a frozen record (trio's ``statistics()`` convention). Logging a drop
 happens once per connection and reason, so a client sending garbage costs one
-log line, not one per packet.
+log line, not one per packet; and those lines, with the kicks', go through a
+:class:`~trioserver.log_budget.LogBudget`, so many such clients cost a few lines
+and a count per interval, not a line each.
 
 Timing is what costs on the hot path (two clock reads and a bucket update are
 ~0.3 µs, over a tenth of a ping's 2.5 µs budget when a core is to answer 400k
@@ -20,18 +22,21 @@ import bisect
 import collections
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Final, Protocol
 
 import attrs
 import trio
 
+from .config import LoggingSettings
+from .log_budget import LogBudget
 from .nursery_pool import PoolStatistics
 from .reasons import DropReason, KickReason
 
 __all__ = [
     "HANDLER_BUCKETS",
     "LAG_BUCKETS",
+    "UNKNOWN_CODE",
     "Counters",
     "Histogram",
     "HistogramSnapshot",
@@ -49,6 +54,9 @@ HANDLER_BUCKETS: Final = (
 LAG_BUCKETS: Final = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 )  # fmt: skip
+#: The ``packets_by_code`` key of packets whose msgCode nobody serves (``code="unknown"``
+#: on the page). msgCodes are u16, so no real code is negative.
+UNKNOWN_CODE: Final = -1
 #: ``until_timed`` when handler timing is off: never reaches zero.
 _NEVER: Final = 1 << 62
 
@@ -64,6 +72,13 @@ class Counted(Protocol):
     def id(self) -> str: ...
 
     logged_drops: set[Any] | None
+
+
+def _connection_log() -> LogBudget:
+    defaults = LoggingSettings()
+    return LogBudget(
+        log, lines=defaults.connection_lines, interval=defaults.connection_lines_interval
+    )
 
 
 @attrs.frozen
@@ -220,6 +235,39 @@ class Counters:
     until_timed: int = _NEVER
     loop_lag: Histogram = attrs.Factory(lambda: Histogram.of(LAG_BUCKETS))
     recent_lag: collections.deque[float] = attrs.Factory(lambda: collections.deque(maxlen=8))
+    #: Fold the packet counts of unserved msgCodes into ``UNKNOWN_CODE`` (see
+    #: :meth:`serve_codes`); the codes served, once the application's router is known.
+    fold_unknown: bool = True
+    served_codes: frozenset[int] | None = None
+    #: Where drop and kick lines go: a few in full per interval, the rest counted
+    #: (:mod:`trioserver.log_budget`; run ``connection_log.run`` for timely summaries).
+    connection_log: LogBudget = attrs.Factory(_connection_log)
+
+    def limit_connection_lines(self, settings: LoggingSettings) -> None:
+        """Apply ``logging.connection_lines`` and ``connection_lines_interval``."""
+        self.connection_log.lines = settings.connection_lines
+        self.connection_log.interval = settings.connection_lines_interval
+
+    def serve_codes(self, codes: Iterable[int], *, fold: bool = True) -> None:
+        """Keep per-code packet counts for ``codes`` only; count the rest as unknown.
+
+        The client chooses the msgCode, so a series per code it sends is a series
+        it creates. The per-packet count stays a plain ``Counter`` bump; codes
+        nobody serves are moved to ``UNKNOWN_CODE`` when dropped (:meth:`drop`)
+        and, for whatever else reached the counter, at each :meth:`snapshot`.
+        """
+        self.fold_unknown = fold
+        self.served_codes = frozenset(codes) if fold else None
+        self._fold_unserved()
+
+    def _fold_unserved(self) -> None:
+        served = self.served_codes
+        if served is None:
+            return
+        by_code = self.packets_by_code
+        stray = [code for code in by_code if code not in served and code != UNKNOWN_CODE]
+        for code in stray:
+            by_code[UNKNOWN_CODE] += by_code.pop(code)
 
     def time_handlers(self, every: int) -> None:
         """Time the handlers of one batch in ``every`` (0: never)."""
@@ -244,12 +292,25 @@ class Counters:
     def drop(self, conn: Counted, reason: DropReason, code: int, count: int = 1) -> None:
         """Count ``count`` dropped packets; log the first of each reason per connection."""
         self.drops[reason.value] += count
+        if self.fold_unknown and code != UNKNOWN_CODE:
+            served = self.served_codes
+            if reason is DropReason.UNKNOWN_CODE or (served is not None and code not in served):
+                by_code = self.packets_by_code
+                moved = min(count, by_code.get(code, 0))
+                if moved:
+                    by_code[UNKNOWN_CODE] += moved
+                    left = by_code[code] - moved
+                    if left:
+                        by_code[code] = left
+                    else:
+                        del by_code[code]
         logged = conn.logged_drops
         if logged is None:
             logged = conn.logged_drops = set()
         if reason not in logged:
             logged.add(reason)
-            log.info(
+            self.connection_log.line(
+                reason.value,
                 "dropped from %s (conn %s): %s (msgCode %d); further drops of this kind "
                 "on this connection are counted, not logged",
                 conn.peer,
@@ -261,7 +322,9 @@ class Counters:
     def kick(self, conn: Counted, reason: KickReason) -> None:
         """Count and log one kick (called once per closed connection)."""
         self.kicks[reason.value] += 1
-        log.info("closed %s (conn %s): it %s", conn.peer, conn.id, reason)
+        self.connection_log.line(
+            reason.value, "closed %s (conn %s): it %s", conn.peer, conn.id, reason
+        )
 
     def snapshot(
         self,
@@ -273,6 +336,7 @@ class Counters:
         outbox_replies: int,
         outbox_bytes: int,
     ) -> WorkerStatistics:
+        self._fold_unserved()
         return WorkerStatistics(
             connections_open=pool.in_use,
             connections_resting=pool.resting,

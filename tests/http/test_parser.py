@@ -61,7 +61,9 @@ def test_trailing_partial_request_waits(feed: object) -> None:
     ],
 )
 def test_keep_alive_rules(version: str, connection: str | None, keep_alive: bool) -> None:
-    head = f"GET / HTTP/{version}\r\n" + (f"Connection: {connection}\r\n" if connection else "")
+    head = f"GET / HTTP/{version}\r\nHost: x\r\n" + (
+        f"Connection: {connection}\r\n" if connection else ""
+    )
     [event] = feed_whole((head + "\r\n").encode())
     assert isinstance(event, Request)
     assert event.keep_alive is keep_alive
@@ -69,7 +71,7 @@ def test_keep_alive_rules(version: str, connection: str | None, keep_alive: bool
 
 
 def test_pipelined_requests_come_out_in_order() -> None:
-    data = b"".join(f"GET /{i} HTTP/1.1\r\n\r\n".encode() for i in range(50))
+    data = b"".join(f"GET /{i} HTTP/1.1\r\nHost: x\r\n\r\n".encode() for i in range(50))
     events = feed_whole(data)
     assert [e.target for e in events if isinstance(e, Request)] == [
         f"/{i}".encode() for i in range(50)
@@ -102,29 +104,35 @@ def test_eof_in_the_middle_of_a_request() -> None:
 
 
 def test_header_names_are_lower_cased_and_repeats_joined() -> None:
-    [event] = feed_whole(b'GET / HTTP/1.1\r\nX-A: 1\r\nx-a: 2\r\nIF-NONE-MATCH: "e"\r\n\r\n')
+    [event] = feed_whole(
+        b'GET / HTTP/1.1\r\nHost: x\r\nX-A: 1\r\nx-a: 2\r\nIF-NONE-MATCH: "e"\r\n\r\n'
+    )
     assert isinstance(event, Request)
-    assert event.headers == {b"x-a": b"1, 2", b"if-none-match": b'"e"'}
+    assert event.headers == {b"host": b"x", b"x-a": b"1, 2", b"if-none-match": b'"e"'}
 
 
 # -- what is rejected ------------------------------------------------------------
 
 SMUGGLING = {
-    "CL then TE": b"POST / HTTP/1.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n",
-    "TE then CL": b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n",
-    "duplicate CL, equal": b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx",
-    "duplicate CL, different": b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
-    "CL list": b"GET / HTTP/1.1\r\nContent-Length: 1, 1\r\n\r\nx",
-    "obs-fold space": b"GET / HTTP/1.1\r\nX-A: 1\r\n  folded\r\n\r\n",
-    "obs-fold tab": b"GET / HTTP/1.1\r\nX-A: 1\r\n\tfolded\r\n\r\n",
-    "TE not chunked": b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
-    "TE chunked twice": b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n"
+    "CL then TE": b"POST / HTTP/1.1\r\nHost: x\r\n"
+    b"Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n",
+    "TE then CL": b"POST / HTTP/1.1\r\nHost: x\r\n"
+    b"Transfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n",
+    "duplicate CL, equal": b"GET / HTTP/1.1\r\nHost: x\r\n"
+    b"Content-Length: 1\r\nContent-Length: 1\r\n\r\nx",
+    "duplicate CL, different": b"GET / HTTP/1.1\r\nHost: x\r\n"
+    b"Content-Length: 1\r\nContent-Length: 2\r\n\r\n",
+    "CL list": b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1, 1\r\n\r\nx",
+    "obs-fold space": b"GET / HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n  folded\r\n\r\n",
+    "obs-fold tab": b"GET / HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n\tfolded\r\n\r\n",
+    "TE not chunked": b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n",
+    "TE chunked twice": b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
     b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
     "space before colon": b"GET / HTTP/1.1\r\nHost : x\r\n\r\n",
     "bare LF": b"GET / HTTP/1.1\nHost: x\n\n",
-    "NUL in value": b"GET / HTTP/1.1\r\nX: a\x00b\r\n\r\n",
-    "NUL in target": b"GET /\x00 HTTP/1.1\r\n\r\n",
-    "space in target": b"GET /a b HTTP/1.1\r\n\r\n",
+    "NUL in value": b"GET / HTTP/1.1\r\nHost: x\r\nX: a\x00b\r\n\r\n",
+    "NUL in target": b"GET /\x00 HTTP/1.1\r\nHost: x\r\n\r\n",
+    "space in target": b"GET /a b HTTP/1.1\r\nHost: x\r\n\r\n",
     "bad version": b"GET / HTTP/1.2\r\n\r\n",
     "garbage": b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
 }
@@ -149,12 +157,53 @@ def test_malformed_and_smuggling_shapes_are_400_and_final(feed: object, name: st
     assert conn.receive_events(GET) == []  # sticky: nothing after the error
 
 
+#: RFC 9112 §3.2: Host is required in HTTP/1.1 and must appear once; a request target
+#: has no fragment.
+BAD_HOST_OR_TARGET = {
+    "HTTP/1.1 without Host": b"GET / HTTP/1.1\r\nAccept: */*\r\n\r\n",
+    "two Host fields": b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+    "two equal Host fields": b"GET / HTTP/1.1\r\nHost: a\r\nhost: a\r\n\r\n",
+    "two Host fields in HTTP/1.0": b"GET / HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n",
+    "Host with a path": b"GET / HTTP/1.1\r\nHost: a/b\r\n\r\n",
+    "Host with userinfo": b"GET / HTTP/1.1\r\nHost: u@a\r\n\r\n",
+    "Host list": b"GET / HTTP/1.1\r\nHost: a, b\r\n\r\n",
+    "fragment": b"GET /a.txt#top HTTP/1.1\r\nHost: x\r\n\r\n",
+    "fragment after a query": b"GET /a.txt?q=1#top HTTP/1.1\r\nHost: x\r\n\r\n",
+    "fragment in absolute form": b"GET http://x/a.txt#top HTTP/1.1\r\nHost: x\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("feed", FEEDERS)
+@pytest.mark.parametrize("name", sorted(BAD_HOST_OR_TARGET))
+def test_host_and_fragment_rules_are_400_before_any_body(feed: object, name: str) -> None:
+    assert callable(feed)
+    events = feed(GET + BAD_HOST_OR_TARGET[name] + GET)
+    assert isinstance(events[0], Request)
+    assert len(events) == 2 and isinstance(events[1], Rejected)
+    assert events[1].status == 400
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET / HTTP/1.0\r\n\r\n",  # HTTP/1.0 needs no Host
+        b"GET / HTTP/1.1\r\nHost:\r\n\r\n",  # empty: a target without an authority
+        b"GET / HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: 127.0.0.1:80\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: xn--bcher-kva.example\r\n\r\n",
+    ],
+)
+def test_valid_hosts_are_accepted(head: bytes) -> None:
+    [event] = feed_whole(head)
+    assert isinstance(event, Request)
+
+
 @pytest.mark.parametrize("feed", FEEDERS)
 def test_request_line_limit_is_414(feed: object) -> None:
     assert callable(feed)
-    ok = b"GET /" + b"a" * 99 + b" HTTP/1.1\r\n\r\n"
+    ok = b"GET /" + b"a" * 99 + b" HTTP/1.1\r\nHost: x\r\n\r\n"
     assert isinstance(feed(ok, max_request_line=100)[0], Request)
-    too_long = b"GET /" + b"a" * 100 + b" HTTP/1.1\r\n\r\n"
+    too_long = b"GET /" + b"a" * 100 + b" HTTP/1.1\r\nHost: x\r\n\r\n"
     [event] = feed(too_long, max_request_line=100)
     assert isinstance(event, Rejected) and event.status == 414
 
@@ -168,7 +217,9 @@ def test_request_line_limit_stops_reading_early() -> None:
 @pytest.mark.parametrize("feed", FEEDERS)
 def test_header_size_limit_is_431(feed: object) -> None:
     assert callable(feed)
-    many = b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: %s\r\n" % (i, b"v" * 50) for i in range(40))
+    many = b"GET / HTTP/1.1\r\nHost: x\r\n" + b"".join(
+        b"X-%d: %s\r\n" % (i, b"v" * 50) for i in range(40)
+    )
     [event] = feed(many + b"\r\n", max_header_size=1024)
     assert isinstance(event, Rejected) and event.status == 431
     assert isinstance(feed(many + b"\r\n", max_header_size=4096)[0], Request)
@@ -177,7 +228,7 @@ def test_header_size_limit_is_431(feed: object) -> None:
 def test_one_endless_header_is_431_without_the_end_of_headers() -> None:
     """A value that never ends is caught while it arrives, not buffered forever."""
     conn = HttpConnection(max_header_size=1024)
-    events = conn.receive_events(b"GET / HTTP/1.1\r\nCookie: ")
+    events = conn.receive_events(b"GET / HTTP/1.1\r\nHost: x\r\nCookie: ")
     for _ in range(100):
         events += conn.receive_events(b"x" * 100)
         if events:
@@ -186,14 +237,18 @@ def test_one_endless_header_is_431_without_the_end_of_headers() -> None:
 
 
 def test_declared_body_over_the_cap_is_413_before_it_arrives() -> None:
-    [event] = feed_whole(b"POST / HTTP/1.1\r\nContent-Length: 100001\r\n\r\n", max_body_size=100000)
+    [event] = feed_whole(
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100001\r\n\r\n", max_body_size=100000
+    )
     assert isinstance(event, Rejected) and event.status == 413
 
 
 def test_chunked_body_over_the_cap_is_413() -> None:
     body = b"400\r\n" + b"a" * 1024 + b"\r\n"
     conn = HttpConnection(max_body_size=4096)
-    events = conn.receive_events(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+    events = conn.receive_events(
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
     for _ in range(5):
         events += conn.receive_events(body)
     assert [e.status for e in events if isinstance(e, Rejected)] == [413]
@@ -204,9 +259,9 @@ def test_small_bodies_are_read_and_dropped_keeping_the_connection_in_sync(feed: 
     """GET with a body is served as if bodiless; POST's body is read (the policy says 405)."""
     assert callable(feed)
     data = (
-        b"GET /1 HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello"
-        b"POST /2 HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
-        b"GET /3 HTTP/1.1\r\n\r\n"
+        b"GET /1 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"
+        b"POST /2 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+        b"GET /3 HTTP/1.1\r\nHost: x\r\n\r\n"
     )
     events = feed(data)
     assert [(e.method, e.target) for e in events if isinstance(e, Request)] == [
@@ -223,7 +278,9 @@ def test_other_http_versions_are_505(line: bytes) -> None:
 
 
 def test_nothing_is_parsed_after_a_closing_request() -> None:
-    events = feed_whole(b"GET /1 HTTP/1.1\r\nConnection: close\r\n\r\nGET /2 HTTP/1.1\r\n\r\n")
+    events = feed_whole(
+        b"GET /1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\nGET /2 HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
     assert [e.target for e in events if isinstance(e, Request)] == [b"/1"]
     assert not any(isinstance(e, Rejected) for e in events)
 
@@ -231,8 +288,8 @@ def test_nothing_is_parsed_after_a_closing_request() -> None:
 @pytest.mark.parametrize(
     "data",
     [
-        b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n\x81\x00",
-        b"CONNECT example.com:443 HTTP/1.1\r\n\r\n\x16\x03",
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n\x81\x00",
+        b"CONNECT example.com:443 HTTP/1.1\r\nHost: x\r\n\r\n\x16\x03",
     ],
 )
 def test_upgrade_and_connect_are_answered_then_closed(data: bytes) -> None:

@@ -264,19 +264,33 @@ def test_if_none_match(docroot: Path) -> None:
 
 
 def test_if_modified_since(docroot: Path) -> None:
-    site = site_for(docroot)
-    last_modified = headers_of(site.respond(request(b"/a.txt")))["last-modified"].encode()
     mtime = int((docroot / "a.txt").stat().st_mtime)
+    clock = FakeClock(mtime + 7200)
+    site = site_for(docroot, clock)
+    last_modified = headers_of(site.respond(request(b"/a.txt")))["last-modified"].encode()
     cases = [
         (last_modified, 304),
         (http_date(mtime + 3600), 304),
+        (http_date(clock.now), 304),
         (http_date(mtime - 3600), 200),
+        (http_date(clock.now + 1), 200),  # later than the server's clock: ignored
+        (http_date(clock.now + 86400 * 365), 200),
         (b"not a date", 200),
         (b"Sun, 06 Nov 99999 08:49:37 GMT", 200),
     ]
     for value, status in cases:
         response = site.respond(request(b"/a.txt", headers={b"if-modified-since": value}))
         assert response.status == status, value
+
+
+def test_a_file_modified_in_the_servers_future_ignores_its_own_last_modified(
+    docroot: Path,
+) -> None:
+    mtime = int((docroot / "a.txt").stat().st_mtime)
+    site = site_for(docroot, FakeClock(mtime - 60))  # the file's mtime is ahead of the clock
+    last_modified = headers_of(site.respond(request(b"/a.txt")))["last-modified"].encode()
+    response = site.respond(request(b"/a.txt", headers={b"if-modified-since": last_modified}))
+    assert response.status == 200
 
 
 def test_if_none_match_wins_over_if_modified_since(docroot: Path) -> None:

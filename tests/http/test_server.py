@@ -377,12 +377,15 @@ async def test_client_half_close_after_a_request_still_gets_the_answer(
 @pytest.mark.parametrize(
     ("data", "status"),
     [
-        (b"GET / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
-        (b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx", 400),
-        (b"GET / HTTP/1.1\r\nX: 1\r\n folded\r\n\r\n", 400),
-        (b"POST / HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n", 413),
-        (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n", 414),
-        (b"GET / HTTP/1.1\r\n" + b"X-Big: " + b"b" * 17000 + b"\r\n\r\n", 431),
+        (
+            b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            400,
+        ),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx", 400),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nX: 1\r\n folded\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\n\r\n", 413),
+        (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
+        (b"GET / HTTP/1.1\r\nHost: x\r\n" + b"X-Big: " + b"b" * 17000 + b"\r\n\r\n", 431),
         (b"GET / HTTP/2.0\r\n\r\n", 505),
     ],
 )
@@ -459,7 +462,7 @@ async def test_access_log_is_off_by_default_and_one_line_when_on(
 async def test_405_keeps_the_connection(docroot: Path, nursery: trio.Nursery) -> None:
     client, _ = await start_server(nursery, docroot)
     await client.send_all(
-        b"POST /a.txt HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc"
+        b"POST /a.txt HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"
         + raw_request("/a.txt", headers=[("Connection", "close")])
     )
     wire, _ = await read_all(client)

@@ -46,3 +46,9 @@ def who_router() -> Router:
 def exit_3() -> Router:
     """An application whose import-time set-up fails: the worker exits 3 before READY."""
     sys.exit(3)
+
+
+def stderr_crash() -> Router:
+    """An application that dies the way native code does: a message on fd 2, then exit."""
+    os.write(2, b"Fatal Python error: written to stderr by the worker\n")
+    os._exit(3)

@@ -264,7 +264,8 @@ def test_daemon_start_status_stop(servers: list[Server], tmp_path: Path) -> None
     # A session of its own, but not its leader: it can never get a controlling terminal.
     assert os.getsid(daemon) not in (os.getsid(0), daemon)
     assert Path(f"/proc/{daemon}/cwd").resolve() == Path("/")
-    assert {os.readlink(f"/proc/{daemon}/fd/{fd}") for fd in (0, 1, 2)} == {"/dev/null"}
+    assert {os.readlink(f"/proc/{daemon}/fd/{fd}") for fd in (0, 1)} == {"/dev/null"}
+    assert os.readlink(f"/proc/{daemon}/fd/2") == str(server.log)  # logging.stderr_to_file
     port = server.wait_ready(2)
     assert ask_who(port)[0] in server.workers(daemon)
 
@@ -283,3 +284,52 @@ def test_daemon_start_status_stop(servers: list[Server], tmp_path: Path) -> None
     assert not server.pidfile.exists()
     gone = run_cli(tmp_path, "status", "--pidfile", str(server.pidfile))
     assert gone.returncode == 3 and "no server running" in gone.stderr
+
+
+def start_daemon(servers: list[Server], tmp: Path, *args: str) -> tuple[Server, int, int]:
+    """A daemon started through the command line: (server, daemon pid, port)."""
+    server = Server(tmp, [*BASE, *args, "--daemon"])
+    servers.append(server)
+    started = run_cli(tmp, *server.args[3:])
+    assert started.returncode == 0, started.stderr
+    daemon = read_pid(server.pidfile)
+    assert daemon is not None
+    return server, daemon, server.wait_ready(2)
+
+
+def test_a_daemon_respawns_a_killed_worker(servers: list[Server], tmp_path: Path) -> None:
+    server, daemon, port = start_daemon(servers, tmp_path, "--workers", "2")
+    victim, survivor = server.workers(daemon)
+    os.kill(victim, signal.SIGKILL)
+    server.wait_log(rf"pid {victim}\) was killed by SIGKILL")
+    server.wait_log(r"worker \d \(pid \d+\) ready", count=3)
+    assert process_alive(daemon)
+    replacement = [p for p in server.workers(daemon) if p != survivor]
+    assert len(replacement) == 1 and replacement[0] != victim
+    assert "failed to boot" not in server.text()
+    wait_for("the new worker to answer", lambda: ask_who(port)[0] == replacement[0])
+
+
+def test_a_daemon_reloads(servers: list[Server], tmp_path: Path) -> None:
+    server, daemon, port = start_daemon(servers, tmp_path, "--workers", "2")
+    old = server.workers(daemon)
+    reloaded = run_cli(tmp_path, "reload", "--pidfile", str(server.pidfile))
+    assert reloaded.returncode == 0, reloaded.stderr
+    server.wait_log(r"reload: 2 new workers ready")
+    server.wait_log(r"stopped: exited with code 0", count=2)
+    assert process_alive(daemon)
+    new = server.workers(daemon)
+    assert len(new) == 2 and not set(new) & set(old)
+    assert ask_who(port)[0] in new
+
+
+def test_a_daemon_workers_stderr_reaches_the_log(servers: list[Server], tmp_path: Path) -> None:
+    server = Server(
+        tmp_path,
+        ["--listen", "127.0.0.1:0", "--workers", "1", "--app", "sample_apps:stderr_crash"],
+    )
+    servers.append(server)
+    started = run_cli(tmp_path, *server.args[3:], "--daemon")
+    assert started.returncode == 1
+    text = server.wait_log(r"Fatal Python error: written to stderr by the worker")[0].string
+    assert "failed to boot" in text

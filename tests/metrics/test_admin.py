@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from trioserver.config import Address
-from trioserver.ops.admin import MAX_CLIENTS, MAX_REQUEST, AdminPages, AdminServer
+from trioserver.ops.admin import MAX_REQUEST, AdminPages, AdminServer
 from trioserver.ops.metrics import Gatherer
 
 
@@ -126,19 +126,51 @@ def test_a_silent_client_neither_blocks_others_nor_stays(
     silent.close()
 
 
-def test_clients_beyond_the_limit_wait_in_the_backlog(
-    admin: tuple[AdminServer, Clock, list[str]],
-) -> None:
-    server, clock, _ = admin
-    idle = [connect(server) for _ in range(MAX_CLIENTS)]
-    until(server, lambda: len(server._clients) == MAX_CLIENTS)
-    assert server._sock.fileno() not in server.interest()
-    late = connect(server)
-    late.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
-    clock.now += 5.0  # the idle ones time out; then the late one is served
-    assert read_reply(server, late).endswith(b"serving\n")
-    for sock in idle:
-        sock.close()
+def small_admin(clock: Clock, max_clients: int) -> AdminServer:
+    pages = AdminPages(Gatherer(), lambda: "serving")
+    return AdminServer.bind(
+        Address("127.0.0.1", 0),
+        pages.answer,
+        clock,
+        timeout=5.0,
+        request_timeout=1.0,
+        max_clients=max_clients,
+    )
+
+
+def test_at_the_limit_the_oldest_idle_client_makes_room() -> None:
+    clock = Clock()
+    server = small_admin(clock, max_clients=4)
+    try:
+        idle = [connect(server) for _ in range(4)]
+        until(server, lambda: len(server._clients) == 4)
+        assert server._sock.fileno() in server.interest()  # it never stops accepting
+        late = connect(server)
+        late.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+        assert read_reply(server, late).endswith(b"serving\n")  # at the same virtual instant
+        assert server.evicted >= 1
+        idle[0].setblocking(True)
+        idle[0].settimeout(5)
+        assert idle[0].recv(10) == b""  # the oldest idle one was closed for it
+        for sock in idle:
+            sock.close()
+    finally:
+        server.close()
+
+
+def test_a_client_that_sends_no_request_is_closed_after_the_request_timeout() -> None:
+    clock = Clock()
+    server = small_admin(clock, max_clients=4)
+    try:
+        silent = connect(server)
+        until(server, lambda: len(server._clients) == 1)
+        assert server.deadline() == clock.now + 1.0
+        clock.now += 1.0
+        step(server)
+        assert server._clients == {}
+        silent.close()
+    finally:
+        server.close()
 
 
 def test_the_admin_port_is_not_shared_and_a_clash_names_the_setting(

@@ -60,18 +60,22 @@ def etag_matches(if_none_match: bytes, etag: bytes) -> bool:
     return False
 
 
-def modified_since(if_modified_since: bytes, mtime: int) -> bool:
+def modified_since(if_modified_since: bytes, mtime: int, now: float) -> bool:
     """False when the file (mtime in whole seconds) is no newer than the date given.
 
-    An unparsable date counts as modified, so the full response is sent (§13.1.3).
+    The field is ignored (True: the full response is sent) when its date cannot be
+    parsed or is later than ``now``, the server's clock (RFC 9110 §13.1.3: the date
+    is read on the origin's clock, and one in its future is not a date the server
+    ever sent as Last-Modified; a 304 on it would keep a stale copy fresh for good).
     """
     try:
         parsed = parsedate_tz(if_modified_since.decode("latin-1"))
         if parsed is None:
             return True
-        return mtime > mktime_tz(parsed)
+        since = mktime_tz(parsed)
     except (ValueError, OverflowError, TypeError):
         return True
+    return since > now or mtime > since
 
 
 def parse_range(value: bytes, size: int) -> tuple[int, int] | Unsatisfiable | None:

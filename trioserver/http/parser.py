@@ -33,7 +33,17 @@ request target longer than ``max_request_line``           414   here (``on_url``
 header fields larger than ``max_header_size`` in total    431   here (see below)
 body (declared or received) over ``max_body_size``        413   here
 HTTP version other than 1.0 / 1.1                         505   here
+HTTP/1.1 without Host; two Host fields; a malformed Host  400   here (RFC 9112 §3.2)
+a fragment (``#``) in the request target                  400   here (RFC 9112 §3.2)
 ======================================================  ======  ==========================
+
+Host and fragments are checked once the head is complete, before any body. RFC 9112
+§3.2 requires the 400 for Host ("MUST respond with a 400"). The request-target
+grammar there (origin-form, absolute-form, ...) has no fragment: a client strips it
+before sending, so one on the wire is a malformed line, and §3 lets the server answer
+400. Refusing rather than stripping it, as with every other ambiguity here: a proxy
+in front that keeps the fragment in its cache key while this server drops it is
+the kind of disagreement cache poisoning is made of.
 
 Bodies: this server only reads, so a body is read and thrown away, never kept. A
 GET or HEAD with a small body is served as if it had none (RFC 9110 §9.3.1 gives
@@ -51,6 +61,7 @@ the cap before it is caught, so memory stays bounded by the cap plus one receive
 from __future__ import annotations
 
 import enum
+import re
 import types
 from collections import deque
 from collections.abc import Mapping
@@ -189,6 +200,7 @@ class HttpConnection:
             on_message_begin=self._on_message_begin,
             on_url=self._on_url,
             on_header=self._on_header,
+            on_headers_complete=self._on_headers_complete,
             on_body=self._on_body,
             on_message_complete=self._on_message_complete,
         )
@@ -324,9 +336,21 @@ class HttpConnection:
                 self._fail(413, f"declared body of {int(value)} bytes is over {self._max_body}")
             headers[name] = value
         elif name in headers:
+            if name == b"host":
+                self._fail(400, "two Host fields")
             headers[name] += b", " + value
         else:
             headers[name] = value
+
+    def _on_headers_complete(self) -> None:
+        if b"#" in self._url:
+            self._fail(400, "a fragment (#...) in the request target")
+        host = self._headers.get(b"host")
+        if host is None:
+            if self._parser.get_http_version() == "1.1":
+                self._fail(400, "an HTTP/1.1 request without a Host field")
+        elif _HOST.fullmatch(host) is None:
+            self._fail(400, "a malformed Host field")
 
     def _on_body(self, chunk: bytes) -> None:
         self._state = _BODY
@@ -349,6 +373,9 @@ class HttpConnection:
         self._head_bytes = self._body_bytes = 0
 
 
+#: ``uri-host [ ":" port ]`` (RFC 9110 §7.2, RFC 3986 §3.2.2): an IP literal in brackets
+#: or a reg-name / IPv4 address, possibly empty (a target without an authority).
+_HOST: Final = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?")
 _FRAMING: Final = frozenset((b"content-length", b"transfer-encoding"))
 _OTHER_FRAMING: Final = {
     b"content-length": b"transfer-encoding",

@@ -17,7 +17,8 @@ Rules, in the order they are applied:
 2. The target's path must map inside the document root (``paths.py``,
    ``files.py``): 404 otherwise (no directory listing; a directory without its
    trailing slash gets 301 to the slash, as nginx does).
-3. ``If-None-Match`` (weak compare), else ``If-Modified-Since`` -> 304.
+3. ``If-None-Match`` (weak compare), else ``If-Modified-Since`` -> 304; a date
+   later than the server's clock is ignored (RFC 9110 §13.1.3).
 4. GET with one ``bytes`` range (honoured only if ``If-Range`` matches, when
    given) -> 206, or 416 when it starts past the end.
 5. Otherwise 200 with ``Accept-Ranges: bytes``.
@@ -246,7 +247,8 @@ class StaticSite:
         else:
             since = headers.get(b"if-modified-since")
             not_modified = since is not None and (
-                since == entry.last_modified or not modified_since(since, entry.mtime)
+                (since == entry.last_modified and entry.mtime <= now)
+                or not modified_since(since, entry.mtime, now)
             )
         if not_modified:
             return Response(304, _head_304(entry) + tail, b"", not keep_alive)

@@ -3,10 +3,20 @@
 The master has no trio and must not have threads (it forks), so this is a tiny
 HTTP/1.0-style server on non-blocking sockets that the master's ``poll`` drives
 (it is a :class:`~trioserver.prefork.procs.Watcher`). Every client is bounded: a request
-may be at most ``MAX_REQUEST`` bytes, the whole exchange must finish within
-``timeout`` seconds, at most ``MAX_CLIENTS`` are served at once (more wait in
-the listen backlog), and one answer per connection. A slow or stuck scraper
-therefore costs one socket and a buffer, never a blocked master.
+may be at most ``MAX_REQUEST`` bytes and must arrive within ``request_timeout``
+seconds, the whole exchange must finish within ``timeout`` seconds, and one answer
+per connection. A slow or stuck scraper therefore costs one socket and a buffer,
+never a blocked master.
+
+Idle clients cannot hold the listener. It never stops accepting: at
+``max_clients`` open connections, the one that has waited longest without
+sending a whole request is closed to make room (HAProxy and nginx also keep
+accepting and put a short deadline on the request head instead of serving a
+few clients at a time). A load balancer's probe sends its request at once, so
+it is never the oldest idle client, and it is answered on the poll loop's
+next turn however many silent sockets are open. A fixed small cap with the
+rest waiting in the backlog would let a few dozen silent sockets delay /healthz
+past a balancer's probe timeout.
 
 Routes::
 
@@ -32,12 +42,11 @@ from ..config import Address
 from ..sockets import bind_listener
 from .metrics import CONTENT_TYPE, Gatherer
 
-__all__ = ["MAX_CLIENTS", "MAX_REQUEST", "AdminPages", "AdminServer", "Response"]
+__all__ = ["MAX_REQUEST", "AdminPages", "AdminServer", "Response"]
 
 log = logging.getLogger("trioserver.admin")
 
 MAX_REQUEST: Final = 8192
-MAX_CLIENTS: Final = 32
 #: Connections taken from the backlog per wake-up, so a burst cannot starve the loop.
 _ACCEPT_BURST: Final = 16
 
@@ -91,9 +100,14 @@ class AdminPages:
 @attrs.define(eq=False)
 class _Client:
     sock: socket.socket
+    #: When the whole exchange must be over, and when the request must have arrived.
     deadline: float
+    request_deadline: float
     request: bytearray = attrs.Factory(bytearray)
     reply: memoryview | None = None
+
+    def next_deadline(self) -> float:
+        return min(self.deadline, self.request_deadline) if self.reply is None else self.deadline
 
 
 def _encode(response: Response, head_only: bool) -> bytes:
@@ -117,13 +131,22 @@ class AdminServer:
         answer: Callable[[str, str], Response],
         clock: Callable[[], float],
         timeout: float,
+        *,
+        request_timeout: float | None = None,
+        max_clients: int = 1024,
     ) -> None:
+        if max_clients < 1:
+            raise ValueError(f"max_clients must be at least 1, not {max_clients!r}")
         sock.setblocking(False)
         self._sock = sock
         self._answer = answer
         self._clock = clock
         self._timeout = timeout
+        self._request_timeout = timeout if request_timeout is None else request_timeout
+        self._max_clients = max_clients
+        #: In accept order, so the first one still reading is the oldest idle client.
         self._clients: dict[int, _Client] = {}
+        self.evicted = 0
 
     @classmethod
     def bind(
@@ -132,10 +155,15 @@ class AdminServer:
         answer: Callable[[str, str], Response],
         clock: Callable[[], float],
         timeout: float,
+        *,
+        request_timeout: float | None = None,
+        max_clients: int = 1024,
     ) -> AdminServer:
         """Listen on ``address`` (OSError naming it if that fails)."""
-        sock = bind_listener(address, 64, reuse_port=False, setting="metrics.listen")
-        return cls(sock, answer, clock, timeout)
+        sock = bind_listener(address, 128, reuse_port=False, setting="metrics.listen")
+        return cls(
+            sock, answer, clock, timeout, request_timeout=request_timeout, max_clients=max_clients
+        )
 
     @property
     def address(self) -> tuple[str, int]:
@@ -146,7 +174,7 @@ class AdminServer:
 
     def interest(self) -> Mapping[int, int]:
         wanted: dict[int, int] = {}
-        if self._sock.fileno() >= 0 and len(self._clients) < MAX_CLIENTS:
+        if self._sock.fileno() >= 0 and self._has_room():
             wanted[self._sock.fileno()] = select.POLLIN
         for fd, client in self._clients.items():
             wanted[fd] = select.POLLIN if client.reply is None else select.POLLOUT
@@ -165,11 +193,11 @@ class AdminServer:
             self._write(fd, client)
 
     def deadline(self) -> float | None:
-        return min((c.deadline for c in self._clients.values()), default=None)
+        return min((c.next_deadline() for c in self._clients.values()), default=None)
 
     def on_time(self, now: float) -> None:
         for fd, client in list(self._clients.items()):
-            if now >= client.deadline:
+            if now >= client.next_deadline():
                 self._drop(fd)
 
     def close(self) -> None:
@@ -181,8 +209,8 @@ class AdminServer:
 
     def _accept(self) -> None:
         for _ in range(_ACCEPT_BURST):
-            if len(self._clients) >= MAX_CLIENTS:
-                return
+            if not self._has_room():
+                return  # every client is being answered: the rest wait in the backlog
             try:
                 sock, _ = self._sock.accept()
             except (BlockingIOError, InterruptedError):
@@ -192,7 +220,32 @@ class AdminServer:
                     log.warning("admin listener: cannot accept: %s", exc)
                 return
             sock.setblocking(False)
-            self._clients[sock.fileno()] = _Client(sock, self._clock() + self._timeout)
+            if len(self._clients) >= self._max_clients:
+                self._evict_oldest_idle()
+            now = self._clock()
+            client = _Client(sock, now + self._timeout, now + self._request_timeout)
+            self._clients[sock.fileno()] = client
+
+    def _has_room(self) -> bool:
+        """Below the limit, or some client could be closed for a new one."""
+        if len(self._clients) < self._max_clients:
+            return True
+        return any(client.reply is None for client in self._clients.values())
+
+    def _evict_oldest_idle(self) -> None:
+        """Close the longest-waiting client that has not sent a whole request."""
+        for fd, client in self._clients.items():
+            if client.reply is None:
+                self._drop(fd)
+                self.evicted += 1
+                if self.evicted == 1 or self.evicted % 1000 == 0:
+                    log.warning(
+                        "admin listener: %d clients open (metrics.admin_max_clients); closed "
+                        "the oldest that sent no request (%d so far)",
+                        self._max_clients,
+                        self.evicted,
+                    )
+                return
 
     def _read(self, fd: int, client: _Client) -> None:
         try:

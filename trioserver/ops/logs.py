@@ -11,12 +11,15 @@ import logging
 import os
 import sys
 import time
+from pathlib import Path
 
 from ..config import LoggingSettings
 
-__all__ = ["configure_logging", "reopen_logs", "set_role"]
+__all__ = ["capture_stderr", "configure_logging", "reopen_logs", "set_role"]
 
 _role = "server"
+#: The file standard error points at (daemon mode), reopened with the log files.
+_stderr_path: Path | None = None
 
 
 def set_role(role: str) -> None:
@@ -76,8 +79,27 @@ def configure_logging(settings: LoggingSettings) -> logging.Handler:
     return handler
 
 
+def capture_stderr(path: Path) -> None:
+    """Point fd 2 at ``path`` (appending), now and on every :func:`reopen_logs`.
+
+    For a daemon, whose stderr is /dev/null: workers forked later inherit it, so a
+    traceback printed before logging is set up, or a native crash message, lands
+    in the log file.
+    """
+    global _stderr_path
+    sys.stderr.flush()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        os.dup2(fd, 2)
+    finally:
+        os.close(fd)
+    _stderr_path = path
+
+
 def reopen_logs() -> None:
     """Reopen our log file at its path (SIGUSR1, after logrotate moved the old one away)."""
+    if _stderr_path is not None:
+        capture_stderr(_stderr_path)
     for handler in logging.getLogger("trioserver").handlers:
         if getattr(handler, "_trioserver", False) and isinstance(handler, logging.FileHandler):
             stream = open(handler.baseFilename, handler.mode, encoding=handler.encoding)  # noqa: SIM115

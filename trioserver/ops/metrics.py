@@ -42,7 +42,7 @@ from typing import Any, Final
 import attrs
 
 from ..reasons import DropReason, KickReason
-from ..stats import HistogramSnapshot, WorkerStatistics
+from ..stats import UNKNOWN_CODE, HistogramSnapshot, WorkerStatistics
 
 __all__ = ["Gatherer", "SlotView", "Totals", "format_bytes", "format_seconds"]
 
@@ -188,7 +188,7 @@ class SlotView:
             "connections_accepted": t.accepted,
             "connections_refused": t.refused,
             "packets": sum(t.packets.values()),
-            "packets_by_code": {str(k): v for k, v in sorted(t.packets.items())},
+            "packets_by_code": {_code_label(k): v for k, v in sorted(t.packets.items())},
             "drops": sum(t.drops.values()),
             "drops_by_reason": dict(sorted(t.drops.items())),
             "kicks": sum(t.kicks.values()),
@@ -455,10 +455,12 @@ def render_prometheus(views: list[SlotView], started_at: float, health: str, pro
         page.family(f"{name}_total", "counter", text)
         for v in views:
             page.sample(f"{name}_total", {"worker": v.index}, getattr(v.totals, attr))
-    page.family("packets_total", "counter", "Packets received, by msgCode.")
+    page.family(
+        "packets_total", "counter", 'Packets received, by msgCode ("unknown": codes not served).'
+    )
     for v in views:
         for code, count in sorted(v.totals.packets.items()):
-            page.sample("packets_total", {"worker": v.index, "code": code}, count)
+            page.sample("packets_total", {"worker": v.index, "code": _code_label(code)}, count)
     for name, table, attr, text in (
         ("drops_total", DropReason, "drops", "Packets dropped without a reply, by reason."),
         ("kicks_total", KickReason, "kicks", "Connections closed by the server, by reason."),
@@ -486,6 +488,10 @@ def render_prometheus(views: list[SlotView], started_at: float, health: str, pro
         for hist in v.totals.loop_lag.values():
             page.histogram("event_loop_lag_seconds", {"worker": v.index}, hist)
     return "\n".join(page.lines) + "\n"
+
+
+def _code_label(code: int) -> str:
+    return "unknown" if code == UNKNOWN_CODE else str(code)
 
 
 def format_bytes(count: float) -> str:

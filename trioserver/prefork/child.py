@@ -8,6 +8,7 @@
        ├─ signals: TERM → retire (hand over, then drain)   INT/QUIT → stop now   USR1 → reopen logs
        ├─ worker.serve                              (READY goes to the master once it serves)
        ├─ heartbeat: a byte to the master every liveness_timeout / 2
+       ├─ connection log: the summary of suppressed drop/kick lines each interval
        ├─ reports: the worker's statistics to the master every metrics.interval
        └─ loop lag: a timer whose lateness is the event loop's lag (stats.watch_loop_lag)
 
@@ -101,8 +102,11 @@ class _WorkerProcess:
         )
         self.pipe = MasterPipe(setup.pipe, setup.master_pid)
         metrics = self.config.metrics
+        counters = self.worker.counters
+        counters.serve_codes((route.code for route in router), fold=metrics.fold_unknown_codes)
+        counters.limit_connection_lines(self.config.logging)
         if metrics.interval > 0:
-            self.worker.counters.time_handlers(metrics.handler_timing)
+            counters.time_handlers(metrics.handler_timing)
         self.ready = False
         self._retiring = False
 
@@ -120,6 +124,7 @@ class _WorkerProcess:
             if not self.pipe.send(READY):
                 self._master_gone(nursery)
             nursery.start_soon(self._heartbeat, nursery)
+            nursery.start_soon(self.worker.counters.connection_log.run)
             metrics = self.config.metrics
             if metrics.interval > 0:
                 nursery.start_soon(self._report, metrics.interval)

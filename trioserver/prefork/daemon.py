@@ -8,7 +8,9 @@
 
 Double fork with ``setsid`` in between (the daemon is no session leader, so it can
 never reacquire a terminal), ``chdir("/")`` (no directory kept busy), a known
-umask, and stdin, stdout *and* stderr on /dev/null (the original forgot stderr).
+umask, and stdin, stdout *and* stderr on /dev/null (the original forgot stderr);
+the caller then points stderr at the log file (:func:`trioserver.ops.logs.capture_stderr`)
+so that what a process writes there before or beside logging is not lost.
 The first process waits until the daemon reports READY or dies, so
 ``python -m trioserver --daemon`` exits 0 only once the server serves, 1 if it
 failed (the log says why): what ``systemd`` ``Type=forking`` expects.
@@ -32,6 +34,10 @@ class Readiness:
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
+
+    def fileno(self) -> int:
+        """The pipe's fd while it is open, -1 after :meth:`ready` (workers close it)."""
+        return self.fd
 
     def ready(self) -> None:
         """Tell the original process the server serves; it exits 0."""

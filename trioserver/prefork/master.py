@@ -577,7 +577,7 @@ def serve(config: Config, load_config: Callable[[], Config]) -> int:
     ``load_config`` re-reads the configuration on SIGHUP. Logging must be set up.
     """
     from ..ops.admin import AdminPages, AdminServer
-    from ..ops.logs import configure_logging, reopen_logs, set_role
+    from ..ops.logs import capture_stderr, configure_logging, reopen_logs, set_role
     from . import daemon, pidfile
     from .child import run_child
 
@@ -614,7 +614,12 @@ def serve(config: Config, load_config: Callable[[], Config]) -> int:
             pages = AdminPages(gatherer, lambda: master_ref[0].health if master_ref else "starting")
             try:
                 admin = AdminServer.bind(
-                    config.metrics.listen, pages.answer, system.now, config.metrics.admin_timeout
+                    config.metrics.listen,
+                    pages.answer,
+                    system.now,
+                    config.metrics.admin_timeout,
+                    request_timeout=config.metrics.admin_request_timeout,
+                    max_clients=config.metrics.admin_max_clients,
                 )
             except OSError as exc:
                 log.error("%s", exc)
@@ -625,7 +630,9 @@ def serve(config: Config, load_config: Callable[[], Config]) -> int:
         notify: daemon.Readiness | None = None
         if settings.daemon:
             notify = daemon.daemonize()
-            system.close_in_children(notify.fd)
+            system.close_in_children(notify)
+            if config.logging.file is not None and config.logging.stderr_to_file:
+                capture_stderr(config.logging.file)
         if path is not None:
             try:
                 pidfile.write(path)

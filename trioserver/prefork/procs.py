@@ -45,6 +45,7 @@ __all__ = [
     "READY",
     "ChildSetup",
     "Exited",
+    "FileOwner",
     "ListeningSockets",
     "OsSystem",
     "SignalReceived",
@@ -336,6 +337,28 @@ class ChildSetup:
 ChildMain = Callable[[ChildSetup], int]
 
 
+class FileOwner(Protocol):
+    """Something that holds an fd and may close it: ``fileno()`` is -1 once closed."""
+
+    def fileno(self) -> int: ...
+
+
+def _report_child_failure(spec: WorkerSpec) -> None:  # pragma: no cover - in the child
+    """Log why a forked worker could not reach its main function, then print it to stderr.
+
+    The handlers inherited from the master write where the master's lines go (the log
+    file in daemon mode, where stderr may be /dev/null).
+    """
+    try:
+        log.critical("worker %d could not start after the fork", spec.index, exc_info=True)
+        for handler in logging.getLogger("trioserver").handlers:
+            handler.flush()
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+
+
 class OsSystem:
     """:class:`System` on real processes: fork, signals through a wakeup fd, poll.
 
@@ -360,11 +383,16 @@ class OsSystem:
         self._watchers: list[Watcher] = []
         self._watched: dict[int, tuple[Watcher, int]] = {}  # fd -> (watcher, events)
         self._old_wakeup_fd: int | None = None
-        self._child_closes: list[int] = []
+        self._child_closes: list[FileOwner] = []
 
-    def close_in_children(self, fd: int) -> None:
-        """Have every worker forked from now on close ``fd`` (it belongs to the master)."""
-        self._child_closes.append(fd)
+    def close_in_children(self, owner: FileOwner) -> None:
+        """Have every worker forked from now on close ``owner``'s fd while it has one.
+
+        The owner is asked at each fork, not its fd number once: after the owner
+        closes its fd, the number is reused (for a worker's pipe, a listening
+        socket), and closing it in the child would close that instead.
+        """
+        self._child_closes.append(owner)
 
     def watch(self, watcher: Watcher) -> None:
         """Serve ``watcher`` from :meth:`wait`; workers close its fds after the fork."""
@@ -426,9 +454,7 @@ class OsSystem:
                 os.close(read_fd)
                 code = self._child_main(ChildSetup(spec, listeners, write_fd, master_pid, http))
             except BaseException:
-                import traceback
-
-                traceback.print_exc()
+                _report_child_failure(spec)
             finally:
                 os._exit(code)
         os.close(write_fd)
@@ -444,7 +470,8 @@ class OsSystem:
         signal.set_wakeup_fd(-1)
         for signum in self._handled:
             signal.signal(signum, signal.SIG_DFL)
-        for fd in [self._wake_r, self._wake_w, *self._pipes, *self._child_closes]:
+        owned = [owner.fileno() for owner in self._child_closes]
+        for fd in [self._wake_r, self._wake_w, *self._pipes, *(fd for fd in owned if fd >= 0)]:
             _close_quietly(fd)
         for sock in self.listeners.all():
             if sock not in keep:

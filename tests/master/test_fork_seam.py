@@ -1,0 +1,88 @@
+"""What a forked worker closes and reports before its main function runs (real fork, real pipes)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from trioserver.config import Address, Config
+from trioserver.prefork.daemon import Readiness
+from trioserver.prefork.pipe import READY
+from trioserver.prefork.procs import ChildSetup, Exited, OsSystem, WorkerMessage, WorkerSpec
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork, Linux")
+
+CONFIG = Config().replace(server__listen=(Address("127.0.0.1", 0),), http__listen=())
+
+
+def child(setup: ChildSetup) -> int:
+    os.write(setup.pipe, READY)
+    return 0
+
+
+def spawn(system: OsSystem) -> int:
+    return system.spawn(WorkerSpec(1, 1, 0, CONFIG))
+
+
+def run_one(system: OsSystem, pid: int) -> tuple[list[object], Exited]:
+    """Worker ``pid``'s messages until it is reaped, and how it ended."""
+    events: list[object] = []
+    deadline = time.monotonic() + 10
+    while True:
+        assert time.monotonic() < deadline, f"worker {pid} did not end: {events}"
+        events.extend(system.wait(0.05))
+        for exited in system.reap():
+            if exited.pid == pid:
+                return events, exited
+
+
+def test_a_closed_readiness_pipe_whose_number_is_reused_is_not_closed_in_children() -> None:
+    system = OsSystem(child)
+    system.prepare(CONFIG, 1)
+    read_end, write_end = os.pipe()
+    try:
+        readiness = Readiness(write_end)
+        system.close_in_children(readiness)
+        readiness.ready()  # closes write_end: the next pipe the master opens gets its number
+        pid = spawn(system)
+        if write_end not in system._pipes:
+            os.waitpid(pid, 0)
+            pytest.skip("the worker's pipe did not reuse the readiness pipe's fd number")
+        events, exited = run_one(system, pid)
+        assert exited.returncode == 0, exited
+        assert any(isinstance(e, WorkerMessage) and READY in e.data for e in events) or (
+            READY in exited.unread
+        )
+    finally:
+        os.close(read_end)
+        system.close()
+
+
+class Broken:
+    def fileno(self) -> int:
+        raise RuntimeError("raised in the child before its main function")
+
+
+def test_a_failure_between_fork_and_main_reaches_the_log(tmp_path: Path) -> None:
+    log_file = tmp_path / "server.log"
+    handler = logging.FileHandler(log_file)
+    logger = logging.getLogger("trioserver")
+    logger.addHandler(handler)
+    system = OsSystem(child)
+    system.prepare(CONFIG, 1)
+    try:
+        system.close_in_children(Broken())
+        _, exited = run_one(system, spawn(system))
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+        system.close()
+    assert exited.returncode == 3
+    text = log_file.read_text()
+    assert "worker 1 could not start after the fork" in text
+    assert "RuntimeError: raised in the child before its main function" in text
