@@ -425,8 +425,11 @@ class Connection:
                 why = str(exc)
             except trio.BrokenResourceError:
                 why = "went away before its PROXY header was complete"
-        self.shared.counters.proxy_refused += 1
-        log.info("refused %s (conn %s): %s", self.peer, self.id, why)
+        counters = self.shared.counters
+        counters.proxy_refused += 1
+        counters.connection_log.line(
+            "proxy_refused", "refused %s (conn %s): %s", self.peer, self.id, why
+        )
         self.reason = CloseReason.PROXY_REFUSED
         self._move(_CLOSING)
         return None

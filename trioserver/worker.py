@@ -142,6 +142,7 @@ class Worker:
         server, conn = config.server, config.connection
         self.pool = ConnectionPool(server.max_connections)
         self.counters = Counters()
+        self.counters.limit_connection_lines(config.logging)
         self.recycler = RecycleTimer(self.pool, conn.recycle_delay)
         self.queue = MessageQueue(
             self.router,
@@ -249,6 +250,8 @@ class Worker:
         self, *, task_status: trio.TaskStatus[Worker] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Serve until ``stop()`` or cancellation, then drain; ``started`` once accepting."""
+        # Codes no route serves share one counter key: clients cannot choose series.
+        self.counters.serve_codes(self.router.routes, fold=self.config.metrics.fold_unknown_codes)
         backlog = self.config.server.backlog
         if self._given_listeners is not None:
             self._listeners = list(self._given_listeners)
@@ -289,6 +292,7 @@ class Worker:
                 async with trio.open_nursery() as services:
                     services.start_soon(self.recycler.run)
                     services.start_soon(self._flusher.run)
+                    services.start_soon(self.counters.connection_log.run)
                     await services.start(self.queue.run)
                     async with trio.open_nursery() as conns:
                         self._conn_nursery = conns

@@ -102,11 +102,8 @@ class _WorkerProcess:
         )
         self.pipe = MasterPipe(setup.pipe, setup.master_pid)
         metrics = self.config.metrics
-        counters = self.worker.counters
-        counters.serve_codes((route.code for route in router), fold=metrics.fold_unknown_codes)
-        counters.limit_connection_lines(self.config.logging)
         if metrics.interval > 0:
-            counters.time_handlers(metrics.handler_timing)
+            self.worker.counters.time_handlers(metrics.handler_timing)
         self.ready = False
         self._retiring = False
 
@@ -124,7 +121,6 @@ class _WorkerProcess:
             if not self.pipe.send(READY):
                 self._master_gone(nursery)
             nursery.start_soon(self._heartbeat, nursery)
-            nursery.start_soon(self.worker.counters.connection_log.run)
             metrics = self.config.metrics
             if metrics.interval > 0:
                 nursery.start_soon(self._report, metrics.interval)
