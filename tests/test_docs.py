@@ -192,6 +192,7 @@ def test_testing_page_examples_pass_as_a_users_tests(tmp_path: Path) -> None:
 #: References a user cannot follow: issue numbers, and team documents that do not ship.
 _UNSHIPPED = re.compile(r"\bissue[ -]\d+|\b(?:PROTOCOL|DESIGN|TARGETS|STYLE)\.md\b")
 
+
 def _sources_with_unshipped_references() -> set[str]:
     return {
         path.relative_to(ROOT).as_posix()

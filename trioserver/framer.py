@@ -31,6 +31,8 @@ from typing import Final
 
 import attrs
 
+from .errors import LocalProtocolError, ProtocolError, RemoteProtocolError
+
 __all__ = [
     "DEFAULT_MAX_PACKET_LENGTH",
     "HEADER",
@@ -61,18 +63,6 @@ ABSOLUTE_MAX_PACKET_LENGTH: Final = 0xFFFF
 _unpack_header = HEADER.unpack_from
 _pack_header = HEADER.pack
 _crc32 = zlib.crc32
-
-
-class ProtocolError(Exception):
-    """Base of every framing error."""
-
-
-class LocalProtocolError(ProtocolError, ValueError):
-    """We asked the framer for something the protocol cannot carry (our bug)."""
-
-
-class RemoteProtocolError(ProtocolError):
-    """The peer broke the framing; the connection cannot continue."""
 
 
 class PacketLengthError(RemoteProtocolError):

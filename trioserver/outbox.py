@@ -16,23 +16,50 @@ queued. Memory per connection is therefore bounded however slowly it reads.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final
+from typing import Final, Protocol
 
 import trio
 
 from .lifecycle import State
 from .reasons import KickReason
+from .transport import Transport
 from .wakeup import Wakeup
 
-if TYPE_CHECKING:
-    from .connection import Connection
-
-__all__ = ["DeferredFlusher", "Outbox"]
+__all__ = ["DeferredFlusher", "Limits", "Outbox", "Owner"]
 
 # Module constants: reading an Enum member through its class costs ~200 ns on 3.11,
 # and hashing one (a set lookup) runs Python code.
 _CLOSING: Final = State.CLOSING
 _CLOSED: Final = State.CLOSED
+
+
+class Limits(Protocol):
+    """What an outbox needs of its worker: the caps, and where writers and flushes run."""
+
+    @property
+    def max_pending_replies(self) -> int: ...
+    @property
+    def max_pending_bytes(self) -> int: ...
+    @property
+    def nursery(self) -> trio.Nursery: ...
+    @property
+    def flusher(self) -> DeferredFlusher: ...
+
+
+class Owner(Protocol):
+    """What an outbox needs of its connection (``connection.Connection`` is one)."""
+
+    @property
+    def state(self) -> State: ...
+    @property
+    def stale(self) -> bool: ...
+    @property
+    def transport(self) -> Transport: ...
+    @property
+    def shared(self) -> Limits: ...
+    def kick(self, reason: KickReason) -> None: ...
+    def peer_gone(self) -> None: ...
+    def settle(self) -> None: ...
 
 
 class Outbox:
@@ -49,7 +76,7 @@ class Outbox:
         "writing",
     )
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: Owner) -> None:
         self._conn = conn
         #: The queued replies (None when empty: an idle connection keeps no list).
         self._items: list[bytes] | None = None

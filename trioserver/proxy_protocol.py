@@ -7,7 +7,7 @@ reads it. Like the framer it imports neither trio nor socket::
 
     parser = ProxyParser(versions=(1, 2))
     parser.receive_data(chunk)              # b"" means the peer sent EOF
-    header = parser.next_event()            # a ProxyHeader, or NEED_DATA
+    header = parser.next_event()            # a ProxyHeader, or NEED_PROXY_DATA
     rest = parser.trailing_data             # the application protocol's first bytes
 
 A peer's mistake raises a :class:`ProxyProtocolError` subclass (missing, malformed,
@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Final, TypeAlias
 
 import attrs
 
-from .framer import NEED_DATA, NeedData
+from .errors import LocalProtocolError, RemoteProtocolError
 from .peer import Peer
 
 if TYPE_CHECKING:
@@ -38,12 +38,13 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_MAX_V2_LENGTH",
     "MODES",
-    "NEED_DATA",
+    "NEED_PROXY_DATA",
     "V1_MAX_LENGTH",
     "V2_SIGNATURE",
     "LocalProxyError",
     "MalformedProxyHeader",
     "MissingProxyHeader",
+    "NeedProxyData",
     "OversizedProxyHeader",
     "ProxyAddress",
     "ProxyCommand",
@@ -60,6 +61,19 @@ __all__ = [
     "parse_proxy_header",
     "read_proxy_header",
 ]
+
+
+class NeedProxyData(enum.Enum):
+    """The type of the :data:`NEED_PROXY_DATA` sentinel (this parser's own)."""
+
+    NEED_PROXY_DATA = "NEED_PROXY_DATA"
+
+    def __repr__(self) -> str:
+        return "NEED_PROXY_DATA"
+
+
+#: What :meth:`ProxyParser.next_event` returns while the header is incomplete.
+NEED_PROXY_DATA: Final = NeedProxyData.NEED_PROXY_DATA
 
 Network: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -87,7 +101,7 @@ MODES: Final[dict[str, frozenset[int] | None]] = {
 # -- errors -------------------------------------------------------------------------------
 
 
-class ProxyProtocolError(Exception):
+class ProxyProtocolError(RemoteProtocolError):
     """The peer did not open with a valid, acceptable PROXY header: close the connection."""
 
 
@@ -139,7 +153,7 @@ class RefusedProxyFamily(ProxyProtocolError):
         )
 
 
-class LocalProxyError(ValueError):
+class LocalProxyError(LocalProtocolError):
     """We misused the parser (our bug, not the peer's)."""
 
 
@@ -280,8 +294,8 @@ class ProxyParser:
             return
         self._buf += data
 
-    def next_event(self) -> ProxyHeader | NeedData:
-        """The header once complete (the same one on every later call), else NEED_DATA.
+    def next_event(self) -> ProxyHeader | NeedProxyData:
+        """The header once complete (the same one on every later call), else NEED_PROXY_DATA.
 
         Raises a :class:`ProxyProtocolError` (and the same one forever after) when
         the bytes cannot be an acceptable header.
@@ -295,16 +309,16 @@ class ProxyParser:
         except ProxyProtocolError as exc:
             self._error = exc
             raise
-        if header is not NEED_DATA:
+        if header is not NEED_PROXY_DATA:
             self._header = header
         return header
 
-    def _parse(self) -> ProxyHeader | NeedData:
+    def _parse(self) -> ProxyHeader | NeedProxyData:
         buf = self._buf
         if not buf:
             if self._eof:
                 raise MissingProxyHeader("peer closed the connection before sending a PROXY header")
-            return NEED_DATA
+            return NEED_PROXY_DATA
         if buf[0] == _V1_PREFIX[0] and 1 in self._versions:
             return self._parse_v1()
         if buf[0] == V2_SIGNATURE[0] and 2 in self._versions:
@@ -328,7 +342,7 @@ class ProxyParser:
 
     # -- v1: "PROXY TCP4 1.2.3.4 5.6.7.8 1234 80\r\n" ------------------------------------
 
-    def _parse_v1(self) -> ProxyHeader | NeedData:
+    def _parse_v1(self) -> ProxyHeader | NeedProxyData:
         buf = self._buf
         have = min(len(buf), len(_V1_PREFIX))
         if buf[:have] != _V1_PREFIX[:have]:
@@ -341,7 +355,7 @@ class ProxyParser:
                 raise OversizedProxyHeader(1, len(buf), V1_MAX_LENGTH)
             if self._eof:
                 raise TruncatedProxyHeader(len(buf))
-            return NEED_DATA
+            return NEED_PROXY_DATA
         line = bytes(buf[:end])
         if any(not 0x20 <= b <= 0x7E for b in line):
             raise MalformedProxyHeader(f"PROXY v1 line holds a non-printable byte: {line!r}")
@@ -367,7 +381,7 @@ class ProxyParser:
 
     # -- v2: signature, ver/cmd, fam/transport, length, addresses, TLVs -------------------
 
-    def _parse_v2(self) -> ProxyHeader | NeedData:
+    def _parse_v2(self) -> ProxyHeader | NeedProxyData:
         buf = self._buf
         have = min(len(buf), len(V2_SIGNATURE))
         if buf[:have] != V2_SIGNATURE[:have]:
@@ -375,7 +389,7 @@ class ProxyParser:
         if len(buf) < _V2_FIXED:
             if self._eof:
                 raise TruncatedProxyHeader(len(buf))
-            return NEED_DATA
+            return NEED_PROXY_DATA
         version, command_bits = buf[12] >> 4, buf[12] & 0xF
         if version != 2:
             raise MalformedProxyHeader(f"PROXY v2 signature with version nibble {version}, not 2")
@@ -393,7 +407,7 @@ class ProxyParser:
         if len(buf) < length:
             if self._eof:
                 raise TruncatedProxyHeader(len(buf))
-            return NEED_DATA
+            return NEED_PROXY_DATA
         body = bytes(buf[_V2_FIXED:length])
         if command is ProxyCommand.LOCAL:  # the balancer speaking for itself: ignore the rest
             return ProxyHeader(2, command, family, transport, length=length)
@@ -499,7 +513,7 @@ def parse_proxy_header(
     parser.receive_data(data)
     parser.receive_data(b"")
     header = parser.next_event()
-    assert header is not NEED_DATA  # at EOF the parser decides or raises
+    assert header is not NEED_PROXY_DATA  # at EOF the parser decides or raises
     return header, parser.trailing_data
 
 
@@ -551,7 +565,7 @@ async def read_proxy_header(
     if not policy.trusts(socket_peer):
         raise UntrustedProxySource(str(socket_peer))
     parser = policy.parser()
-    while (header := parser.next_event()) is NEED_DATA:
+    while (header := parser.next_event()) is NEED_PROXY_DATA:
         parser.receive_data(await receive())
     if (
         header.family is ProxyFamily.UNIX

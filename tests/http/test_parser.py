@@ -7,10 +7,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trioserver.http import (
-    NEED_DATA,
+    NEED_HTTP_DATA,
     ConnectionClosed,
     HttpConnection,
-    LocalProtocolError,
+    LocalHttpError,
     Rejected,
     Request,
 )
@@ -80,14 +80,14 @@ def test_pipelined_requests_come_out_in_order() -> None:
 
 def test_next_event_api() -> None:
     conn = HttpConnection()
-    assert conn.next_event() is NEED_DATA
+    assert conn.next_event() is NEED_HTTP_DATA
     conn.receive_data(GET[:10])
-    assert conn.next_event() is NEED_DATA
+    assert conn.next_event() is NEED_HTTP_DATA
     assert conn.in_request
     conn.receive_data(GET[10:] + GET)
     assert isinstance(conn.next_event(), Request)
     assert isinstance(conn.next_event(), Request)
-    assert conn.next_event() is NEED_DATA
+    assert conn.next_event() is NEED_HTTP_DATA
     conn.receive_data(b"")
     assert conn.next_event() == ConnectionClosed(False)
     assert conn.next_event() == ConnectionClosed(False)
@@ -98,7 +98,7 @@ def test_eof_in_the_middle_of_a_request() -> None:
     assert conn.receive_events(GET[:5]) == []
     assert conn.receive_events(b"") == [ConnectionClosed(incomplete=True)]
     assert conn.finished
-    with pytest.raises(LocalProtocolError):
+    with pytest.raises(LocalHttpError):
         conn.receive_events(b"more")
     assert conn.receive_events(b"") == []
 

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from trioserver.proxy_protocol import (
-    NEED_DATA,
+    NEED_PROXY_DATA,
     V1_MAX_LENGTH,
     V2_SIGNATURE,
     LocalProxyError,
@@ -39,12 +39,12 @@ A = ProxyAddress
 def feed(data: bytes, chunk: int, *, eof: bool = True, **kw: object) -> tuple[object, bytes]:
     """Feed ``data`` ``chunk`` bytes at a time (then EOF): (the header or the error, trailing)."""
     parser = ProxyParser(**kw)  # type: ignore[arg-type]
-    result: object = NEED_DATA
+    result: object = NEED_PROXY_DATA
     try:
         for i in range(0, len(data), chunk):
             parser.receive_data(data[i : i + chunk])
             result = parser.next_event()
-            if result is not NEED_DATA:
+            if result is not NEED_PROXY_DATA:
                 # The rest is the application's: the parser keeps it as trailing data.
                 parser.receive_data(data[i + chunk :])
                 break
@@ -280,7 +280,7 @@ def test_every_truncation_is_truncated(name: str, data: bytes, expected: ProxyHe
 def test_cut_short_without_eof_needs_data(name: str, data: bytes, expected: ProxyHeader) -> None:
     for cut in range(len(data)):
         result, rest = feed(data[:cut], 1, eof=False)
-        assert result is NEED_DATA
+        assert result is NEED_PROXY_DATA
         assert rest == b""
 
 
@@ -292,7 +292,7 @@ def test_v1_longer_than_107_bytes_is_oversized_without_waiting_for_crlf() -> Non
     # No CRLF ever: decided at 107 bytes, not by EOF.
     parser = ProxyParser()
     parser.receive_data(b"PROXY " + b"A" * (V1_MAX_LENGTH - 7))
-    assert parser.next_event() is NEED_DATA
+    assert parser.next_event() is NEED_PROXY_DATA
     parser.receive_data(b"A")
     with pytest.raises(OversizedProxyHeader) as caught:
         parser.next_event()
@@ -411,7 +411,7 @@ def headers(draw: st.DrawFn) -> tuple[bytes, ProxyHeader]:
 def split_feed(data: bytes, cuts: list[int]) -> tuple[object, bytes]:
     parser = ProxyParser()
     points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
-    result: object = NEED_DATA
+    result: object = NEED_PROXY_DATA
     try:
         for a, b in itertools.pairwise(points):
             parser.receive_data(data[a:b])
@@ -463,7 +463,7 @@ def test_buffering_is_bounded_by_the_caps(prefix: bytes, tail: bytes) -> None:
     for i in range(len(data)):
         parser.receive_data(data[i : i + 1])
         try:
-            if parser.next_event() is not NEED_DATA:
+            if parser.next_event() is not NEED_PROXY_DATA:
                 decided_at = i + 1
                 break
         except ProxyProtocolError:

@@ -13,10 +13,10 @@ The pieces, one concept each (imports flow downwards):
 
 from .files import FileRange
 from .parser import (
-    NEED_DATA,
+    NEED_HTTP_DATA,
     ConnectionClosed,
     HttpConnection,
-    LocalProtocolError,
+    LocalHttpError,
     Rejected,
     Request,
 )
@@ -31,12 +31,12 @@ from .server import (
 
 __all__ = [
     "BUNDLED_SITE",
-    "NEED_DATA",
+    "NEED_HTTP_DATA",
     "ConnectionClosed",
     "FileRange",
     "HttpConnection",
     "HttpConnectionState",
-    "LocalProtocolError",
+    "LocalHttpError",
     "Rejected",
     "Request",
     "Response",

@@ -6,7 +6,7 @@
     for event in conn.receive_events(chunk):    # b"" means the peer sent EOF
         ...                                     # Request, Rejected or ConnectionClosed
 
-``receive_data`` + ``next_event`` is the one-event-at-a-time form (``NEED_DATA`` when
+``receive_data`` + ``next_event`` is the one-event-at-a-time form (``NEED_HTTP_DATA`` when
 more bytes are needed); ``receive_events`` is the batch form the adapter uses: one call
 per receive returns every event those bytes completed, so pipelined requests that
 arrive together are answered together, in order.
@@ -17,7 +17,8 @@ the wire, which deserve their answers, and it is the last event: the connection 
 then finished (``error`` keeps it) and further bytes are ignored. The same holds
 after a request that asked to be the last one (HTTP/1.0 without keep-alive,
 ``Connection: close``) or an Upgrade/CONNECT request, which this server does not
-follow. Only misuse by the caller raises (:class:`LocalProtocolError`).
+follow. Only misuse by the caller raises (:class:`LocalHttpError`, a
+``trioserver.errors.LocalProtocolError``).
 
 What is rejected, and why (request smuggling needs two parsers to disagree about
 where a message ends, so every ambiguous framing closes the connection):
@@ -70,32 +71,34 @@ from typing import Final, NoReturn
 import attrs
 import httptools
 
+from ..errors import LocalProtocolError
+
 __all__ = [
-    "NEED_DATA",
+    "NEED_HTTP_DATA",
     "ConnectionClosed",
     "Event",
     "HttpConnection",
-    "LocalProtocolError",
-    "NeedData",
+    "LocalHttpError",
+    "NeedHttpData",
     "Rejected",
     "Request",
 ]
 
 
-class LocalProtocolError(RuntimeError):
+class LocalHttpError(LocalProtocolError):
     """The caller misused :class:`HttpConnection` (our bug, not the peer's)."""
 
 
-class NeedData(enum.Enum):
-    """The type of the :data:`NEED_DATA` sentinel."""
+class NeedHttpData(enum.Enum):
+    """The type of the :data:`NEED_HTTP_DATA` sentinel."""
 
-    NEED_DATA = "NEED_DATA"
+    NEED_HTTP_DATA = "NEED_HTTP_DATA"
 
     def __repr__(self) -> str:
-        return "NEED_DATA"
+        return "NEED_HTTP_DATA"
 
 
-NEED_DATA: Final = NeedData.NEED_DATA
+NEED_HTTP_DATA: Final = NeedHttpData.NEED_HTTP_DATA
 
 
 # Not frozen, on purpose: a frozen attrs class costs three times as much to build
@@ -243,19 +246,19 @@ class HttpConnection:
         """Parse bytes from the peer (``b""`` is EOF); take the events with :meth:`next_event`."""
         self._pending.extend(self.receive_events(data))
 
-    def next_event(self) -> Event | NeedData:
-        """The next event, or :data:`NEED_DATA`."""
+    def next_event(self) -> Event | NeedHttpData:
+        """The next event, or :data:`NEED_HTTP_DATA`."""
         if self._pending:
             return self._pending.popleft()
         if self._closed:
             return ConnectionClosed(False)
-        return NEED_DATA
+        return NEED_HTTP_DATA
 
     def receive_events(self, data: bytes | bytearray | memoryview) -> list[Event]:
         """Parse ``data`` (``b""`` is EOF) and return every event it completed, in order."""
         if self._closed:
             if data:
-                raise LocalProtocolError("receive_events() called with data after EOF")
+                raise LocalHttpError("receive_events() called with data after EOF")
             return []
         if not data:
             self._closed = True
