@@ -253,7 +253,9 @@ async def test_unread_reply_bytes_are_capped() -> None:
         assert server.worker.statistics().kicks_by_reason == {"send_bytes": 1}
 
 
-async def test_max_connections_then_recycle_delay(autojump_clock: trio.testing.MockClock) -> None:
+async def test_max_connections_refuses_only_while_that_many_are_live(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     config = make_config(server__max_connections=3, connection__recycle_delay=2.5)
     async with serve_in_memory(config) as server:
         clients = [await server.connect() for _ in range(3)]
@@ -261,20 +263,15 @@ async def test_max_connections_then_recycle_delay(autojump_clock: trio.testing.M
             await client.ping()
         extra = await server.connect()
         assert await closed_after(extra) == 0  # accepted and closed at once
-        assert server.worker.statistics().connections_refused == 1
+        stats = server.worker.statistics()
+        assert (stats.connections_refused, stats.refused_by_reason) == (1, {"max_connections": 1})
         await clients[0].aclose()
         await trio.testing.wait_all_tasks_blocked()
-        closed_at = trio.current_time()
-        # the slot rests: a connection made during the rest is refused too
-        await trio.sleep(2.4)
+        # its slot rests, but resting slots do not count against max_connections
+        assert server.worker.statistics().connections_resting == 1
         early = await server.connect()
-        assert await closed_after(early) == 0
-        # after the delay it is served
-        await trio.sleep(0.1)
-        assert trio.current_time() - closed_at == pytest.approx(2.5)
-        late = await server.connect()
-        await late.ping()
-        assert server.worker.statistics().connections_refused == 2
+        await early.ping()
+        assert server.worker.statistics().connections_refused == 1
 
 
 async def test_a_reset_connection_rests_for_the_recycle_delay(
@@ -285,15 +282,57 @@ async def test_a_reset_connection_rests_for_the_recycle_delay(
         doomed = await server.connect(faults=[Reset(at=10.0)])
         await doomed.ping()
         await trio.sleep(10.0)  # it is reset now; the worker notices at once
+        await trio.testing.wait_all_tasks_blocked()
+        stats = server.worker.statistics()
+        assert (stats.connections_open, stats.connections_resting) == (0, 1)
         await trio.sleep(2.4)
-        early = await server.connect()
-        assert await closed_after(early) == 0  # the slot still rests
+        assert server.worker.statistics().connections_resting == 1  # still resting
         await trio.sleep(0.1)
+        await trio.testing.wait_all_tasks_blocked()  # the recycler is due at this instant too
+        assert server.worker.statistics().connections_resting == 0  # 2.5 s: free again
         late = await server.connect()
         await late.ping()
         stats = server.worker.statistics()
-        assert stats.connections_refused == 1
+        assert stats.connections_refused == 0
         assert stats.kicks_by_reason == {}  # a vanished peer is not a kick
+
+
+async def test_churn_far_above_max_connections_per_recycle_delay_is_never_refused(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """100 connections per second, each open 10 ms, with max_connections 5 and a 1 s rest:
+    20 times more closes per delay than the limit, and not one refusal."""
+    config = make_config(server__max_connections=5, connection__recycle_delay=1.0)
+    async with serve_in_memory(config) as server:
+        for _ in range(300):
+            client = await server.connect()
+            await client.ping()
+            await trio.sleep(0.01)
+            await client.aclose()
+        await trio.testing.wait_all_tasks_blocked()
+        stats = server.worker.statistics()
+        assert stats.connections_refused == 0
+        assert stats.connections_accepted == 300
+        assert 95 <= stats.connections_resting <= 101  # the last second's closes rest
+        assert server.worker.pool.statistics().slots <= 106
+
+
+async def test_resting_slots_are_bounded_by_max_resting(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    config = make_config(
+        server__max_connections=5, connection__recycle_delay=60.0, connection__max_resting=20
+    )
+    async with serve_in_memory(config) as server:
+        for _ in range(100):
+            client = await server.connect()
+            await client.ping()
+            await client.aclose()
+            await trio.testing.wait_all_tasks_blocked()
+        stats = server.worker.statistics()
+        assert (stats.connections_refused, stats.connections_resting) == (0, 20)
+        assert server.worker.pool.statistics().slots == 21  # 20 resting + the one reused
+        assert server.worker.recycler.ended_early == 80
 
 
 async def test_half_close_gets_every_reply_then_eof() -> None:

@@ -354,7 +354,17 @@ class ConnectionSettings:
         why="Long enough for every message already queued for the old connection to be "
         "seen as stale and for its tasks to unwind; short enough that a full server "
         "frees room quickly. (The original waits 60 s because its threads kept raw "
-        "pointers; sequence numbers make that unnecessary.)",
+        "pointers; sequence numbers make that unnecessary.) Resting slots never count "
+        "against server.max_connections.",
+    )
+    max_resting: int = setting(
+        20_000,
+        "Most closed connections' slots resting at once; past it the oldest rest ends early.",
+        _int(0),
+        why="A resting slot costs about 130 bytes, so 20,000 bound them to about 2.6 MB, "
+        "room for 20,000 connections closed per recycle delay (more than one worker "
+        "accepts). Ending a rest early is safe: the slot's sequence number has moved on, "
+        "so nothing queued for the old connection reaches the next one.",
     )
 
 

@@ -1,12 +1,19 @@
-"""The fixed-capacity connection pool: slots, free list, sequence numbers, ``Connection``.
+"""The connection pool: slots, free list, sequence numbers.
 
-Slots are allocated once, up front (the original's connection pool), and cycle
-FREE → IN_USE → RESTING → FREE. A slot's ``sequence`` is bumped when the
-connection holding it closes, so anything still queued for that connection
+A slot cycles FREE → IN_USE → RESTING → FREE. Its ``sequence`` is bumped when
+the connection holding it closes, so anything still queued for that connection
 carries an old sequence and is recognised as stale, however long it waited and
 whoever holds the slot next. The resting period (the delayed recycle of
 ``timers.RecycleTimer``) keeps a slot out of the free list a while longer, so a
 slot changes hands at a human-readable pace in logs and statistics.
+
+The pool admits at most ``capacity`` live connections (``server.max_connections``);
+resting slots do not count against it. When every slot made so far is in use
+or resting, a new one is made, so a burst of short connections (a reconnect
+storm, ``Connection: close`` traffic) is never refused while fewer than
+``capacity`` are open: the recycle delay must not turn into a connection-rate
+limit. The memory of resting slots is bounded by ``timers.RecycleTimer``'s
+``max_resting`` (the oldest rest ends early; the sequence number keeps that safe).
 
 A connection holds a slot for its whole life (``connection.Connection``); the
 slot, not the connection, is what the pool counts and recycles.
@@ -40,16 +47,21 @@ class Slot:
 
 @attrs.frozen
 class PoolStatistics:
+    #: Most live connections admitted at once.
     capacity: int
     in_use: int
     resting: int
+    #: Live connections that may still be admitted (``capacity - in_use``).
     free: int
     acquired_total: int
+    #: Connections refused because ``capacity`` were live.
     exhausted_total: int
+    #: Slots made so far (in use, resting or free).
+    slots: int = 0
 
 
 class ConnectionPool:
-    """A fixed number of slots with a FIFO free list.
+    """Slots for at most ``capacity`` live connections, with a FIFO free list.
 
     FIFO, not LIFO, so the slot just vacated is the last to be reused: a stale
     message's slot has the longest possible time to change hands visibly.
@@ -58,8 +70,9 @@ class ConnectionPool:
     def __init__(self, capacity: int) -> None:
         if capacity < 1:
             raise ValueError(f"pool capacity must be at least 1, got {capacity!r}")
-        self._slots = [Slot(i) for i in range(capacity)]
-        self._free: collections.deque[Slot] = collections.deque(self._slots)
+        self._capacity = capacity
+        self._slots: list[Slot] = []
+        self._free: collections.deque[Slot] = collections.deque()
         self._in_use = 0
         self._resting = 0
         self._acquired_total = 0
@@ -67,17 +80,21 @@ class ConnectionPool:
 
     @property
     def capacity(self) -> int:
-        return len(self._slots)
+        return self._capacity
 
     def __iter__(self) -> Iterator[Slot]:
         return iter(self._slots)
 
     def acquire(self) -> Slot | None:
-        """A free slot, or None when every slot is in use or resting (counted)."""
-        if not self._free:
+        """A slot for a new connection, or None when ``capacity`` are live (counted)."""
+        if self._in_use >= self._capacity:
             self._exhausted_total += 1
             return None
-        slot = self._free.popleft()
+        if self._free:
+            slot = self._free.popleft()
+        else:
+            slot = Slot(len(self._slots))
+            self._slots.append(slot)
         slot.state = SlotState.IN_USE
         self._in_use += 1
         self._acquired_total += 1
@@ -102,10 +119,11 @@ class ConnectionPool:
 
     def statistics(self) -> PoolStatistics:
         return PoolStatistics(
-            capacity=len(self._slots),
+            capacity=self._capacity,
             in_use=self._in_use,
             resting=self._resting,
-            free=len(self._free),
+            free=self._capacity - self._in_use,
             acquired_total=self._acquired_total,
             exhausted_total=self._exhausted_total,
+            slots=len(self._slots),
         )

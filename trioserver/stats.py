@@ -152,6 +152,8 @@ class WorkerStatistics:
     accept_errors: int
     http_by_status: Mapping[int, int] = attrs.field(factory=dict)
     proxy_refused: int = 0
+    #: Refused connections by reason (``max_connections``: that many were live).
+    refused_by_reason: Mapping[str, int] = attrs.field(factory=dict)
     #: Handler time by msgCode (sampled for plain handlers; see the module docstring).
     handler_latency: Mapping[int, HistogramSnapshot] = attrs.field(factory=dict)
     loop_lag: HistogramSnapshot = HistogramSnapshot(LAG_BUCKETS, (0,) * (len(LAG_BUCKETS) + 1), 0.0)
@@ -204,6 +206,7 @@ class WorkerStatistics:
             accept_errors=int(raw["accept_errors"]),
             http_by_status=ints("http_by_status"),
             proxy_refused=int(raw.get("proxy_refused", 0)),
+            refused_by_reason=strs("refused_by_reason"),
             handler_latency={
                 int(k): HistogramSnapshot.from_json(v)
                 for k, v in raw.get("handler_latency", {}).items()
@@ -219,6 +222,7 @@ class Counters:
 
     accepted: int = 0
     refused: int = 0
+    refused_by_reason: collections.Counter[str] = attrs.Factory(collections.Counter)
     accept_errors: int = 0
     handler_errors: int = 0
     #: Connections closed for a missing, invalid or untrusted PROXY header.
@@ -319,6 +323,11 @@ class Counters:
                 code,
             )
 
+    def refuse(self, reason: str) -> None:
+        """Count one connection refused at accept (closed at once, or answered 503)."""
+        self.refused += 1
+        self.refused_by_reason[reason] += 1
+
     def kick(self, conn: Counted, reason: KickReason) -> None:
         """Count and log one kick (called once per closed connection)."""
         self.kicks[reason.value] += 1
@@ -355,6 +364,7 @@ class Counters:
             accept_errors=self.accept_errors,
             http_by_status=dict(self.http_by_status),
             proxy_refused=self.proxy_refused,
+            refused_by_reason=dict(self.refused_by_reason),
             handler_latency={code: h.snapshot() for code, h in self.handler_latency.items()},
             loop_lag=self.loop_lag.snapshot(),
             loop_lag_recent_max=max(self.recent_lag, default=0.0),

@@ -102,14 +102,22 @@ class RecycleTimer:
     """Delayed recycle: closed connections' slots rest ``delay`` seconds, then go free.
 
     The delay is the same for every slot, so the resting slots are already in due
-    order: a deque, and one task that sleeps until the oldest is due.
+    order: a deque, and one task that sleeps until the oldest is due. At most
+    ``max_resting`` slots rest at once (each costs about 130 bytes); past that the
+    oldest rest ends early, which is safe: its sequence number has already moved
+    on, so nothing queued for its old connection can reach the next one.
     """
 
-    def __init__(self, pool: ConnectionPool, delay: float) -> None:
+    def __init__(self, pool: ConnectionPool, delay: float, max_resting: int = 20_000) -> None:
         if delay < 0:
             raise ValueError(f"recycle delay must be >= 0, got {delay!r}")
+        if max_resting < 0:
+            raise ValueError(f"max_resting must be >= 0, got {max_resting!r}")
         self._pool = pool
         self._delay = delay
+        self._max_resting = max_resting
+        #: Rests ended early because ``max_resting`` slots were resting.
+        self.ended_early = 0
         self._resting: collections.deque[tuple[float, Slot]] = collections.deque()
         self._wakeup = Wakeup()
 
@@ -123,7 +131,11 @@ class RecycleTimer:
         if self._delay == 0:
             self._pool.recycle(slot)
             return
-        self._resting.append((trio.current_time() + self._delay, slot))
+        resting = self._resting
+        resting.append((trio.current_time() + self._delay, slot))
+        if len(resting) > self._max_resting:
+            self._pool.recycle(resting.popleft()[1])
+            self.ended_early += 1
         self._wakeup.wake()
 
     def recycle_all(self) -> None:

@@ -143,7 +143,7 @@ class Worker:
         self.pool = ConnectionPool(server.max_connections)
         self.counters = Counters()
         self.counters.limit_connection_lines(config.logging)
-        self.recycler = RecycleTimer(self.pool, conn.recycle_delay)
+        self.recycler = RecycleTimer(self.pool, conn.recycle_delay, conn.max_resting)
         self.queue = MessageQueue(
             self.router,
             self.services,
@@ -377,7 +377,7 @@ class Worker:
         assert nursery is not None
         slot = self.pool.acquire()
         if slot is None:
-            self.counters.refused += 1
+            self.counters.refuse("max_connections")
             if http:
                 nursery.start_soon(refuse_http_connection, transport)
             elif isinstance(transport, SocketTransport):
