@@ -3,10 +3,25 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import attrs
 import pytest
 
-from trioserver.config import Address, Config, ConfigError, describe_settings, load_config
+from trioserver.config import (
+    SECTIONS,
+    Address,
+    Config,
+    ConfigError,
+    ConnectionSettings,
+    HttpSettings,
+    LoggingSettings,
+    MasterSettings,
+    ServerSettings,
+    describe_settings,
+    load_config,
+)
+from trioserver.framer import DEFAULT_MAX_PACKET_LENGTH, HEADER_SIZE
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -105,3 +120,71 @@ def test_relative_paths_are_made_absolute_against_the_start_directory(tmp_path: 
     assert config.http.document_root == tmp_path / "site"
     absolute = load_config(None, ('accounts.url="sqlite:////srv/a.sqlite3"',), base=tmp_path)
     assert absolute.accounts.url == "sqlite:////srv/a.sqlite3"
+
+
+# -- every way of building a config checks its values --------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: ServerSettings(max_connections=-5), "[server] max_connections: -5 is outside"),
+        (
+            lambda: Config().replace(server__queue_size="big"),
+            "[server] queue_size: expected an integer, got 'big'",
+        ),
+        (
+            lambda: attrs.evolve(ConnectionSettings(), heartbeat_wait=float("nan")),
+            "[connection] heartbeat_wait: expected a finite number, got nan",
+        ),
+        (lambda: LoggingSettings(level="loud"), "[logging] level: 'loud' is not one of"),
+        (lambda: MasterSettings(app="nocolon"), "[master] app: 'nocolon' is not 'module:function'"),
+        (lambda: HttpSettings(listen=[3]), "[http] listen: expected a 'host:port' string, got 3"),
+        (lambda: Config().replace(server__nope=1), "unknown setting [server] 'nope'"),
+        (lambda: Config().replace(sever__backlog=1), "unknown section 'sever'"),
+        (
+            lambda: Config().replace(http__listen=["127.0.0.1:10000"]),
+            "[server] listen and [http] listen share 127.0.0.1:10000",
+        ),
+    ],
+)
+def test_settings_are_checked_wherever_they_are_made(build: Any, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        build()
+    assert message in str(info.value)
+
+
+def test_a_section_must_be_its_own_record() -> None:
+    with pytest.raises(TypeError, match="server"):
+        Config(server=ConnectionSettings())  # type: ignore[arg-type]
+
+
+def test_an_address_checks_its_port() -> None:
+    with pytest.raises(ValueError, match="port 70000 is outside 0..65535"):
+        Address("127.0.0.1", 70000)
+
+
+def test_parsers_accept_their_own_output() -> None:
+    """A record rebuilt from its own values is the same record: converters are idempotent."""
+    defaults = Config()
+    for name in SECTIONS:
+        section = getattr(defaults, name)
+        values = attrs.asdict(section, recurse=False)
+        assert type(section)(**values) == section
+    listen = (Address("::1", 1), Address("0.0.0.0", 2))
+    assert ServerSettings(listen=listen).listen == listen
+    assert ServerSettings(listen=["[::1]:1", ":2"]).listen == listen
+    assert ConnectionSettings(heartbeat_wait=5).heartbeat_wait == 5.0
+
+
+def test_the_max_packet_length_default_is_the_framers() -> None:
+    assert ServerSettings().max_packet_length == DEFAULT_MAX_PACKET_LENGTH
+    with pytest.raises(ConfigError, match=f"outside {HEADER_SIZE}..65535"):
+        ServerSettings(max_packet_length=HEADER_SIZE - 1)
+
+
+def test_file_errors_still_name_the_file_once(tmp_path: Path) -> None:
+    path = write(tmp_path, "[server]\nqueue_size = 'big'\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == f"{path}: [server] queue_size: expected an integer, got 'big'"

@@ -16,7 +16,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
-from .config import Config, ConfigError, describe_settings, load_config, parse_address
+from .config import (
+    Config,
+    ConfigError,
+    ServerSettings,
+    describe_settings,
+    load_config,
+    parse_address,
+)
 from .ops.logs import configure_logging
 
 __all__ = ["main"]
@@ -109,7 +116,7 @@ def _build_parser() -> argparse.ArgumentParser:
     sub.add_parser("settings", help="print every setting with its default and reason")
 
     client = sub.add_parser("client", help="talk to a running server")
-    client.add_argument("--server", default="127.0.0.1:10000", metavar="HOST:PORT")
+    client.add_argument("--server", default=str(ServerSettings().listen[0]), metavar="HOST:PORT")
     client_sub = client.add_subparsers(dest="action", required=True)
     ping = client_sub.add_parser("ping", help="send pings and print each round trip")
     ping.add_argument("-n", "--count", type=int, default=1)

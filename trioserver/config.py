@@ -7,6 +7,14 @@ that does not validate, is a :class:`ConfigError` that names the key and the fil
 
 Adding a setting means adding one ``setting(...)`` field to its section; the
 loader, ``check-config`` and ``python -m trioserver settings`` pick it up.
+
+Each setting's parser is the field's attrs converter, so every way of making a
+config checks it: the file loader, ``Config().replace(server__queue_size=...)``,
+``ServerSettings(max_connections=...)`` and ``attrs.evolve``. A parser accepts
+both what a TOML file holds (a list of strings) and its own output (a tuple of
+:class:`Address`), and a bad value is a :class:`ConfigError` naming the setting
+and the value. Configs are made at start and on reload, never per connection,
+so the checks cost nothing where it matters.
 """
 
 from __future__ import annotations
@@ -20,6 +28,8 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 import attrs
+
+from .framer import ABSOLUTE_MAX_PACKET_LENGTH, DEFAULT_MAX_PACKET_LENGTH, HEADER_SIZE
 
 __all__ = [
     "AccountsSettings",
@@ -49,12 +59,17 @@ class ConfigError(ValueError):
 # Value parsers: raw TOML / command-line value -> typed value, or ValueError.
 
 
+def _port(instance: Any, field: attrs.Attribute[Any], port: int) -> None:
+    if isinstance(port, bool) or not 0 <= port <= 65535:
+        raise ValueError(f"port {port!r} is outside 0..65535")
+
+
 @attrs.frozen(order=True)
 class Address:
     """A host and a TCP port to listen on."""
 
-    host: str
-    port: int
+    host: str = attrs.field(validator=attrs.validators.instance_of(str))
+    port: int = attrs.field(validator=[attrs.validators.instance_of(int), _port])
 
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
@@ -176,9 +191,28 @@ def _path(value: Any) -> Path:
     return Path(_str(value))
 
 
+def _converter(parse: Parser) -> attrs.Converter[Any, Any]:
+    """``parse`` as an attrs converter whose errors name the setting: ``[server] backlog: ...``."""
+
+    def convert(value: Any, instance: Any, field: attrs.Attribute[Any]) -> Any:
+        try:
+            return parse(value)
+        except ConfigError:
+            raise
+        except ValueError as exc:
+            section = SECTION_NAMES.get(type(instance), type(instance).__name__)
+            raise ConfigError(f"[{section}] {field.name}: {exc}") from None
+
+    return attrs.Converter(convert, takes_self=True, takes_field=True)
+
+
 def setting(default: T, help: str, parse: Parser, *, why: str = "") -> T:
-    """Declare one setting: an attrs field whose metadata the loader reads."""
-    return attrs.field(default=default, metadata={"help": help, "why": why, "parse": parse})
+    """Declare one setting: an attrs field that ``parse`` converts and checks on every build."""
+    return attrs.field(
+        default=default,
+        converter=_converter(parse),
+        metadata={"help": help, "why": why, "parse": parse},
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -225,9 +259,9 @@ class ServerSettings:
         why="Bounds a pipelining client's memory to inbox_size x max_packet_length.",
     )
     max_packet_length: int = setting(
-        29000,
+        DEFAULT_MAX_PACKET_LENGTH,
         "Largest pkgLen accepted (header included); a larger one closes the connection.",
-        _int(8, 65535),
+        _int(HEADER_SIZE, ABSOLUTE_MAX_PACKET_LENGTH),
         why="The original's 30000-byte buffer minus its 1000-byte margin.",
     )
     receive_size: int = setting(
@@ -797,35 +831,68 @@ SECTIONS: Final[Mapping[str, type]] = {
     "master": MasterSettings,
     "metrics": MetricsSettings,
 }
+#: Each section class's name in the file, for error messages.
+SECTION_NAMES: Final[Mapping[type, str]] = {cls: name for name, cls in SECTIONS.items()}
+
+
+def _section(cls: type[T]) -> Any:
+    """A ``Config`` field holding one section record (of exactly that class)."""
+    return attrs.field(factory=cls, validator=attrs.validators.instance_of(cls))
 
 
 @attrs.frozen
 class Config:
-    """The whole configuration: one frozen record per section."""
+    """The whole configuration: one frozen record per section.
 
-    server: ServerSettings = ServerSettings()
-    connection: ConnectionSettings = ConnectionSettings()
-    logging: LoggingSettings = LoggingSettings()
-    http: HttpSettings = HttpSettings()
-    accounts: AccountsSettings = AccountsSettings()
-    master: MasterSettings = MasterSettings()
-    metrics: MetricsSettings = MetricsSettings()
+    Rules that involve more than one setting are checked here too, so a
+    ``replace`` cannot make a config the loader would refuse.
+    """
+
+    server: ServerSettings = _section(ServerSettings)
+    connection: ConnectionSettings = _section(ConnectionSettings)
+    logging: LoggingSettings = _section(LoggingSettings)
+    http: HttpSettings = _section(HttpSettings)
+    accounts: AccountsSettings = _section(AccountsSettings)
+    master: MasterSettings = _section(MasterSettings)
+    metrics: MetricsSettings = _section(MetricsSettings)
     #: Where it came from, for error messages and reload.
     source: str = "<built-in defaults>"
 
+    def __attrs_post_init__(self) -> None:
+        _check_across_sections(self)
+
     def replace(self, **sections: Any) -> Config:
-        """A copy with whole sections or ``section__name=value`` settings replaced."""
+        """A copy with whole sections or ``section__name=value`` settings replaced.
+
+        Every value is checked as the file loader checks it (:class:`ConfigError`).
+        """
         flat: dict[str, dict[str, Any]] = {}
         whole: dict[str, Any] = {}
         for key, value in sections.items():
             section, sep, name = key.partition("__")
+            if section not in SECTIONS and not (key == "source" and not sep):
+                raise ConfigError(
+                    f"unknown section {section!r} in {key!r} (known: {', '.join(SECTIONS)})"
+                )
             if sep:
                 flat.setdefault(section, {})[name] = value
             else:
                 whole[key] = value
         for section, values in flat.items():
-            whole[section] = attrs.evolve(whole.get(section, getattr(self, section)), **values)
+            current = whole.get(section, getattr(self, section))
+            whole[section] = _evolve_section(current, section, values)
         return attrs.evolve(self, **whole)
+
+
+def _evolve_section(current: Any, section: str, values: Mapping[str, Any]) -> Any:
+    """``attrs.evolve`` with an unknown name as a :class:`ConfigError` that lists the known."""
+    known = {f.name for f in attrs.fields(type(current))}
+    for name in values:
+        if name not in known:
+            raise ConfigError(
+                f"unknown setting [{section}] {name!r} (known: {', '.join(sorted(known))})"
+            )
+    return attrs.evolve(current, **values)
 
 
 def _section_fields(cls: type) -> Iterator[attrs.Attribute[Any]]:
@@ -833,18 +900,15 @@ def _section_fields(cls: type) -> Iterator[attrs.Attribute[Any]]:
 
 
 def _build_section(cls: type, raw: Mapping[str, Any], source: str, section: str) -> Any:
-    known = {f.name: f for f in _section_fields(cls)}
-    values: dict[str, Any] = {}
-    for key, value in raw.items():
-        field = known.get(key)
-        if field is None:
+    known = {f.name for f in _section_fields(cls)}
+    for key in raw:
+        if key not in known:
             hint = ", ".join(sorted(known))
             raise ConfigError(f"{source}: unknown setting [{section}] {key!r} (known: {hint})")
-        try:
-            values[key] = field.metadata["parse"](value)
-        except ValueError as exc:
-            raise ConfigError(f"{source}: [{section}] {key}: {exc}") from None
-    return cls(**values)
+    try:
+        return cls(**raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
 
 
 def _parse_override(text: str) -> tuple[str, str, Any]:
@@ -903,9 +967,10 @@ def load_config(
         name: _build_section(cls, merged.get(name, {}), where, name)
         for name, cls in SECTIONS.items()
     }
-    config = _absolute_paths(Config(**built, source=source), base)
-    _check_across_sections(config, where)
-    return config
+    try:
+        return _absolute_paths(Config(**built, source=source), base)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def _absolute_paths(config: Config, base: Path | None) -> Config:
@@ -928,12 +993,12 @@ def _absolute_paths(config: Config, base: Path | None) -> Config:
     return config.replace(**changes) if changes else config
 
 
-def _check_across_sections(config: Config, where: str) -> None:
+def _check_across_sections(config: Config) -> None:
     """Rules that involve more than one setting."""
     shared = {a for a in set(config.server.listen) & set(config.http.listen) if a.port != 0}
     if shared:
         raise ConfigError(
-            f"{where}: [server] listen and [http] listen share "
+            "[server] listen and [http] listen share "
             f"{', '.join(sorted(map(str, shared)))}; one address serves one protocol"
         )
 
