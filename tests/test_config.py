@@ -160,7 +160,7 @@ def test_a_section_must_be_its_own_record() -> None:
 
 
 def test_an_address_checks_its_port() -> None:
-    with pytest.raises(ValueError, match="port 70000 is outside 0..65535"):
+    with pytest.raises(ValueError, match=r"port 70000 is outside 0\.\.65535"):
         Address("127.0.0.1", 70000)
 
 
@@ -179,7 +179,7 @@ def test_parsers_accept_their_own_output() -> None:
 
 def test_the_max_packet_length_default_is_the_framers() -> None:
     assert ServerSettings().max_packet_length == DEFAULT_MAX_PACKET_LENGTH
-    with pytest.raises(ConfigError, match=f"outside {HEADER_SIZE}..65535"):
+    with pytest.raises(ConfigError, match=rf"outside {HEADER_SIZE}\.\.65535"):
         ServerSettings(max_packet_length=HEADER_SIZE - 1)
 
 
