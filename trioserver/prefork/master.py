@@ -48,7 +48,7 @@ from typing import Final
 
 import attrs
 
-from ..config import Config, ConfigError, LoggingSettings
+from ..config import Address, Config, ConfigError, LoggingSettings
 from ..ops.metrics import Gatherer
 from .procs import (
     READY,
@@ -579,6 +579,7 @@ def serve(config: Config, load_config: Callable[[], Config]) -> int:
     from ..ops.admin import AdminPages, AdminServer
     from ..ops.logs import capture_stderr, configure_logging, reopen_logs, set_role
     from . import daemon, pidfile
+    from .app import AppError, check_app
     from .child import run_child
 
     settings = config.master
@@ -596,6 +597,11 @@ def serve(config: Config, load_config: Callable[[], Config]) -> int:
             log.error("%s", exc)
             return ExitCode.START_FAILED
     set_role("master")
+    try:
+        check_app(settings.app, settings.boot_timeout)
+    except AppError as exc:
+        log.error("cannot start: %s", exc)
+        return ExitCode.START_FAILED
     set_title("trioserver: master")
     raise_open_file_limit(config.server.max_connections)
     system = OsSystem(run_child)
@@ -610,6 +616,7 @@ def serve(config: Config, load_config: Callable[[], Config]) -> int:
             log.info("listening on %s:%d", host, port)
         gatherer = Gatherer()
         master_ref: list[Master] = []
+        admin_address: str | None = None
         if config.metrics.listen is not None:
             pages = AdminPages(gatherer, lambda: master_ref[0].health if master_ref else "starting")
             try:
@@ -626,6 +633,7 @@ def serve(config: Config, load_config: Callable[[], Config]) -> int:
                 return ExitCode.START_FAILED
             system.watch(admin)
             host, port = admin.address
+            admin_address = str(Address(host, port))
             log.info("metrics on http://%s:%d/metrics (health: /healthz)", host, port)
         notify: daemon.Readiness | None = None
         if settings.daemon:
@@ -636,6 +644,8 @@ def serve(config: Config, load_config: Callable[[], Config]) -> int:
         if path is not None:
             try:
                 pidfile.write(path)
+                if admin_address is not None:
+                    pidfile.write_admin(path, admin_address)
             except (pidfile.PidfileError, OSError) as exc:
                 log.error("%s", exc)
                 return ExitCode.START_FAILED
