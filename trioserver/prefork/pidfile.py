@@ -88,7 +88,10 @@ def write(path: Path) -> None:
             log.warning("%s: replacing a stale pidfile (pid %s is gone)", path, read_pid(path))
             os.replace(tmp, path)
     except OSError as exc:
-        raise PidfileError(f"{path}: cannot write the pidfile: {exc.strerror}") from None
+        raise PidfileError(
+            f"{path}: cannot write the pidfile: {exc.strerror} (set master.pidfile to a "
+            'writable path, or to "" for none)'
+        ) from None
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
