@@ -160,11 +160,17 @@ _COLUMNS: list[tuple[str, str]] = [
     ("outbox", "outbox_bytes"),
     ("lag", "loop_lag_recent_max"),
     ("http", "http_requests"),
+    ("cpu", "cpu_seconds"),
+    ("rss", "resident_bytes"),
 ]
 
 
 def _cell(key: str, value: Any) -> str:
-    if key == "outbox_bytes":
+    if value is None:
+        return "-"  # not measured (no /proc)
+    if key == "cpu_seconds":
+        return f"{float(value):.1f} s"
+    if key in ("outbox_bytes", "resident_bytes"):
         return format_bytes(float(value))
     if key == "loop_lag_recent_max":
         return format_seconds(float(value))
@@ -183,6 +189,8 @@ def format_table(data: dict[str, Any], ages: dict[int, float | None]) -> list[st
         for _, key in _COLUMNS:
             value = worker.get(key, 0)
             row.append(_cell(key, value))
+            if value is None:
+                continue
             if key == "loop_lag_recent_max":
                 totals[key] = max(totals[key], float(value))
             else:

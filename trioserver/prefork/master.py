@@ -411,7 +411,7 @@ class Master:
 
     def _exited(self, exited: Exited) -> None:
         if self.gatherer is not None:
-            self.gatherer.exited(exited.pid, exited.reports)
+            self.gatherer.exited(exited.pid, exited.reports, exited.cpu_seconds)
         worker = self.workers.pop(exited.pid, None)
         if worker is None:
             return
@@ -578,6 +578,7 @@ def serve(config: Config, load_config: Callable[[], Config]) -> int:
     """
     from ..ops.admin import AdminPages, AdminServer
     from ..ops.logs import capture_stderr, configure_logging, reopen_logs, set_role
+    from ..ops.procstat import read_process
     from . import daemon, pidfile
     from .app import AppError, check_app
     from .child import run_child
@@ -614,7 +615,7 @@ def serve(config: Config, load_config: Callable[[], Config]) -> int:
         for address in config.server.listen:
             host, port = system.listeners.bound(address) or (address.host, address.port)
             log.info("listening on %s:%d", host, port)
-        gatherer = Gatherer()
+        gatherer = Gatherer(process_figures=read_process)
         master_ref: list[Master] = []
         admin_address: str | None = None
         if config.metrics.listen is not None:
