@@ -203,6 +203,8 @@ class _Live:
     pid: int
     generation: int
     stats: WorkerStatistics | None = None
+    #: Wall-clock time its latest report arrived.
+    reported_at: float | None = None
 
 
 @attrs.frozen
@@ -228,6 +230,9 @@ class SlotView:
     cpu_seconds: float | None = None
     resident_bytes: int | None = None
     open_fds: int | None = None
+    #: When the latest report of a live process arrived (Unix time): rates are
+    #: differences of counters over differences of this, not of the reader's clock.
+    reported_at: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         t = self.totals
@@ -259,6 +264,7 @@ class SlotView:
             "cpu_seconds": self.cpu_seconds,
             "resident_bytes": self.resident_bytes,
             "open_fds": self.open_fds,
+            "reported_at": self.reported_at,
         }
 
 
@@ -271,8 +277,10 @@ class Gatherer:
         wall_clock: float | None = None,
         process_figures: Callable[[int], ProcessFigures | None] | None = None,
         own_pid: Callable[[], int] = os.getpid,
+        clock: Callable[[], float] = time.time,
     ) -> None:
-        self.started_at = time.time() if wall_clock is None else wall_clock
+        self.started_at = clock() if wall_clock is None else wall_clock
+        self._clock = clock
         #: Reads a process's CPU, memory and fds (None: the page has no process series).
         self._process_figures = process_figures
         #: The master's pid, asked each time: a daemon's master forked after this was made.
@@ -301,6 +309,7 @@ class Gatherer:
             return
         try:
             live.stats = WorkerStatistics.from_json(payload)
+            live.reported_at = self._clock()
         except (ValueError, KeyError, TypeError) as exc:
             self._bad_reports += 1
             if self._bad_reports == 1:
@@ -391,6 +400,10 @@ class Gatherer:
                     cpu_seconds=cpu if measured else None,
                     resident_bytes=gauges["rss"] if measured else None,
                     open_fds=gauges["fds"] if measured else None,
+                    reported_at=max(
+                        (live.reported_at for live in lives if live.reported_at is not None),
+                        default=None,
+                    ),
                 )
             )
         return views
@@ -408,6 +421,7 @@ class Gatherer:
             {
                 "master_pid": master_pid,
                 "health": health,
+                "time": self._clock(),
                 "master": {"pid": master_pid, **(master.to_json() if master else {})},
                 "workers": [view.to_json() for view in self.slots()],
             }
