@@ -59,6 +59,12 @@ def _build_parser() -> argparse.ArgumentParser:
         prog="python -m trioserver",
         description="A trio server for long-lived TCP connections (the course's binary "
         "protocol). Without a command, serves on the built-in defaults.",
+        epilog="Settings, lowest precedence first: the built-in defaults; WEB_CONCURRENCY "
+        "(the worker count, as gunicorn and uvicorn read it); the -c file; environment "
+        "variables TRIOSERVER_<SECTION>_<NAME> (e.g. TRIOSERVER_MASTER_WORKERS=4, values "
+        "written as in TOML); then --set and the options that stand for one. "
+        "'settings --effective' prints the result. The server writes ./trioserver.pid "
+        "(master.pidfile), where stop, reload, reopen and status look for it.",
     )
     parser.add_argument("--version", action="version", version=f"trioserver {__version__}")
     sub = parser.add_subparsers(dest="command")
@@ -124,7 +130,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "--effective",
         action="store_true",
         help="print the values that would run (defaults, -c file, environment, --set) "
-        "instead of the defaults",
+        "instead of the defaults; implied by -c, --set or --listen",
     )
     _config_args(settings)
 
