@@ -163,6 +163,29 @@ def test_a_bad_config_on_reload_keeps_the_workers(servers: list[Server], tmp_pat
     assert ask_who(port)[0] == before[0]
 
 
+def test_a_reload_onto_an_app_that_is_not_a_factory_keeps_the_workers(
+    servers: list[Server], tmp_path: Path
+) -> None:
+    """The application is checked before the reload starts a worker, as at start."""
+    server = Server(
+        tmp_path,
+        ["--listen", "127.0.0.1:0", "--workers", "1"],
+        config='[master]\napp = "sample_apps:who_router"\n',
+    )
+    servers.append(server.start())
+    port = server.wait_ready(1)
+    before = server.workers()
+    server.config.write_text('[master]\napp = "sample_apps:returns_int"\n')
+    os.kill(server.pid, signal.SIGHUP)
+    server.wait_log(
+        r"reload: application 'sample_apps:returns_int': returns_int\(\) is declared to "
+        r"return int, not a Router.*; the workers keep running"
+    )
+    assert server.workers() == before
+    assert ask_who(port)[0] == before[0]
+    assert " started (pid " in server.text() and server.text().count(" started (pid ") == 1
+
+
 @pytest.mark.parametrize(
     ("connections", "pipelined"),
     [

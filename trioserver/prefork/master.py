@@ -563,6 +563,17 @@ class Master:
             )
 
 
+def _checked(config: Config) -> Config:
+    """``config`` once its application passes the check a start makes (for a reload)."""
+    from .app import AppError, check_app
+
+    try:
+        check_app(config.master.app, config.master.boot_timeout)
+    except AppError as exc:
+        raise ConfigError(str(exc)) from None
+    return config
+
+
 def _reconfigure_logging(configure: Callable[[LoggingSettings], object], config: Config) -> None:
     configure(config.logging)
 
@@ -655,7 +666,7 @@ def serve(config: Config, load_config: Callable[[], Config]) -> int:
             master = Master(
                 config,
                 system,
-                load_config=load_config,
+                load_config=lambda: _checked(load_config()),
                 apply_config=lambda new: _reconfigure_logging(configure_logging, new),
                 reopen_logs=reopen_logs,
                 on_ready=notify.ready if notify is not None else _nothing,
