@@ -156,3 +156,15 @@ def test_settings_effective_prints_what_would_run(tmp_path: Path) -> None:
     assert again.server == expected.server and again.master == expected.master
     # without --effective: the defaults, unchanged by the environment
     assert "workers = 0\n" in run("settings", env=env).stdout
+
+
+def test_client_results_say_what_they_mean() -> None:
+    from trioserver.cli import describe_result
+
+    assert describe_result("login", 1) == (
+        "rejected: wrong username or password (the server does not say which)"
+    )
+    assert describe_result("register", 1) == "rejected: the name is taken"
+    assert describe_result("register", 4).startswith("rate_limited: too many attempts")
+    assert describe_result("login", 0) == "ok: logged in"
+    assert describe_result("login", 99) == "unknown result 99"

@@ -17,8 +17,9 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Final
 
 from . import __version__
 from .config import (
@@ -250,12 +251,33 @@ def _client(args: argparse.Namespace) -> int:
     except (OSError, ConnectionClosed) as exc:
         print(f"error: {address}: {exc}", file=sys.stderr)
         return 1
-    try:
-        result = ResultCode(reply.result).name.lower()
-    except ValueError:
-        result = f"unknown result {reply.result}"
-    print(f"{args.action} {reply.username.decode('utf-8', 'replace')!r}: {result}")
+    name = reply.username.decode("utf-8", "replace")
+    print(f"{args.action} {name!r}: {describe_result(args.action, reply.result)}")
     return 0 if reply.result == ResultCode.OK else 2
+
+
+#: What each register or login result means to the person who typed the command.
+_RESULT_TEXT: Final[Mapping[tuple[str, int], str]] = {
+    ("register", 0): "registered",
+    ("register", 1): "the name is taken",
+    ("login", 0): "logged in",
+    ("login", 1): "wrong username or password (the server does not say which)",
+    ("*", 2): "the server refused the name or password (empty, too long, or not allowed)",
+    ("*", 3): "the server's account store is unavailable (not configured, or down)",
+    ("*", 4): "too many attempts from this name or address; wait and try again",
+}
+
+
+def describe_result(action: str, code: int) -> str:
+    """``rejected: wrong username or password ...``: the result code's name and meaning."""
+    from .messages import ResultCode
+
+    try:
+        name = ResultCode(code).name.lower()
+    except ValueError:
+        return f"unknown result {code}"
+    text = _RESULT_TEXT.get((action, code)) or _RESULT_TEXT.get(("*", code))
+    return f"{name}: {text}" if text else name
 
 
 def main(argv: Sequence[str] | None = None) -> int:
