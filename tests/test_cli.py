@@ -90,24 +90,27 @@ async def test_serve_then_client_ping_then_sigterm(tmp_path: Path) -> None:
 
 def test_the_default_run_is_found_by_status_reopen_and_stop(tmp_path: Path) -> None:
     """Plain ``serve`` writes ./trioserver.pid; the control commands find it with no option,
-    and ``status`` finds the admin listener (on port 0 here) from the running server."""
+    and ``status`` finds the admin listener (on port 0 here) from the running server. The
+    worker count comes from the environment (TRIOSERVER_ over WEB_CONCURRENCY)."""
     log = tmp_path / "server.log"
     args = [
-        *PYTHON, "serve", "--listen", "127.0.0.1:0", "--workers", "1",
+        *PYTHON, "serve", "--listen", "127.0.0.1:0",
         "--set", "http.listen=[]", "--set", 'accounts.url="memory:"',
         "--set", 'metrics.listen="127.0.0.1:0"', "--set", "metrics.interval=0.1",
         "--set", f'logging.file="{log}"',
     ]  # fmt: skip
-    proc = subprocess.Popen(args, cwd=tmp_path, env=_env(), stderr=subprocess.DEVNULL)
+    env = _env(TRIOSERVER_MASTER_WORKERS="2", WEB_CONCURRENCY="5")
+    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stderr=subprocess.DEVNULL)
     try:
         pidfile = tmp_path / "trioserver.pid"
         wait_for("the pidfile", lambda: read_pid(pidfile) == proc.pid, timeout=30)
-        wait_for("serving", lambda: "serving: 1 workers ready" in log.read_text(), timeout=30)
+        wait_for("serving", lambda: "serving: 2 workers ready" in log.read_text(), timeout=30)
         status = run("status", cwd=tmp_path)
         assert status.returncode == 0, status.stderr
         assert f"master pid {proc.pid}" in status.stdout
         assert re.search(r"figures from 127\.0\.0\.1:\d+ .*health: serving", status.stdout)
-        assert re.search(r"^  1 +\d+ ", status.stdout, re.MULTILINE)  # worker 1's row
+        rows = [line.split()[0] for line in status.stdout.splitlines()[2:]]
+        assert rows[:3] == ["1", "2", "all"]
         log.rename(tmp_path / "server.log.1")  # as logrotate does
         reopen = run("reopen", cwd=tmp_path)
         assert reopen.returncode == 0, reopen.stderr
