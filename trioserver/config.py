@@ -851,8 +851,12 @@ SECTION_NAMES: Final[Mapping[type, str]] = {cls: name for name, cls in SECTIONS.
 
 
 def _section(cls: type[T]) -> Any:
-    """A ``Config`` field holding one section record (of exactly that class)."""
-    return attrs.field(factory=cls, validator=attrs.validators.instance_of(cls))
+    """A ``Config`` field holding one section record (of exactly that class).
+
+    The default record is made once and shared: it is frozen, and checking the
+    defaults again for every ``Config()`` would only cost time.
+    """
+    return attrs.field(default=cls(), validator=attrs.validators.instance_of(cls))
 
 
 @attrs.frozen
