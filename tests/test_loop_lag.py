@@ -14,7 +14,7 @@ async def test_the_lag_probe_reads_how_late_it_woke(autojump_clock: trio.testing
         nursery.start_soon(watch_loop_lag, counters, 0.25)
         await trio.sleep(0.1)
         autojump_clock.jump(0.4)  # the loop was stuck: the probe due at 0.25 wakes at 0.5
-        await trio.sleep(0.5)  # two more probes, on time
+        await trio.sleep(0.6)  # two more probes, on time (at 0.75 and 1.0; no tie)
         nursery.cancel_scope.cancel()
     assert list(counters.recent_lag) == [0.25, 0.0, 0.0]
     assert counters.loop_lag.snapshot().count == 3
