@@ -93,7 +93,8 @@ class Target:
 
 def trioserver_command(workers: int, *extra: str) -> tuple[str, ...]:
     """``python -m trioserver serve`` with N workers, its account store in memory
-    (never the repository's data/ directory) and the given extra arguments."""
+    (never the repository's data/ directory), no pidfile (none in the repository, and
+    no clash with a server started there) and the given extra arguments."""
     return (
         "{python}",
         "-m",
@@ -103,6 +104,8 @@ def trioserver_command(workers: int, *extra: str) -> tuple[str, ...]:
         f"master.workers={workers}",
         "--set",
         "accounts.url=memory:",
+        "--set",
+        'master.pidfile=""',
         *extra,
     )
 

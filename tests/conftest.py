@@ -25,17 +25,18 @@ def make_config(**settings: object) -> Config:
 
 @pytest.fixture(autouse=True)
 def _isolated_trioserver_logger() -> Iterator[None]:
-    """Undo what a test's in-process ``configure_logging`` did to the ``trioserver``
-    logger (its handlers, level and propagate=False), so caplog keeps working."""
-    logger = logging.getLogger("trioserver")
-    saved = (list(logger.handlers), logger.level, logger.propagate)
+    """Undo what a test's in-process ``configure_logging`` did to the root and the
+    ``trioserver`` loggers (handlers, levels, propagate), so caplog keeps working."""
+    loggers = [logging.getLogger(), logging.getLogger("trioserver")]
+    saved = [(list(lg.handlers), lg.level, lg.propagate) for lg in loggers]
     yield
-    for handler in list(logger.handlers):
-        if handler not in saved[0]:
-            logger.removeHandler(handler)
-            handler.close()
-    logger.setLevel(saved[1])
-    logger.propagate = saved[2]
+    for logger, (handlers, level, propagate) in zip(loggers, saved, strict=True):
+        for handler in list(logger.handlers):
+            if handler not in handlers:
+                logger.removeHandler(handler)
+                handler.close()
+        logger.setLevel(level)
+        logger.propagate = propagate
 
 
 @pytest.fixture(scope="session")

@@ -264,7 +264,7 @@ async def test_max_connections_refuses_only_while_that_many_are_live(
         extra = await server.connect()
         assert await closed_after(extra) == 0  # accepted and closed at once
         stats = server.worker.statistics()
-        assert (stats.connections_refused, stats.refused_by_reason) == (1, {"max_connections": 1})
+        assert stats.connections_refused == 1
         await clients[0].aclose()
         await trio.testing.wait_all_tasks_blocked()
         # its slot rests, but resting slots do not count against max_connections

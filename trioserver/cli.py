@@ -1,7 +1,12 @@
-"""The command line: ``python -m trioserver [serve|client|check-config|settings] ...``.
+"""The command line: ``python -m trioserver [serve|stop|reload|reopen|status|client|...]``.
 
 With no command it serves on the built-in defaults (binary protocol on
-127.0.0.1:10000), so ``python -m trioserver`` is a complete server.
+127.0.0.1:10000, pidfile ./trioserver.pid), so ``python -m trioserver`` is a
+complete server and ``python -m trioserver stop`` from the same directory stops it.
+
+Settings come from, lowest first: the defaults, ``WEB_CONCURRENCY`` (worker
+count), the ``-c`` file, ``TRIOSERVER_<SECTION>_<NAME>`` environment variables,
+then ``--set`` and the options that stand for one (``--listen``, ``--workers``...).
 """
 
 from __future__ import annotations
@@ -12,18 +17,24 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Final
 
 from . import __version__
-from .config import Config, ConfigError, describe_settings, load_config, parse_address
+from .config import (
+    Config,
+    ConfigError,
+    ServerSettings,
+    describe_settings,
+    load_config,
+    parse_address,
+)
 from .ops.logs import configure_logging
 
 __all__ = ["main"]
 
 log = logging.getLogger("trioserver")
-
-COMMANDS = ("serve", "stop", "reload", "status", "client", "check-config", "settings")
 
 
 def _config_args(parser: argparse.ArgumentParser) -> None:
@@ -49,6 +60,12 @@ def _build_parser() -> argparse.ArgumentParser:
         prog="python -m trioserver",
         description="A trio server for long-lived TCP connections (the course's binary "
         "protocol). Without a command, serves on the built-in defaults.",
+        epilog="Settings, lowest precedence first: the built-in defaults; WEB_CONCURRENCY "
+        "(the worker count, as gunicorn and uvicorn read it); the -c file; environment "
+        "variables TRIOSERVER_<SECTION>_<NAME> (e.g. TRIOSERVER_MASTER_WORKERS=4, values "
+        "written as in TOML); then --set and the options that stand for one. "
+        "'settings --effective' prints the result. The server writes ./trioserver.pid "
+        "(master.pidfile), where stop, reload, reopen and status look for it.",
     )
     parser.add_argument("--version", action="version", version=f"trioserver {__version__}")
     sub = parser.add_subparsers(dest="command")
@@ -79,6 +96,7 @@ def _build_parser() -> argparse.ArgumentParser:
     for name, text in (
         ("stop", "stop a running server (SIGTERM: it drains) and wait until it is gone"),
         ("reload", "reload a running server's config (SIGHUP): new workers, then old ones retire"),
+        ("reopen", "make a running server reopen its log files (SIGUSR1), after logrotate"),
         ("status", "show a running server's master and workers with their ages"),
     ):
         control = sub.add_parser(name, help=text)
@@ -91,8 +109,8 @@ def _build_parser() -> argparse.ArgumentParser:
             control.add_argument(
                 "--admin",
                 metavar="HOST:PORT",
-                help="the master's admin listener, for per-worker figures "
-                "(default: metrics.listen from the config)",
+                help="the master's admin listener, for per-worker figures (default: the "
+                "one the running server recorded beside its pidfile, else metrics.listen)",
             )
         if name == "stop":
             control.add_argument(
@@ -106,10 +124,19 @@ def _build_parser() -> argparse.ArgumentParser:
     check.add_argument("file", help="TOML config file")
     check.add_argument("--set", dest="overrides", action="append", default=[])
 
-    sub.add_parser("settings", help="print every setting with its default and reason")
+    settings = sub.add_parser(
+        "settings", help="print every setting with its default and reason, as TOML"
+    )
+    settings.add_argument(
+        "--effective",
+        action="store_true",
+        help="print the values that would run (defaults, -c file, environment, --set) "
+        "instead of the defaults; implied by -c, --set or --listen",
+    )
+    _config_args(settings)
 
     client = sub.add_parser("client", help="talk to a running server")
-    client.add_argument("--server", default="127.0.0.1:10000", metavar="HOST:PORT")
+    client.add_argument("--server", default=str(ServerSettings().listen[0]), metavar="HOST:PORT")
     client_sub = client.add_subparsers(dest="action", required=True)
     ping = client_sub.add_parser("ping", help="send pings and print each round trip")
     ping.add_argument("-n", "--count", type=int, default=1)
@@ -132,7 +159,7 @@ def _load(args: argparse.Namespace) -> Config:
     for option in ("pidfile", "app"):
         if getattr(args, option, None):
             overrides.append(f"master.{option}={json.dumps(getattr(args, option))}")
-    return load_config(args.config, tuple(overrides), base=_START_DIR)
+    return load_config(args.config, tuple(overrides), base=_START_DIR, environ=os.environ)
 
 
 #: Where trioserver was started: relative paths in settings stay relative to it,
@@ -154,11 +181,16 @@ def _serve(args: argparse.Namespace) -> int:
             log.warning("daemon mode with logging.file unset: log lines go to /dev/null")
         return serve(config, lambda: _load(args))
 
-    from .prefork.child import load_router
+    from .prefork.app import AppError, load_router
     from .worker import run_worker
 
     try:
-        run_worker(config, load_router(config.master.app))
+        router = load_router(config.master.app)
+    except AppError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    try:
+        run_worker(config, router)
     except OSError as exc:
         log.error("cannot serve: %s", exc)
         return 1
@@ -168,14 +200,13 @@ def _serve(args: argparse.Namespace) -> int:
 def _control(args: argparse.Namespace) -> int:
     from .prefork import control
 
-    config = load_config(args.config, tuple(args.overrides))
+    config = load_config(args.config, tuple(args.overrides), environ=os.environ)
     if args.pidfile:
         path = Path(args.pidfile)
     else:
         if config.master.pidfile is None:
             print(
-                "error: no pidfile to find the server by: pass --pidfile, or -c with a "
-                "config that sets master.pidfile",
+                "error: no pidfile to find the server by (master.pidfile is empty): pass --pidfile",
                 file=sys.stderr,
             )
             return 2
@@ -183,14 +214,17 @@ def _control(args: argparse.Namespace) -> int:
     try:
         if args.command == "status":
             try:
-                admin = parse_address(args.admin) if args.admin else config.metrics.listen
+                admin = parse_address(args.admin) if args.admin else None
             except ValueError as exc:
                 print(f"error: --admin: {exc}", file=sys.stderr)
                 return 2
-            print(control.status(path, admin))
+            print(control.status(path, admin, configured=config.metrics.listen))
         elif args.command == "reload":
             pid = control.send(path, signal.SIGHUP)
             print(f"reload signalled to pid {pid}")
+        elif args.command == "reopen":
+            pid = control.send(path, signal.SIGUSR1)
+            print(f"log reopening signalled to pid {pid}")
         else:
             pid = control.stop(path, fast=args.fast, timeout=args.timeout)
             print(f"stopped pid {pid}")
@@ -217,12 +251,33 @@ def _client(args: argparse.Namespace) -> int:
     except (OSError, ConnectionClosed) as exc:
         print(f"error: {address}: {exc}", file=sys.stderr)
         return 1
-    try:
-        result = ResultCode(reply.result).name.lower()
-    except ValueError:
-        result = f"unknown result {reply.result}"
-    print(f"{args.action} {reply.username.decode('utf-8', 'replace')!r}: {result}")
+    name = reply.username.decode("utf-8", "replace")
+    print(f"{args.action} {name!r}: {describe_result(args.action, reply.result)}")
     return 0 if reply.result == ResultCode.OK else 2
+
+
+#: What each register or login result means to the person who typed the command.
+_RESULT_TEXT: Final[Mapping[tuple[str, int], str]] = {
+    ("register", 0): "registered",
+    ("register", 1): "the name is taken",
+    ("login", 0): "logged in",
+    ("login", 1): "wrong username or password (the server does not say which)",
+    ("*", 2): "the server refused the name or password (empty, too long, or not allowed)",
+    ("*", 3): "the server's account store is unavailable (not configured, or down)",
+    ("*", 4): "too many attempts from this name or address; wait and try again",
+}
+
+
+def describe_result(action: str, code: int) -> str:
+    """``rejected: wrong username or password ...``: the result code's name and meaning."""
+    from .messages import ResultCode
+
+    try:
+        name = ResultCode(code).name.lower()
+    except ValueError:
+        return f"unknown result {code}"
+    text = _RESULT_TEXT.get((action, code)) or _RESULT_TEXT.get(("*", code))
+    return f"{name}: {text}" if text else name
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -233,14 +288,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return _serve(args)
-        if args.command in ("stop", "reload", "status"):
+        if args.command in ("stop", "reload", "reopen", "status"):
             return _control(args)
         if args.command == "check-config":
-            config = load_config(args.file, tuple(args.overrides))
+            config = load_config(args.file, tuple(args.overrides), environ=os.environ)
             print(f"{config.source}: ok")
             return 0
         if args.command == "settings":
-            print(describe_settings())
+            if args.effective or args.config or args.overrides or args.listen:
+                config = _load(args)
+                print(f"# The configuration that would run (from {config.source}, the")
+                print("# environment and --set); a value that is not the default says so.")
+                print(describe_settings(config))
+            else:
+                print(describe_settings())
             return 0
         if args.command == "client":
             return _client(args)

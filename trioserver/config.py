@@ -7,11 +7,20 @@ that does not validate, is a :class:`ConfigError` that names the key and the fil
 
 Adding a setting means adding one ``setting(...)`` field to its section; the
 loader, ``check-config`` and ``python -m trioserver settings`` pick it up.
+
+Each setting's parser is the field's attrs converter, so every way of making a
+config checks it: the file loader, ``Config().replace(server__queue_size=...)``,
+``ServerSettings(max_connections=...)`` and ``attrs.evolve``. A parser accepts
+both what a TOML file holds (a list of strings) and its own output (a tuple of
+:class:`Address`), and a bad value is a :class:`ConfigError` naming the setting
+and the value. Configs are made at start and on reload, never per connection,
+so the checks cost nothing where it matters.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import math
 import os
 import tomllib
@@ -20,6 +29,8 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 import attrs
+
+from .framer import ABSOLUTE_MAX_PACKET_LENGTH, DEFAULT_MAX_PACKET_LENGTH, HEADER_SIZE
 
 __all__ = [
     "AccountsSettings",
@@ -33,6 +44,7 @@ __all__ = [
     "MetricsSettings",
     "ServerSettings",
     "describe_settings",
+    "environment_settings",
     "load_config",
     "parse_address",
 ]
@@ -44,17 +56,27 @@ Parser = Callable[[Any], Any]
 class ConfigError(ValueError):
     """A config file or override is wrong; the message names the key and the source."""
 
+    def __init__(self, message: str, *, setting: tuple[str, str] | None = None) -> None:
+        super().__init__(message)
+        #: ``(section, name)`` of the setting whose value was refused, if one was.
+        self.setting = setting
+
 
 # ---------------------------------------------------------------------------
 # Value parsers: raw TOML / command-line value -> typed value, or ValueError.
+
+
+def _port(instance: Any, field: attrs.Attribute[Any], port: int) -> None:
+    if isinstance(port, bool) or not 0 <= port <= 65535:
+        raise ValueError(f"port {port!r} is outside 0..65535")
 
 
 @attrs.frozen(order=True)
 class Address:
     """A host and a TCP port to listen on."""
 
-    host: str
-    port: int
+    host: str = attrs.field(validator=attrs.validators.instance_of(str))
+    port: int = attrs.field(validator=[attrs.validators.instance_of(int), _port])
 
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
@@ -176,9 +198,30 @@ def _path(value: Any) -> Path:
     return Path(_str(value))
 
 
+def _converter(parse: Parser) -> attrs.Converter[Any, Any]:
+    """``parse`` as an attrs converter whose errors name the setting: ``[server] backlog: ...``."""
+
+    def convert(value: Any, instance: Any, field: attrs.Attribute[Any]) -> Any:
+        try:
+            return parse(value)
+        except ConfigError:
+            raise
+        except ValueError as exc:
+            section = SECTION_NAMES.get(type(instance), type(instance).__name__)
+            raise ConfigError(
+                f"[{section}] {field.name}: {exc}", setting=(section, field.name)
+            ) from None
+
+    return attrs.Converter(convert, takes_self=True, takes_field=True)
+
+
 def setting(default: T, help: str, parse: Parser, *, why: str = "") -> T:
-    """Declare one setting: an attrs field whose metadata the loader reads."""
-    return attrs.field(default=default, metadata={"help": help, "why": why, "parse": parse})
+    """Declare one setting: an attrs field that ``parse`` converts and checks on every build."""
+    return attrs.field(
+        default=default,
+        converter=_converter(parse),
+        metadata={"help": help, "why": why, "parse": parse},
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -225,9 +268,9 @@ class ServerSettings:
         why="Bounds a pipelining client's memory to inbox_size x max_packet_length.",
     )
     max_packet_length: int = setting(
-        29000,
+        DEFAULT_MAX_PACKET_LENGTH,
         "Largest pkgLen accepted (header included); a larger one closes the connection.",
-        _int(8, 65535),
+        _int(HEADER_SIZE, ABSOLUTE_MAX_PACKET_LENGTH),
         why="The original's 30000-byte buffer minus its 1000-byte margin.",
     )
     receive_size: int = setting(
@@ -710,11 +753,17 @@ class MasterSettings:
         why="Off: service managers (systemd, containers) want a foreground process.",
     )
     pidfile: Path | None = setting(
-        None,
-        "File holding the master's pid, written at start and removed at exit; "
-        "'stop', 'reload' and 'status' find the server through it. Empty: none.",
+        Path("trioserver.pid"),
+        "File holding the master's pid, written at start and removed at exit; 'stop', "
+        "'reload', 'reopen' and 'status' find the server through it (and its admin "
+        "listener through the '.admin' file beside it). A relative path is taken from "
+        "the directory the server starts in. Empty: none.",
         _optional_path,
-        why="A second server with the same pidfile refuses to start while the first lives.",
+        why="The start directory already holds the default account store (data/), so "
+        "it is what identifies a server: the control commands run from there find it "
+        "with no option. $XDG_RUNTIME_DIR is unset under system services, cron and "
+        "containers, and /run needs root. A second server with the same pidfile refuses "
+        "to start while the first lives.",
     )
 
 
@@ -807,54 +856,92 @@ SECTIONS: Final[Mapping[str, type]] = {
     "master": MasterSettings,
     "metrics": MetricsSettings,
 }
+#: Each section class's name in the file, for error messages.
+SECTION_NAMES: Final[Mapping[type, str]] = {cls: name for name, cls in SECTIONS.items()}
+
+
+def _section(cls: type[T]) -> Any:
+    """A ``Config`` field holding one section record (of exactly that class).
+
+    The default record is made once and shared: it is frozen, and checking the
+    defaults again for every ``Config()`` would only cost time.
+    """
+    return attrs.field(default=cls(), validator=attrs.validators.instance_of(cls))
 
 
 @attrs.frozen
 class Config:
-    """The whole configuration: one frozen record per section."""
+    """The whole configuration: one frozen record per section.
 
-    server: ServerSettings = ServerSettings()
-    connection: ConnectionSettings = ConnectionSettings()
-    logging: LoggingSettings = LoggingSettings()
-    http: HttpSettings = HttpSettings()
-    accounts: AccountsSettings = AccountsSettings()
-    master: MasterSettings = MasterSettings()
-    metrics: MetricsSettings = MetricsSettings()
+    Rules that involve more than one setting are checked here too, so a
+    ``replace`` cannot make a config the loader would refuse.
+    """
+
+    server: ServerSettings = _section(ServerSettings)
+    connection: ConnectionSettings = _section(ConnectionSettings)
+    logging: LoggingSettings = _section(LoggingSettings)
+    http: HttpSettings = _section(HttpSettings)
+    accounts: AccountsSettings = _section(AccountsSettings)
+    master: MasterSettings = _section(MasterSettings)
+    metrics: MetricsSettings = _section(MetricsSettings)
     #: Where it came from, for error messages and reload.
     source: str = "<built-in defaults>"
 
+    def __attrs_post_init__(self) -> None:
+        _check_across_sections(self)
+
     def replace(self, **sections: Any) -> Config:
-        """A copy with whole sections or ``section__name=value`` settings replaced."""
+        """A copy with whole sections or ``section__name=value`` settings replaced.
+
+        Every value is checked as the file loader checks it (:class:`ConfigError`).
+        """
         flat: dict[str, dict[str, Any]] = {}
         whole: dict[str, Any] = {}
         for key, value in sections.items():
             section, sep, name = key.partition("__")
+            if section not in SECTIONS and not (key == "source" and not sep):
+                raise ConfigError(
+                    f"unknown section {section!r} in {key!r} (known: {', '.join(SECTIONS)})"
+                )
             if sep:
                 flat.setdefault(section, {})[name] = value
             else:
                 whole[key] = value
         for section, values in flat.items():
-            whole[section] = attrs.evolve(whole.get(section, getattr(self, section)), **values)
+            current = whole.get(section, getattr(self, section))
+            whole[section] = _evolve_section(current, section, values)
         return attrs.evolve(self, **whole)
+
+
+def _evolve_section(current: Any, section: str, values: Mapping[str, Any]) -> Any:
+    """``attrs.evolve`` with an unknown name as a :class:`ConfigError` that lists the known."""
+    known = {f.name for f in attrs.fields(type(current))}
+    for name in values:
+        if name not in known:
+            raise ConfigError(
+                f"unknown setting [{section}] {name!r} (known: {', '.join(sorted(known))})"
+            )
+    return attrs.evolve(current, **values)
 
 
 def _section_fields(cls: type) -> Iterator[attrs.Attribute[Any]]:
     yield from attrs.fields(cls)
 
 
-def _build_section(cls: type, raw: Mapping[str, Any], source: str, section: str) -> Any:
-    known = {f.name: f for f in _section_fields(cls)}
-    values: dict[str, Any] = {}
-    for key, value in raw.items():
-        field = known.get(key)
-        if field is None:
+def _check_keys(cls: type, raw: Mapping[str, Any], section: str, where: str) -> None:
+    known = {f.name for f in _section_fields(cls)}
+    for key in raw:
+        if key not in known:
             hint = ", ".join(sorted(known))
-            raise ConfigError(f"{source}: unknown setting [{section}] {key!r} (known: {hint})")
-        try:
-            values[key] = field.metadata["parse"](value)
-        except ValueError as exc:
-            raise ConfigError(f"{source}: [{section}] {key}: {exc}") from None
-    return cls(**values)
+            raise ConfigError(f"{where}: unknown setting [{section}] {key!r} (known: {hint})")
+
+
+def _parse_value(text: str) -> Any:
+    """A TOML value (``30``, ``true``, ``["a:1"]``), or the text itself as a bare string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text  # a bare string, as people type it on a command line
 
 
 def _parse_override(text: str) -> tuple[str, str, Any]:
@@ -862,11 +949,42 @@ def _parse_override(text: str) -> tuple[str, str, Any]:
     section, dot, name = key.strip().partition(".")
     if not sep or not dot or not section or not name:
         raise ConfigError(f"override {text!r} is not 'section.name=value'")
-    try:
-        value = tomllib.loads(f"v = {value_text}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = value_text  # a bare string, as people type it on a command line
-    return section, name, value
+    return section, name, _parse_value(value_text)
+
+
+#: Environment variables ``TRIOSERVER_<SECTION>_<NAME>`` set settings
+#: (``TRIOSERVER_MASTER_WORKERS=4``); one whose first word is not a section is
+#: someone else's (the test suite's ``TRIOSERVER_PG_BIN``) and is left alone.
+ENV_PREFIX: Final = "TRIOSERVER_"
+#: The platform convention (Heroku, Render, Dokku) for the number of worker
+#: processes. gunicorn and uvicorn take it as their default worker count, and so
+#: does trioserver: below the config file, so a file naming master.workers wins.
+WEB_CONCURRENCY: Final = "WEB_CONCURRENCY"
+
+
+def environment_settings(environ: Mapping[str, str]) -> list[tuple[str, str, str, Any]]:
+    """The settings ``environ`` sets: ``(variable, section, name, value)``, sorted.
+
+    A variable naming a known section but no setting of it is an error (a typo
+    must not be ignored); values are read as ``--set`` reads them.
+    """
+    found = []
+    for variable in sorted(environ):
+        if not variable.startswith(ENV_PREFIX):
+            continue
+        section, _, name = variable.removeprefix(ENV_PREFIX).lower().partition("_")
+        cls = SECTIONS.get(section)
+        if cls is None:
+            continue
+        known = sorted(f.name for f in _section_fields(cls))
+        if name not in known:
+            hint = ", ".join(f"{ENV_PREFIX}{section.upper()}_{k.upper()}" for k in known)
+            raise ConfigError(
+                f"environment variable {variable}: [{section}] has no setting {name!r} "
+                f"(known: {hint})"
+            )
+        found.append((variable, section, name, _parse_value(environ[variable])))
+    return found
 
 
 def load_config(
@@ -874,8 +992,16 @@ def load_config(
     overrides: tuple[str, ...] = (),
     *,
     base: Path | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> Config:
     """Read a TOML file (or nothing: the defaults) and apply ``section.name=value`` overrides.
+
+    Precedence, lowest first: the defaults, ``WEB_CONCURRENCY`` (for
+    ``master.workers``), the file, the ``TRIOSERVER_<SECTION>_<NAME>`` variables
+    of ``environ``, then ``overrides`` (``--set``). ``environ`` None means none:
+    the command line passes ``os.environ``, while a library call does not change
+    with the environment of whoever runs it. An error names where the value came
+    from: the file, the variable or the ``--set``.
 
     Relative paths in settings are made absolute against ``base`` (default: the
     current directory); the command line passes the directory it started in, so
@@ -893,6 +1019,16 @@ def load_config(
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{source}: not valid TOML: {exc}") from None
     merged: dict[str, dict[str, Any]] = {}
+    origin: dict[tuple[str, str], str] = {}  # where each value came from, for errors
+
+    def put(section: str, name: str, value: Any, where: str) -> None:
+        merged.setdefault(section, {})[name] = value
+        origin[(section, name)] = where
+
+    env: Mapping[str, str] = {} if environ is None else environ
+    if env.get(WEB_CONCURRENCY, "").strip():
+        where = f"environment variable {WEB_CONCURRENCY}"
+        put("master", "workers", _parse_value(env[WEB_CONCURRENCY]), where)
     for section, values in raw.items():
         if section not in SECTIONS:
             raise ConfigError(
@@ -900,22 +1036,31 @@ def load_config(
             )
         if not isinstance(values, dict):
             raise ConfigError(f"{source}: {section!r} must be a [section] table")
-        merged[section] = dict(values)
+        _check_keys(SECTIONS[section], values, section, source)
+        for name, value in values.items():
+            put(section, name, value, source)
+    for variable, section, name, value in environment_settings(env):
+        put(section, name, value, f"environment variable {variable}")
     for text in overrides:
         section, name, value = _parse_override(text)
         if section not in SECTIONS:
             raise ConfigError(
                 f"--set {text}: unknown section [{section}] (known: {', '.join(SECTIONS)})"
             )
-        merged.setdefault(section, {})[name] = value
-    where = source if not overrides else f"{source} with --set overrides"
-    built = {
-        name: _build_section(cls, merged.get(name, {}), where, name)
-        for name, cls in SECTIONS.items()
-    }
-    config = _absolute_paths(Config(**built, source=source), base)
-    _check_across_sections(config, where)
-    return config
+        _check_keys(SECTIONS[section], {name: value}, section, f"--set {text}")
+        put(section, name, value, f"--set {text}")
+    built = {}
+    for name, cls in SECTIONS.items():
+        try:
+            built[name] = cls(**merged.get(name, {}))
+        except ConfigError as exc:
+            where = origin.get(exc.setting, source) if exc.setting else source
+            raise ConfigError(f"{where}: {exc}", setting=exc.setting) from None
+    try:
+        return _absolute_paths(Config(**built, source=source), base)
+    except ConfigError as exc:
+        where = source if set(origin.values()) <= {source} else f"{source} with overrides"
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def _absolute_paths(config: Config, base: Path | None) -> Config:
@@ -938,36 +1083,47 @@ def _absolute_paths(config: Config, base: Path | None) -> Config:
     return config.replace(**changes) if changes else config
 
 
-def _check_across_sections(config: Config, where: str) -> None:
+def _check_across_sections(config: Config) -> None:
     """Rules that involve more than one setting."""
     shared = {a for a in set(config.server.listen) & set(config.http.listen) if a.port != 0}
     if shared:
         raise ConfigError(
-            f"{where}: [server] listen and [http] listen share "
+            "[server] listen and [http] listen share "
             f"{', '.join(sorted(map(str, shared)))}; one address serves one protocol"
         )
 
 
-def describe_settings() -> str:
-    """Every setting with its default, help and reason, as TOML-flavoured text."""
+def _toml(value: Any) -> str:
+    """A setting's value as TOML (what the loader reads back to the same value)."""
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_toml(str(v)) for v in value) + "]"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return '""'
+    if isinstance(value, int | float):
+        return repr(value)
+    return json.dumps(str(value), ensure_ascii=False)  # strings, paths, addresses
+
+
+def describe_settings(config: Config | None = None) -> str:
+    """Every setting with its help and reason, as TOML: the defaults, or ``config``'s values.
+
+    With ``config`` (``settings --effective``) a value other than the default says
+    what the default is, and the text loads back as the same configuration.
+    """
     lines: list[str] = []
     for section, cls in SECTIONS.items():
         lines.append(f"[{section}]")
         for field in _section_fields(cls):
-            default = field.default
-            if isinstance(default, tuple):
-                shown = "[" + ", ".join(f'"{v}"' for v in default) + "]"
-            elif isinstance(default, bool):
-                shown = "true" if default else "false"
-            elif isinstance(default, str | Path):
-                shown = f'"{default}"'
-            elif default is None:
-                shown = '""'
-            else:
-                shown = repr(default)
+            value = field.default
+            if config is not None:
+                value = getattr(getattr(config, section), field.name)
             lines.append(f"# {field.metadata['help']}")
             if field.metadata["why"]:
                 lines.append(f"# Why: {field.metadata['why']}")
-            lines.append(f"{field.name} = {shown}")
+            if value != field.default:
+                lines.append(f"# Default: {_toml(field.default)}")
+            lines.append(f"{field.name} = {_toml(value)}")
             lines.append("")
     return "\n".join(lines)

@@ -56,8 +56,13 @@ flood_check = false
 - `--set SECTION.NAME=VALUE` (repeatable) overrides one setting on the command line, after
   the file; the value is TOML (`--set server.listen='["127.0.0.1:9000"]'`), and a bare word
   is taken as a string.
-- `python -m trioserver check-config FILE` validates a file without running anything, and
-  `python -m trioserver settings` prints every setting as a commented TOML file to start from.
+- Environment variables `TRIOSERVER_<SECTION>_<NAME>` (`TRIOSERVER_MASTER_WORKERS=4`) set a
+  setting too, read as `--set` reads its value: above the file, below `--set`.
+  `WEB_CONCURRENCY`, the platform convention, is the default of `master.workers`, below the
+  file.
+- `python -m trioserver check-config FILE` validates a file without running anything,
+  `python -m trioserver settings` prints every setting as a commented TOML file to start from,
+  and `settings --effective [-c FILE]` prints the values that would run.
 - Relative paths are relative to the directory the server was started in, also after it
   detaches (`master.daemon`) and across reloads.
 

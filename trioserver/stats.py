@@ -152,8 +152,8 @@ class WorkerStatistics:
     accept_errors: int
     http_by_status: Mapping[int, int] = attrs.field(factory=dict)
     proxy_refused: int = 0
-    #: Refused connections by reason (``max_connections``: that many were live).
-    refused_by_reason: Mapping[str, int] = attrs.field(factory=dict)
+    #: Register and login replies by ``"<action>:<result code>"`` (``"login:1"``).
+    account_results: Mapping[str, int] = attrs.field(factory=dict)
     #: Handler time by msgCode (sampled for plain handlers; see the module docstring).
     handler_latency: Mapping[int, HistogramSnapshot] = attrs.field(factory=dict)
     loop_lag: HistogramSnapshot = HistogramSnapshot(LAG_BUCKETS, (0,) * (len(LAG_BUCKETS) + 1), 0.0)
@@ -206,7 +206,7 @@ class WorkerStatistics:
             accept_errors=int(raw["accept_errors"]),
             http_by_status=ints("http_by_status"),
             proxy_refused=int(raw.get("proxy_refused", 0)),
-            refused_by_reason=strs("refused_by_reason"),
+            account_results=strs("account_results"),
             handler_latency={
                 int(k): HistogramSnapshot.from_json(v)
                 for k, v in raw.get("handler_latency", {}).items()
@@ -222,7 +222,6 @@ class Counters:
 
     accepted: int = 0
     refused: int = 0
-    refused_by_reason: collections.Counter[str] = attrs.Factory(collections.Counter)
     accept_errors: int = 0
     handler_errors: int = 0
     #: Connections closed for a missing, invalid or untrusted PROXY header.
@@ -231,6 +230,8 @@ class Counters:
     drops: collections.Counter[str] = attrs.Factory(collections.Counter)
     kicks: collections.Counter[str] = attrs.Factory(collections.Counter)
     http_by_status: collections.Counter[int] = attrs.Factory(collections.Counter)
+    #: Register and login results: ``"register:0"`` -> count (see :meth:`account_result`).
+    account_results: collections.Counter[str] = attrs.Factory(collections.Counter)
     #: Handler latency by msgCode, and the batch countdown that samples it: the
     #: message queue times one batch whenever this reaches zero (see the module
     #: docstring), then resets it to ``timing_every``.
@@ -289,6 +290,10 @@ class Counters:
         """A batch was timed: count down to the next one again."""
         self.until_timed = self.timing_every if self.timing_every > 0 else _NEVER
 
+    def account_result(self, action: str, code: int) -> None:
+        """Count one ``register`` or ``login`` reply with result ``code`` (a ResultCode)."""
+        self.account_results[f"{action}:{int(code)}"] += 1
+
     def observe_lag(self, seconds: float) -> None:
         self.loop_lag.observe(seconds)
         self.recent_lag.append(seconds)
@@ -323,10 +328,10 @@ class Counters:
                 code,
             )
 
-    def refuse(self, reason: str) -> None:
-        """Count one connection refused at accept (closed at once, or answered 503)."""
+    def refuse(self) -> None:
+        """Count one connection refused at accept because ``max_connections`` were live
+        (the master's page shows it as the refusal reason ``pool_full``)."""
         self.refused += 1
-        self.refused_by_reason[reason] += 1
 
     def kick(self, conn: Counted, reason: KickReason) -> None:
         """Count and log one kick (called once per closed connection)."""
@@ -364,7 +369,7 @@ class Counters:
             accept_errors=self.accept_errors,
             http_by_status=dict(self.http_by_status),
             proxy_refused=self.proxy_refused,
-            refused_by_reason=dict(self.refused_by_reason),
+            account_results=dict(self.account_results),
             handler_latency={code: h.snapshot() for code, h in self.handler_latency.items()},
             loop_lag=self.loop_lag.snapshot(),
             loop_lag_recent_max=max(self.recent_lag, default=0.0),

@@ -377,7 +377,7 @@ class Worker:
         assert nursery is not None
         slot = self.pool.acquire()
         if slot is None:
-            self.counters.refuse("max_connections")
+            self.counters.refuse()
             if http:
                 nursery.start_soon(refuse_http_connection, transport)
             elif isinstance(transport, SocketTransport):

@@ -255,7 +255,7 @@ async def test_default_config_keeps_accounts_under_data(
     config = accounts_config("sqlite:///data/accounts.sqlite3").replace(accounts__scrypt_n=16384)
     assert (
         config.accounts.url
-        == accounts_config("x").replace(accounts=type(config.accounts)()).accounts.url
+        == accounts_config("memory:").replace(accounts=type(config.accounts)()).accounts.url
     )
     async with serve_in_memory(config) as server:
         assert not (tmp_path / "data").exists()  # nothing touched until it is needed

@@ -52,3 +52,23 @@ def stderr_crash() -> Router:
     """An application that dies the way native code does: a message on fd 2, then exit."""
     os.write(2, b"Fatal Python error: written to stderr by the worker\n")
     os._exit(3)
+
+
+# -- names ``master.app`` may hold, for the application check ------------------------------
+
+THREE = 3
+
+
+def needs_config(config: object) -> Router:
+    """Not a factory: it takes an argument."""
+    return default_router()
+
+
+def returns_int() -> int:
+    """Not a factory: declared to return something else."""
+    return 3
+
+
+def unannotated():  # type: ignore[no-untyped-def]  # no return annotation, on purpose
+    """A factory the check cannot judge by its annotation: it passes, and is called later."""
+    return default_router()

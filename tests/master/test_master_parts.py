@@ -9,11 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import sample_apps
 
 from trioserver.config import Address, ConfigError, load_config
 from trioserver.dispatch import Router
 from trioserver.prefork import pidfile
-from trioserver.prefork.child import load_router
+from trioserver.prefork.app import AppError, find_app, load_router
 from trioserver.prefork.procs import ListeningSockets
 
 
@@ -85,12 +86,31 @@ def test_an_address_in_use_names_the_address() -> None:
 def test_load_router_forms() -> None:
     assert isinstance(load_router(""), Router)
     assert isinstance(load_router("trioserver.handlers:default_router"), Router)
-    with pytest.raises(AttributeError, match="has no 'nope'"):
+    with pytest.raises(AppError, match="has no 'nope'"):
         load_router("trioserver.handlers:nope")
-    with pytest.raises(TypeError, match="must be a Router or return one"):
+    with pytest.raises(AppError, match="must be a Router or return one"):
         load_router("os:getpid")
     with pytest.raises(ModuleNotFoundError):
         load_router("no_such_module_here:app")
+
+
+def test_a_function_that_is_not_a_factory_is_refused_without_calling_it() -> None:
+    """examples/echo_server.py's main() runs a server of its own: it must never be called."""
+    with pytest.raises(AppError) as info:
+        find_app("examples.echo_server:main")
+    message = str(info.value)
+    assert "main() is declared to return None, not a Router" in message
+    assert "examples.echo_server has a Router: 'examples.echo_server:router'" in message
+    assert isinstance(find_app("examples.echo_server:router"), Router)
+    with pytest.raises(AppError, match=r"needs arguments \(config\)"):
+        find_app("sample_apps:needs_config")
+    with pytest.raises(AppError, match="is declared to return int"):
+        find_app("sample_apps:returns_int")
+    with pytest.raises(AppError, match="must be a Router or a function returning one, got 3"):
+        find_app("sample_apps:THREE")
+    # a factory without an annotation is judged by what it returns, when it is called
+    assert find_app("sample_apps:unannotated") is sample_apps.unannotated
+    assert isinstance(load_router("sample_apps:unannotated"), Router)
 
 
 def test_master_settings_validate() -> None:
@@ -100,3 +120,25 @@ def test_master_settings_validate() -> None:
         load_config(None, ('master.app="justamodule"',))
     with pytest.raises(ConfigError, match=r"\[master\] workers"):
         load_config(None, ("master.workers=-1",))
+
+
+def test_the_admin_file_beside_the_pidfile(tmp_path: Path) -> None:
+    path = tmp_path / "server.pid"
+    pidfile.write(path)
+    pidfile.write_admin(path, "127.0.0.1:9100")
+    assert pidfile.admin_path(path) == tmp_path / "server.pid.admin"
+    assert pidfile.read_admin(path) == (os.getpid(), "127.0.0.1:9100")
+    assert path.read_text() == f"{os.getpid()}\n"  # the pidfile holds the pid alone
+    pidfile.remove(path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_admin_file_of_another_process_is_neither_used_nor_removed(tmp_path: Path) -> None:
+    from trioserver.prefork.control import admin_of
+
+    path = tmp_path / "server.pid"
+    pidfile.admin_path(path).write_text('{"pid": 1, "admin": "127.0.0.1:9100"}\n')
+    assert admin_of(path, os.getpid()) is None
+    assert admin_of(path, 1) == Address("127.0.0.1", 9100)
+    pidfile.remove(path)
+    assert pidfile.admin_path(path).exists()

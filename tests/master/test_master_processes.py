@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import itertools
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -163,6 +164,29 @@ def test_a_bad_config_on_reload_keeps_the_workers(servers: list[Server], tmp_pat
     assert ask_who(port)[0] == before[0]
 
 
+def test_a_reload_onto_an_app_that_is_not_a_factory_keeps_the_workers(
+    servers: list[Server], tmp_path: Path
+) -> None:
+    """The application is checked before the reload starts a worker, as at start."""
+    server = Server(
+        tmp_path,
+        ["--listen", "127.0.0.1:0", "--workers", "1"],
+        config='[master]\napp = "sample_apps:who_router"\n',
+    )
+    servers.append(server.start())
+    port = server.wait_ready(1)
+    before = server.workers()
+    server.config.write_text('[master]\napp = "sample_apps:returns_int"\n')
+    os.kill(server.pid, signal.SIGHUP)
+    server.wait_log(
+        r"reload: application 'sample_apps:returns_int': returns_int\(\) is declared to "
+        r"return int, not a Router.*; the workers keep running"
+    )
+    assert server.workers() == before
+    assert ask_who(port)[0] == before[0]
+    assert " started (pid " in server.text() and server.text().count(" started (pid ") == 1
+
+
 @pytest.mark.parametrize(
     ("connections", "pipelined"),
     [
@@ -254,7 +278,8 @@ def run_cli(tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_daemon_start_status_stop(servers: list[Server], tmp_path: Path) -> None:
-    server = Server(tmp_path, [*BASE, "--workers", "2", "--daemon"])
+    admin = ["--set", 'metrics.listen="127.0.0.1:0"', "--set", "metrics.interval=0.1"]
+    server = Server(tmp_path, [*BASE, "--workers", "2", "--daemon", *admin])
     servers.append(server)
     started = run_cli(tmp_path, *server.args[3:])  # returns once the daemon serves
     assert started.returncode == 0, started.stderr
@@ -272,7 +297,11 @@ def test_daemon_start_status_stop(servers: list[Server], tmp_path: Path) -> None
     status = run_cli(tmp_path, "status", "--pidfile", str(server.pidfile))
     assert status.returncode == 0, status.stderr
     assert f"master pid {daemon}" in status.stdout
-    assert "worker 1" in status.stdout and "worker 2" in status.stdout
+    # The daemon's admin listener (port 0) is found beside its pidfile, with no --admin.
+    assert re.search(r"figures from 127\.0\.0\.1:\d+ .*health: serving$", status.stdout)
+    assert "WARNING" not in status.stdout
+    rows = [line.split()[0] for line in status.stdout.splitlines()[2:]]
+    assert rows[:3] == ["1", "2", "all"]
 
     second = run_cli(tmp_path, *server.args[3:])
     assert second.returncode == 1
@@ -282,6 +311,7 @@ def test_daemon_start_status_stop(servers: list[Server], tmp_path: Path) -> None
     assert stopped.returncode == 0, stopped.stderr
     assert not process_alive(daemon)
     assert not server.pidfile.exists()
+    assert not server.pidfile.with_name(server.pidfile.name + ".admin").exists()
     gone = run_cli(tmp_path, "status", "--pidfile", str(server.pidfile))
     assert gone.returncode == 3 and "no server running" in gone.stderr
 

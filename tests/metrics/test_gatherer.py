@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import attrs
 import pytest
 
 from trioserver.ops.metrics import Gatherer
+from trioserver.ops.procstat import ProcessFigures
 from trioserver.stats import Counters, HistogramSnapshot, WorkerStatistics
 
 parser = pytest.importorskip("prometheus_client.parser")
@@ -197,3 +199,93 @@ def test_histogram_snapshot_rejects_mismatched_counts() -> None:
     with pytest.raises(ValueError, match="counts"):
         HistogramSnapshot.from_json({"bounds": [1.0], "counts": [1], "sum": 0})
     assert attrs.has(HistogramSnapshot)
+
+
+# -- process figures, account results, refusals ----------------------------------------------
+
+
+class FakeProcesses:
+    """What /proc would say about each pid; a missing pid reads as None (gone)."""
+
+    def __init__(self) -> None:
+        self.figures: dict[int, ProcessFigures] = {}
+
+    def __call__(self, pid: int) -> ProcessFigures | None:
+        return self.figures.get(pid)
+
+
+def test_process_figures_for_the_master_and_each_slot() -> None:
+    procs = FakeProcesses()
+    g = Gatherer(process_figures=procs, own_pid=lambda: 7)
+    procs.figures[7] = ProcessFigures(0.5, 30_000_000, 12)
+    g.started(101, 1, 0)
+    g.started(102, 2, 0)
+    procs.figures[101] = ProcessFigures(1.5, 40_000_000, 20)
+    procs.figures[102] = ProcessFigures(0.25, 35_000_000, 18)
+    page = samples(g.render())
+    assert page["process_cpu_seconds_total", (("process", "master"),)] == 0.5
+    worker1 = (("process", "worker"), ("worker", "1"))
+    assert page["process_cpu_seconds_total", worker1] == 1.5
+    assert page["process_resident_memory_bytes", worker1] == 40_000_000
+    assert page["process_open_fds", (("process", "worker"), ("worker", "2"))] == 18
+    status = json.loads(g.status_json(health="serving", master_pid=7))
+    assert status["master"] == {"pid": 7, "cpu_seconds": 0.5, "resident_bytes": 30_000_000,
+                                "open_fds": 12}  # fmt: skip
+    assert status["workers"][0]["cpu_seconds"] == 1.5
+
+
+def test_a_slots_cpu_never_goes_backwards_across_a_respawn() -> None:
+    procs = FakeProcesses()
+    g = Gatherer(process_figures=procs, own_pid=lambda: 7)
+    g.started(101, 1, 0)
+    procs.figures[101] = ProcessFigures(1.5, 40_000_000, 20)
+    cpu = (("process", "worker"), ("worker", "1"))
+    assert samples(g.render())["process_cpu_seconds_total", cpu] == 1.5
+    del procs.figures[101]  # exited, not reaped yet: the last figures stand in
+    assert samples(g.render())["process_cpu_seconds_total", cpu] == 1.5
+    g.exited(101, cpu_seconds=1.75)  # what wait4 says it used in all
+    g.started(103, 1, 0)
+    procs.figures[103] = ProcessFigures(0.25, 30_000_000, 15)
+    page = samples(g.render())
+    assert page["process_cpu_seconds_total", cpu] == 2.0
+    assert page["process_resident_memory_bytes", cpu] == 30_000_000  # live processes only
+
+
+def test_no_process_series_without_a_reader() -> None:
+    g = Gatherer()
+    g.started(101, 1, 0)
+    assert "process_" not in g.render()
+
+
+def test_account_results_and_refusals_by_reason() -> None:
+    counters = Counters()
+    for action, code in [("register", 0), ("register", 1), ("login", 1), ("login", 1),
+                         ("login", 4), ("register", 4), ("login", 9)]:  # fmt: skip
+        counters.account_result(action, code)
+    counters.refused = 3
+    counters.proxy_refused = 2
+    from trioserver.nursery_pool import PoolStatistics
+
+    report = counters.snapshot(
+        PoolStatistics(100, 0, 0, 100, 0, 0), 0, 1024,
+        inbox_packets=0, outbox_replies=0, outbox_bytes=0,
+    )  # fmt: skip
+    assert WorkerStatistics.from_json(report.to_json()) == report
+    g = Gatherer()
+    g.started(101, 1, 0)
+    g.report(101, report.to_json())
+    text = g.render()
+    assert total(text, "trioserver_account_results_total", action="login", result="rejected") == 2
+    assert total(text, "trioserver_account_results_total", action="register", result="ok") == 1
+    assert total(text, "trioserver_account_results_total", action="login", result="code_9") == 1
+    assert total(text, "trioserver_account_results_total", result="invalid_input") == 0  # shown
+    assert total(text, "trioserver_refusals_total", reason="pool_full") == 3
+    assert total(text, "trioserver_refusals_total", reason="proxy") == 2
+    assert total(text, "trioserver_refusals_total", reason="rate_limited") == 2
+    (worker,) = json.loads(g.status_json(health="serving", master_pid=1))["workers"]
+    assert worker["refusals"] == 7
+    assert worker["refusals_by_reason"] == {"pool_full": 3, "proxy": 2, "rate_limited": 2}
+    assert worker["account_results"]["login"] == {
+        "ok": 0, "rejected": 2, "invalid_input": 0, "server_unavailable": 0, "rate_limited": 1,
+        "code_9": 1,
+    }  # fmt: skip

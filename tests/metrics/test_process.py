@@ -7,6 +7,7 @@ never a fixed sleep: workers report every 0.1 s here.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -292,3 +293,19 @@ def test_healthz_is_answered_with_a_thousand_idle_admin_connections(server: Runn
     finally:
         for sock in idle:
             sock.close()
+
+
+def test_process_figures_for_the_master_and_each_worker(server: Running) -> None:
+    page = server.page()
+    master = (("process", "master"),)
+    assert page["process_cpu_seconds_total", master] > 0
+    assert page["process_resident_memory_bytes", master] > 1_000_000
+    assert page["process_open_fds", master] >= 3
+    for worker in ("1", "2"):
+        labels = (("process", "worker"), ("worker", worker))
+        assert page["process_cpu_seconds_total", labels] > 0
+        assert page["process_resident_memory_bytes", labels] > 1_000_000
+        assert page["process_open_fds", labels] >= 3
+    status = json.loads(server.get("/status.json")[1])
+    assert status["master"]["pid"] == server.proc.pid
+    assert all(w["open_fds"] >= 3 for w in status["workers"])

@@ -20,6 +20,7 @@ past a balancer's probe timeout.
 
 Routes::
 
+    GET /              the live dashboard (dashboard.html: charts drawn from /status.json)
     GET /metrics       Prometheus text format (trioserver.ops.metrics)
     GET /healthz       200 "serving"; 503 "starting" or "draining" (for load balancers)
     GET /status.json   the per-worker figures ``python -m trioserver status`` prints
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import importlib.resources
 import logging
 import os
 import select
@@ -49,6 +51,9 @@ log = logging.getLogger("trioserver.admin")
 MAX_REQUEST: Final = 8192
 #: Connections taken from the backlog per wake-up, so a burst cannot starve the loop.
 _ACCEPT_BURST: Final = 16
+
+#: The dashboard: one self-contained page (inline script and SVG, no external asset).
+DASHBOARD: Final = importlib.resources.files(__package__).joinpath("dashboard.html").read_bytes()
 
 _REASONS: Final = {
     200: "OK",
@@ -91,9 +96,7 @@ class AdminPages:
             body = self.gatherer.status_json(health=health, master_pid=os.getpid())
             return Response(200, "application/json", body)
         if path == "/":
-            return Response(
-                200, "text/plain", b"trioserver admin: /metrics /healthz /status.json\n"
-            )
+            return Response(200, "text/html; charset=utf-8", DASHBOARD)
         return Response(404, "text/plain", b"not found\n")
 
 

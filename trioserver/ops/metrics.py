@@ -35,14 +35,17 @@ import collections
 import json
 import logging
 import math
+import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
 import attrs
 
+from ..messages import ResultCode
 from ..reasons import DropReason, KickReason
 from ..stats import UNKNOWN_CODE, HistogramSnapshot, WorkerStatistics
+from .procstat import ProcessFigures
 
 __all__ = ["Gatherer", "SlotView", "Totals", "format_bytes", "format_seconds"]
 
@@ -97,6 +100,8 @@ class Totals:
     http: collections.Counter[int] = attrs.Factory(collections.Counter)
     handler_latency: dict[int, _Hist] = attrs.Factory(dict)
     loop_lag: dict[str, _Hist] = attrs.Factory(dict)
+    #: ``"register:0"`` -> replies (:attr:`WorkerStatistics.account_results`).
+    accounts: collections.Counter[str] = attrs.Factory(collections.Counter)
 
     def add(self, stats: WorkerStatistics) -> None:
         self.accepted += stats.connections_accepted
@@ -108,6 +113,7 @@ class Totals:
         self.drops.update(stats.drops_by_reason)
         self.kicks.update(stats.kicks_by_reason)
         self.http.update(stats.http_by_status)
+        self.accounts.update(stats.account_results)
         for code, snap in stats.handler_latency.items():
             _add_hist(self.handler_latency, code, snap)
         _add_hist(self.loop_lag, "", stats.loop_lag)
@@ -123,6 +129,7 @@ class Totals:
         out.drops.update(other.drops)
         out.kicks.update(other.kicks)
         out.http.update(other.http)
+        out.accounts.update(other.accounts)
         for name in ("handler_latency", "loop_lag"):
             mine: dict[Any, _Hist] = getattr(out, name)
             for key, hist in getattr(other, name).items():
@@ -146,7 +153,48 @@ class Totals:
             collections.Counter(self.http),
             {k: h.copy() for k, h in self.handler_latency.items()},
             {k: h.copy() for k, h in self.loop_lag.items()},
+            collections.Counter(self.accounts),
         )
+
+    def account_results(self, action: str) -> dict[str, int]:
+        """``action``'s replies by result name, every code present (0 if none)."""
+        out = {
+            code.name.lower(): self.accounts.get(f"{action}:{code.value}", 0) for code in ResultCode
+        }
+        known = {f"{action}:{code.value}" for code in ResultCode}
+        for key, count in sorted(self.accounts.items()):
+            if key.startswith(f"{action}:") and key not in known:
+                out[f"code_{key.partition(':')[2]}"] = count
+        return out
+
+    def refusals(self) -> dict[str, int]:
+        """Every refusal by reason (:data:`REFUSALS`)."""
+        return {reason: count(self) for reason, _, count in REFUSALS}
+
+
+def _rate_limited(totals: Totals) -> int:
+    code = ResultCode.RATE_LIMITED.value
+    return sum(totals.accounts.get(f"{action}:{code}", 0) for action in ACCOUNT_ACTIONS)
+
+
+#: The account messages whose results are counted.
+ACCOUNT_ACTIONS: Final = ("register", "login")
+
+#: Every way the server turns a client away: (reason, help, count from a slot's totals).
+REFUSALS: Final[tuple[tuple[str, str, Callable[[Totals], int]], ...]] = (
+    (
+        "pool_full",
+        "a new connection closed at once: server.max_connections connections were open",
+        lambda t: t.refused,
+    ),
+    (
+        "proxy",
+        "a connection closed before its first byte was read: PROXY header missing, "
+        "invalid, late, or from an untrusted address",
+        lambda t: t.proxy_refused,
+    ),
+    ("rate_limited", "a register or login answered 'rate limited'", _rate_limited),
+)
 
 
 @attrs.define(eq=False)
@@ -155,6 +203,8 @@ class _Live:
     pid: int
     generation: int
     stats: WorkerStatistics | None = None
+    #: Wall-clock time its latest report arrived.
+    reported_at: float | None = None
 
 
 @attrs.frozen
@@ -175,9 +225,18 @@ class SlotView:
     outbox_replies: int
     outbox_bytes: int
     loop_lag_recent_max: float
+    #: CPU seconds of every process this slot ran; memory and fds of the live ones
+    #: (None: not measured, see :mod:`trioserver.ops.procstat`).
+    cpu_seconds: float | None = None
+    resident_bytes: int | None = None
+    open_fds: int | None = None
+    #: When the latest report of a live process arrived (Unix time): rates are
+    #: differences of counters over differences of this, not of the reader's clock.
+    reported_at: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         t = self.totals
+        refusals = t.refusals()
         return {
             "worker": self.index,
             "pids": list(self.pids),
@@ -199,14 +258,37 @@ class SlotView:
             "loop_lag_recent_max": self.loop_lag_recent_max,
             "http_requests": sum(t.http.values()),
             "http_by_status": {str(k): v for k, v in sorted(t.http.items())},
+            "refusals": sum(refusals.values()),
+            "refusals_by_reason": refusals,
+            "account_results": {action: t.account_results(action) for action in ACCOUNT_ACTIONS},
+            "cpu_seconds": self.cpu_seconds,
+            "resident_bytes": self.resident_bytes,
+            "open_fds": self.open_fds,
+            "reported_at": self.reported_at,
         }
 
 
 class Gatherer:
     """Reports from every worker process, folded into per-slot series (module docstring)."""
 
-    def __init__(self, *, wall_clock: float | None = None) -> None:
-        self.started_at = time.time() if wall_clock is None else wall_clock
+    def __init__(
+        self,
+        *,
+        wall_clock: float | None = None,
+        process_figures: Callable[[int], ProcessFigures | None] | None = None,
+        own_pid: Callable[[], int] = os.getpid,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.started_at = clock() if wall_clock is None else wall_clock
+        self._clock = clock
+        #: Reads a process's CPU, memory and fds (None: the page has no process series).
+        self._process_figures = process_figures
+        #: The master's pid, asked each time: a daemon's master forked after this was made.
+        self._own_pid = own_pid
+        #: CPU seconds of each slot's reaped processes (from wait4).
+        self._retired_cpu: dict[int, float] = collections.defaultdict(float)
+        #: Each live process's last figures, used while a read fails (an unreaped exit).
+        self._last_figures: dict[int, ProcessFigures] = {}
         self._live: dict[int, _Live] = {}
         self._retired: dict[int, Totals] = {}
         self._starts: collections.Counter[int] = collections.Counter()
@@ -227,18 +309,44 @@ class Gatherer:
             return
         try:
             live.stats = WorkerStatistics.from_json(payload)
+            live.reported_at = self._clock()
         except (ValueError, KeyError, TypeError) as exc:
             self._bad_reports += 1
             if self._bad_reports == 1:
                 log.error("worker pid %d sent a malformed statistics report: %s", pid, exc)
 
-    def exited(self, pid: int, reports: Iterable[bytes] = ()) -> None:
-        """``pid`` is gone: its last report (``reports`` came with its death) joins the totals."""
+    def exited(
+        self, pid: int, reports: Iterable[bytes] = (), cpu_seconds: float | None = None
+    ) -> None:
+        """``pid`` is gone: its last report (``reports`` came with its death) joins the totals,
+        and so do the ``cpu_seconds`` it used in all (from ``wait4``)."""
         for payload in reports:
             self.report(pid, payload)
         live = self._live.pop(pid, None)
-        if live is not None and live.stats is not None:
+        last = self._last_figures.pop(pid, None)
+        if live is None:
+            return
+        if live.stats is not None:
             self._retired.setdefault(live.index, Totals()).add(live.stats)
+        if cpu_seconds is None and last is not None:
+            cpu_seconds = last.cpu_seconds  # the most we know it used
+        if cpu_seconds is not None:
+            self._retired_cpu[live.index] += cpu_seconds
+
+    def _figures(self, pid: int) -> ProcessFigures | None:
+        if self._process_figures is None:
+            return None
+        figures = self._process_figures(pid)
+        if figures is None:
+            return self._last_figures.get(pid)
+        self._last_figures[pid] = figures
+        return figures
+
+    def master_figures(self) -> ProcessFigures | None:
+        """The master's own CPU, memory and fds (None if not measured)."""
+        if self._process_figures is None:
+            return None
+        return self._process_figures(self._own_pid())
 
     # -- views -----------------------------------------------------------------------------
 
@@ -252,7 +360,14 @@ class Gatherer:
             totals = self._retired.get(index, Totals()).copy()
             gauges = collections.Counter[str]()
             lag = 0.0
+            measured = self._process_figures is not None
+            cpu = self._retired_cpu.get(index, 0.0)
             for live in lives:
+                figures = self._figures(live.pid)
+                if figures is not None:
+                    cpu += figures.cpu_seconds
+                    gauges["rss"] += figures.resident_bytes
+                    gauges["fds"] += figures.open_fds
                 stats = live.stats
                 if stats is None:
                     continue
@@ -282,20 +397,32 @@ class Gatherer:
                     outbox_replies=gauges["replies"],
                     outbox_bytes=gauges["bytes"],
                     loop_lag_recent_max=lag,
+                    cpu_seconds=cpu if measured else None,
+                    resident_bytes=gauges["rss"] if measured else None,
+                    open_fds=gauges["fds"] if measured else None,
+                    reported_at=max(
+                        (live.reported_at for live in lives if live.reported_at is not None),
+                        default=None,
+                    ),
                 )
             )
         return views
 
     def render(self, *, health: str = "serving") -> str:
         """The Prometheus text page (format 0.0.4)."""
-        return render_prometheus(self.slots(), self.started_at, health, len(self._live))
+        return render_prometheus(
+            self.slots(), self.started_at, health, len(self._live), self.master_figures()
+        )
 
     def status_json(self, *, health: str, master_pid: int) -> bytes:
-        """What ``python -m trioserver status`` shows, from the same slot views."""
+        """What ``python -m trioserver status`` and the dashboard show, from the slot views."""
+        master = self.master_figures()
         return json.dumps(
             {
                 "master_pid": master_pid,
                 "health": health,
+                "time": self._clock(),
+                "master": {"pid": master_pid, **(master.to_json() if master else {})},
                 "workers": [view.to_json() for view in self.slots()],
             }
         ).encode()
@@ -383,12 +510,14 @@ class _Page:
     def __init__(self) -> None:
         self.lines: list[str] = []
 
-    def family(self, name: str, kind: str, text: str) -> None:
-        self.lines.append(f"# HELP {PREFIX}{name} {text}")
-        self.lines.append(f"# TYPE {PREFIX}{name} {kind}")
+    def family(self, name: str, kind: str, text: str, *, prefix: str = PREFIX) -> None:
+        self.lines.append(f"# HELP {prefix}{name} {text}")
+        self.lines.append(f"# TYPE {prefix}{name} {kind}")
 
-    def sample(self, name: str, labels: Mapping[str, object], value: float) -> None:
-        self.lines.append(f"{PREFIX}{name}{_labels(labels)} {_number(value)}")
+    def sample(
+        self, name: str, labels: Mapping[str, object], value: float, *, prefix: str = PREFIX
+    ) -> None:
+        self.lines.append(f"{prefix}{name}{_labels(labels)} {_number(value)}")
 
     def histogram(self, name: str, labels: Mapping[str, object], hist: _Hist) -> None:
         running = 0
@@ -428,9 +557,16 @@ _COUNTERS: Final = (
 )
 
 
-def render_prometheus(views: list[SlotView], started_at: float, health: str, processes: int) -> str:
+def render_prometheus(
+    views: list[SlotView],
+    started_at: float,
+    health: str,
+    processes: int,
+    master: ProcessFigures | None = None,
+) -> str:
     """Every metric, one series per worker slot (see the module docstring)."""
     page = _Page()
+    _process_families(page, views, master)
     page.family("master_start_time_seconds", "gauge", "When the master started (Unix time).")
     page.sample("master_start_time_seconds", {}, started_at)
     page.family("healthy", "gauge", "1 while the server serves, 0 while starting or draining.")
@@ -471,6 +607,24 @@ def render_prometheus(views: list[SlotView], started_at: float, health: str, pro
             reasons = [r.value for r in table] + sorted(set(counts) - {r.value for r in table})
             for reason in reasons:
                 page.sample(name, {"worker": v.index, "reason": reason}, counts.get(reason, 0))
+    page.family(
+        "account_results_total", "counter", "Register and login replies, by action and result."
+    )
+    for v in views:
+        for action in ACCOUNT_ACTIONS:
+            for result, count in v.totals.account_results(action).items():
+                labels = {"worker": v.index, "action": action, "result": result}
+                page.sample("account_results_total", labels, count)
+    page.family(
+        "refusals_total",
+        "counter",
+        "Clients turned away, by reason: "
+        + "; ".join(f"{reason}: {text}" for reason, text, _ in REFUSALS)
+        + ".",
+    )
+    for v in views:
+        for reason, count in v.totals.refusals().items():
+            page.sample("refusals_total", {"worker": v.index, "reason": reason}, count)
     page.family("http_requests_total", "counter", "HTTP requests answered, by status.")
     for v in views:
         for status, count in sorted(v.totals.http.items()):
@@ -492,6 +646,30 @@ def render_prometheus(views: list[SlotView], started_at: float, health: str, pro
 
 def _code_label(code: int) -> str:
     return "unknown" if code == UNKNOWN_CODE else str(code)
+
+
+#: The process series, named and explained as Prometheus client libraries export them.
+_PROCESS: Final = (
+    ("process_cpu_seconds_total", "counter", "cpu_seconds",
+     "Total user and system CPU time spent in seconds."),
+    ("process_resident_memory_bytes", "gauge", "resident_bytes", "Resident memory size in bytes."),
+    ("process_open_fds", "gauge", "open_fds", "Number of open file descriptors."),
+)  # fmt: skip
+
+
+def _process_families(page: _Page, views: list[SlotView], master: ProcessFigures | None) -> None:
+    """``process_*`` without our prefix, one series for the master and one per worker slot."""
+    if master is None and all(v.cpu_seconds is None for v in views):
+        return
+    for name, kind, attr, text in _PROCESS:
+        page.family(name, kind, text, prefix="")
+        if master is not None:
+            page.sample(name, {"process": "master"}, getattr(master, attr), prefix="")
+        for v in views:
+            value = getattr(v, attr)
+            if value is not None:
+                labels = {"process": "worker", "worker": v.index}
+                page.sample(name, labels, value, prefix="")
 
 
 def format_bytes(count: float) -> str:

@@ -28,22 +28,21 @@ connections the kernel queued there are accepted by the new worker, not reset.
 from __future__ import annotations
 
 import ctypes
-import importlib
 import logging
 import os
 import signal
 import socket
 import sys
-from typing import Any, Final
+from typing import Final
 
 import trio
 
 from ..config import Config
 from ..dispatch import Router
-from ..handlers import default_router
 from ..ops.logs import configure_logging, reopen_logs, set_role
 from ..stats import watch_loop_lag
 from ..worker import BoundListener, Worker
+from .app import AppError, load_router
 from .pipe import MasterPipe, encode_report
 from .procs import HEARTBEAT, READY, ChildSetup, set_title
 
@@ -57,30 +56,6 @@ EXIT_CRASHED: Final = 1
 EXIT_BOOT_FAILED: Final = 3
 
 _PR_SET_PDEATHSIG: Final = 1
-
-
-def load_router(spec: str) -> Router:
-    """The application's Router from ``'module:function'`` (or ``'module:router'``).
-
-    Empty means the built-in handlers. Errors name the spec and what was found.
-    """
-    if not spec:
-        return default_router()
-    module_name, _, attr_path = spec.partition(":")
-    module = importlib.import_module(module_name)
-    obj: Any = module
-    for part in attr_path.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise AttributeError(
-                f"application {spec!r}: {module_name} has no {attr_path!r}"
-            ) from None
-    if not isinstance(obj, Router) and callable(obj):
-        obj = obj()
-    if not isinstance(obj, Router):
-        raise TypeError(f"application {spec!r} must be a Router or return one, got {obj!r}")
-    return obj
 
 
 class _WorkerProcess:
@@ -227,7 +202,7 @@ def run_child(setup: ChildSetup) -> int:
                 spec.config.master.app,
                 type(exc).__name__,
                 exc,
-                exc_info=not isinstance(exc, ImportError | AttributeError | TypeError),
+                exc_info=not isinstance(exc, ImportError | AppError),
             )
             return EXIT_BOOT_FAILED
         process = _WorkerProcess(setup, router)

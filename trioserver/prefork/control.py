@@ -1,11 +1,12 @@
-"""``python -m trioserver stop|reload|status``: act on a running server through its pidfile.
+"""``python -m trioserver stop|reload|reopen|status``: act on a running server through its pidfile.
 
 Workers are found as the master's children in ``/proc`` (Linux), named by the
 process titles they set (``trioserver: worker N``); their ages come from the
 kernel's start times. Their figures (connections, packets, drops, kicks...)
-come from the master's admin listener (``metrics.listen``, ``/status.json``),
-the same source as the Prometheus page; without one, ``status`` lists the
-processes only.
+come from the master's admin listener (``/status.json``), the same source as the
+Prometheus page. ``status`` finds it in the ``.admin`` file the running master
+wrote beside its pidfile (so it needs no option, and works with port 0), else
+in ``metrics.listen`` of the config; without one it lists the processes only.
 """
 
 from __future__ import annotations
@@ -21,11 +22,20 @@ from typing import Any
 
 import attrs
 
-from ..config import Address
+from ..config import Address, parse_address
 from ..ops.metrics import format_bytes, format_seconds
-from .pidfile import process_alive, read_pid
+from .pidfile import process_alive, read_admin, read_pid
 
-__all__ = ["ControlError", "ProcessInfo", "children", "find_master", "format_age", "status", "stop"]
+__all__ = [
+    "ControlError",
+    "ProcessInfo",
+    "admin_of",
+    "children",
+    "find_master",
+    "format_age",
+    "status",
+    "stop",
+]
 
 #: How often ``stop`` looks whether the master is gone.
 _POLL: float = 0.05
@@ -50,6 +60,17 @@ def find_master(pidfile: Path) -> int:
     if not process_alive(pid):
         raise ControlError(f"no server running: {pidfile} names pid {pid}, which is gone")
     return pid
+
+
+def admin_of(pidfile: Path, pid: int) -> Address | None:
+    """The admin listener master ``pid`` recorded beside ``pidfile``, if it did."""
+    found = read_admin(pidfile)
+    if found is None or found[0] != pid:
+        return None  # none, or a stale file of an earlier server
+    try:
+        return parse_address(found[1])
+    except ValueError:
+        return None
 
 
 def format_age(seconds: float | None) -> str:
@@ -139,11 +160,17 @@ _COLUMNS: list[tuple[str, str]] = [
     ("outbox", "outbox_bytes"),
     ("lag", "loop_lag_recent_max"),
     ("http", "http_requests"),
+    ("cpu", "cpu_seconds"),
+    ("rss", "resident_bytes"),
 ]
 
 
 def _cell(key: str, value: Any) -> str:
-    if key == "outbox_bytes":
+    if value is None:
+        return "-"  # not measured (no /proc)
+    if key == "cpu_seconds":
+        return f"{float(value):.1f} s"
+    if key in ("outbox_bytes", "resident_bytes"):
         return format_bytes(float(value))
     if key == "loop_lag_recent_max":
         return format_seconds(float(value))
@@ -162,6 +189,8 @@ def format_table(data: dict[str, Any], ages: dict[int, float | None]) -> list[st
         for _, key in _COLUMNS:
             value = worker.get(key, 0)
             row.append(_cell(key, value))
+            if value is None:
+                continue
             if key == "loop_lag_recent_max":
                 totals[key] = max(totals[key], float(value))
             else:
@@ -174,9 +203,17 @@ def format_table(data: dict[str, Any], ages: dict[int, float | None]) -> list[st
     ]
 
 
-def status(pidfile: Path, admin: Address | None = None) -> str:
-    """The master, and each worker with its pid, age and figures (when ``admin`` is set)."""
+def status(
+    pidfile: Path, admin: Address | None = None, *, configured: Address | None = None
+) -> str:
+    """The master, and each worker with its pid, age and figures.
+
+    The figures come from ``admin`` if given, else from the admin listener the
+    running master recorded beside its pidfile, else from ``configured``.
+    """
     pid = find_master(pidfile)
+    if admin is None:
+        admin = admin_of(pidfile, pid) or configured
     master = process_info(pid)
     workers = children(pid)
     lines = [f"trioserver master pid {pid}, up {format_age(master.age)} ({pidfile})"]

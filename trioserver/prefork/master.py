@@ -48,7 +48,7 @@ from typing import Final
 
 import attrs
 
-from ..config import Config, ConfigError, LoggingSettings
+from ..config import Address, Config, ConfigError, LoggingSettings
 from ..ops.metrics import Gatherer
 from .procs import (
     READY,
@@ -411,7 +411,7 @@ class Master:
 
     def _exited(self, exited: Exited) -> None:
         if self.gatherer is not None:
-            self.gatherer.exited(exited.pid, exited.reports)
+            self.gatherer.exited(exited.pid, exited.reports, exited.cpu_seconds)
         worker = self.workers.pop(exited.pid, None)
         if worker is None:
             return
@@ -563,6 +563,17 @@ class Master:
             )
 
 
+def _checked(config: Config) -> Config:
+    """``config`` once its application passes the check a start makes (for a reload)."""
+    from .app import AppError, check_app
+
+    try:
+        check_app(config.master.app, config.master.boot_timeout)
+    except AppError as exc:
+        raise ConfigError(str(exc)) from None
+    return config
+
+
 def _reconfigure_logging(configure: Callable[[LoggingSettings], object], config: Config) -> None:
     configure(config.logging)
 
@@ -578,7 +589,9 @@ def serve(config: Config, load_config: Callable[[], Config]) -> int:
     """
     from ..ops.admin import AdminPages, AdminServer
     from ..ops.logs import capture_stderr, configure_logging, reopen_logs, set_role
+    from ..ops.procstat import read_process
     from . import daemon, pidfile
+    from .app import AppError, check_app
     from .child import run_child
 
     settings = config.master
@@ -596,6 +609,11 @@ def serve(config: Config, load_config: Callable[[], Config]) -> int:
             log.error("%s", exc)
             return ExitCode.START_FAILED
     set_role("master")
+    try:
+        check_app(settings.app, settings.boot_timeout)
+    except AppError as exc:
+        log.error("cannot start: %s", exc)
+        return ExitCode.START_FAILED
     set_title("trioserver: master")
     raise_open_file_limit(config.server.max_connections)
     system = OsSystem(run_child)
@@ -608,8 +626,9 @@ def serve(config: Config, load_config: Callable[[], Config]) -> int:
         for address in config.server.listen:
             host, port = system.listeners.bound(address) or (address.host, address.port)
             log.info("listening on %s:%d", host, port)
-        gatherer = Gatherer()
+        gatherer = Gatherer(process_figures=read_process)
         master_ref: list[Master] = []
+        admin_address: str | None = None
         if config.metrics.listen is not None:
             pages = AdminPages(gatherer, lambda: master_ref[0].health if master_ref else "starting")
             try:
@@ -626,6 +645,7 @@ def serve(config: Config, load_config: Callable[[], Config]) -> int:
                 return ExitCode.START_FAILED
             system.watch(admin)
             host, port = admin.address
+            admin_address = str(Address(host, port))
             log.info("metrics on http://%s:%d/metrics (health: /healthz)", host, port)
         notify: daemon.Readiness | None = None
         if settings.daemon:
@@ -636,6 +656,8 @@ def serve(config: Config, load_config: Callable[[], Config]) -> int:
         if path is not None:
             try:
                 pidfile.write(path)
+                if admin_address is not None:
+                    pidfile.write_admin(path, admin_address)
             except (pidfile.PidfileError, OSError) as exc:
                 log.error("%s", exc)
                 return ExitCode.START_FAILED
@@ -644,7 +666,7 @@ def serve(config: Config, load_config: Callable[[], Config]) -> int:
             master = Master(
                 config,
                 system,
-                load_config=load_config,
+                load_config=lambda: _checked(load_config()),
                 apply_config=lambda new: _reconfigure_logging(configure_logging, new),
                 reopen_logs=reopen_logs,
                 on_ready=notify.ready if notify is not None else _nothing,

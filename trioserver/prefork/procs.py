@@ -119,6 +119,8 @@ class Exited:
     unread: bytes = b""
     #: Statistics reports that were still in its pipe (its last figures).
     reports: tuple[bytes, ...] = ()
+    #: User plus system CPU seconds it used in all (``wait4``'s rusage), if known.
+    cpu_seconds: float | None = None
 
 
 Event = SignalReceived | WorkerMessage | WorkerReport
@@ -487,7 +489,7 @@ class OsSystem:
         exited = []
         while True:
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                pid, status, usage = os.wait4(-1, os.WNOHANG)
             except ChildProcessError:
                 break
             if pid == 0:
@@ -499,7 +501,8 @@ class OsSystem:
                 data, _ = _read_all(fd)
                 unread, reports = self._decode(fd, pid, data)
                 self._forget(fd)
-            exited.append(Exited(pid, os.waitstatus_to_exitcode(status), unread, reports))
+            cpu = usage.ru_utime + usage.ru_stime
+            exited.append(Exited(pid, os.waitstatus_to_exitcode(status), unread, reports, cpu))
         return exited
 
     def wait(self, timeout: float | None) -> list[Event]:
