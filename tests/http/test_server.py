@@ -469,3 +469,17 @@ async def test_405_keeps_the_connection(docroot: Path, nursery: trio.Nursery) ->
     responses = parse_responses(wire)
     assert [r.status for r in responses] == [405, 200]
     assert responses[0].headers["allow"] == "GET, HEAD"
+
+
+async def test_access_records_carry_user_agent_referrer_and_duration(
+    docroot: Path, nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="trioserver.http")
+    client, _ = await start_server(nursery, docroot, access_log=True)
+    headers = [("User-Agent", "probe/1.0"), ("Referer", "http://example.test/")]
+    await client.send_all(raw_request("/a.txt", headers=headers))
+    await read_responses(client, 1)
+    await trio.testing.wait_all_tasks_blocked()
+    (record,) = [r for r in caplog.records if r.name == "trioserver.http.access"]
+    assert (record.user_agent, record.referrer) == ("probe/1.0", "http://example.test/")  # type: ignore[attr-defined]
+    assert record.duration >= 0  # type: ignore[attr-defined]

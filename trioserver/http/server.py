@@ -330,6 +330,7 @@ class _Connection:
                 outcome = keep_open
                 for event in events:
                     if type(event) is Request:
+                        started = now() if access else 0.0
                         try:
                             response = respond(event)
                         except Exception:
@@ -354,7 +355,7 @@ class _Connection:
                         if by_status is not None:
                             by_status[response.status] += 1
                         if access:
-                            self._log_access(event, response)
+                            self._log_access(event, response, now() - started)
                         if response.close:
                             outcome = close
                             break
@@ -470,7 +471,9 @@ class _Connection:
             length -= len(chunk)
             scope.deadline = trio.current_time() + send_timeout
 
-    def _log_access(self, request: Request, response: Response) -> None:
+    def _log_access(self, request: Request, response: Response, duration: float) -> None:
+        """One access line; ``ops.logs`` formats it (combined log format, or JSON fields)."""
+        headers = request.headers
         access_log.info(
             '%s "%s %s HTTP/%s" %d %d',
             self.peer,
@@ -479,6 +482,11 @@ class _Connection:
             request.version.decode("ascii"),
             response.status,
             response.body_length,
+            extra={
+                "referrer": headers.get(b"referer", b"").decode("latin-1"),
+                "user_agent": headers.get(b"user-agent", b"").decode("latin-1"),
+                "duration": duration,
+            },
         )
 
 
