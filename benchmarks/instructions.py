@@ -1,0 +1,115 @@
+"""Instructions per round trip on the worker's socket path, counted by callgrind.
+
+Seconds on this shared 2-core machine drift by tens of percent from run to run;
+instruction counts do not (the same code and inputs give the same count, whatever
+else the machine does). This runs one worker and one client in one process over
+loopback, ``ROUNDS`` round trips of ``BATCH`` pipelined pings each, under
+``valgrind --tool=callgrind`` twice (a short and a long run) and prints the
+difference per round trip: the startup cancels out, the steady state remains.
+Client and server are counted together; the client is the same code for every
+checkout measured, so a change in the count is the server's.
+
+::
+
+    python benchmarks/instructions.py                 # batches of 16 and of 1
+    python benchmarks/instructions.py --batch 16 --rounds 200 1200
+
+Compare two checkouts by running it in each (a worktree per commit).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+async def _serve_and_ping(rounds: int, batch: int) -> None:
+    import trio
+
+    from trioserver.config import Address
+    from trioserver.framer import PING
+    from trioserver.testing import memory_config
+    from trioserver.worker import Worker
+
+    config = memory_config(
+        connection__flood_check=False,
+        connection__heartbeat=False,
+        server__listen=(Address("127.0.0.1", 0),),
+        http__listen=(),
+    )
+    worker = Worker(config)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(worker.serve)
+        host, port = worker.addresses[0]
+        sock = trio.socket.socket()
+        await sock.connect((host, port))
+        data = PING * batch
+        for _ in range(rounds):
+            await sock.send(data)
+            got = 0
+            while got < len(data):
+                got += len(await sock.recv(65536))
+        sock.close()
+        worker.stop(grace=0)
+
+
+def _count(rounds: int, batch: int) -> int:
+    out = subprocess.run(
+        [
+            "valgrind",
+            "--tool=callgrind",
+            "--callgrind-out-file=/dev/null",
+            os.path.realpath(sys.executable),
+            __file__,
+            "--child",
+            str(rounds),
+            str(batch),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=900,
+    )
+    match = re.search(r"Collected : (\d+)", out.stderr)
+    if match is None:
+        raise SystemExit(f"callgrind printed no count:\n{out.stderr[-2000:]}")
+    return int(match.group(1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batch", type=int, nargs="*", default=[16, 1])
+    parser.add_argument("--rounds", type=int, nargs=2, default=[200, 1200])
+    parser.add_argument("--child", nargs=2, type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        import trio
+
+        trio.run(_serve_and_ping, *args.child)
+        return
+    if shutil.which("valgrind") is None:
+        raise SystemExit("valgrind is not installed (Debian package valgrind)")
+    commit = subprocess.run(
+        ["git", "-C", str(ROOT), "log", "-1", "--format=%h %s"], capture_output=True, text=True
+    ).stdout.strip()
+    print(f"code: {commit}")
+    short, long = args.rounds
+    for batch in args.batch:
+        per_round = (_count(long, batch) - _count(short, batch)) / (long - short)
+        print(
+            f"batch {batch:>3}: {per_round:,.0f} instructions per round trip, "
+            f"{per_round / batch:,.0f} per ping (client and server)"
+        )
+
+
+if __name__ == "__main__":
+    main()
