@@ -192,12 +192,6 @@ def _optional_path(value: Any) -> Path | None:
     return Path(_str(value))
 
 
-def _path(value: Any) -> Path:
-    if isinstance(value, Path):
-        return value
-    return Path(_str(value))
-
-
 def _converter(parse: Parser) -> attrs.Converter[Any, Any]:
     """``parse`` as an attrs converter whose errors name the setting: ``[server] backlog: ...``."""
 
