@@ -31,6 +31,7 @@ def main() -> None:
             print(client.request(ECHO, b"hello").body)  # b'HELLO'
         return
     worker = trioserver.Worker(config, router)
+    print("echo server on 127.0.0.1:10007; try: python examples/echo_server.py --client")
     trio.run(trioserver.serve_until_signalled, worker)
 
 
