@@ -137,6 +137,17 @@ def _build_parser() -> argparse.ArgumentParser:
 
     client = sub.add_parser("client", help="talk to a running server")
     client.add_argument("--server", default=str(ServerSettings().listen[0]), metavar="HOST:PORT")
+    client.add_argument("--tls", action="store_true", help="connect over TLS (server.tls_listen)")
+    client.add_argument(
+        "--cafile", metavar="FILE", help="PEM CA file to verify the server by (with --tls)"
+    )
+    client.add_argument(
+        "--certfile", metavar="FILE", help="PEM client certificate (and key) to present"
+    )
+    client.add_argument("--keyfile", metavar="FILE", help="its private key, if not in --certfile")
+    client.add_argument(
+        "--server-name", metavar="NAME", help="name to verify the certificate for (default: host)"
+    )
     client_sub = client.add_subparsers(dest="action", required=True)
     ping = client_sub.add_parser("ping", help="send pings and print each round trip")
     ping.add_argument("-n", "--count", type=int, default=1)
@@ -239,8 +250,21 @@ def _client(args: argparse.Namespace) -> int:
     from .messages import ResultCode
 
     address = parse_address(args.server)
+    context = None
+    if args.tls or args.cafile or args.certfile:
+        from .client import client_tls_context
+
+        try:
+            context = client_tls_context(
+                cafile=args.cafile, certfile=args.certfile, keyfile=args.keyfile
+            )
+        except OSError as exc:
+            print(f"error: TLS set-up: {exc}", file=sys.stderr)
+            return 1
     try:
-        with BlockingClient.connect(address.host, address.port) as client:
+        with BlockingClient.connect(
+            address.host, address.port, tls=context, server_hostname=args.server_name
+        ) as client:
             if args.action == "ping":
                 for _ in range(args.count):
                     rtt = client.ping()
@@ -280,6 +304,21 @@ def describe_result(action: str, code: int) -> str:
     return f"{name}: {text}" if text else name
 
 
+def _check_config(args: argparse.Namespace) -> int:
+    """Validate the file; with TLS listeners, load the certificate pair as the master would."""
+    from .tls import TlsSetupError, load_config_tls
+
+    config = load_config(args.file, tuple(args.overrides), environ=os.environ)
+    try:
+        server_tls = load_config_tls(config)
+    except TlsSetupError as exc:
+        print(f"config error: {config.source}: {exc}", file=sys.stderr)
+        return 2
+    tls = f" (TLS: {server_tls.description})" if server_tls is not None else ""
+    print(f"{config.source}: ok{tls}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")):
@@ -291,9 +330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in ("stop", "reload", "reopen", "status"):
             return _control(args)
         if args.command == "check-config":
-            config = load_config(args.file, tuple(args.overrides), environ=os.environ)
-            print(f"{config.source}: ok")
-            return 0
+            return _check_config(args)
         if args.command == "settings":
             if args.effective or args.config or args.overrides or args.listen:
                 config = _load(args)

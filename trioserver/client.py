@@ -9,6 +9,9 @@
     with BlockingClient.connect("127.0.0.1", 10000) as client:
         client.ping()
 
+    tls = client_tls_context(cafile="ca.pem")          # server.tls_listen
+    async with await Client.connect("example.com", 10443, tls=tls) as client: ...
+
 Both frame with :class:`~trioserver.framer.FrameDecoder`, so a reply split across
 reads or several replies in one read are handled alike. ``Client`` wraps any
 ``trio.abc.Stream``, so tests can drive a worker over in-memory streams.
@@ -16,7 +19,9 @@ reads or several replies in one read are handled alike. ``Client`` wraps any
 
 from __future__ import annotations
 
+import os
 import socket
+import ssl
 import time
 from types import TracebackType
 
@@ -33,10 +38,31 @@ from .messages import (
     encode_register,
 )
 
-__all__ = ["BlockingClient", "Client", "ConnectionClosed", "UnexpectedReply"]
+__all__ = [
+    "BlockingClient",
+    "Client",
+    "ConnectionClosed",
+    "UnexpectedReply",
+    "client_tls_context",
+]
 
 #: The largest packet a client accepts from a server (pkgLen is a u16).
 _CLIENT_MAX_PACKET = 0xFFFF
+
+
+def client_tls_context(
+    *,
+    cafile: str | os.PathLike[str] | None = None,
+    certfile: str | os.PathLike[str] | None = None,
+    keyfile: str | os.PathLike[str] | None = None,
+) -> ssl.SSLContext:
+    """A verifying client context: the system's CAs, or ``cafile``'s; a client
+    certificate to present when ``certfile`` is given (for ``[tls] client_ca``)."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cafile)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if certfile is not None:
+        context.load_cert_chain(certfile, keyfile)
+    return context
 
 
 class ConnectionClosed(ConnectionError):
@@ -77,8 +103,20 @@ class Client:
         self._decoder = FrameDecoder(_CLIENT_MAX_PACKET)
 
     @classmethod
-    async def connect(cls, host: str, port: int) -> Client:
-        return cls(await trio.open_tcp_stream(host, port))
+    async def connect(
+        cls,
+        host: str,
+        port: int,
+        *,
+        tls: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
+    ) -> Client:
+        """Connect over TCP, or over TLS with ``tls`` (verified for ``server_hostname``,
+        by default ``host``); the handshake is done when this returns."""
+        stream: trio.abc.Stream = await trio.open_tcp_stream(host, port)
+        if tls is not None:
+            stream = await _start_tls(stream, tls, server_hostname or host)
+        return cls(stream)
 
     async def __aenter__(self) -> Client:
         return self
@@ -150,6 +188,18 @@ class Client:
         return decode_login_reply(_check(await self.receive_packet(), MessageCode.LOGIN).body)
 
 
+async def _start_tls(
+    stream: trio.abc.Stream, context: ssl.SSLContext, server_hostname: str
+) -> trio.SSLStream[trio.abc.Stream]:
+    tls = trio.SSLStream(stream, context, server_hostname=server_hostname)
+    try:
+        await tls.do_handshake()
+    except BaseException:
+        await trio.aclose_forcefully(stream)
+        raise
+    return tls
+
+
 class BlockingClient:
     """The same client over a plain blocking socket, for scripts and threads."""
 
@@ -158,9 +208,24 @@ class BlockingClient:
         self._decoder = FrameDecoder(_CLIENT_MAX_PACKET)
 
     @classmethod
-    def connect(cls, host: str, port: int, timeout: float | None = 10.0) -> BlockingClient:
+    def connect(
+        cls,
+        host: str,
+        port: int,
+        timeout: float | None = 10.0,
+        *,
+        tls: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
+    ) -> BlockingClient:
+        """Connect over TCP, or over TLS with ``tls`` (see :meth:`Client.connect`)."""
         sock = socket.create_connection((host, port), timeout=timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if tls is not None:
+            try:
+                sock = tls.wrap_socket(sock, server_hostname=server_hostname or host)
+            except BaseException:
+                sock.close()
+                raise
         return cls(sock)
 
     def __enter__(self) -> BlockingClient:
@@ -191,7 +256,7 @@ class BlockingClient:
         while (packet := _next_packet(self._decoder)) is None:
             try:
                 data = self.sock.recv(65536)
-            except ConnectionResetError as exc:
+            except (ConnectionResetError, ssl.SSLEOFError) as exc:
                 raise ConnectionClosed("connection reset by the server") from exc
             _feed(self._decoder, data)
         return packet

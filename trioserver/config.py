@@ -43,6 +43,7 @@ __all__ = [
     "MasterSettings",
     "MetricsSettings",
     "ServerSettings",
+    "TlsSettings",
     "describe_settings",
     "environment_settings",
     "load_config",
@@ -321,6 +322,15 @@ class ServerSettings:
         "take addresses from is the real endpoint, which keeps such clients together "
         "under the balancer's address instead of closing them.",
     )
+    tls_listen: tuple[Address, ...] = setting(
+        (),
+        "Addresses the binary protocol listens on over TLS (the [tls] certificate), beside "
+        "the plaintext listen addresses; empty: none. With proxy_protocol on, the PROXY "
+        "header comes first, in plaintext, then the TLS handshake (as HAProxy sends it).",
+        _addresses,
+        why="Off until a certificate is configured; a login's password then travels "
+        "encrypted without a TLS terminator in front.",
+    )
 
 
 @attrs.frozen
@@ -500,6 +510,13 @@ class HttpSettings:
         _float(0.0),
         why="A path check (realpath + stat) costs more than serving a cached file; "
         "Last-Modified has one-second resolution anyway.",
+    )
+    tls_listen: tuple[Address, ...] = setting(
+        (),
+        "Addresses HTTPS listens on (the [tls] certificate, ALPN http/1.1), beside the "
+        "plaintext listen addresses; empty: none.",
+        _addresses,
+        why="Off until a certificate is configured, like [server] tls_listen.",
     )
 
 
@@ -841,6 +858,55 @@ class MetricsSettings:
     )
 
 
+@attrs.frozen
+class TlsSettings:
+    """``[tls]``: the certificate both TLS listeners serve (server.tls_listen, http.tls_listen)."""
+
+    certificate: Path | None = setting(
+        None,
+        "PEM file with the server's certificate, followed by any intermediate certificates "
+        "(the whole chain is served). Read by the master at start and on every reload.",
+        _optional_path,
+        why="No default: a certificate names its host. A reload (SIGHUP) reads it again, so "
+        "a renewed certificate reaches new connections without a restart.",
+    )
+    private_key: Path | None = setting(
+        None,
+        "PEM file with the certificate's private key (unencrypted); empty: the key is in "
+        "the certificate file.",
+        _optional_path,
+        why="The master reads it before the workers start; an encrypted key would need a "
+        "passphrase at every reload, so it is refused with that reason.",
+    )
+    client_ca: Path | None = setting(
+        None,
+        "PEM file of the certificate authorities client certificates must chain to; when "
+        "set, every TLS client must present a valid certificate (handlers see its subject "
+        "as ctx.peer_certificate). Empty: no client certificates asked for.",
+        _optional_path,
+        why="Mutual TLS is for device fleets and internal services; asking browsers or "
+        "game clients for a certificate they do not have would refuse them all.",
+    )
+    handshake_timeout: float = setting(
+        10.0,
+        "Seconds a new TLS connection has to complete its handshake (counted from the end "
+        "of its PROXY header, if any); a slower one is closed and counted as a "
+        "'timeout' TLS failure.",
+        _float(0.0, lo_open=True),
+        why="A handshake is two round trips and a signature: well under a second even on a "
+        "slow mobile link, and 10 s rides out a few lost packets (TCP's first retransmission "
+        "waits 1 s, then doubles). Longer only lets clients that connect and send nothing "
+        "hold connection slots.",
+    )
+    minimum_version: str = setting(
+        "1.2",
+        "Oldest TLS version accepted: '1.2' or '1.3'.",
+        _choice("1.2", "1.3"),
+        why="TLS 1.0 and 1.1 are deprecated (RFC 8996); every client of the last decade "
+        "speaks 1.2.",
+    )
+
+
 SECTIONS: Final[Mapping[str, type]] = {
     "server": ServerSettings,
     "connection": ConnectionSettings,
@@ -849,6 +915,7 @@ SECTIONS: Final[Mapping[str, type]] = {
     "accounts": AccountsSettings,
     "master": MasterSettings,
     "metrics": MetricsSettings,
+    "tls": TlsSettings,
 }
 #: Each section class's name in the file, for error messages.
 SECTION_NAMES: Final[Mapping[type, str]] = {cls: name for name, cls in SECTIONS.items()}
@@ -878,6 +945,7 @@ class Config:
     accounts: AccountsSettings = _section(AccountsSettings)
     master: MasterSettings = _section(MasterSettings)
     metrics: MetricsSettings = _section(MetricsSettings)
+    tls: TlsSettings = _section(TlsSettings)
     #: Where it came from, for error messages and reload.
     source: str = "<built-in defaults>"
 
@@ -1071,6 +1139,10 @@ def _absolute_paths(config: Config, base: Path | None) -> Config:
     document_root = config.http.document_root
     if document_root is not None and not document_root.is_absolute():
         changes["http__document_root"] = root / document_root
+    for name in ("certificate", "private_key", "client_ca"):
+        tls_path = getattr(config.tls, name)
+        if tls_path is not None and not tls_path.is_absolute():
+            changes[f"tls__{name}"] = root / tls_path
     url = config.accounts.url
     if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
         changes["accounts__url"] = "sqlite:///" + str(root / url.removeprefix("sqlite:///"))
@@ -1079,11 +1151,26 @@ def _absolute_paths(config: Config, base: Path | None) -> Config:
 
 def _check_across_sections(config: Config) -> None:
     """Rules that involve more than one setting."""
-    shared = {a for a in set(config.server.listen) & set(config.http.listen) if a.port != 0}
-    if shared:
+    lists = {
+        "[server] listen": config.server.listen,
+        "[http] listen": config.http.listen,
+        "[server] tls_listen": config.server.tls_listen,
+        "[http] tls_listen": config.http.tls_listen,
+    }
+    names = list(lists)
+    for i, first in enumerate(names):
+        for second in names[i + 1 :]:
+            shared = {a for a in set(lists[first]) & set(lists[second]) if a.port != 0}
+            if shared:
+                raise ConfigError(
+                    f"{first} and {second} share "
+                    f"{', '.join(sorted(map(str, shared)))}; one address serves one protocol"
+                )
+    tls_on = [name for name in names[2:] if lists[name]]
+    if tls_on and config.tls.certificate is None:
         raise ConfigError(
-            "[server] listen and [http] listen share "
-            f"{', '.join(sorted(map(str, shared)))}; one address serves one protocol"
+            f"{' and '.join(tls_on)} need a certificate: set [tls] certificate "
+            "(and private_key, unless the key is in the certificate file)"
         )
 
 

@@ -52,7 +52,7 @@ from .timers import ConnectionRules, RecycleTimer
 from .transport import Transport, linger
 from .wakeup import Wakeup
 
-__all__ = ["Checked", "Connection", "Dispatcher", "Shared"]
+__all__ = ["Checked", "Connection", "Dispatcher", "Shared", "Upgrade"]
 
 log = logging.getLogger("trioserver.worker")
 
@@ -76,6 +76,19 @@ class Checked(Protocol):
 
     @property
     def body_size(self) -> int | None: ...
+
+
+class Upgrade(Protocol):
+    """A listener's step between the PROXY header and the protocol (the TLS handshake).
+
+    Gets the plaintext transport and the bytes already read after the PROXY header;
+    returns the transport to speak the protocol over, or None to refuse the
+    connection (the upgrade counts and logs why).
+    """
+
+    async def __call__(
+        self, transport: Transport, early: bytes, conn: Connection
+    ) -> Transport | None: ...
 
 
 class Dispatcher(Protocol):
@@ -147,15 +160,25 @@ class Connection:
         "slot",
         "state",
         "transport",
+        "upgrade",
         "user",
         "wakeup",
     )
 
-    def __init__(self, slot: Slot, transport: Transport, peer: Peer, shared: Shared) -> None:
+    def __init__(
+        self,
+        slot: Slot,
+        transport: Transport,
+        peer: Peer,
+        shared: Shared,
+        upgrade: Upgrade | None = None,
+    ) -> None:
         self.slot = slot
         #: The slot's sequence at open: once it moves on, this connection is stale.
         self.sequence = slot.sequence
         self.transport = transport
+        #: Run once the PROXY header is read (a TLS listener's handshake), if any.
+        self.upgrade = upgrade
         self.peer = peer
         self.shared = shared
         self.state = _NEW
@@ -275,6 +298,9 @@ class Connection:
                 early: bytes | None = b""
                 if shared.proxy is not None:
                     early = await self._proxy_header(shared.proxy)
+                if self.upgrade is not None and early is not None:
+                    early = await self._upgrade(self.upgrade, early)
+                    transport = self.transport
                 while early is not None:  # bytes → packets → checks → handlers
                     if early:  # bytes that arrived with the PROXY header come first
                         data, early = early, b""
@@ -433,6 +459,20 @@ class Connection:
         self.reason = CloseReason.PROXY_REFUSED
         self._move(_CLOSING)
         return None
+
+    async def _upgrade(self, upgrade: Upgrade, early: bytes) -> bytes | None:
+        """Swap the transport for the one ``upgrade`` makes of it (TLS after its handshake).
+
+        None when the upgrade refused the connection (it counts and logs why); the
+        connection then closes quietly.
+        """
+        upgraded = await upgrade(self.transport, early, self)
+        if upgraded is None:
+            self.reason = CloseReason.TLS_FAILED
+            self._move(_CLOSING)
+            return None
+        self.transport = upgraded
+        return b""
 
     # -- the close -----------------------------------------------------------------------------
 

@@ -50,6 +50,7 @@ class CloseReason(enum.Enum):
     PEER_GONE = "peer_gone"
     DRAINED = "drained"
     PROXY_REFUSED = "proxy_refused"
+    TLS_FAILED = "tls_failed"
 
     def __str__(self) -> str:
         return _CLOSE_TEXT[self]
@@ -59,6 +60,7 @@ _CLOSE_TEXT = {
     CloseReason.PEER_GONE: "reset the connection or went away",
     CloseReason.DRAINED: "was closed by the worker's drain while it waited idle",
     CloseReason.PROXY_REFUSED: "sent no valid PROXY header (counted as proxy_refused)",
+    CloseReason.TLS_FAILED: "did not complete its TLS handshake (counted by reason)",
 }
 
 

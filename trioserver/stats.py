@@ -159,6 +159,9 @@ class WorkerStatistics:
     loop_lag: HistogramSnapshot = HistogramSnapshot(LAG_BUCKETS, (0,) * (len(LAG_BUCKETS) + 1), 0.0)
     #: Largest lag among the last few samples (about one report interval's worth).
     loop_lag_recent_max: float = 0.0
+    #: TLS handshakes completed, and those that failed by reason (tls_transport.TlsFailure).
+    tls_handshakes: int = 0
+    tls_failures_by_reason: Mapping[str, int] = attrs.field(factory=dict)
 
     def to_json(self) -> bytes:
         """The record as JSON (int keys become strings), for the pipe to the master."""
@@ -213,6 +216,8 @@ class WorkerStatistics:
             },
             loop_lag=HistogramSnapshot.from_json(raw["loop_lag"]),
             loop_lag_recent_max=float(raw.get("loop_lag_recent_max", 0.0)),
+            tls_handshakes=int(raw.get("tls_handshakes", 0)),
+            tls_failures_by_reason=strs("tls_failures_by_reason"),
         )
 
 
@@ -247,6 +252,9 @@ class Counters:
     #: Where drop and kick lines go: a few in full per interval, the rest counted
     #: (:mod:`trioserver.log_budget`; run ``connection_log.run`` for timely summaries).
     connection_log: LogBudget = attrs.Factory(_connection_log)
+    #: TLS handshakes completed, and failed ones by reason (counted by tls_transport).
+    tls_handshakes: int = 0
+    tls_failures: collections.Counter[str] = attrs.Factory(collections.Counter)
 
     def limit_connection_lines(self, settings: LoggingSettings) -> None:
         """Apply ``logging.connection_lines`` and ``connection_lines_interval``."""
@@ -373,6 +381,8 @@ class Counters:
             handler_latency={code: h.snapshot() for code, h in self.handler_latency.items()},
             loop_lag=self.loop_lag.snapshot(),
             loop_lag_recent_max=max(self.recent_lag, default=0.0),
+            tls_handshakes=self.tls_handshakes,
+            tls_failures_by_reason=dict(self.tls_failures),
         )
 
 

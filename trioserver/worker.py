@@ -57,6 +57,8 @@ from .proxy_protocol import ProxyPolicy
 from .sockets import bind_listener
 from .stats import Counters, WorkerStatistics
 from .timers import ConnectionRules, RecycleTimer
+from .tls import ServerTls, load_config_tls
+from .tls_transport import TlsUpgrade
 from .transport import SocketTransport, Transport, as_transport, peer_of_stream
 
 __all__ = ["BoundListener", "Worker", "open_listeners", "run_worker", "serve_until_signalled"]
@@ -130,11 +132,17 @@ class Worker:
         listeners: Sequence[Listener] | None = None,
         http_listeners: Sequence[Listener] | None = None,
         index: int = 0,
+        tls_listeners: Sequence[Listener] | None = None,
+        https_listeners: Sequence[Listener] | None = None,
+        tls: ServerTls | None = None,
     ) -> None:
         """``listeners`` / ``http_listeners``: already-bound listeners to serve the
         binary protocol / HTTP on; when ``listeners`` is given the worker binds
         nothing itself (HTTP too: pass ``http_listeners`` for it); when neither is,
-        it binds ``server.listen`` and ``http.listen`` in ``serve``."""
+        it binds ``server.listen`` and ``http.listen`` in ``serve``. The same holds
+        for ``tls_listeners`` / ``https_listeners`` (``server.tls_listen`` /
+        ``http.tls_listen``), served with ``tls`` (loaded from ``[tls]`` when not
+        given)."""
         self.config = config = config if config is not None else Config()
         self.router = router if router is not None else default_router()
         self.services = services if services is not None else Services(config=config)
@@ -173,6 +181,15 @@ class Worker:
             self._given_http = [] if listeners is not None else None
         self._listeners: list[Listener] = []
         self._http_listeners: list[Listener] = []
+        given = listeners is not None
+        self._given_tls = list(tls_listeners) if tls_listeners is not None else None
+        self._given_https = list(https_listeners) if https_listeners is not None else None
+        if given:
+            self._given_tls = self._given_tls or []
+            self._given_https = self._given_https or []
+        self._tls_listeners: list[Listener] = []
+        self._https_listeners: list[Listener] = []
+        self.tls = tls
         self._site: StaticSite | None = None
         self._http_connections: dict[int, HttpConnectionState] = {}
         self._accept_scope = trio.CancelScope()
@@ -191,6 +208,16 @@ class Worker:
     def http_addresses(self) -> list[tuple[str, int]]:
         """The (host, port) each HTTP socket is bound to."""
         return _bound(self._http_listeners)
+
+    @property
+    def tls_addresses(self) -> list[tuple[str, int]]:
+        """The (host, port) each binary-protocol-over-TLS socket is bound to."""
+        return _bound(self._tls_listeners)
+
+    @property
+    def https_addresses(self) -> list[tuple[str, int]]:
+        """The (host, port) each HTTPS socket is bound to."""
+        return _bound(self._https_listeners)
 
     @property
     def stopping(self) -> bool:
@@ -253,21 +280,33 @@ class Worker:
         # Codes no route serves share one counter key: clients cannot choose series.
         self.counters.serve_codes(self.router.routes, fold=self.config.metrics.fold_unknown_codes)
         backlog = self.config.server.backlog
-        if self._given_listeners is not None:
-            self._listeners = list(self._given_listeners)
-        else:
-            self._listeners = list(await open_listeners(self.config.server.listen, backlog))
-        if self._given_http is not None:
-            self._http_listeners = list(self._given_http)
-        else:
-            try:
-                self._http_listeners = list(await open_listeners(self.config.http.listen, backlog))
-            except BaseException:
-                for listener in self._listeners:
-                    if isinstance(listener, BoundListener):
-                        listener.sock.close()
-                raise
-        if self._http_listeners:
+        config = self.config
+        if self.tls is None and (
+            self._given_tls or self._given_https or self._given_listeners is None
+        ):
+            self.tls = load_config_tls(config)  # raises TlsSetupError (an OSError)
+        bound: list[Listener] = []
+        try:
+            for given, addresses, attribute in (
+                (self._given_listeners, config.server.listen, "_listeners"),
+                (self._given_http, config.http.listen, "_http_listeners"),
+                (self._given_tls, config.server.tls_listen, "_tls_listeners"),
+                (self._given_https, config.http.tls_listen, "_https_listeners"),
+            ):
+                if given is not None:
+                    setattr(self, attribute, list(given))
+                else:
+                    opened = list(await open_listeners(addresses, backlog))
+                    bound.extend(opened)
+                    setattr(self, attribute, opened)
+        except BaseException:
+            for listener in bound:
+                if isinstance(listener, BoundListener):
+                    listener.sock.close()
+            raise
+        if (self._tls_listeners or self._https_listeners) and self.tls is None:
+            raise ValueError("TLS listeners given without tls= (or a [tls] certificate)")
+        if self._http_listeners or self._https_listeners:
             self._site = StaticSite.from_settings(self.config.http)
         async with trio.open_nursery() as outer:
             await outer.start(self._run)
@@ -305,6 +344,16 @@ class Worker:
                             ", ".join(f"{h}:{p}" for h, p in self.addresses) or "memory",
                             "".join(f", HTTP on {h}:{p}" for h, p in self.http_addresses),
                         )
+                        if self.tls is not None and (self._tls_listeners or self._https_listeners):
+                            log.info(
+                                "worker %d serving TLS (%s) on %s",
+                                self.index,
+                                self.tls.description or "certificate loaded",
+                                ", ".join(
+                                    f"{h}:{p}" for h, p in self.tls_addresses + self.https_addresses
+                                )
+                                or "memory",
+                            )
                         task_status.started()
                     services.cancel_scope.cancel()
         finally:
@@ -322,9 +371,19 @@ class Worker:
                     nursery.start_soon(self._accept_loop, listener, False)
                 for listener in self._http_listeners:
                     nursery.start_soon(self._accept_loop, listener, True)
+                if self.tls is not None:
+                    tls, counters = self.tls, self.counters
+                    binary = TlsUpgrade(tls.binary, tls.handshake_timeout, counters)
+                    https = TlsUpgrade(tls.https, tls.handshake_timeout, counters)
+                    for listener in self._tls_listeners:
+                        nursery.start_soon(self._accept_loop, listener, False, binary)
+                    for listener in self._https_listeners:
+                        nursery.start_soon(self._accept_loop, listener, True, https)
                 task_status.started()
 
-    async def _accept_loop(self, listener: Listener, http: bool) -> None:
+    async def _accept_loop(
+        self, listener: Listener, http: bool, upgrade: TlsUpgrade | None = None
+    ) -> None:
         backoff = _BACKOFF_START
         burst = 0
         try:
@@ -360,7 +419,7 @@ class Worker:
                     backoff = min(backoff * 2, _BACKOFF_MAX)
                     continue
                 backoff = _BACKOFF_START
-                self._admit(transport, peer, http)
+                self._admit(transport, peer, http, upgrade)
                 if burst >= _ACCEPT_BURST:  # fairness in an accept storm
                     burst = 0
                     await trio.lowlevel.checkpoint()
@@ -371,14 +430,16 @@ class Worker:
                 else:
                     await trio.aclose_forcefully(listener)
 
-    def _admit(self, transport: Transport, peer: Peer, http: bool) -> None:
+    def _admit(
+        self, transport: Transport, peer: Peer, http: bool, upgrade: TlsUpgrade | None = None
+    ) -> None:
         """Give a new connection a slot and its task, or refuse it (counted)."""
         nursery = self._conn_nursery
         assert nursery is not None
         slot = self.pool.acquire()
         if slot is None:
             self.counters.refuse()
-            if http:
+            if http and upgrade is None:
                 nursery.start_soon(refuse_http_connection, transport)
             elif isinstance(transport, SocketTransport):
                 transport.close()  # at once: a refused socket costs no task
@@ -387,24 +448,47 @@ class Worker:
             return
         self.counters.accepted += 1
         if http:
-            nursery.start_soon(self._http_connection, transport, peer, slot, name=_HTTP_TASK_NAME)
+            nursery.start_soon(
+                self._http_connection, transport, peer, slot, upgrade, name=_HTTP_TASK_NAME
+            )
         else:
-            conn = Connection(slot, transport, peer, self.shared)
+            conn = Connection(slot, transport, peer, self.shared, upgrade)
             self.shared.connections[slot.index] = conn
             nursery.start_soon(conn.serve, name=_TASK_NAME)
 
-    async def _http_connection(self, transport: Transport, peer: Peer, slot: Slot) -> None:
-        """One HTTP connection: it holds a slot of the shared pool while it lives."""
+    async def _http_connection(
+        self, transport: Transport, peer: Peer, slot: Slot, upgrade: TlsUpgrade | None = None
+    ) -> None:
+        """One HTTP connection: it holds a slot of the shared pool while it lives
+        (an HTTPS one handshakes first, in this task)."""
         assert self._site is not None
         state = HttpConnectionState(
             draining=self.shared.stopping, by_status=self.counters.http_by_status
         )
         self._http_connections[slot.index] = state
         try:
+            if upgrade is not None:
+                upgraded = await upgrade(transport, b"", _HttpName(peer, slot))
+                if upgraded is None:
+                    await transport.aclose()
+                    return
+                transport = upgraded
             await serve_http(transport, self._site, self.config.http, state, peer=peer)
         finally:
             del self._http_connections[slot.index]
             self.recycler.rest(slot)
+
+
+@attrs.frozen
+class _HttpName:
+    """An HTTP connection as the TLS upgrade names it in a log line."""
+
+    peer: Peer
+    slot: Slot
+
+    @property
+    def id(self) -> str:
+        return f"http {self.slot.index}#{self.slot.sequence}"
 
 
 def run_worker(

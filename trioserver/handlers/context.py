@@ -19,6 +19,7 @@ from ..connection import Connection
 from ..framer import Packet, encode
 from ..peer import Peer
 from ..reasons import KickReason
+from ..tls_transport import PeerCertificate
 
 __all__ = ["Context", "Handler", "Services"]
 
@@ -63,6 +64,13 @@ class Context:
         """The client's address (the one a PROXY header named, if any); ``str()`` is
         ``host:port``."""
         return self._conn.peer
+
+    @property
+    def peer_certificate(self) -> PeerCertificate | None:
+        """The client's verified certificate on a TLS listener with ``[tls] client_ca``
+        set (its ``subject``, ``common_name``, ...); None otherwise."""
+        certificate = getattr(self._conn.transport, "peer_certificate", None)
+        return certificate if isinstance(certificate, PeerCertificate) else None
 
     @property
     def connection_id(self) -> str:

@@ -68,12 +68,17 @@ class _WorkerProcess:
         # The worker's own listener record, so it accepts on its fast path.
         self.listeners = [_bound(sock) for sock in setup.listeners]
         self.http_listeners = [_bound(sock) for sock in setup.http_listeners]
+        self.tls_listeners = [_bound(sock) for sock in setup.tls_listeners]
+        self.https_listeners = [_bound(sock) for sock in setup.https_listeners]
         self.worker = Worker(
             self.config,
             router,
             listeners=self.listeners,
             http_listeners=self.http_listeners,
             index=self.index,
+            tls_listeners=self.tls_listeners,
+            https_listeners=self.https_listeners,
+            tls=setup.tls,
         )
         self.pipe = MasterPipe(setup.pipe, setup.master_pid)
         metrics = self.config.metrics
@@ -90,7 +95,15 @@ class _WorkerProcess:
             log.info(
                 "worker %d ready on %s",
                 self.index,
-                ", ".join(_name(listener) for listener in [*self.listeners, *self.http_listeners])
+                ", ".join(
+                    _name(listener)
+                    for listener in [
+                        *self.listeners,
+                        *self.http_listeners,
+                        *self.tls_listeners,
+                        *self.https_listeners,
+                    ]
+                )
                 or "no listener",
             )
             if not self.pipe.send(READY):

@@ -626,6 +626,13 @@ def serve(config: Config, load_config: Callable[[], Config]) -> int:
         for address in config.server.listen:
             host, port = system.listeners.bound(address) or (address.host, address.port)
             log.info("listening on %s:%d", host, port)
+        for what, addresses in (
+            ("TLS", config.server.tls_listen),
+            ("HTTPS", config.http.tls_listen),
+        ):
+            for address in addresses:
+                host, port = system.listeners.bound(address) or (address.host, address.port)
+                log.info("listening (%s) on %s:%d", what, host, port)
         gatherer = Gatherer(process_figures=read_process)
         master_ref: list[Master] = []
         admin_address: str | None = None

@@ -38,6 +38,7 @@ import attrs
 
 from ..config import Address, Config
 from ..sockets import bind_listener
+from ..tls import ServerTls, load_config_tls
 from .pipe import HEARTBEAT, READY, PipeDecoder, PipeProtocolError
 
 __all__ = [
@@ -334,6 +335,11 @@ class ChildSetup:
     master_pid: int
     #: The slot's HTTP listening sockets (``[http] listen``).
     http_listeners: list[socket.socket] = attrs.Factory(list)
+    #: The slot's TLS listening sockets (``[server] tls_listen``, ``[http] tls_listen``)
+    #: and the certificate the master loaded for them (inherited across the fork).
+    tls_listeners: list[socket.socket] = attrs.Factory(list)
+    https_listeners: list[socket.socket] = attrs.Factory(list)
+    tls: ServerTls | None = None
 
 
 ChildMain = Callable[[ChildSetup], int]
@@ -386,6 +392,9 @@ class OsSystem:
         self._watched: dict[int, tuple[Watcher, int]] = {}  # fd -> (watcher, events)
         self._old_wakeup_fd: int | None = None
         self._child_closes: list[FileOwner] = []
+        #: The certificate loaded for each config prepared (read in the master, so a
+        #: reload with a bad file is refused before a worker starts; see tls.py).
+        self._tls: dict[Config, ServerTls | None] = {}
 
     def close_in_children(self, owner: FileOwner) -> None:
         """Have every worker forked from now on close ``owner``'s fd while it has one.
@@ -435,15 +444,23 @@ class OsSystem:
         return time.monotonic()
 
     def prepare(self, config: Config, workers: int) -> None:
-        addresses = [*config.server.listen, *config.http.listen]
-        self.listeners.prepare(addresses, config.server.backlog, workers)
+        tls = load_config_tls(config)  # TlsSetupError (an OSError) says which file and why
+        self.listeners.prepare(_addresses(config), config.server.backlog, workers)
+        self._tls[config] = tls
 
     def release(self, config: Config) -> None:
-        self.listeners.release([*config.server.listen, *config.http.listen])
+        self.listeners.release(_addresses(config))
+        self._tls = {config: self._tls[config]} if config in self._tls else {}
 
     def spawn(self, spec: WorkerSpec) -> int:
-        listeners = self.listeners.for_worker(spec.config.server.listen, spec.index, spec.workers)
-        http = self.listeners.for_worker(spec.config.http.listen, spec.index, spec.workers)
+        config = spec.config
+        listeners = self.listeners.for_worker(config.server.listen, spec.index, spec.workers)
+        http = self.listeners.for_worker(config.http.listen, spec.index, spec.workers)
+        tls = self.listeners.for_worker(config.server.tls_listen, spec.index, spec.workers)
+        https = self.listeners.for_worker(config.http.tls_listen, spec.index, spec.workers)
+        server_tls = self._tls.get(config)
+        if server_tls is None and (tls or https):
+            server_tls = self._tls[config] = load_config_tls(config)
         read_fd, write_fd = os.pipe()
         master_pid = os.getpid()
         for stream in (sys.stdout, sys.stderr):
@@ -452,9 +469,12 @@ class OsSystem:
         if pid == 0:  # pragma: no cover - runs in the child, which never returns
             code = 3
             try:
-                self._become_child(keep=[*listeners, *http])
+                self._become_child(keep=[*listeners, *http, *tls, *https])
                 os.close(read_fd)
-                code = self._child_main(ChildSetup(spec, listeners, write_fd, master_pid, http))
+                setup = ChildSetup(
+                    spec, listeners, write_fd, master_pid, http, tls, https, server_tls
+                )
+                code = self._child_main(setup)
             except BaseException:
                 _report_child_failure(spec)
             finally:
@@ -584,6 +604,16 @@ class OsSystem:
         with contextlib.suppress(KeyError):
             self._poll.unregister(fd)
         _close_quietly(fd)
+
+
+def _addresses(config: Config) -> list[Address]:
+    """Every address ``config`` listens on: plaintext and TLS, binary and HTTP."""
+    return [
+        *config.server.listen,
+        *config.http.listen,
+        *config.server.tls_listen,
+        *config.http.tls_listen,
+    ]
 
 
 def _read_all(fd: int) -> tuple[bytes, bool]:

@@ -1,7 +1,18 @@
-"""A real worker served on a memory listener, for tests: no sockets, no files."""
+"""A real worker served on a memory listener, for tests: no sockets, no files.
+
+With TLS (``tls=`` a :class:`~trioserver.tls.ServerTls`, or a config whose
+``server.tls_listen`` is set), a second memory listener plays the TLS port: its
+connections go through the worker's own handshake and ``SSLStream`` over
+simulated links, so TLS rules run in virtual time too::
+
+    async with serve_in_memory(config, tls=server_tls) as server:
+        client = await server.connect(tls=client_context)   # handshake done
+        raw = await server.connect_stream(tls_port=True)    # the TLS port, no TLS yet
+"""
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -13,6 +24,7 @@ from ..client import Client
 from ..config import Config
 from ..dispatch import Router
 from ..handlers import Services
+from ..tls import ServerTls, load_config_tls
 from ..worker import Worker
 from ._faults import Fault
 from ._listener import MemoryListener
@@ -37,6 +49,8 @@ class InMemoryServer:
 
     worker: Worker
     listener: MemoryListener
+    #: The TLS port (the worker's TLS listener), when the server has one.
+    tls_listener: MemoryListener | None = None
 
     async def connect(
         self,
@@ -46,12 +60,28 @@ class InMemoryServer:
         faults: Sequence[Fault] | None = None,
         seed: int = 0,
         key: int | None = None,
+        tls: ssl.SSLContext | None = None,
+        server_hostname: str = "localhost",
+        proxy_header: bytes = b"",
     ) -> Client:
-        """A protocol client on a new in-memory connection (with ``faults`` on its wire)."""
-        stream = await self.listener.connect(
-            lockstep=lockstep, peer=peer, faults=faults, seed=seed, key=key
+        """A protocol client on a new in-memory connection (with ``faults`` on its wire).
+
+        With ``tls`` (a client context), it connects to the TLS port, sends
+        ``proxy_header`` (if any) in plaintext, and completes the handshake.
+        """
+        if tls is None:
+            stream = await self.listener.connect(
+                lockstep=lockstep, peer=peer, faults=faults, seed=seed, key=key
+            )
+            return Client(stream)
+        raw = await self.connect_stream(
+            lockstep=lockstep, peer=peer, faults=faults, seed=seed, key=key, tls_port=True
         )
-        return Client(stream)
+        if proxy_header:
+            await raw.send_all(proxy_header)
+        secure = trio.SSLStream(raw, tls, server_hostname=server_hostname)
+        await secure.do_handshake()
+        return Client(secure)
 
     async def connect_stream(
         self,
@@ -61,9 +91,16 @@ class InMemoryServer:
         faults: Sequence[Fault] | None = None,
         seed: int = 0,
         key: int | None = None,
+        tls_port: bool = False,
     ) -> trio.abc.Stream:
-        """A raw client stream (for sending fragments, half-closing, ...)."""
-        return await self.listener.connect(
+        """A raw client stream (for sending fragments, half-closing, ...); ``tls_port``:
+        to the TLS listener, before any handshake (plaintext, a stalled handshake...)."""
+        listener = self.listener
+        if tls_port:
+            if self.tls_listener is None:
+                raise ValueError("this server has no TLS port: pass tls= to serve_in_memory")
+            listener = self.tls_listener
+        return await listener.connect(
             lockstep=lockstep, peer=peer, faults=faults, seed=seed, key=key
         )
 
@@ -74,18 +111,30 @@ async def serve_in_memory(
     router: Router | None = None,
     *,
     services: Services | None = None,
+    tls: ServerTls | None = None,
 ) -> AsyncIterator[InMemoryServer]:
     """Start a real worker on a memory listener; stop it (with a drain) on exit.
 
     ``config`` defaults to :func:`memory_config` and ``router`` to the built-in
-    handlers (ping, register, login).
+    handlers (ping, register, login). ``tls`` (or a config with
+    ``server.tls_listen`` and a ``[tls]`` certificate) adds a TLS port.
     """
     config = memory_config() if config is None else config
+    if tls is None and config.server.tls_listen:
+        tls = load_config_tls(config)
     listener = MemoryListener()
-    worker = Worker(config, router, services=services, listeners=[listener])
+    tls_listener = MemoryListener() if tls is not None else None
+    worker = Worker(
+        config,
+        router,
+        services=services,
+        listeners=[listener],
+        tls_listeners=[tls_listener] if tls_listener is not None else [],
+        tls=tls,
+    )
     async with trio.open_nursery() as nursery:
         await nursery.start(worker.serve)
         try:
-            yield InMemoryServer(worker, listener)
+            yield InMemoryServer(worker, listener, tls_listener)
         finally:
             worker.stop()
