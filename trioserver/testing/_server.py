@@ -1,7 +1,7 @@
 """A real worker served on a memory listener, for tests: no sockets, no files.
 
 With TLS (``tls=`` a :class:`~trioserver.tls.ServerTls`, or a config whose
-``server.tls_listen`` is set), a second memory listener plays the TLS port: its
+``[tls] certificate`` is set), a second memory listener plays the TLS port: its
 connections go through the worker's own handshake and ``SSLStream`` over
 simulated links, so TLS rules run in virtual time too::
 
@@ -24,7 +24,7 @@ from ..client import Client
 from ..config import Config
 from ..dispatch import Router
 from ..handlers import Services
-from ..tls import ServerTls, load_config_tls
+from ..tls import ServerTls, load_server_tls
 from ..worker import Worker
 from ._faults import Fault
 from ._listener import MemoryListener
@@ -116,12 +116,12 @@ async def serve_in_memory(
     """Start a real worker on a memory listener; stop it (with a drain) on exit.
 
     ``config`` defaults to :func:`memory_config` and ``router`` to the built-in
-    handlers (ping, register, login). ``tls`` (or a config with
-    ``server.tls_listen`` and a ``[tls]`` certificate) adds a TLS port.
+    handlers (ping, register, login). ``tls`` (or a config with a
+    ``[tls]`` certificate) adds a TLS port.
     """
     config = memory_config() if config is None else config
-    if tls is None and config.server.tls_listen:
-        tls = load_config_tls(config)
+    if tls is None and config.tls.certificate is not None:
+        tls = load_server_tls(config.tls)
     listener = MemoryListener()
     tls_listener = MemoryListener() if tls is not None else None
     worker = Worker(
