@@ -24,6 +24,9 @@ on TLS too, because under the TLS layer is the same TCP socket whose unread
 bytes would turn the close into a reset. Its ``send_eof`` sends TLS's
 close_notify and then shuts the socket's sending side, so the peer reads every
 reply and then a clean end; lingering then discards the raw bytes still coming.
+A TLS transport lingers even over a memory link, so that the testing kit's
+connections end as the sockets' do (with a close_notify). A kick closes at once,
+without one.
 A peer that closes TCP without a close_notify (a "ragged EOF", what most HTTPS
 clients do) is read as EOF, not as an error.
 """
@@ -228,8 +231,9 @@ class TlsTransport:
         self.stream = stream
         self.lower = lower
         self.peer_certificate = peer_certificate
-        #: TCP is still underneath: the close lingers exactly as the plaintext one does.
-        self.lingers: bool = lower.transport.lingers
+        #: Always: under TCP, unread bytes would reset the replies (as in plaintext), and
+        #: on any transport the linger's first step, send_eof, says TLS's goodbye.
+        self.lingers = True
         self._pending: bytes | None = None
         self._tls_closed = False
 
