@@ -74,6 +74,10 @@ def load_server_tls(settings: TlsSettings, *, now: datetime.datetime | None = No
     certificate = settings.certificate
     key = settings.private_key
     facts = _certificate_facts(certificate)
+    if key is not None:
+        _readable("private_key", key)
+    if settings.client_ca is not None:
+        _readable("client_ca", settings.client_ca)
     _check_validity(certificate, facts, now or datetime.datetime.now(datetime.UTC))
     binary = _context(settings, certificate, key)
     https = _context(settings, certificate, key)
@@ -101,10 +105,8 @@ def _context(settings: TlsSettings, certificate: Path, key: Path | None) -> ssl.
         ) from None
     except ssl.SSLError as exc:
         _explain(exc, certificate, key)
-    except OSError as exc:
-        raise TlsSetupError(
-            f"cannot read [tls] {_which(exc, certificate, key)}: {exc.strerror or exc}"
-        ) from None
+    except OSError as exc:  # read a moment ago: the file changed under us
+        raise TlsSetupError(f"cannot read [tls] certificate or private_key: {exc}") from None
     if settings.client_ca is not None:
         try:
             context.load_verify_locations(cafile=settings.client_ca)
@@ -129,10 +131,13 @@ def _no_passphrase() -> NoReturn:
     raise _EncryptedKey
 
 
-def _which(exc: OSError, certificate: Path, key: Path | None) -> str:
-    if key is not None and exc.filename is not None and Path(exc.filename) == key:
-        return f"private_key {key}"
-    return f"certificate {certificate}"
+def _readable(name: str, path: Path) -> None:
+    """Name the file that cannot be opened (OpenSSL's own error does not say which)."""
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise TlsSetupError(f"cannot read [tls] {name} {path}: {exc.strerror or exc}") from None
 
 
 def _explain(exc: ssl.SSLError, certificate: Path, key: Path | None) -> NoReturn:

@@ -30,9 +30,8 @@ class Pki:
 
     def config(self, **settings: object) -> Config:
         """The memory config with this certificate (and ``section__name`` overrides)."""
-        return memory_config(
-            tls__certificate=self.certificate, tls__private_key=self.private_key, **settings
-        )
+        files = {"tls__certificate": self.certificate, "tls__private_key": self.private_key}
+        return memory_config(**{**files, **settings})
 
     def server_tls(self, **settings: object) -> ServerTls:
         return load_server_tls(self.config(**settings).tls)

@@ -1,0 +1,147 @@
+"""TLS on real loopback sockets (port 0) with real clients: ours, curl, http.client."""
+
+from __future__ import annotations
+
+import http.client
+import logging
+import shutil
+import socket
+import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from trioserver.client import BlockingClient, Client, client_tls_context
+from trioserver.config import Address, Config
+from trioserver.framer import PING, Packet
+from trioserver.messages import ResultCode
+from trioserver.worker import Worker
+
+from .conftest import Pki
+
+LOOPBACK = (Address("127.0.0.1", 0),)
+
+
+@asynccontextmanager
+async def serve_tls(config: Config) -> AsyncIterator[Worker]:
+    """A worker with plaintext and TLS listeners for both protocols, on free ports."""
+    config = config.replace(
+        server__listen=LOOPBACK,
+        server__tls_listen=LOOPBACK,
+        http__listen=LOOPBACK,
+        http__tls_listen=LOOPBACK,
+    )
+    worker = Worker(config)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(worker.serve)
+        try:
+            yield worker
+        finally:
+            worker.stop()
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Path:
+    (tmp_path / "index.html").write_bytes(b"<h1>over TLS</h1>\n")
+    return tmp_path
+
+
+async def test_clients_ping_register_login_over_tls(pki: Pki) -> None:
+    async with serve_tls(pki.config()) as worker:
+        port = worker.tls_addresses[0][1]
+        context = client_tls_context(cafile=pki.ca_file)
+        async with await Client.connect("127.0.0.1", port, tls=context) as client:
+            await client.ping()
+            assert (await client.register("alice", "secret")).result == ResultCode.OK
+
+        def blocking() -> int:
+            with BlockingClient.connect("localhost", port, tls=context) as client:
+                client.ping()
+                return client.login("alice", "secret").result
+
+        assert await trio.to_thread.run_sync(blocking) == ResultCode.OK
+        assert worker.statistics().tls_handshakes == 2
+
+
+async def test_https_get_with_curl(pki: Pki, site: Path) -> None:
+    curl = shutil.which("curl")
+    if curl is None:
+        pytest.skip("curl is not installed (.ci/run installs it)")
+    async with serve_tls(pki.config(http__document_root=site)) as worker:
+        port = worker.https_addresses[0][1]
+        result = await trio.run_process(
+            [curl, "-sS", "-v", "--cacert", str(pki.ca_file), f"https://localhost:{port}/"],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stdout == b"<h1>over TLS</h1>\n"
+    assert b"ALPN: server accepted http/1.1" in result.stderr
+
+
+async def test_https_get_with_http_client(pki: Pki, site: Path) -> None:
+    async with serve_tls(pki.config(http__document_root=site)) as worker:
+        port = worker.https_addresses[0][1]
+        context = pki.client_context()
+        context.set_alpn_protocols(["h2", "http/1.1"])
+
+        def get() -> tuple[int, bytes, str | None]:
+            conn = http.client.HTTPSConnection("localhost", port, timeout=10, context=context)
+            try:
+                conn.request("GET", "/")
+                response = conn.getresponse()
+                body = response.read()
+                conn.request("GET", "/index.html")  # keep-alive over TLS
+                again = conn.getresponse().read()
+                assert again == body
+                assert isinstance(conn.sock, ssl.SSLSocket)
+                return response.status, body, conn.sock.selected_alpn_protocol()
+            finally:
+                conn.close()
+
+        status, body, alpn = await trio.to_thread.run_sync(get)
+    assert (status, body, alpn) == (200, b"<h1>over TLS</h1>\n", "http/1.1")
+
+
+async def test_plaintext_on_real_tls_ports_is_counted_not_traced(
+    pki: Pki, site: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    async with serve_tls(pki.config(http__document_root=site)) as worker:
+        ports = [worker.tls_addresses[0][1], worker.https_addresses[0][1]]
+        requests = [PING, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"]
+
+        def plaintext(port: int, request: bytes) -> bytes:
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                sock.sendall(request)
+                return sock.recv(1024)
+
+        for port, request in zip(ports, requests, strict=True):
+            assert await trio.to_thread.run_sync(plaintext, port, request) == b""
+        assert worker.statistics().tls_failures_by_reason == {"not_tls": 2}
+    assert not [r for r in caplog.records if r.exc_info]
+
+
+async def test_a_flood_kick_over_tcp_delivers_every_reply_then_close_notify(pki: Pki) -> None:
+    async with serve_tls(pki.config()) as worker:
+        port = worker.tls_addresses[0][1]
+
+        def pipeline() -> tuple[int, bytes]:
+            raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+            with pki.client_context().wrap_socket(raw, server_hostname="localhost") as sock:
+                sock.sendall(PING * 11 + PING * 200)  # the 11th floods; the rest unread
+                client = BlockingClient(sock)
+                replies = [client.receive_packet() for _ in range(10)]
+                assert replies == [Packet(0)] * 10
+                # suppress_ragged_eofs=False would raise on a TCP end without close_notify.
+                sock.suppress_ragged_eofs = False
+                return len(replies), sock.recv(100)
+
+        assert await trio.to_thread.run_sync(pipeline) == (10, b"")
+        await trio.testing.wait_all_tasks_blocked()
+        assert worker.statistics().kicks_by_reason == {"flood": 1}
