@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["CloseReason", "DropReason", "KickReason"]
+__all__ = ["CloseReason", "DropReason", "KickReason", "TlsFailure"]
 
 
 class KickReason(enum.Enum):
@@ -83,4 +83,32 @@ _DROP_TEXT = {
     DropReason.UNKNOWN_CODE: "a packet with a message code no handler serves",
     DropReason.BAD_BODY_SIZE: "a packet whose body size is wrong for its message code",
     DropReason.STALE: "a packet whose connection closed before a handler reached it",
+}
+
+
+class TlsFailure(enum.Enum):
+    """Why a TLS handshake did not complete; ``value`` is the counter label."""
+
+    TIMEOUT = "timeout"
+    NOT_TLS = "not_tls"
+    CLIENT_CERTIFICATE = "client_certificate"
+    PEER_ALERT = "peer_alert"
+    VERSION = "version"
+    PEER_GONE = "peer_gone"
+    PROTOCOL = "protocol"
+
+    def __str__(self) -> str:
+        return _FAILURE_TEXT[self]
+
+
+_FAILURE_TEXT = {
+    TlsFailure.TIMEOUT: "did not complete the TLS handshake in time (tls.handshake_timeout)",
+    TlsFailure.NOT_TLS: "sent something other than TLS (plaintext on a TLS port?)",
+    TlsFailure.CLIENT_CERTIFICATE: "presented no client certificate, or one tls.client_ca "
+    "does not vouch for",
+    TlsFailure.PEER_ALERT: "aborted the handshake with an alert (often: it does not trust "
+    "the server's certificate; is the chain complete?)",
+    TlsFailure.VERSION: "offered no TLS version the server accepts (tls.minimum_version)",
+    TlsFailure.PEER_GONE: "closed or reset the connection during the handshake",
+    TlsFailure.PROTOCOL: "broke the TLS handshake protocol",
 }

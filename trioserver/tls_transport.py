@@ -34,7 +34,6 @@ clients do) is read as EOF, not as an error.
 from __future__ import annotations
 
 import contextlib
-import enum
 import logging
 import ssl
 from typing import Any, Final, Protocol
@@ -42,6 +41,7 @@ from typing import Any, Final, Protocol
 import attrs
 import trio
 
+from .reasons import TlsFailure
 from .transport import LINGER_TIMEOUT, STREAM_RECEIVE_SIZE, Transport
 
 __all__ = [
@@ -58,33 +58,6 @@ log = logging.getLogger("trioserver.tls")
 #: The first byte of every TLS record that opens a handshake (content type 22).
 _HANDSHAKE_RECORD: Final = 0x16
 
-
-class TlsFailure(enum.Enum):
-    """Why a TLS handshake did not complete; ``value`` is the counter label."""
-
-    TIMEOUT = "timeout"
-    NOT_TLS = "not_tls"
-    CLIENT_CERTIFICATE = "client_certificate"
-    PEER_ALERT = "peer_alert"
-    VERSION = "version"
-    PEER_GONE = "peer_gone"
-    PROTOCOL = "protocol"
-
-    def __str__(self) -> str:
-        return _FAILURE_TEXT[self]
-
-
-_FAILURE_TEXT: Final = {
-    TlsFailure.TIMEOUT: "did not complete the TLS handshake in time (tls.handshake_timeout)",
-    TlsFailure.NOT_TLS: "sent something other than TLS (plaintext on a TLS port?)",
-    TlsFailure.CLIENT_CERTIFICATE: "presented no client certificate, or one tls.client_ca "
-    "does not vouch for",
-    TlsFailure.PEER_ALERT: "aborted the handshake with an alert (often: it does not trust "
-    "the server's certificate; is the chain complete?)",
-    TlsFailure.VERSION: "offered no TLS version the server accepts (tls.minimum_version)",
-    TlsFailure.PEER_GONE: "closed or reset the connection during the handshake",
-    TlsFailure.PROTOCOL: "broke the TLS handshake protocol",
-}
 
 #: OpenSSL reasons (``SSLError.reason``) that name a client-certificate problem or a
 #: version mismatch; alerts the peer sent start with one of ``_ALERT_PREFIXES``.

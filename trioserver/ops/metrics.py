@@ -43,7 +43,7 @@ from typing import Any, Final
 import attrs
 
 from ..messages import ResultCode
-from ..reasons import DropReason, KickReason
+from ..reasons import DropReason, KickReason, TlsFailure
 from ..stats import UNKNOWN_CODE, HistogramSnapshot, WorkerStatistics
 from .procstat import ProcessFigures
 
@@ -102,6 +102,8 @@ class Totals:
     loop_lag: dict[str, _Hist] = attrs.Factory(dict)
     #: ``"register:0"`` -> replies (:attr:`WorkerStatistics.account_results`).
     accounts: collections.Counter[str] = attrs.Factory(collections.Counter)
+    tls_handshakes: int = 0
+    tls_failures: collections.Counter[str] = attrs.Factory(collections.Counter)
 
     def add(self, stats: WorkerStatistics) -> None:
         self.accepted += stats.connections_accepted
@@ -117,6 +119,8 @@ class Totals:
         for code, snap in stats.handler_latency.items():
             _add_hist(self.handler_latency, code, snap)
         _add_hist(self.loop_lag, "", stats.loop_lag)
+        self.tls_handshakes += stats.tls_handshakes
+        self.tls_failures.update(stats.tls_failures_by_reason)
 
     def plus(self, other: Totals) -> Totals:
         out = self.copy()
@@ -130,6 +134,8 @@ class Totals:
         out.kicks.update(other.kicks)
         out.http.update(other.http)
         out.accounts.update(other.accounts)
+        out.tls_handshakes += other.tls_handshakes
+        out.tls_failures.update(other.tls_failures)
         for name in ("handler_latency", "loop_lag"):
             mine: dict[Any, _Hist] = getattr(out, name)
             for key, hist in getattr(other, name).items():
@@ -154,6 +160,8 @@ class Totals:
             {k: h.copy() for k, h in self.handler_latency.items()},
             {k: h.copy() for k, h in self.loop_lag.items()},
             collections.Counter(self.accounts),
+            self.tls_handshakes,
+            collections.Counter(self.tls_failures),
         )
 
     def account_results(self, action: str) -> dict[str, int]:
@@ -554,6 +562,7 @@ _COUNTERS: Final = (
     ("accept_errors", "accept_errors", "accept() failures (out of file descriptors...)."),
     ("handler_errors", "handler_errors", "Handler calls that raised."),
     ("proxy_refused", "proxy_refused", "Connections refused by the PROXY protocol rules."),
+    ("tls_handshakes", "tls_handshakes", "TLS handshakes completed."),
 )
 
 
@@ -600,6 +609,7 @@ def render_prometheus(
     for name, table, attr, text in (
         ("drops_total", DropReason, "drops", "Packets dropped without a reply, by reason."),
         ("kicks_total", KickReason, "kicks", "Connections closed by the server, by reason."),
+        ("tls_failures_total", TlsFailure, "tls_failures", "TLS handshakes failed, by reason."),
     ):
         page.family(name, "counter", text)
         for v in views:
