@@ -145,3 +145,18 @@ async def test_a_flood_kick_over_tcp_delivers_every_reply_then_close_notify(pki:
         assert await trio.to_thread.run_sync(pipeline) == (10, b"")
         await trio.testing.wait_all_tasks_blocked()
         assert worker.statistics().kicks_by_reason == {"flood": 1}
+
+
+async def test_the_command_line_client_over_tls(
+    pki: Pki, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from trioserver import cli
+
+    async with serve_tls(pki.config()) as worker:
+        server = f"localhost:{worker.tls_addresses[0][1]}"
+        argv = ["client", "--server", server, "--tls", "--cafile", str(pki.ca_file), "ping"]
+        assert await trio.to_thread.run_sync(cli.main, argv) == 0
+        assert f"ping {server}: " in capsys.readouterr().out
+        # Without the CA the server's certificate is not trusted: an error, not a traceback.
+        assert await trio.to_thread.run_sync(cli.main, [*argv[:4], "ping"]) == 1
+        assert "certificate verify failed" in capsys.readouterr().err
