@@ -71,13 +71,13 @@ def load_server_tls(settings: TlsSettings, *, now: datetime.datetime | None = No
     """
     if settings.certificate is None:
         raise TlsSetupError("[tls] certificate is not set")
-    certificate = settings.certificate
-    key = settings.private_key
+    certificate = Path(settings.certificate)
+    key = Path(settings.private_key) if settings.private_key is not None else None
     facts = _certificate_facts(certificate)
     if key is not None:
         _readable("private_key", key)
     if settings.client_ca is not None:
-        _readable("client_ca", settings.client_ca)
+        _readable("client_ca", Path(settings.client_ca))
     _check_validity(certificate, facts, now or datetime.datetime.now(datetime.UTC))
     binary = _context(settings, certificate, key)
     https = _context(settings, certificate, key)
