@@ -43,6 +43,7 @@ import trio
 
 from .reasons import TlsFailure
 from .transport import LINGER_TIMEOUT, STREAM_RECEIVE_SIZE, Transport
+from .wakeup import Wakeup
 
 __all__ = [
     "PeerCertificate",
@@ -54,6 +55,11 @@ __all__ = [
 ]
 
 log = logging.getLogger("trioserver.tls")
+
+#: Most bytes a TLS connection's sender holds beyond what it is sending: one full TLS
+#: record's worth. More, and ``send_nowait`` takes nothing (the outbox then queues and
+#: counts replies as for a full socket buffer).
+SEND_BATCH_BYTES: Final = 16384
 
 #: The first byte of every TLS record that opens a handshake (content type 22).
 _HANDSHAKE_RECORD: Final = 0x16
@@ -191,15 +197,42 @@ class TransportStream(trio.abc.HalfCloseableStream):
 
 
 class TlsTransport:
-    """The seam over a handshaken ``SSLStream`` (see the module docstring)."""
+    """The seam over a handshaken ``SSLStream`` (see the module docstring).
 
-    __slots__ = ("_pending", "_tls_closed", "lingers", "lower", "peer_certificate", "stream")
+    ``SSLStream.send_all`` always passes through the scheduler, so nothing can be
+    sent without a task. Instead of the outbox starting a writer task for every
+    reply, each TLS connection gets one sender task (started by its first send, in
+    ``nursery``) that sends what ``send_nowait`` handed it: "taken" means queued
+    here, at most ``SEND_BATCH_BYTES`` of it (like bytes in a socket's buffer), so
+    the outbox's caps still see a peer that does not read. Everything the
+    connection sends (``send_all`` too) leaves through that one queue, in order.
+    """
+
+    __slots__ = (
+        "_batch",
+        "_batch_bytes",
+        "_broken",
+        "_in_flight",
+        "_nursery",
+        "_pending",
+        "_progress",
+        "_queued",
+        "_sender_scope",
+        "_sent",
+        "_tls_closed",
+        "_wakeup",
+        "lingers",
+        "lower",
+        "peer_certificate",
+        "stream",
+    )
 
     def __init__(
         self,
         stream: trio.SSLStream[TransportStream],
         lower: TransportStream,
         peer_certificate: PeerCertificate | None = None,
+        nursery: trio.Nursery | None = None,
     ) -> None:
         self.stream = stream
         self.lower = lower
@@ -209,6 +242,17 @@ class TlsTransport:
         self.lingers = True
         self._pending: bytes | None = None
         self._tls_closed = False
+        self._nursery = nursery
+        #: What the sender has yet to send, and its size; bytes queued and sent so far.
+        self._batch: list[bytes] | None = None
+        self._batch_bytes = 0
+        self._queued = 0
+        self._sent = 0
+        self._in_flight = False
+        self._broken: BaseException | None = None
+        self._wakeup = Wakeup()
+        self._progress = trio.lowlevel.ParkingLot()
+        self._sender_scope: trio.CancelScope | None = None
 
     @property
     def socket(self) -> None:
@@ -242,25 +286,93 @@ class TlsTransport:
             self._pending = b""  # a TCP end without close_notify: an end all the same
 
     def send_nowait(self, data: bytes | memoryview) -> int:
-        return 0  # TLS encrypts inside SSLStream.send_all, which may wait
+        """Hand ``data`` to the sender task; 0 when it already holds a full batch."""
+        if self._broken is not None:
+            raise trio.BrokenResourceError(f"peer went away: {self._broken}")
+        if self._nursery is None or self._tls_closed or self._batch_bytes >= SEND_BATCH_BYTES:
+            return 0
+        self._enqueue(bytes(data))
+        return len(data)
+
+    def _enqueue(self, data: bytes) -> None:
+        batch = self._batch
+        if batch is None:
+            self._batch = [data]
+        else:
+            batch.append(data)
+        self._batch_bytes += len(data)
+        self._queued += len(data)
+        if self._sender_scope is None:
+            assert self._nursery is not None
+            self._sender_scope = trio.CancelScope()
+            self._nursery.start_soon(self._send_loop)
+        else:
+            self._wakeup.wake()
+
+    async def _send_loop(self) -> None:
+        """The one task that sends: whatever was queued, in order, until closed."""
+        assert self._sender_scope is not None
+        stream = self.stream
+        with self._sender_scope:
+            while True:
+                while batch := self._batch:
+                    self._batch = None
+                    self._batch_bytes = 0
+                    data = batch[0] if len(batch) == 1 else b"".join(batch)
+                    self._in_flight = True
+                    try:
+                        await stream.send_all(data)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                        self._broken = exc
+                        self._progress.unpark_all()
+                        return
+                    finally:
+                        self._in_flight = False
+                    self._sent += len(data)
+                    self._progress.unpark_all()
+                await self._wakeup.wait()
 
     async def wait_writable(self) -> None:
+        while self._batch_bytes >= SEND_BATCH_BYTES and self._broken is None:
+            await self._progress.park()
         await self.stream.wait_send_all_might_not_block()
 
     async def send_all(self, data: bytes | memoryview, *, more: bool = False) -> None:
-        await self.stream.send_all(data)
+        if self._broken is not None:
+            raise trio.BrokenResourceError(f"peer went away: {self._broken}")
+        if self._nursery is None or (self._batch is None and not self._in_flight):
+            await self.stream.send_all(data)  # nothing queued: no need to go round the sender
+            return
+        self._enqueue(bytes(data))
+        target = self._queued
+        while self._sent < target:
+            if self._broken is not None:
+                raise trio.BrokenResourceError(f"peer went away: {self._broken}")
+            await self._progress.park()
 
     async def send_eof(self) -> None:
         """close_notify, then shut our TCP side; the transport stays readable (lingering)."""
         if self._tls_closed:
             return
-        self._tls_closed = True
-        self.lower.half_close_on_close = True
         with trio.move_on_after(LINGER_TIMEOUT):  # a peer not reading cannot stall this
+            while self._batch is not None or self._in_flight:  # what was queued goes first
+                if self._broken is not None:
+                    break
+                await self._progress.park()
+            self._stop_sender()
+            self._tls_closed = True
+            self.lower.half_close_on_close = True
             await self.stream.aclose()
+        self._tls_closed = True
         self.lower.half_close_on_close = False
 
+    def _stop_sender(self) -> None:
+        if self._sender_scope is not None:
+            self._sender_scope.cancel()
+
     async def aclose(self) -> None:
+        self._stop_sender()
+        self._batch = None
         with trio.CancelScope(shield=True):
             self.lower.half_close_on_close = False
             if self._tls_closed:
@@ -290,12 +402,21 @@ class TlsCounters(Protocol):
 class TlsUpgrade:
     """One TLS listener's handshake: a plaintext transport in, a :class:`TlsTransport` out."""
 
-    __slots__ = ("context", "counters", "timeout")
+    __slots__ = ("context", "counters", "nursery", "timeout")
 
-    def __init__(self, context: ssl.SSLContext, timeout: float, counters: TlsCounters) -> None:
+    def __init__(
+        self,
+        context: ssl.SSLContext,
+        timeout: float,
+        counters: TlsCounters,
+        nursery: trio.Nursery | None = None,
+    ) -> None:
+        """``nursery``: where each connection's sender task runs (the worker's connection
+        nursery); without one, every send waits in the caller's task."""
         self.context = context
         self.timeout = timeout
         self.counters = counters
+        self.nursery = nursery
 
     async def __call__(
         self, transport: Transport, early: bytes, conn: Refusable
@@ -318,7 +439,7 @@ class TlsUpgrade:
             if self.context.verify_mode is ssl.CERT_REQUIRED:
                 cert = stream.getpeercert()
                 certificate = PeerCertificate.from_ssl(cert) if cert else None
-            return TlsTransport(stream, lower, certificate)
+            return TlsTransport(stream, lower, certificate, self.nursery)
         self.counters.tls_failures[failure.value] = (
             self.counters.tls_failures.get(failure.value, 0) + 1
         )

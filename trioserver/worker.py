@@ -373,8 +373,9 @@ class Worker:
                     nursery.start_soon(self._accept_loop, listener, True)
                 if self.tls is not None:
                     tls, counters = self.tls, self.counters
-                    binary = TlsUpgrade(tls.binary, tls.handshake_timeout, counters)
-                    https = TlsUpgrade(tls.https, tls.handshake_timeout, counters)
+                    conns = self._conn_nursery
+                    binary = TlsUpgrade(tls.binary, tls.handshake_timeout, counters, conns)
+                    https = TlsUpgrade(tls.https, tls.handshake_timeout, counters, conns)
                     for listener in self._tls_listeners:
                         nursery.start_soon(self._accept_loop, listener, False, binary)
                     for listener in self._https_listeners:

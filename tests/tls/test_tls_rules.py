@@ -11,7 +11,7 @@ import trustme
 
 from trioserver.client import Client
 from trioserver.dispatch import Router
-from trioserver.framer import PING, Packet
+from trioserver.framer import PING, Packet, encode
 from trioserver.handlers import Context, default_router
 from trioserver.testing import InMemoryServer, StopReading, serve_in_memory
 
@@ -169,3 +169,31 @@ async def _handshaken(
     )
     await stream.do_handshake()
     return stream
+
+
+async def test_replies_over_tls_leave_in_order_whatever_path_they_take(
+    pki: Pki, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Plain and async handlers' replies, small and large: the sender's queue, the
+    outbox's writer once that queue is full, and the deferred flusher all keep order."""
+    router = default_router()
+    router.add(100, lambda ctx, p: ctx.reply(100, p.body * 300), name="echo")
+
+    async def slow_echo(ctx: Context, packet: Packet) -> None:
+        await trio.sleep(0)
+        ctx.reply(101, packet.body * 50)
+
+    router.add(101, slow_echo, name="slow")
+    config = pki.config(
+        connection__flood_check=False,
+        connection__max_pending_replies=4000,
+        connection__max_pending_bytes=16 << 20,
+    )
+    async with serve_in_memory(config, router) as server:
+        client = await server.connect(tls=pki.client_context())
+        sent = [(100 + i % 2, f"{i:06d}".encode()) for i in range(600)]
+        await client.send_raw(b"".join(encode(code, body) for code, body in sent))
+        for code, body in sent:
+            reply = await client.receive_packet()
+            assert (reply.code, reply.body) == (code, body * (300 if code == 100 else 50))
+        assert server.worker.statistics().kicks_by_reason == {}
