@@ -201,7 +201,6 @@ def test_histogram_snapshot_rejects_mismatched_counts() -> None:
     assert attrs.has(HistogramSnapshot)
 
 
-<<<<<<< HEAD
 # -- process figures, account results, refusals ----------------------------------------------
 
 
@@ -270,24 +269,12 @@ def test_account_results_and_refusals_by_reason() -> None:
     report = counters.snapshot(
         PoolStatistics(100, 0, 0, 100, 0, 0), 0, 1024,
         inbox_packets=0, outbox_replies=0, outbox_bytes=0,
-=======
-def test_tls_counters_reach_the_page_and_survive_the_pipe() -> None:
-    counters = Counters()
-    counters.tls_handshakes = 4
-    counters.tls_failures["not_tls"] = 2
-    from trioserver.nursery_pool import PoolStatistics
-
-    report = counters.snapshot(
-        PoolStatistics(100, 0, 0, 100, 0, 0), 0, 1024, inbox_packets=0, outbox_replies=0,
-        outbox_bytes=0,
->>>>>>> c718066 (TLS counters on the Prometheus page (tls_handshakes_total, tls_failures_total by reason); TlsFailure joins the reasons table)
     )  # fmt: skip
     assert WorkerStatistics.from_json(report.to_json()) == report
     g = Gatherer()
     g.started(101, 1, 0)
     g.report(101, report.to_json())
     text = g.render()
-<<<<<<< HEAD
     assert total(text, "trioserver_account_results_total", action="login", result="rejected") == 2
     assert total(text, "trioserver_account_results_total", action="register", result="ok") == 1
     assert total(text, "trioserver_account_results_total", action="login", result="code_9") == 1
@@ -302,8 +289,23 @@ def test_tls_counters_reach_the_page_and_survive_the_pipe() -> None:
         "ok": 0, "rejected": 2, "invalid_input": 0, "server_unavailable": 0, "rate_limited": 1,
         "code_9": 1,
     }  # fmt: skip
-=======
+
+
+def test_tls_counters_reach_the_page_and_survive_the_pipe() -> None:
+    counters = Counters()
+    counters.tls_handshakes = 4
+    counters.tls_failures["not_tls"] = 2
+    from trioserver.nursery_pool import PoolStatistics
+
+    report = counters.snapshot(
+        PoolStatistics(100, 0, 0, 100, 0, 0), 0, 1024, inbox_packets=0, outbox_replies=0,
+        outbox_bytes=0,
+    )  # fmt: skip
+    assert WorkerStatistics.from_json(report.to_json()) == report
+    g = Gatherer()
+    g.started(101, 1, 0)
+    g.report(101, report.to_json())
+    text = g.render()
     assert total(text, "trioserver_tls_handshakes_total") == 4
     assert total(text, "trioserver_tls_failures_total", reason="not_tls") == 2
     assert total(text, "trioserver_tls_failures_total", reason="timeout") == 0
->>>>>>> c718066 (TLS counters on the Prometheus page (tls_handshakes_total, tls_failures_total by reason); TlsFailure joins the reasons table)
