@@ -14,6 +14,13 @@ under a deadline of its own. The stack, bottom up::
     Transport (raw socket, memory link) → TransportStream (+ the early bytes) → SSLStream
     → TlsTransport (the seam again, for the reader, the outbox and HTTP)
 
+Sending: ``SSLStream.send_all`` always passes through the scheduler, so a reply
+cannot leave from the reader's own call the way a socket's does. Rather than
+the outbox starting a writer task per reply, each TLS connection has one sender
+task (started by its first reply) that ``send_nowait`` hands replies to, up to
+``SEND_BATCH_BYTES`` beyond what it is sending; past that the outbox queues and
+counts them as it does for a full socket, so the send caps hold.
+
 A handshake that fails, times out, or meets plaintext (a first byte that is not
 a TLS handshake record) closes the connection quietly: counted by reason
 (:class:`TlsFailure`, the worker's ``tls_failures_by_reason``) and one log line,
