@@ -137,19 +137,6 @@ async def test_user_handler_for_a_new_code() -> None:
         assert reply == Packet(1001, struct.pack(">i", 42))
 
 
-def test_router_rejects_bad_registrations() -> None:
-    router = default_router()
-    with pytest.raises(ValueError, match="reserved"):
-        router.add(3, lambda c, p: None)
-    with pytest.raises(ValueError, match="already served"):
-        router.add(0, lambda c, p: None)
-    with pytest.raises(ValueError, match=r"0\.\.65535"):
-        router.add(70000, lambda c, p: None)
-    with pytest.raises(TypeError, match="callable"):
-        router.add(10, "not a function")  # type: ignore[arg-type]
-    router.add(0, lambda c, p: None, replace=True)
-
-
 async def test_handler_error_closes_only_that_connection(caplog: pytest.LogCaptureFixture) -> None:
     router = default_router()
 
