@@ -118,6 +118,7 @@ class MessageQueue:
                 except Exception:
                     self._handler_failed(conn, route, packet)
                 if conn.state is _CLOSING:  # kicked (the reader runs this: not yet CLOSED)
+                    self._drop_stale(conn, packets[i + 1 :])  # counted, as a handler task does
                     return False
             return False
         finally:
