@@ -127,7 +127,7 @@ class SocketTransport:
         except BlockingIOError:
             return None
         except OSError as exc:
-            raise trio.BrokenResourceError(f"peer went away: {exc}") from exc
+            raise _failed(self.sock, exc) from exc
 
     def wait_readable(self) -> Awaitable[None]:
         # A plain function returning trio's coroutine: no frame of ours while parked.
@@ -139,7 +139,7 @@ class SocketTransport:
         except BlockingIOError:
             return 0
         except OSError as exc:
-            raise trio.BrokenResourceError(f"peer went away: {exc}") from exc
+            raise _failed(self.sock, exc) from exc
 
     def wait_writable(self) -> Awaitable[None]:
         return trio.lowlevel.wait_writable(self.sock)  # noqa: ASYNC105 (the caller awaits)
@@ -153,7 +153,7 @@ class SocketTransport:
             except BlockingIOError:
                 sent = 0
             except OSError as exc:
-                raise trio.BrokenResourceError(f"peer went away: {exc}") from exc
+                raise _failed(sock, exc) from exc
             if sent == len(data):
                 return
             data = memoryview(data)[sent:]
@@ -163,7 +163,7 @@ class SocketTransport:
         try:
             self.sock.shutdown(socket.SHUT_WR)
         except OSError as exc:
-            raise trio.BrokenResourceError(f"peer went away: {exc}") from exc
+            raise _failed(self.sock, exc) from exc
 
     async def aclose(self) -> None:
         self.close()
@@ -172,6 +172,15 @@ class SocketTransport:
         """Close at once (the socket's waiters are woken with ``ClosedResourceError``)."""
         trio.lowlevel.notify_closing(self.sock)
         self.sock.close()
+
+
+def _failed(
+    sock: socket.socket, exc: OSError
+) -> trio.BrokenResourceError | trio.ClosedResourceError:
+    """The seam's error for a failed socket call: ours if we closed it, else the peer's."""
+    if sock.fileno() == -1:
+        return trio.ClosedResourceError("this transport was closed")
+    return trio.BrokenResourceError(f"peer went away: {exc}")
 
 
 class StreamTransport:
