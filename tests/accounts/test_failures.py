@@ -239,7 +239,9 @@ async def test_sqlite_store_in_an_unwritable_place_is_unavailable(tmp_path: Path
     async with serve_in_memory(accounts_config(f"sqlite:///{tmp_path / 'file' / 'a.db'}")) as srv:
         client = await srv.connect()
         assert (await client.register("alice", "secret")).result == UNAVAILABLE
-        assert await client.ping() >= 0
+        await client.ping()  # answered (it raises if the connection was closed)...
+        stats = srv.worker.statistics()  # ...and the failures above kicked nothing
+        assert (stats.connections_open, stats.handler_errors, stats.kicks_by_reason) == (1, 0, {})
 
 
 def test_bad_store_urls_are_config_errors() -> None:
