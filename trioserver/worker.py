@@ -192,6 +192,7 @@ class Worker:
         self.tls = tls
         self._site: StaticSite | None = None
         self._http_connections: dict[int, HttpConnectionState] = {}
+        self._http_closed = trio.lowlevel.ParkingLot()
         self._accept_scope = trio.CancelScope()
         self._conn_nursery: trio.Nursery | None = None
         self._drain_deadline = math.inf
@@ -231,6 +232,12 @@ class Worker:
     def http_connection_count(self) -> int:
         """How many HTTP connections are open."""
         return len(self._http_connections)
+
+    async def wait_http_connections(self, at_most: int = 0) -> None:
+        """Wait until at most ``at_most`` HTTP connections are open (woken as each closes)."""
+        while len(self._http_connections) > at_most:
+            await self._http_closed.park()
+        await trio.lowlevel.checkpoint()
 
     def statistics(self) -> WorkerStatistics:
         conns = self.shared.connections.values()
@@ -478,6 +485,7 @@ class Worker:
         finally:
             del self._http_connections[slot.index]
             self.recycler.rest(slot)
+            self._http_closed.unpark_all()
 
 
 @attrs.frozen

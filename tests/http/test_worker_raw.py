@@ -18,6 +18,7 @@ from typing import TypeVar
 
 import pytest
 import trio
+import trio.testing
 
 from trioserver.config import Address, Config
 from trioserver.worker import Worker
@@ -72,9 +73,10 @@ def exchange(port: int, data: bytes, *, half_close: bool = False) -> tuple[bytes
 
 
 async def wait_closed(worker: Worker) -> None:
+    """Until the worker has closed every HTTP connection (and released its slot)."""
     with trio.fail_after(10):
-        while worker._http_connections:
-            await trio.sleep(0.01)
+        await worker.wait_http_connections(0)
+    assert worker.http_connection_count == 0 and worker.pool.statistics().in_use == 0
 
 
 async def test_keep_alive_requests_through_the_worker(worker: Worker, docroot: Path) -> None:
@@ -198,11 +200,35 @@ async def test_stop_closes_an_idle_keep_alive_connection_at_once(worker: Worker)
         sock.sendall(raw_request("/a.txt"))
         first = await in_thread(lambda: sock.recv(65536))
         assert parse_responses(first)[0].status == 200
-        with trio.fail_after(5):
-            while not worker._http_connections:
-                await trio.sleep(0.01)
+        assert worker.http_connection_count == 1  # registered before it answered
         worker.stop()  # 30 s of keep-alive left: the drain must not wait for it
         rest = await in_thread(lambda: sock.recv(65536))
         assert rest == b""
+    finally:
+        sock.close()
+
+
+async def test_waiting_for_the_http_connections_to_close_wakes_at_the_last_close(
+    worker: Worker,
+) -> None:
+    sock = socket.create_connection(("127.0.0.1", http_port(worker)), timeout=10)
+    try:
+        sock.sendall(raw_request("/a.txt"))  # keep-alive: it stays open afterwards
+        assert parse_responses(await in_thread(lambda: sock.recv(65536)))[0].status == 200
+        assert worker.http_connection_count == 1
+        closed = trio.Event()
+
+        async def wait() -> None:
+            await worker.wait_http_connections(0)
+            closed.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(wait)
+            await trio.testing.wait_all_tasks_blocked()
+            assert not closed.is_set()  # the keep-alive connection is still open
+            sock.close()  # the client leaves: the server reads EOF and closes
+            with trio.fail_after(10):
+                await closed.wait()
+        assert worker.http_connection_count == 0
     finally:
         sock.close()
