@@ -10,8 +10,10 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import attrs
 import pytest
 import trio
+import trio.lowlevel
 
 from trioserver.config import HttpSettings
 from trioserver.http import StaticSite, serve_http_connection
@@ -19,16 +21,38 @@ from trioserver.http import StaticSite, serve_http_connection
 from .conftest import INDEX, download, parse_responses, raw_request, rss_bytes
 
 
+@attrs.define(eq=False)
+class Served:
+    """The connections a test server took: how many, and a wait for them to finish."""
+
+    started: int = 0
+    finished: int = 0
+    _lot: trio.lowlevel.ParkingLot = attrs.Factory(trio.lowlevel.ParkingLot)
+
+    async def wait_finished(self, count: int) -> None:
+        """Wait until ``count`` connections have been served to their end."""
+        with trio.fail_after(10):
+            while self.finished < count:
+                await self._lot.park()
+
+    def done(self) -> None:
+        self.finished += 1
+        self._lot.unpark_all()
+
+
 @pytest.fixture
-async def server(docroot: Path, nursery: trio.Nursery) -> AsyncIterator[tuple[int, list[int]]]:
-    """A listener on 127.0.0.1:<free port>; yields (port, connections served)."""
+async def server(docroot: Path, nursery: trio.Nursery) -> AsyncIterator[tuple[int, Served]]:
+    """A listener on 127.0.0.1:<free port>; yields (port, the connections served)."""
     settings = HttpSettings(document_root=docroot)
     site = StaticSite.from_settings(settings)
-    connections: list[int] = []
+    connections = Served()
 
     async def handle(stream: trio.SocketStream) -> None:
-        connections.append(1)
-        await serve_http_connection(stream, site, settings)
+        connections.started += 1
+        try:
+            await serve_http_connection(stream, site, settings)
+        finally:
+            connections.done()
 
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     port = listeners[0].socket.getsockname()[1]
@@ -50,7 +74,7 @@ def _get(port: int, requests: list[tuple[str, str, dict[str, str]]]) -> list[tup
     return out
 
 
-async def test_http_client_keep_alive(server: tuple[int, list[int]], docroot: Path) -> None:
+async def test_http_client_keep_alive(server: tuple[int, Served], docroot: Path) -> None:
     port, connections = server
     results = await trio.to_thread.run_sync(
         _get,
@@ -66,11 +90,11 @@ async def test_http_client_keep_alive(server: tuple[int, list[int]], docroot: Pa
     )
     assert [status for status, _ in results] == [200, 200, 404, 206, 405, 404]
     assert results[0][1] == INDEX and results[1][1] == b"" and results[3][1] == b"234"
-    assert len(connections) == 1  # one connection carried all of them
+    assert connections.started == 1  # one connection carried all of them
 
 
 async def test_sendfile_path_sends_large_files_and_ranges_intact(
-    server: tuple[int, list[int]], docroot: Path
+    server: tuple[int, Served], docroot: Path
 ) -> None:
     port, _ = server
     data = bytes(range(256)) * (20 * 4096)  # 20 MiB: far past the cache, many sendfile calls
@@ -95,7 +119,7 @@ def _raw_exchange(port: int, data: bytes) -> tuple[bytes, float]:
         return bytes(received), time.monotonic() - started
 
 
-async def test_raw_pipelining_and_http_1_0_close_at_once(server: tuple[int, list[int]]) -> None:
+async def test_raw_pipelining_and_http_1_0_close_at_once(server: tuple[int, Served]) -> None:
     port, _ = server
     data = raw_request("/a.txt") * 20 + raw_request("/big.bin") + raw_request("/", version="1.0")
     wire, seconds = await trio.to_thread.run_sync(_raw_exchange, port, data)
@@ -122,7 +146,7 @@ def _download_discarding(port: int, path: str, samples: list[int]) -> int:
 
 
 async def test_one_gib_file_with_flat_server_memory(
-    server: tuple[int, list[int]], docroot: Path
+    server: tuple[int, Served], docroot: Path
 ) -> None:
     port, _ = server
     size = 1 << 30
@@ -181,12 +205,12 @@ def _read_a_little_then_reset(port: int) -> None:
 
 
 async def test_a_client_that_hangs_up_mid_file_is_no_error(
-    server: tuple[int, list[int]], docroot: Path, caplog: pytest.LogCaptureFixture
+    server: tuple[int, Served], docroot: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    port, _ = server
+    port, connections = server
     with open(docroot / "huge.bin", "wb") as f:
         f.truncate(256 << 20)
     for _ in range(3):
         await trio.to_thread.run_sync(_read_a_little_then_reset, port)
-    await trio.sleep(0.2)  # let the server notice
+    await connections.wait_finished(3)  # the server noticed each reset and closed
     assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
