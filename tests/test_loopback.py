@@ -171,8 +171,8 @@ async def test_worker_serves_http_beside_the_binary_protocol() -> None:
         assert (await in_thread(lambda: get("/missing")))[0] == 404
 
         with trio.fail_after(10):  # the server notices both HTTP clients closing
-            while worker.statistics().connections_open:
-                await trio.sleep(0.01)
+            await worker.wait_http_connections(0)
+        assert worker.statistics().connections_open == 0
         # Both protocols share one pool: two binary connections fill it, HTTP gets 503.
         with (
             BlockingClient.connect("127.0.0.1", port) as a,
