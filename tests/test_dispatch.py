@@ -9,11 +9,13 @@ import trio
 import trio.testing
 
 from trioserver.connection import Connection
+from trioserver.dispatch import MessageQueue
 from trioserver.framer import FrameDecoder, Packet, encode
-from trioserver.handlers import Context
+from trioserver.handlers import Context, Services
 from trioserver.handlers.router import Router
 from trioserver.lifecycle import State
 from trioserver.reasons import KickReason
+from trioserver.stats import Counters
 
 from .fake_transport import FakeTransport, packets, serving, wire
 
@@ -282,9 +284,5 @@ async def test_in_a_handler_task_plain_replies_after_an_async_one_leave_together
 
 
 def test_at_least_one_handler_task() -> None:
-    from trioserver.dispatch import MessageQueue
-    from trioserver.handlers import Services
-    from trioserver.stats import Counters
-
     with pytest.raises(ValueError, match="handler_tasks must be at least 1, got 0"):
         MessageQueue(Router(), Services(), Counters(), size=1, handler_tasks=0)
