@@ -9,18 +9,20 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from trioserver.nursery_pool import ConnectionPool, PoolStatistics, SlotState
+from trioserver.nursery_pool import ConnectionPool, PoolStatistics, Slot, SlotState
 
 
-def test_a_new_pool_has_every_slot_free_in_index_order() -> None:
+def test_a_new_pool_makes_its_slots_on_demand() -> None:
     pool = ConnectionPool(3)
     assert pool.capacity == 3
-    assert [(s.index, s.sequence, s.state) for s in pool] == [
-        (i, 0, SlotState.FREE) for i in range(3)
-    ]
+    assert list(pool) == []
     assert pool.statistics() == PoolStatistics(
-        capacity=3, in_use=0, resting=0, free=3, acquired_total=0, exhausted_total=0
+        capacity=3, in_use=0, resting=0, free=3, acquired_total=0, exhausted_total=0, slots=0
     )
+    slot = pool.acquire()
+    assert slot is not None
+    assert (slot.index, slot.sequence, slot.state) == (0, 0, SlotState.IN_USE)
+    assert list(pool) == [slot]
 
 
 @pytest.mark.parametrize("capacity", [0, -1])
@@ -36,7 +38,9 @@ def test_acquire_release_recycle_cycles_a_slot_and_bumps_its_sequence() -> None:
     assert (slot.state, slot.sequence) == (SlotState.IN_USE, 0)
     pool.release(slot)
     assert (slot.state, slot.sequence) == (SlotState.RESTING, 1)
-    assert pool.acquire() is None  # resting is not free
+    other = pool.acquire()  # a resting slot does not count against the capacity...
+    assert other is not None and other is not slot  # ...and is not handed out
+    pool.release(other)
     pool.recycle(slot)
     assert (slot.state, slot.sequence) == (SlotState.FREE, 1)  # recycling keeps the sequence
     assert pool.acquire() is slot
@@ -56,13 +60,15 @@ def test_freed_slots_are_reused_in_the_order_they_were_freed() -> None:
     assert [s.index for s in again if s is not None] == [2, 0, 3]
 
 
-def test_a_slot_freed_while_others_are_free_goes_behind_them() -> None:
-    pool = ConnectionPool(3)
+def test_a_free_slot_is_reused_before_a_new_one_is_made() -> None:
+    pool = ConnectionPool(5)
     first = pool.acquire()
     assert first is not None and first.index == 0
     pool.release(first)
     pool.recycle(first)
-    assert [s.index for s in (pool.acquire(), pool.acquire(), pool.acquire()) if s] == [1, 2, 0]
+    taken = [pool.acquire() for _ in range(3)]
+    assert [s.index for s in taken if s] == [0, 1, 2]
+    assert pool.statistics().slots == 3
 
 
 def test_releasing_twice_raises_and_changes_nothing() -> None:
@@ -79,17 +85,24 @@ def test_releasing_twice_raises_and_changes_nothing() -> None:
 
 def test_releasing_a_free_slot_raises() -> None:
     pool = ConnectionPool(1)
-    (slot,) = pool
+    slot = pool.acquire()
+    assert slot is not None
+    pool.release(slot)
+    pool.recycle(slot)
     with pytest.raises(RuntimeError, match="state free"):
         pool.release(slot)
-    assert slot.sequence == 0
+    assert slot.sequence == 1
 
 
 @pytest.mark.parametrize("state", [SlotState.FREE, SlotState.IN_USE])
 def test_recycling_a_slot_that_is_not_resting_raises(state: SlotState) -> None:
     pool = ConnectionPool(2)
-    slot = pool.acquire() if state is SlotState.IN_USE else next(iter(pool))
-    assert slot is not None and slot.state is state
+    slot = pool.acquire()
+    assert slot is not None
+    if state is SlotState.FREE:
+        pool.release(slot)
+        pool.recycle(slot)
+    assert slot.state is state
     before = pool.statistics()
     with pytest.raises(RuntimeError, match=f"that was {state.value}"):
         pool.recycle(slot)
@@ -97,16 +110,18 @@ def test_recycling_a_slot_that_is_not_resting_raises(state: SlotState) -> None:
     assert pool.statistics() == before
 
 
-def test_an_exhausted_pool_counts_each_refusal() -> None:
+def test_an_exhausted_pool_counts_each_refusal_and_resting_slots_do_not_count() -> None:
     pool = ConnectionPool(2)
     pool.acquire()
-    resting = pool.acquire()
-    assert resting is not None
-    pool.release(resting)
+    second = pool.acquire()
+    assert second is not None
     assert pool.acquire() is None
+    assert pool.acquire() is None
+    pool.release(second)  # resting: room for one more live connection
+    assert pool.acquire() is not None
     assert pool.acquire() is None
     assert pool.statistics() == PoolStatistics(
-        capacity=2, in_use=1, resting=1, free=0, acquired_total=2, exhausted_total=2
+        capacity=2, in_use=2, resting=1, free=0, acquired_total=3, exhausted_total=3, slots=3
     )
 
 
@@ -122,28 +137,36 @@ def test_statistics_is_a_frozen_snapshot() -> None:
 class PoolAgainstAModel(RuleBasedStateMachine):
     """Random acquire/release/recycle sequences against a list-and-deque model."""
 
-    CAPACITY = 5
+    CAPACITY = 3
 
     def __init__(self) -> None:
         super().__init__()
         self.pool = ConnectionPool(self.CAPACITY)
-        self.slots = list(self.pool)
-        self.free: collections.deque[int] = collections.deque(range(self.CAPACITY))
+        self.made = 0
+        self.free: collections.deque[int] = collections.deque()
         self.in_use: set[int] = set()
         self.resting: set[int] = set()
-        self.sequence = [0] * self.CAPACITY
+        self.sequence: list[int] = []
         self.acquired = 0
         self.exhausted = 0
+
+    def slot(self, index: int) -> Slot:
+        return list(self.pool)[index]
 
     @rule()
     def acquire(self) -> None:
         slot = self.pool.acquire()
-        if not self.free:
+        if len(self.in_use) >= self.CAPACITY:
             assert slot is None
             self.exhausted += 1
             return
-        expected = self.free.popleft()
-        assert slot is self.slots[expected]
+        if self.free:
+            expected = self.free.popleft()
+        else:
+            expected = self.made
+            self.made += 1
+            self.sequence.append(0)
+        assert slot is not None and slot.index == expected
         self.in_use.add(expected)
         self.acquired += 1
 
@@ -151,7 +174,7 @@ class PoolAgainstAModel(RuleBasedStateMachine):
     @rule(data=st.data())
     def release(self, data: st.DataObject) -> None:
         index = data.draw(st.sampled_from(sorted(self.in_use)))
-        self.pool.release(self.slots[index])
+        self.pool.release(self.slot(index))
         self.in_use.remove(index)
         self.resting.add(index)
         self.sequence[index] += 1
@@ -160,14 +183,16 @@ class PoolAgainstAModel(RuleBasedStateMachine):
     @rule(data=st.data())
     def recycle(self, data: st.DataObject) -> None:
         index = data.draw(st.sampled_from(sorted(self.resting)))
-        self.pool.recycle(self.slots[index])
+        self.pool.recycle(self.slot(index))
         self.resting.remove(index)
         self.free.append(index)
 
-    @rule(index=st.integers(0, CAPACITY - 1))
-    def misuse(self, index: int) -> None:
+    @precondition(lambda self: self.made)
+    @rule(data=st.data())
+    def misuse(self, data: st.DataObject) -> None:
         """Release a slot not in use, or recycle one not resting: refused, nothing changes."""
-        slot = self.slots[index]
+        index = data.draw(st.integers(0, self.made - 1))
+        slot = self.slot(index)
         before = (self.pool.statistics(), slot.sequence, slot.state)
         if index not in self.in_use:
             with pytest.raises(RuntimeError):
@@ -182,15 +207,18 @@ class PoolAgainstAModel(RuleBasedStateMachine):
         states = {i: SlotState.FREE for i in self.free}
         states.update({i: SlotState.IN_USE for i in self.in_use})
         states.update({i: SlotState.RESTING for i in self.resting})
-        assert [s.state for s in self.slots] == [states[i] for i in range(self.CAPACITY)]
-        assert [s.sequence for s in self.slots] == self.sequence
+        slots = list(self.pool)
+        assert [s.index for s in slots] == list(range(self.made))
+        assert [s.state for s in slots] == [states[i] for i in range(self.made)]
+        assert [s.sequence for s in slots] == self.sequence
         assert self.pool.statistics() == PoolStatistics(
             capacity=self.CAPACITY,
             in_use=len(self.in_use),
             resting=len(self.resting),
-            free=len(self.free),
+            free=self.CAPACITY - len(self.in_use),
             acquired_total=self.acquired,
             exhausted_total=self.exhausted,
+            slots=self.made,
         )
 
 
