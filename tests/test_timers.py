@@ -55,7 +55,6 @@ async def test_a_slot_rests_exactly_the_delay_then_is_free(
         await trio.sleep(4.999)
         await trio.testing.wait_all_tasks_blocked()
         assert slot.state is SlotState.RESTING
-        assert pool.acquire() is None
         await trio.sleep(0.001)
         await trio.testing.wait_all_tasks_blocked()
         assert slot.state is SlotState.FREE
@@ -130,10 +129,46 @@ async def test_recycle_all_ends_every_rest_now(autojump_clock: trio.testing.Mock
         nursery.cancel_scope.cancel()
 
 
+async def test_past_max_resting_the_oldest_rest_ends_early(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    pool = RecordingPool(4)
+    timer = RecycleTimer(pool, 5.0, max_resting=2)
+    a, b, c, d = take(pool, 4)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(timer.run)
+        start = trio.current_time()
+        timer.rest(a)
+        await trio.sleep(1)
+        timer.rest(b)
+        assert (timer.ended_early, a.state) == (0, SlotState.RESTING)  # two rest: the bound
+        await trio.sleep(1)
+        timer.rest(c)  # a third: a's rest ends now, three seconds early
+        assert (timer.ended_early, a.state, a.sequence) == (1, SlotState.FREE, 1)
+        timer.rest(d)
+        assert (timer.ended_early, b.state) == (2, SlotState.FREE)
+        await trio.sleep(100)
+        assert times(pool, start) == [(2.0, 0), (2.0, 1), (7.0, 2), (7.0, 3)]
+        nursery.cancel_scope.cancel()
+
+
+async def test_max_resting_zero_ends_every_rest_at_once() -> None:
+    pool = ConnectionPool(1)
+    timer = RecycleTimer(pool, 5.0, max_resting=0)
+    (slot,) = take(pool, 1)
+    timer.rest(slot)  # no run() task at all
+    assert (slot.state, slot.sequence, timer.ended_early) == (SlotState.FREE, 1, 1)
+
+
 @pytest.mark.parametrize("delay", [-1.0, -1e-9])
 def test_a_negative_delay_is_refused(delay: float) -> None:
     with pytest.raises(ValueError, match=repr(delay)):
         RecycleTimer(ConnectionPool(1), delay)
+
+
+def test_a_negative_max_resting_is_refused() -> None:
+    with pytest.raises(ValueError, match="max_resting must be >= 0, got -1"):
+        RecycleTimer(ConnectionPool(1), 1.0, max_resting=-1)
 
 
 def test_rest_releases_the_slot_so_a_second_rest_is_a_double_release() -> None:
