@@ -331,6 +331,13 @@ class ServerSettings:
         why="Off until a certificate is configured; a login's password then travels "
         "encrypted without a TLS terminator in front.",
     )
+    event_timeout: float = setting(
+        5.0,
+        "Seconds an async on_close handler may run; it is cancelled after that.",
+        _float(0.0, lo_open=True),
+        why="on_close runs shielded so a drain cannot cut it short; the deadline keeps a "
+        "stuck one (a database that never answers) from holding the worker's exit.",
+    )
 
 
 @attrs.frozen

@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import attrs
 import trio
@@ -51,6 +51,10 @@ from .stats import Counters
 from .timers import ConnectionRules, RecycleTimer
 from .transport import Transport, linger
 from .wakeup import Wakeup
+
+if TYPE_CHECKING:
+    from .events import Events
+    from .hub import Hub
 
 __all__ = ["Checked", "Connection", "Dispatcher", "Shared", "Upgrade"]
 
@@ -126,6 +130,12 @@ class Shared:
     #: The open connections by slot index.
     connections: dict[int, Connection] = attrs.Factory(dict)
     stopping: bool = False
+    #: The router's connection events (None: the router has none).
+    events: Events | None = None
+    #: The worker's hub: groups, users, pushes (None: a bare reader, as some tests make).
+    hub: Hub | None = None
+    #: ``instance-worker-``: what makes ``Connection.global_id`` unique beyond this worker.
+    id_prefix: str = "local-0-"
     _nursery: trio.Nursery | None = None
 
     @property
@@ -144,6 +154,7 @@ class Connection:
     """One accepted connection (see the module docstring)."""
 
     __slots__ = (
+        "announced",
         "app_state",
         "flood_count",
         "hard_deadline",
@@ -203,6 +214,8 @@ class Connection:
         self.user: str | None = None
         #: The application's own per-connection state (``Context.state``), made on first use.
         self.app_state: dict[str, Any] | None = None
+        #: True once ``on_connect`` was fired: ``on_close`` then fires exactly once.
+        self.announced = False
 
     # -- what others ask -----------------------------------------------------------------------
 
@@ -210,6 +223,12 @@ class Connection:
     def id(self) -> str:
         """``slot#sequence``: unique among the worker's connections, stable in logs."""
         return f"{self.slot.index}#{self.sequence}"
+
+    @property
+    def global_id(self) -> str:
+        """``instance-worker-slot-sequence``: unique across workers and instances (the hub's
+        address for ``send_to_connection``); ``id`` stays the short one for logs."""
+        return f"{self.shared.id_prefix}{self.slot.index}-{self.sequence}"
 
     @property
     def stale(self) -> bool:
@@ -301,6 +320,14 @@ class Connection:
                 if self.upgrade is not None and early is not None:
                     early = await self._upgrade(self.upgrade, early)
                     transport = self.transport
+                if early is not None:
+                    self.announced = True
+                    if shared.hub is not None:
+                        shared.hub.opened(self)
+                    if shared.events is not None and shared.events.any_connect:
+                        await shared.events.connected(self)
+                        if self.closing:
+                            early = None  # on_connect kicked it (or raised)
                 while early is not None:  # bytes → packets → checks → handlers
                     if early:  # bytes that arrived with the PROXY header come first
                         data, early = early, b""
@@ -490,6 +517,11 @@ class Connection:
         reason = self.reason
         if isinstance(reason, KickReason):
             shared.counters.kick(self, reason)
+        if self.announced:
+            if shared.events is not None and shared.events.any_close:
+                await shared.events.closed(self)
+            if shared.hub is not None:
+                shared.hub.closed(self)  # leaves its groups; no more pushes reach it
         del shared.connections[self.slot.index]
         shared.recycler.rest(self.slot)  # bumps the sequence: anything queued is now stale
         self.outbox.close()

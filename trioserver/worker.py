@@ -37,6 +37,7 @@ from __future__ import annotations
 import errno
 import logging
 import math
+import secrets
 import socket as stdlib_socket
 from collections.abc import Sequence
 from typing import Any, Final
@@ -47,9 +48,11 @@ import trio
 from .config import Address, Config
 from .connection import Connection, Shared
 from .dispatch import MessageQueue
+from .events import Events, run_worker_tasks
 from .handlers import Services, default_router
 from .handlers.router import Router
 from .http import HttpConnectionState, StaticSite, refuse_http_connection, serve_http
+from .hub import Hub
 from .nursery_pool import ConnectionPool, Slot
 from .outbox import DeferredFlusher
 from .peer import Peer
@@ -135,6 +138,7 @@ class Worker:
         tls_listeners: Sequence[Listener] | None = None,
         https_listeners: Sequence[Listener] | None = None,
         tls: ServerTls | None = None,
+        instance: str | None = None,
     ) -> None:
         """``listeners`` / ``http_listeners``: already-bound listeners to serve the
         binary protocol / HTTP on; when ``listeners`` is given the worker binds
@@ -142,7 +146,9 @@ class Worker:
         it binds ``server.listen`` and ``http.listen`` in ``serve``. The same holds
         for ``tls_listeners`` / ``https_listeners`` (``server.tls_listen`` /
         ``http.tls_listen``), served with ``tls`` (loaded from ``[tls]`` when not
-        given)."""
+        given). ``instance``
+        names this server among others (connection ids start with it; the master
+        gives all its workers one); by default a random one."""
         self.config = config = config if config is not None else Config()
         self.router = router if router is not None else default_router()
         self.services = services if services is not None else Services(config=config)
@@ -160,6 +166,20 @@ class Worker:
             handler_tasks=server.handler_tasks,
         )
         self._flusher = DeferredFlusher()
+        #: Pushes to users, connections and groups (``ctx.hub`` in handlers).
+        self.hub = Hub(instance or secrets.token_hex(4), index)
+        router = self.router
+        events = None
+        if router.connect_handlers or router.login_handlers or router.close_handlers:
+            events = Events(
+                connect=router.connect_handlers,
+                login=router.login_handlers,
+                close=router.close_handlers,
+                make_context=self.queue.context,
+                counters=self.counters,
+                close_timeout=server.event_timeout,
+            )
+        self._app_scope: trio.CancelScope | None = None
         self.shared = Shared(
             rules=ConnectionRules.from_settings(conn),
             counters=self.counters,
@@ -173,6 +193,9 @@ class Worker:
             inbox_size=server.inbox_size,
             max_pending_replies=conn.max_pending_replies,
             max_pending_bytes=conn.max_pending_bytes,
+            events=events,
+            hub=self.hub,
+            id_prefix=self.hub.prefix,
         )
         self._given_listeners = list(listeners) if listeners is not None else None
         if http_listeners is not None:
@@ -268,6 +291,8 @@ class Worker:
                 grace,
             )
             self._accept_scope.cancel()
+            if self._app_scope is not None:
+                self._app_scope.cancel()  # application tasks (on_worker_start) end now
             for conn in list(shared.connections.values()):
                 conn.drain(now)
             for state in self._http_connections.values():
@@ -340,6 +365,12 @@ class Worker:
                     services.start_soon(self._flusher.run)
                     services.start_soon(self.counters.connection_log.run)
                     await services.start(self.queue.run)
+                    if self.router.worker_tasks:
+                        self._app_scope = await services.start(
+                            run_worker_tasks, self.router.worker_tasks, self, self.counters
+                        )
+                        if self.shared.stopping:
+                            self._app_scope.cancel()
                     async with trio.open_nursery() as conns:
                         self._conn_nursery = conns
                         self.shared.nursery = conns

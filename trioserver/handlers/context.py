@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import attrs
 
@@ -20,6 +20,9 @@ from ..framer import Packet, encode
 from ..peer import Peer
 from ..reasons import KickReason
 from ..tls_transport import PeerCertificate
+
+if TYPE_CHECKING:
+    from ..hub import Hub
 
 __all__ = ["Context", "Handler", "Services"]
 
@@ -74,8 +77,31 @@ class Context:
 
     @property
     def connection_id(self) -> str:
-        """``slot#sequence``: unique within the worker, the id used in its logs."""
-        return self._conn.id
+        """``instance-worker-slot-sequence``: unique across workers and instances, the
+        address ``hub.send_to_connection`` takes (logs use the short ``slot#sequence``)."""
+        return self._conn.global_id
+
+    @property
+    def hub(self) -> Hub:
+        """The worker's hub: push to users, connections and groups (:mod:`trioserver.hub`)."""
+        hub = self._conn.shared.hub
+        if hub is None:
+            raise RuntimeError("this connection's worker has no hub")
+        return hub
+
+    def join(self, group: str) -> bool:
+        """Join ``group`` (``hub.publish`` reaches it); left automatically on close."""
+        return self.hub.join(self._conn, group)
+
+    def leave(self, group: str) -> bool:
+        """Leave ``group``; False if this connection was not in it."""
+        return self.hub.leave(self._conn, group)
+
+    @property
+    def groups(self) -> frozenset[str]:
+        """The groups this connection is in."""
+        hub = self._conn.shared.hub
+        return frozenset() if hub is None else hub.groups_of(self._conn)
 
     @property
     def user(self) -> str | None:
@@ -84,7 +110,11 @@ class Context:
 
     @user.setter
     def user(self, name: str | None) -> None:
-        self._conn.user = name
+        hub = self._conn.shared.hub
+        if hub is None:
+            self._conn.user = name
+        else:
+            hub.set_user(self._conn, name)  # send_to_user finds it under its new name
 
     @property
     def state(self) -> dict[str, Any]:

@@ -8,6 +8,13 @@
     @router.route(101, body_size=4)       # packets of another body size are dropped
     async def lookup(ctx, packet): ...
 
+Connection events and application tasks (see :mod:`trioserver.events`)::
+
+    @router.on_connect                    # (ctx)          plain or async
+    @router.on_login                      # (ctx)          after the built-in login succeeded
+    @router.on_close                      # (ctx, reason)  exactly once per connection
+    @router.on_worker_start               # (worker)       async: a task until the drain
+
 Codes 0-6 are the protocol's (``MessageCode``; 2-4 are reserved and take no
 handler); applications use 7 and up. Built-in codes can be served by another
 handler with ``replace=True``.
@@ -17,13 +24,23 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Iterator, Mapping
+from typing import TypeVar
 
 import attrs
 
+from ..events import CloseHandler, ConnectionHandler, WorkerTask
 from ..messages import RESERVED_CODES
 from .context import Handler
 
 __all__ = ["Route", "Router"]
+
+F = TypeVar("F", bound=Callable[..., object])
+
+
+def _callable(what: str, handler: F) -> F:
+    if not callable(handler):
+        raise TypeError(f"{what} handler must be callable, got {handler!r}")
+    return handler
 
 
 @attrs.frozen
@@ -46,6 +63,31 @@ class Router:
 
     def __init__(self) -> None:
         self._routes: dict[int, Route] = {}
+        #: Connection events and application tasks, each called in the order added.
+        self.connect_handlers: list[ConnectionHandler] = []
+        self.login_handlers: list[ConnectionHandler] = []
+        self.close_handlers: list[CloseHandler] = []
+        self.worker_tasks: list[WorkerTask] = []
+
+    def on_connect(self, handler: ConnectionHandler) -> ConnectionHandler:
+        """Call ``handler(ctx)`` when a connection opens, before its first message."""
+        self.connect_handlers.append(_callable("on_connect", handler))
+        return handler
+
+    def on_login(self, handler: ConnectionHandler) -> ConnectionHandler:
+        """Call ``handler(ctx)`` after each successful built-in login (``ctx.user`` is set)."""
+        self.login_handlers.append(_callable("on_login", handler))
+        return handler
+
+    def on_close(self, handler: CloseHandler) -> CloseHandler:
+        """Call ``handler(ctx, reason)`` once when a connection closes, however it ends."""
+        self.close_handlers.append(_callable("on_close", handler))
+        return handler
+
+    def on_worker_start(self, task: WorkerTask) -> WorkerTask:
+        """Run ``task(worker)`` in each worker: async ones as tasks until the drain begins."""
+        self.worker_tasks.append(_callable("on_worker_start", task))
+        return task
 
     def add(
         self,
