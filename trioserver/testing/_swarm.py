@@ -25,7 +25,7 @@ from __future__ import annotations
 import collections
 import enum
 import random
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 
 import attrs
 import trio
@@ -64,7 +64,7 @@ class BotEvent:
     """One packet a bot sent or received, at a virtual time since the swarm started."""
 
     at: float
-    kind: str  #: "sent" or "reply"
+    kind: str  #: "sent", "reply" or "push" (a code the swarm was told is pushed)
     code: int
 
 
@@ -79,9 +79,11 @@ class BotReport:
     #: When the script ended (virtual seconds since the swarm started); the duration if running.
     ended_at: float
     sent: int
-    replies: Mapping[int, int]  #: packets received, by message code
+    replies: Mapping[int, int]  #: packets received, by message code (pushes too)
     error: str | None
     events: tuple[BotEvent, ...]
+    #: Pushes received (packets of the swarm's ``push_codes``), by message code.
+    pushes: Mapping[int, int] = attrs.field(factory=dict)
 
 
 @attrs.frozen
@@ -119,7 +121,13 @@ class Bot:
     """
 
     def __init__(
-        self, index: int, seed: int, faults: tuple[Fault, ...], start: float, keep_events: bool
+        self,
+        index: int,
+        seed: int,
+        faults: tuple[Fault, ...],
+        start: float,
+        keep_events: bool,
+        push_codes: frozenset[int] = frozenset(),
     ) -> None:
         self.index = index
         self.name = f"bot{index}"
@@ -141,6 +149,10 @@ class Bot:
         self._sent = 0
         self._replies: collections.Counter[int] = collections.Counter()
         self._client: Client | None = None
+        self._push_codes = push_codes
+        self._pushes: collections.Counter[int] = collections.Counter()
+        #: Packets received while ``receive(code)`` waited for another code, oldest first.
+        self._held: collections.deque[Packet] = collections.deque()
 
     @property
     def client(self) -> Client:
@@ -168,25 +180,49 @@ class Bot:
         """Send one packet without waiting for a reply."""
         await self._send_raw(encode(code, body), code)
 
-    async def receive(self) -> Packet:
-        """The next packet from the server (``ConnectionClosed`` once it closed)."""
-        packet = await self.client.receive_packet()
-        self._replied_at = now = self._clock()
-        self._replies[packet.code] += 1
-        if self._keep:
-            self._record(now, "reply", packet.code)
-        return packet
+    async def receive(self, code: int | None = None) -> Packet:
+        """The next packet from the server (``ConnectionClosed`` once it closed).
 
-    async def request(self, code: int, body: bytes = b"") -> Packet:
-        """Send one packet and return the next one received."""
+        With ``code``, the next packet of that code: the ones of other codes that
+        arrive first (pushes between a request and its reply) are held, in order,
+        for the next calls.
+        """
+        held = self._held
+        for i, packet in enumerate(held):
+            if code is None or packet.code == code:
+                del held[i]
+                return packet
+        while True:
+            packet = await self.client.receive_packet()
+            self._replied_at = now = self._clock()
+            self._replies[packet.code] += 1
+            if packet.code in self._push_codes:
+                self._pushes[packet.code] += 1
+                if self._keep:
+                    self._record(now, "push", packet.code)
+            elif self._keep:
+                self._record(now, "reply", packet.code)
+            if code is None or packet.code == code:
+                return packet
+            held.append(packet)
+
+    def held(self) -> list[Packet]:
+        """The packets received but not yet returned by :meth:`receive` (and forget them)."""
+        packets = list(self._held)
+        self._held.clear()
+        return packets
+
+    async def request(self, code: int, body: bytes = b"", *, reply: int | None = None) -> Packet:
+        """Send one packet and return the next one received (of code ``reply``, if given:
+        pushes that come first are held for :meth:`receive`)."""
         await self.send(code, body)
-        return await self.receive()
+        return await self.receive(reply)
 
     async def ping(self) -> float:
         """One heartbeat; returns its round trip in virtual seconds."""
         start = self._clock()
         await self._send_request(PING, MessageCode.PING, start)
-        self._expect(await self.receive(), MessageCode.PING)
+        self._expect(await self.receive(MessageCode.PING), MessageCode.PING)
         return self._replied_at - start
 
     async def register(self, name: str | None = None, password: str | None = None) -> int:
@@ -194,14 +230,15 @@ class Bot:
         data = encode_register(name or self.name, password or self.password)
         await self._send_request(data, MessageCode.REGISTER, self._clock())
         return decode_register_reply(
-            self._expect(await self.receive(), MessageCode.REGISTER)
+            self._expect(await self.receive(MessageCode.REGISTER), MessageCode.REGISTER)
         ).result
 
     async def login(self, name: str | None = None, password: str | None = None) -> int:
         """Log in (by default as this bot); returns the result code (0 is OK)."""
         data = encode_login(name or self.name, password or self.password)
         await self._send_request(data, MessageCode.LOGIN, self._clock())
-        return decode_login_reply(self._expect(await self.receive(), MessageCode.LOGIN)).result
+        reply = await self.receive(MessageCode.LOGIN)
+        return decode_login_reply(self._expect(reply, MessageCode.LOGIN)).result
 
     async def _send_raw(self, data: bytes, code: int) -> None:
         await self.client.stream.send_all(data)
@@ -243,6 +280,7 @@ class Bot:
             sent=self._sent,
             replies=dict(sorted(self._replies.items())),
             error=error,
+            pushes=dict(sorted(self._pushes.items())),
             events=tuple(
                 BotEvent(round(at - self._start, 6), kind, code)
                 for at, kind, code in zip(
@@ -271,12 +309,15 @@ async def run_swarm(
     faults: FaultPlan | None = None,
     ramp_up: float = 0.0,
     keep_events: bool = True,
+    push_codes: Collection[int] = (),
 ) -> SwarmReport:
     """Run ``bots`` copies of ``script`` against ``server`` for ``duration`` virtual seconds.
 
     Bot ``i`` connects at ``ramp_up * i / bots`` with the faults ``faults`` plans
     for key ``i``, then runs ``script(bot)``. At ``duration`` every script still
     running is cancelled, and the worker's statistics are taken once it settled.
+    Packets with a code in ``push_codes`` are recorded as pushes (kind ``"push"``,
+    ``BotReport.pushes``) rather than replies.
     """
     if bots < 0:
         raise ValueError(f"bots must be >= 0, got {bots!r}")
@@ -287,7 +328,8 @@ async def run_swarm(
     plan = faults if faults is not None else FaultPlan()
     start = trio.current_time()
     end = start + duration
-    crew = [Bot(i, plan.seed, plan.faults_for(i), start, keep_events) for i in range(bots)]
+    pushed = frozenset(push_codes)
+    crew = [Bot(i, plan.seed, plan.faults_for(i), start, keep_events, pushed) for i in range(bots)]
     reports: dict[int, BotReport] = {}
 
     async def run_one(bot: Bot) -> None:
