@@ -914,6 +914,43 @@ class TlsSettings:
     )
 
 
+def _bus_url(value: Any) -> str:
+    url = _str(value).strip()
+    if url and not url.startswith("redis://"):
+        raise ValueError(f"expected 'redis://HOST:PORT/DB' or empty, got {url!r}")
+    return url
+
+
+@attrs.frozen
+class BusSettings:
+    """``[bus]``: how the hub reaches the other workers and the other instances."""
+
+    url: str = setting(
+        "",
+        "Where groups, user delivery and presence are shared: empty for the workers of "
+        "this machine only (they reach each other directly over Unix sockets), or "
+        "'redis://HOST:PORT/DB' for every instance using that Redis.",
+        _bus_url,
+        why="One machine needs no other server; several machines need one place that "
+        "knows every instance's groups and users.",
+    )
+    members_timeout: float = setting(
+        1.0,
+        "Seconds hub.members() waits for the other workers' answers before it returns what it has.",
+        _float(0.0, lo_open=True),
+        why="A worker answers within a scheduler pass; one that is stuck or dying must "
+        "not hold a WHO forever.",
+    )
+    max_pending_bytes: int = setting(
+        16 << 20,
+        "Bytes of hub messages waiting to be sent to one other worker (or the bus) before "
+        "new ones are dropped and counted (remote_dropped).",
+        _int(1 << 16),
+        why="A stuck peer must not grow this worker's memory without bound; 16 MiB holds "
+        "a burst of thousands of broadcasts.",
+    )
+
+
 SECTIONS: Final[Mapping[str, type]] = {
     "server": ServerSettings,
     "connection": ConnectionSettings,
@@ -923,6 +960,7 @@ SECTIONS: Final[Mapping[str, type]] = {
     "master": MasterSettings,
     "metrics": MetricsSettings,
     "tls": TlsSettings,
+    "bus": BusSettings,
 }
 #: Each section class's name in the file, for error messages.
 SECTION_NAMES: Final[Mapping[type, str]] = {cls: name for name, cls in SECTIONS.items()}
@@ -953,6 +991,7 @@ class Config:
     master: MasterSettings = _section(MasterSettings)
     metrics: MetricsSettings = _section(MetricsSettings)
     tls: TlsSettings = _section(TlsSettings)
+    bus: BusSettings = _section(BusSettings)
     #: Where it came from, for error messages and reload.
     source: str = "<built-in defaults>"
 

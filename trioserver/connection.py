@@ -134,8 +134,9 @@ class Shared:
     events: Events | None = None
     #: The worker's hub: groups, users, pushes (None: a bare reader, as some tests make).
     hub: Hub | None = None
-    #: ``instance-worker-``: what makes ``Connection.global_id`` unique beyond this worker.
-    id_prefix: str = "local-0-"
+    #: ``instance-worker.process-``: what makes ``Connection.global_id`` unique beyond
+    #: this worker.
+    id_prefix: str = "local-0.0-"
     _nursery: trio.Nursery | None = None
 
     @property
@@ -226,7 +227,7 @@ class Connection:
 
     @property
     def global_id(self) -> str:
-        """``instance-worker-slot-sequence``: unique across workers and instances (the hub's
+        """``instance-worker.process-slot-sequence``: unique across workers and instances (the hub's
         address for ``send_to_connection``); ``id`` stays the short one for logs."""
         return f"{self.shared.id_prefix}{self.slot.index}-{self.sequence}"
 

@@ -14,8 +14,9 @@ the groups they joined, and delivers to them straight into their outboxes. What
 it cannot reach itself goes to its one *remote*: the other workers of this
 machine (:mod:`trioserver.mesh`, the embedded default) or a bus shared by
 several instances (``[bus] url``, :mod:`trioserver.bus`). Connection ids are
-``instance-worker-slot-sequence``, so a push to one connection goes to exactly
-the worker that holds it.
+``instance-worker.process-slot-sequence`` (the process in hex), so a push to
+one connection goes to exactly the worker that holds it, and an id never names
+a connection of a later process of the same worker slot.
 
 Delivery rules:
 
@@ -108,13 +109,14 @@ class Remote(Protocol):
 
 
 def split_id(connection_id: str) -> tuple[str, int, int, int] | None:
-    """``instance-worker-slot-sequence`` → its four parts, or None if it is not one."""
+    """``instance-worker.process-slot-sequence`` → (instance, worker, slot, sequence),
+    or None if it is not one."""
     parts = connection_id.rsplit("-", 3)
     if len(parts) != 4:
         return None
     instance, worker, slot, sequence = parts
     try:
-        return instance, int(worker), int(slot), int(sequence)
+        return instance, int(worker.partition(".")[0]), int(slot), int(sequence)
     except ValueError:
         return None
 
@@ -122,13 +124,13 @@ def split_id(connection_id: str) -> tuple[str, int, int, int] | None:
 class Hub:
     """One worker's connections, users and groups (see the module docstring)."""
 
-    def __init__(self, instance: str = "local", worker: int = 0) -> None:
+    def __init__(self, instance: str = "local", worker: int = 0, process: int = 0) -> None:
         if not instance or "-" in instance:
             raise ValueError(f"instance must be a non-empty name without '-', got {instance!r}")
         self.instance = instance
         self.worker = worker
         #: What ``Connection.global_id`` starts with on this worker.
-        self.prefix = f"{instance}-{worker}-"
+        self.prefix = f"{instance}-{worker}.{process:x}-"
         self.remote: Remote | None = None
         self._connections: dict[int, Connection] = {}  # slot index -> connection
         self._groups: dict[str, dict[Connection, None]] = {}

@@ -37,6 +37,7 @@ from __future__ import annotations
 import errno
 import logging
 import math
+import os
 import secrets
 import socket as stdlib_socket
 from collections.abc import Sequence
@@ -53,6 +54,7 @@ from .handlers import Services, default_router
 from .handlers.router import Router
 from .http import HttpConnectionState, StaticSite, refuse_http_connection, serve_http
 from .hub import Hub
+from .mesh import Mesh, mesh_supported
 from .nursery_pool import ConnectionPool, Slot
 from .outbox import DeferredFlusher
 from .peer import Peer
@@ -139,6 +141,7 @@ class Worker:
         https_listeners: Sequence[Listener] | None = None,
         tls: ServerTls | None = None,
         instance: str | None = None,
+        peers: Sequence[int] = (),
     ) -> None:
         """``listeners`` / ``http_listeners``: already-bound listeners to serve the
         binary protocol / HTTP on; when ``listeners`` is given the worker binds
@@ -148,7 +151,9 @@ class Worker:
         ``http.tls_listen``), served with ``tls`` (loaded from ``[tls]`` when not
         given). ``instance``
         names this server among others (connection ids start with it; the master
-        gives all its workers one); by default a random one."""
+        gives all its workers one); by default a random one. ``peers``: the indexes
+        of the other workers of this instance, which the hub reaches through a
+        :class:`~trioserver.mesh.Mesh` (with ``[bus] url`` empty)."""
         self.config = config = config if config is not None else Config()
         self.router = router if router is not None else default_router()
         self.services = services if services is not None else Services(config=config)
@@ -167,7 +172,16 @@ class Worker:
         )
         self._flusher = DeferredFlusher()
         #: Pushes to users, connections and groups (``ctx.hub`` in handlers).
-        self.hub = Hub(instance or secrets.token_hex(4), index)
+        self.hub = Hub(instance or secrets.token_hex(4), index, os.getpid())
+        self._mesh: Mesh | None = None
+        bus = config.bus
+        if not bus.url and [p for p in peers if p != index] and mesh_supported():
+            self._mesh = Mesh(
+                self.hub,
+                peers,
+                members_timeout=bus.members_timeout,
+                max_pending_bytes=bus.max_pending_bytes,
+            )
         router = self.router
         events = None
         if router.connect_handlers or router.login_handlers or router.close_handlers:
@@ -293,6 +307,8 @@ class Worker:
             self._accept_scope.cancel()
             if self._app_scope is not None:
                 self._app_scope.cancel()  # application tasks (on_worker_start) end now
+            if self._mesh is not None:
+                self._mesh.stop_listening()  # the next worker of this slot takes the name
             for conn in list(shared.connections.values()):
                 conn.drain(now)
             for state in self._http_connections.values():
@@ -365,6 +381,8 @@ class Worker:
                     services.start_soon(self._flusher.run)
                     services.start_soon(self.counters.connection_log.run)
                     await services.start(self.queue.run)
+                    if self._mesh is not None:
+                        await services.start(self._mesh.run)
                     if self.router.worker_tasks:
                         self._app_scope = await services.start(
                             run_worker_tasks, self.router.worker_tasks, self, self.counters

@@ -183,5 +183,5 @@ def test_hub_rejects_instance_names_that_break_ids() -> None:
 
     with pytest.raises(ValueError, match="instance"):
         Hub("a-b", 0)
-    assert split_id("i-1-2-3") == ("i", 1, 2, 3)
+    assert split_id("i-1.ff-2-3") == ("i", 1, 2, 3)
     assert split_id("i-1-x-3") is None

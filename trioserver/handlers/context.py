@@ -77,7 +77,7 @@ class Context:
 
     @property
     def connection_id(self) -> str:
-        """``instance-worker-slot-sequence``: unique across workers and instances, the
+        """``instance-worker.process-slot-sequence``: unique across workers and instances, the
         address ``hub.send_to_connection`` takes (logs use the short ``slot#sequence``)."""
         return self._conn.global_id
 

@@ -79,6 +79,8 @@ class _WorkerProcess:
             tls_listeners=self.tls_listeners,
             https_listeners=self.https_listeners,
             tls=setup.tls,
+            instance=setup.instance or None,
+            peers=range(1, setup.spec.workers + 1),
         )
         self.pipe = MasterPipe(setup.pipe, setup.master_pid)
         metrics = self.config.metrics

@@ -25,6 +25,7 @@ import errno
 import logging
 import os
 import resource
+import secrets
 import select
 import signal
 import socket
@@ -340,6 +341,8 @@ class ChildSetup:
     tls_listeners: list[socket.socket] = attrs.Factory(list)
     https_listeners: list[socket.socket] = attrs.Factory(list)
     tls: ServerTls | None = None
+    #: This server's name, the same in all its workers (the hub's connection ids).
+    instance: str = ""
 
 
 ChildMain = Callable[[ChildSetup], int]
@@ -377,6 +380,8 @@ class OsSystem:
 
     def __init__(self, child_main: ChildMain) -> None:
         self._child_main = child_main
+        #: Names this server in its workers' connection ids and hub addresses.
+        self.instance = secrets.token_hex(4)
         self.listeners = ListeningSockets()
         self._signals: collections.deque[int] = collections.deque()
         self._handled: tuple[int, ...] = ()
@@ -472,7 +477,15 @@ class OsSystem:
                 self._become_child(keep=[*listeners, *http, *tls, *https])
                 os.close(read_fd)
                 setup = ChildSetup(
-                    spec, listeners, write_fd, master_pid, http, tls, https, server_tls
+                    spec,
+                    listeners,
+                    write_fd,
+                    master_pid,
+                    http,
+                    tls,
+                    https,
+                    server_tls,
+                    self.instance,
                 )
                 code = self._child_main(setup)
             except BaseException:

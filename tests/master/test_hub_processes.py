@@ -1,0 +1,81 @@
+"""The hub with a real master and two workers: the chat example across worker processes."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hub_app import PID
+from real_server import Server
+
+from examples import chat
+from trioserver.client import BlockingClient
+from trioserver.framer import Packet
+from trioserver.messages import encode_login, encode_register
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux /proc")
+
+ARGS = [
+    "--listen",
+    "127.0.0.1:0",
+    "--workers",
+    "2",
+    "--app",
+    "hub_app:router",
+    "--set",
+    'accounts.hash="insecure-fast"',
+    "--set",
+    "connection.flood_check=false",
+]
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    server = Server(tmp_path, ARGS)
+    try:
+        yield server.start()
+    finally:
+        server.kill_all()
+
+
+def login(port: int, name: str) -> tuple[BlockingClient, int]:
+    client = BlockingClient.connect("127.0.0.1", port)
+    client.send_raw(encode_register(name, "pw"))
+    client.receive_packet()
+    client.send_raw(encode_login(name, "pw"))
+    assert client.receive_packet().code == 6
+    pid = int(client.request(PID).body)
+    return client, pid
+
+
+def test_chat_across_two_worker_processes(server: Server) -> None:
+    port = server.wait_ready(2)
+    workers = set(server.workers())
+    by_worker: dict[int, list[BlockingClient]] = {}
+    opened = []
+    try:
+        for i in range(200):  # the kernel spreads connections: until both workers have one
+            client, pid = login(port, f"user{i}")
+            opened.append(client)
+            by_worker.setdefault(pid, []).append(client)
+            if len(by_worker) == 2:
+                break
+        assert set(by_worker) == workers
+        (a, *_), (b, *_) = by_worker.values()
+        a_name, b_name = (f"user{opened.index(c)}" for c in (a, b))
+        for client in (a, b):
+            assert client.request(chat.JOIN, b"lobby") == Packet(100, b"\0")
+        assert a.request(chat.WHO, b"lobby").body.split(b"\0") == sorted(
+            [a_name.encode(), b_name.encode()]
+        )
+        a.send(chat.SAY, b"lobby\0across")
+        heard = Packet(103, b"lobby\0" + a_name.encode() + b"\0across")
+        assert a.receive_packet() == heard
+        assert b.receive_packet() == heard
+        assert b.request(chat.TELL, a_name.encode() + b"\0psst") == Packet(104, b"\0")
+        assert a.receive_packet() == Packet(105, b_name.encode() + b"\0psst")
+    finally:
+        for client in opened:
+            client.close()
