@@ -14,7 +14,9 @@ at 0.84-0.95 µs): the master is a plain poll loop in Python; relaying puts
 every message through two more system calls and that loop, which triples the
 CPU per message, puts all cross-worker traffic of the machine on the master's
 one core, and would stop it whenever the master is busy or stuck. Direct links
-cost one write and one read per batch and spread over the workers' cores. Why streams and not datagrams: an unconnected Unix datagram socket
+cost one write and one read per batch and spread over the workers' cores.
+
+Why streams and not datagrams: an unconnected Unix datagram socket
 queues at most ``net.unix.max_dgram_qlen`` (10 by default) datagrams, so a
 burst of publishes would be dropped; a stream takes what its buffer holds, and
 one connection per direction keeps each sender's order.

@@ -96,7 +96,7 @@ async def test_chat_across_two_workers() -> None:
 
 
 async def test_order_across_workers_and_encode_once() -> None:
-    async with two_workers() as [(w1, l1), (w2, l2)]:
+    async with two_workers() as [(w1, _), (_, l2)]:
         members = [await user(l2, f"u{i}") for i in range(5)]
         for client in members:
             assert await client.request(chat.JOIN, b"room") == Packet(100, b"\0")
