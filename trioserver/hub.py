@@ -40,8 +40,11 @@ Delivery rules:
   worker once, not once per member.
 - **A connection leaves every group when it closes** (after ``on_close``).
 
-Pushes are queued with :meth:`Outbox.push`: they leave on the scheduler's next
-pass, so several pushes to one connection in one pass share one send.
+A push is queued with ``Outbox.send``, like a reply: it is sent at once (a
+non-blocking send) unless that connection's outbox is holding a batch (its own
+plain handlers are running), which it then joins. Sending at once rather than
+on the next scheduler pass is what keeps a broadcast's latency down: the
+first members get it while the publish still runs (``benchmarks/fanout_bench.py``).
 """
 
 from __future__ import annotations
@@ -275,11 +278,11 @@ class Hub:
         if exclude:
             skip = {self._resolve(connection_id) for connection_id in exclude}
             for conn in members:
-                if conn not in skip and conn.outbox.push(data):
+                if conn not in skip and conn.outbox.send(data):
                     count += 1
         else:
             for conn in members:
-                if conn.outbox.push(data):
+                if conn.outbox.send(data):
                     count += 1
         self._delivered += count
         return count
@@ -290,14 +293,14 @@ class Hub:
             return 0
         count = 0
         for conn in conns:
-            if conn.outbox.push(data):
+            if conn.outbox.send(data):
                 count += 1
         self._delivered += count
         return count
 
     def deliver_connection(self, connection_id: str, data: bytes) -> bool:
         conn = self._resolve(connection_id)
-        if conn is not None and conn.outbox.push(data):
+        if conn is not None and conn.outbox.send(data):
             self._delivered += 1
             return True
         return False

@@ -124,20 +124,6 @@ class Outbox:
             self.flush()
         return True
 
-    def push(self, data: bytes) -> bool:
-        """Queue bytes another task made (the hub's pushes): like :meth:`send`, caps
-        included, but sent on the scheduler's next pass with whatever else is queued
-        by then, so a burst of pushes to one connection leaves in one send."""
-        batching = self.batching
-        self.batching = True
-        try:
-            queued = self.send(data)
-        finally:
-            self.batching = batching
-        if queued and not batching:
-            self.defer()
-        return queued
-
     def flush(self) -> None:
         """Send what is queued now: straight to the transport if it takes it all, else
         the rest through a writer task (started here) that waits for room."""

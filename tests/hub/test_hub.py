@@ -161,11 +161,19 @@ async def test_a_member_that_stops_reading_is_kicked_the_others_go_on(
 
 async def test_a_publish_encodes_once_for_every_member(autojump_clock: trio.abc.Clock) -> None:
     async with serve_in_memory(CONFIG, group_router()) as server:
-        await joined(server, "room", 5)
+        clients = await joined(server, "room", 5)
         hub = server.worker.hub
+        conns = server.worker.connections()
+        for conn in conns:  # hold the sends, as during a run of plain handlers
+            conn.outbox.batching = True
         hub.publish("room", HEARD, b"x" * 100)
-        queued = [conn.outbox._items[-1] for conn in server.worker.connections()]  # type: ignore[index]
+        queued = [conn.outbox._items[-1] for conn in conns]  # type: ignore[index]
         assert len(queued) == 5 and all(item is queued[0] for item in queued)
+        for conn in conns:
+            conn.outbox.batching = False
+            conn.outbox.flush()
+        for client in clients:
+            assert await client.receive_packet() == Packet(HEARD, b"x" * 100)
 
 
 async def test_members_name_the_users(autojump_clock: trio.abc.Clock) -> None:
