@@ -97,7 +97,10 @@ class Remote(Protocol):
     def publish(self, group: str, data: bytes, exclude: Collection[str]) -> bool: ...
     def to_user(self, name: str, data: bytes) -> bool: ...
     def to_connection(self, connection_id: str, data: bytes) -> bool: ...
-    async def members(self, group: str) -> list[Member]: ...
+    async def members(self, group: str) -> list[Member] | None:
+        """The members on the other workers; None if the remote is down."""
+        ...
+
     def joined(self, group: str) -> None:
         """The first local member joined ``group`` (a bus subscribes)."""
         ...
@@ -108,6 +111,10 @@ class Remote(Protocol):
 
     def user_here(self, name: str, present: bool) -> None:
         """The first connection of ``name`` logged in here (True) / the last one left."""
+        ...
+
+    def member(self, group: str, connection_id: str, user: str | None, present: bool) -> None:
+        """A connection joined ``group`` or changed its user (True), or left it (False)."""
         ...
 
 
@@ -187,6 +194,9 @@ class Hub:
             self._remove_user(conn, old)
         if name is not None:
             self._add_user(conn, name)
+        if self.remote is not None:
+            for group in self._joined.get(conn, ()):
+                self.remote.member(group, conn.global_id, name, True)
 
     def join(self, conn: Connection, group: str) -> bool:
         """Add ``conn`` to ``group``; False if it is closing (or was there already)."""
@@ -203,6 +213,8 @@ class Hub:
             return False
         members[conn] = None
         self._joined.setdefault(conn, set()).add(group)
+        if self.remote is not None:
+            self.remote.member(group, conn.global_id, conn.user, True)
         return True
 
     def leave(self, conn: Connection, group: str) -> bool:
@@ -261,10 +273,17 @@ class Hub:
         return self._remote_ok(remote.to_connection(connection_id, data), "send", connection_id)
 
     async def members(self, group: str) -> list[Member]:
-        """Everyone in ``group`` on every worker (and instance), sorted by connection id."""
+        """Everyone in ``group`` on every worker (and instance), sorted by connection id.
+
+        With the remote down, only this worker's members (counted, logged)."""
         found = self.local_members(group)
-        if self.remote is not None:
-            found.extend(await self.remote.members(group))
+        remote = self.remote
+        if remote is not None:
+            others = await remote.members(group)
+            if others is None:
+                self._remote_ok(False, "members", group)
+            else:
+                found.extend(others)
         return sorted(found)
 
     # -- what the remote hands in ---------------------------------------------------------------
@@ -308,6 +327,13 @@ class Hub:
     def local_members(self, group: str) -> list[Member]:
         return [Member(conn.global_id, conn.user) for conn in self._groups.get(group, ())]
 
+    def local_groups(self) -> dict[str, list[Member]]:
+        """Every group with members here, and them (a bus re-announces them on reconnect)."""
+        return {group: self.local_members(group) for group in self._groups}
+
+    def local_users(self) -> list[str]:
+        return list(self._users)
+
     # -- bookkeeping ----------------------------------------------------------------------------
 
     def _resolve(self, connection_id: str) -> Connection | None:
@@ -342,6 +368,8 @@ class Hub:
         if members is None:
             return
         members.pop(conn, None)
+        if self.remote is not None:
+            self.remote.member(group, conn.global_id, conn.user, False)
         if not members:
             del self._groups[group]
             if self.remote is not None:

@@ -326,7 +326,7 @@ class Mesh:
         link = self._links.get(parts[1])
         return link is not None and link.queue(encode_connection(connection_id, data))
 
-    async def members(self, group: str) -> list[Member]:
+    async def members(self, group: str) -> list[Member] | None:
         self._next_ask += 1
         request = self._next_ask
         waiting: set[int] = set()
@@ -353,3 +353,6 @@ class Mesh:
 
     def user_here(self, name: str, present: bool) -> None:
         pass
+
+    def member(self, group: str, connection_id: str, user: str | None, present: bool) -> None:
+        pass  # members() asks the workers themselves

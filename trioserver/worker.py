@@ -46,6 +46,7 @@ from typing import Any, Final
 import attrs
 import trio
 
+from .bus import RedisBus
 from .config import Address, Config
 from .connection import Connection, Shared
 from .dispatch import MessageQueue
@@ -174,8 +175,16 @@ class Worker:
         #: Pushes to users, connections and groups (``ctx.hub`` in handlers).
         self.hub = Hub(instance or secrets.token_hex(4), index, os.getpid())
         self._mesh: Mesh | None = None
+        self._bus: RedisBus | None = None
         bus = config.bus
-        if not bus.url and [p for p in peers if p != index] and mesh_supported():
+        if bus.url:
+            self._bus = RedisBus(
+                self.hub,
+                bus.url,
+                members_timeout=bus.members_timeout,
+                max_pending_bytes=bus.max_pending_bytes,
+            )
+        elif [p for p in peers if p != index] and mesh_supported():
             self._mesh = Mesh(
                 self.hub,
                 peers,
@@ -383,6 +392,8 @@ class Worker:
                     await services.start(self.queue.run)
                     if self._mesh is not None:
                         await services.start(self._mesh.run)
+                    if self._bus is not None:
+                        await services.start(self._bus.run)
                     if self.router.worker_tasks:
                         self._app_scope = await services.start(
                             run_worker_tasks, self.router.worker_tasks, self, self.counters
