@@ -15,13 +15,16 @@ Shape::
        ├─ recycle timer                    (timers.RecycleTimer)
        ├─ deferred flusher                 (outbox.DeferredFlusher)
        ├─ handler tasks                    (dispatch.MessageQueue)
+       ├─ the hub's remote, if any          (mesh.Mesh: the other workers; bus.RedisBus)
+       ├─ application tasks                (router.on_worker_start; cancelled at the drain)
        └─ connection nursery               (its deadline is the drain deadline)
           ├─ accept loops, one per listener
           ├─ per binary connection: Connection.serve (connection.py), and a
           │  writer task only while a reply has to wait for the peer
           └─ per HTTP connection: http.serve_http
 
-The worker owns what is shared: the pool, the queue, the timers, the drain and
+The worker owns what is shared: the pool, the queue, the timers, the hub
+(``worker.hub``: pushes to its connections, users and groups), the drain and
 the statistics. Each connection owns its own life (``connection.Connection``)
 and reaches what it shares through one ``connection.Shared`` record.
 

@@ -5,7 +5,9 @@ Without an account service (``[accounts] url`` empty, or an embedder's
 An over-long field (its last byte, which the original overwrote with NUL, is not
 NUL) is "invalid input": the original cut it silently, and a cut password is a
 different password. A successful login sets ``ctx.user`` (a failed one leaves it as
-it was), so application handlers can require a login::
+it was; the hub then finds the connection under that name) and, once the reply is
+queued, fires the router's ``on_login`` handlers. Application handlers can require
+a login::
 
     if ctx.user is None:
         return ctx.kick("login first")
