@@ -2,6 +2,12 @@
 a bare trio fan-out in the same run.
 
     python benchmarks/fanout_bench.py [--connections 10000] [--rate 10] [--seconds 10] [--runs 3]
+        [--targets bare-trio trioserver trioserver-2workers trioserver-2redis]
+
+``trioserver-2workers``: a master and two workers (the mesh between them), the
+connections spread by the kernel; ``trioserver-2redis``: two instances sharing a
+``redis-server``, half the connections on each; one publisher in both. Their server
+CPU is the sum over the workers (and redis-server).
 
 Each server runs pinned to CPU 0 (``taskset -c 0``), the receiver
 (``fanout/receiver.c``, built here with ``cc``) pinned to CPU 1. The receiver opens the
@@ -44,15 +50,26 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def command(target: str, port: int, args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
+def children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    try:
+        return [int(p) for p in path.read_text().split()]
+    except OSError:
+        return []
+
+
+def command(
+    target: str, port: int, args: argparse.Namespace, extra: tuple[str, ...] = ()
+) -> tuple[list[str], dict[str, str]]:
     env = dict(os.environ)
     if target == "bare-trio":
         cmd = [sys.executable, str(HERE / "fanout" / "bare.py"), "--port", str(port), "--rate", str(args.rate)]
         return cmd, env
     env["PYTHONPATH"] = os.pathsep.join([str(HERE / "fanout"), str(REPO), env.get("PYTHONPATH", "")])
     env["FANOUT_RATE"] = str(args.rate)
+    workers = ["--workers", "2"] if target == "trioserver-2workers" else ["--no-master"]
     cmd = [
-        sys.executable, "-m", "trioserver", "--no-master", "--app", "fanout_app:router",
+        sys.executable, "-m", "trioserver", *workers, "--app", "fanout_app:router",
         "--listen", f"127.0.0.1:{port}",
         "--set", f"server.max_connections={args.connections + 100}",
         "--set", "server.backlog=4096",
@@ -60,6 +77,7 @@ def command(target: str, port: int, args: argparse.Namespace) -> tuple[list[str]
         "--set", "http.listen=[]",
         "--set", 'accounts.url="memory:"',
         "--set", 'logging.level="warning"',
+        *extra,
     ]  # fmt: skip
     return cmd, env
 
@@ -86,24 +104,59 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(5)
 
 
-def one_run(target: str, args: argparse.Namespace) -> dict[str, float]:
-    port = free_port()
-    cmd, env = command(target, port, args)
-    proc = subprocess.Popen(
+def spawn(cmd: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
         ["taskset", "-c", "0", *cmd], env=env, cwd=REPO, start_new_session=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
+
+
+def one_run(target: str, args: argparse.Namespace) -> dict[str, float]:
+    procs: list[subprocess.Popen[bytes]] = []
     try:
-        wait_port(port, proc)
+        ports = [free_port()]
+        if target == "trioserver-2redis":
+            sys.path.insert(0, str(REPO))
+            from tests.hub.redisserver import free_port as redis_port
+
+            rport = redis_port()
+            procs.append(
+                spawn(["redis-server", "--port", str(rport), "--bind", "127.0.0.1", "--save", ""], {})
+            )
+            wait_port(rport, procs[0])
+            ports.append(free_port())
+            for i, port in enumerate(ports):
+                cmd, env = command(target, port, args, ("--set", f'bus.url="redis://127.0.0.1:{rport}/0"'))
+                env["FANOUT_PUBLISH"] = "1" if i == 0 else "0"
+                procs.append(spawn(cmd, env))
+                wait_port(port, procs[-1])
+            measured = [p.pid for p in procs]
+        else:
+            cmd, env = command(target, ports[0], args)
+            procs.append(spawn(cmd, env))
+            wait_port(ports[0], procs[0])
+            measured = [procs[0].pid]
+            if target == "trioserver-2workers":
+                deadline = time.monotonic() + 15
+                while len(children(procs[0].pid)) < 2 and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                time.sleep(1)  # both workers serving
+                measured = children(procs[0].pid)
+        receiver = [str(RECEIVER), "-c", str(args.connections), "-w", str(args.warmup),
+                    "-t", str(args.seconds)]  # fmt: skip
+        for port in ports:
+            receiver += ["-p", str(port)]
+        for pid in measured:
+            receiver += ["-S", str(pid)]
         out = subprocess.run(
-            ["taskset", "-c", "1", str(RECEIVER), "-p", str(port), "-c", str(args.connections),
-             "-w", str(args.warmup), "-t", str(args.seconds), "-S", str(proc.pid)],
+            ["taskset", "-c", "1", *receiver],
             capture_output=True, check=True, timeout=args.warmup + args.seconds + 60,
         )  # fmt: skip
         result: dict[str, float] = json.loads(out.stdout)
         return result
     finally:
-        stop(proc)
+        for proc in reversed(procs):
+            stop(proc)
 
 
 def main() -> None:

@@ -3,6 +3,8 @@ connect; an application task publishes to it at a steady rate.
 
     PYTHONPATH=benchmarks/fanout FANOUT_RATE=10 python -m trioserver --no-master --app fanout_app:router ...
 
+Only worker 1 (or the only worker) publishes, and only with ``FANOUT_PUBLISH`` unset
+or 1: with several workers or instances, the others deliver what reaches them.
 Each push's body: the publish time (``time.monotonic_ns()``, u64), a sequence number
 (u32) and padding to ``FANOUT_BODY`` bytes (default 32).
 """
@@ -36,6 +38,8 @@ def router() -> trioserver.Router:
 
     @app.on_worker_start
     async def broadcast(worker: Any) -> None:
+        if worker.index > 1 or os.environ.get("FANOUT_PUBLISH", "1") != "1":
+            return  # one publisher: worker 1 (or the only one) of the instance that publishes
         hub = worker.hub
         interval = 1 / rate
         deadline = trio.current_time()

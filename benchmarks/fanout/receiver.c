@@ -1,11 +1,12 @@
 /*
  * receiver: N connections that only read pushes, for the fan-out benchmark.
  *
- * Opens -c connections to 127.0.0.1:-p, then reads. Every packet's body starts with
+ * Opens -c connections to 127.0.0.1:-p (-p given twice: alternating between the two
+ * ports), then reads. Every packet's body starts with
  * the publisher's CLOCK_MONOTONIC time in ns (u64, big-endian); the receive time
  * minus it is the delivery latency. Packets in the -w warm-up seconds are not counted;
  * the next -t seconds are. -S PID: that process's CPU time (/proc/PID/stat) over the
- * measured window. Prints one JSON object. Every phase is bounded in time.
+ * measured window (-S given several times: their sum). Prints one JSON object. Every phase is bounded in time.
  *
  * Build: cc -O2 -Wall -Wextra -o benchmarks/build/fanout_receiver benchmarks/fanout/receiver.c
  */
@@ -60,6 +61,16 @@ static double proc_cpu(int pid) {
     return (double)(ut + st) / sysconf(_SC_CLK_TCK);
 }
 
+static double cpu_of(int *pids, int n) {
+    double total = 0;
+    for (int i = 0; i < n; i++) {
+        double used = proc_cpu(pids[i]);
+        if (used < 0) return -1;
+        total += used;
+    }
+    return total;
+}
+
 typedef struct {
     int fd;
     size_t have;
@@ -79,30 +90,35 @@ static double percentile(long total, double q) {
 }
 
 int main(int argc, char **argv) {
-    int port = 10000, count = 100, server_pid = 0;
+    int ports[2] = {10000, 0}, nports = 0, count = 100, pids[16], npids = 0;
     double warm = 2, measure = 5, connect_timeout = 30;
     int opt;
     while ((opt = getopt(argc, argv, "p:c:w:t:S:T:")) != -1) {
         switch (opt) {
-        case 'p': port = atoi(optarg); break;
+        case 'p': if (nports < 2) ports[nports++] = atoi(optarg); break;
         case 'c': count = atoi(optarg); break;
         case 'w': warm = atof(optarg); break;
         case 't': measure = atof(optarg); break;
-        case 'S': server_pid = atoi(optarg); break;
+        case 'S': if (npids < 16) pids[npids++] = atoi(optarg); break;
         case 'T': connect_timeout = atof(optarg); break;
         default: fprintf(stderr, "usage: %s -p port -c conns -w warm -t secs [-S pid]\n", argv[0]); return 2;
         }
     }
     int ep = epoll_create1(0);
     conn_t *conns = calloc(count, sizeof *conns);
-    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons(port)};
-    inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr);
+    if (nports == 0) nports = 1;
+    struct sockaddr_in addrs[2];
+    for (int k = 0; k < nports; k++) {
+        addrs[k] = (struct sockaddr_in){.sin_family = AF_INET, .sin_port = htons(ports[k])};
+        inet_pton(AF_INET, "127.0.0.1", &addrs[k].sin_addr);
+    }
     double deadline = now_s() + connect_timeout;
     for (int i = 0; i < count; i++) {
         for (;;) {
             int fd = socket(AF_INET, SOCK_STREAM, 0);
             if (fd < 0) { perror("socket"); return 1; }
-            if (connect(fd, (struct sockaddr *)&addr, sizeof addr) == 0) {
+            struct sockaddr_in *addr = &addrs[i % nports];
+            if (connect(fd, (struct sockaddr *)addr, sizeof *addr) == 0) {
                 conns[i].fd = fd;
                 break;
             }
@@ -120,7 +136,7 @@ int main(int argc, char **argv) {
     struct epoll_event events[1024];
     for (;;) {
         double t = now_s();
-        if (cpu0 < 0 && t >= start) cpu0 = proc_cpu(server_pid);
+        if (cpu0 < 0 && t >= start) cpu0 = cpu_of(pids, npids);
         if (t >= end) break;
         int n = epoll_wait(ep, events, 1024, 10);
         uint64_t received = now_ns();
@@ -154,7 +170,7 @@ int main(int argc, char **argv) {
             c->have -= pos;
         }
     }
-    cpu1 = proc_cpu(server_pid);
+    cpu1 = cpu_of(pids, npids);
     double cpu = (cpu0 >= 0 && cpu1 >= 0) ? cpu1 - cpu0 : -1;
     printf("{\"connections\": %d, \"seconds\": %.3f, \"delivered\": %ld, \"per_second\": %.0f, "
            "\"server_cpu\": %.3f, \"per_cpu_second\": %.0f, \"p50\": %.6f, \"p99\": %.6f, "
