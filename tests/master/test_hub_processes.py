@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from hub_app import PID
-from real_server import Server
+from real_server import Server, wait_for
 
 from examples import chat
 from trioserver.client import BlockingClient
@@ -50,9 +52,8 @@ def login(port: int, name: str) -> tuple[BlockingClient, int]:
     return client, pid
 
 
-def test_chat_across_two_worker_processes(server: Server) -> None:
-    port = server.wait_ready(2)
-    workers = set(server.workers())
+def chat_across_workers(port: int, workers: set[int]) -> None:
+    """Users on both workers: WHO lists both, SAY and TELL cross between the processes."""
     by_worker: dict[int, list[BlockingClient]] = {}
     opened = []
     try:
@@ -64,18 +65,40 @@ def test_chat_across_two_worker_processes(server: Server) -> None:
                 break
         assert set(by_worker) == workers
         (a, *_), (b, *_) = by_worker.values()
-        a_name, b_name = (f"user{opened.index(c)}" for c in (a, b))
+        a_name, b_name = (f"user{opened.index(c)}".encode() for c in (a, b))
         for client in (a, b):
             assert client.request(chat.JOIN, b"lobby") == Packet(100, b"\0")
-        assert a.request(chat.WHO, b"lobby").body.split(b"\0") == sorted(
-            [a_name.encode(), b_name.encode()]
+        both = sorted([a_name, b_name])
+        wait_for(
+            "WHO to list the members on both workers",
+            lambda: a.request(chat.WHO, b"lobby").body.split(b"\0") == both or None,
+            10,
         )
         a.send(chat.SAY, b"lobby\0across")
-        heard = Packet(103, b"lobby\0" + a_name.encode() + b"\0across")
+        heard = Packet(103, b"lobby\0" + a_name + b"\0across")
         assert a.receive_packet() == heard
         assert b.receive_packet() == heard
-        assert b.request(chat.TELL, a_name.encode() + b"\0psst") == Packet(104, b"\0")
-        assert a.receive_packet() == Packet(105, b_name.encode() + b"\0psst")
+        assert b.request(chat.TELL, a_name + b"\0psst") == Packet(104, b"\0")
+        assert a.receive_packet() == Packet(105, b_name + b"\0psst")
     finally:
         for client in opened:
             client.close()
+
+
+def test_chat_across_two_worker_processes(server: Server) -> None:
+    port = server.wait_ready(2)
+    chat_across_workers(port, set(server.workers()))
+
+
+def test_the_mesh_after_a_reload(server: Server) -> None:
+    """New workers take over the old ones' names once those drain: still one mesh."""
+    port = server.wait_ready(2)
+    old = set(server.workers())
+    os.kill(server.pid, signal.SIGHUP)
+    server.wait_log(r"reload: 2 new workers ready")
+    server.wait_log(r"stopped: exited with code 0", count=2)
+    new = set(server.workers())
+    assert len(new) == 2 and not new & old
+    # The new workers started while the old ones held the names, and waited for them.
+    assert "waits for its name" in server.text()
+    chat_across_workers(port, new)
