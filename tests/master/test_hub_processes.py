@@ -13,6 +13,7 @@ from hub_app import PID
 from real_server import Server, wait_for
 
 from examples import chat
+from tests.hub.redisserver import RedisServer, RedisUnavailable
 from trioserver.client import BlockingClient
 from trioserver.framer import Packet
 from trioserver.messages import encode_login, encode_register
@@ -102,3 +103,47 @@ def test_the_mesh_after_a_reload(server: Server) -> None:
     # The new workers started while the old ones held the names, and waited for them.
     assert "waits for its name" in server.text()
     chat_across_workers(port, new)
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    try:
+        redis = RedisServer().start()
+    except RedisUnavailable as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI is set but redis-server cannot be started: {exc}")
+        pytest.skip(f"no redis-server: {exc}")
+    try:
+        yield redis.url
+    finally:
+        redis.destroy()
+
+
+def test_chat_across_two_instances_on_redis(tmp_path: Path, redis_url: str) -> None:
+    servers = []
+    try:
+        for name in ("a", "b"):
+            (tmp_path / name).mkdir()
+            args = [*ARGS, "--set", f'bus.url="{redis_url}"']
+            args[args.index("--workers") + 1] = "1"
+            servers.append(Server(tmp_path / name, args).start())
+        ports = [server.wait_ready(1) for server in servers]
+        alice, _ = login(ports[0], "alice")
+        bob, _ = login(ports[1], "bob")
+        with alice, bob:
+            for client in (alice, bob):
+                assert client.request(chat.JOIN, b"lobby") == Packet(100, b"\0")
+            wait_for(
+                "WHO to list the members of both instances",
+                lambda: alice.request(chat.WHO, b"lobby").body == b"alice\0bob" or None,
+                10,
+            )
+            bob.send(chat.SAY, b"lobby\0over redis")
+            heard = Packet(103, b"lobby\0bob\0over redis")
+            assert bob.receive_packet() == heard
+            assert alice.receive_packet() == heard
+            assert alice.request(chat.TELL, b"bob\0psst") == Packet(104, b"\0")
+            assert bob.receive_packet() == Packet(105, b"alice\0psst")
+    finally:
+        for server in servers:
+            server.kill_all()
