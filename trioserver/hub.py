@@ -86,6 +86,20 @@ class HubStatistics:
     remote_dropped: int
     remote_errors: int
 
+    def counters(self) -> dict[str, int]:
+        """The counters (not the sizes), for the worker's statistics report."""
+        return {name: getattr(self, name) for name in _COUNTERS}
+
+
+_COUNTERS = (
+    "published",
+    "delivered",
+    "remote_sent",
+    "remote_received",
+    "remote_dropped",
+    "remote_errors",
+)
+
 
 class Remote(Protocol):
     """Where a hub sends what its own connections are not enough for.

@@ -162,6 +162,8 @@ class WorkerStatistics:
     #: TLS handshakes completed, and those that failed by reason (tls_transport.TlsFailure).
     tls_handshakes: int = 0
     tls_failures_by_reason: Mapping[str, int] = attrs.field(factory=dict)
+    #: The hub's counters by name (``HubStatistics.counters``): pushes, remote traffic, errors.
+    hub: Mapping[str, int] = attrs.field(factory=dict)
 
     def to_json(self) -> bytes:
         """The record as JSON (int keys become strings), for the pipe to the master."""
@@ -218,6 +220,7 @@ class WorkerStatistics:
             loop_lag_recent_max=float(raw.get("loop_lag_recent_max", 0.0)),
             tls_handshakes=int(raw.get("tls_handshakes", 0)),
             tls_failures_by_reason=strs("tls_failures_by_reason"),
+            hub=strs("hub"),
         )
 
 

@@ -290,7 +290,7 @@ class Worker:
 
     def statistics(self) -> WorkerStatistics:
         conns = self.shared.connections.values()
-        return self.counters.snapshot(
+        stats = self.counters.snapshot(
             self.pool.statistics(),
             self.queue.depth,
             self.queue.capacity,
@@ -298,6 +298,7 @@ class Worker:
             outbox_replies=sum(c.outbox.pending_replies for c in conns),
             outbox_bytes=sum(c.outbox.pending_bytes for c in conns),
         )
+        return attrs.evolve(stats, hub=self.hub.statistics().counters())
 
     def stop(self, grace: float | None = None) -> None:
         """Drain: stop accepting and reading, finish and flush, close after ``grace``.

@@ -193,3 +193,14 @@ def test_hub_rejects_instance_names_that_break_ids() -> None:
         Hub("a-b", 0)
     assert split_id("i-1.ff-2-3") == ("i", 1, 2, 3)
     assert split_id("i-1-x-3") is None
+
+
+async def test_hub_counters_reach_the_worker_statistics(autojump_clock: trio.abc.Clock) -> None:
+    from trioserver.stats import WorkerStatistics
+
+    async with serve_in_memory(CONFIG, group_router()) as server:
+        await joined(server, "room", 2)
+        server.worker.hub.publish("room", HEARD, b"x")
+        stats = server.worker.statistics()
+        assert stats.hub["published"] == 1 and stats.hub["delivered"] == 2
+        assert WorkerStatistics.from_json(stats.to_json()).hub == stats.hub

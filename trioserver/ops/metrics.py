@@ -104,6 +104,8 @@ class Totals:
     accounts: collections.Counter[str] = attrs.Factory(collections.Counter)
     tls_handshakes: int = 0
     tls_failures: collections.Counter[str] = attrs.Factory(collections.Counter)
+    #: The hub's counters by name (:attr:`WorkerStatistics.hub`).
+    hub: collections.Counter[str] = attrs.Factory(collections.Counter)
 
     def add(self, stats: WorkerStatistics) -> None:
         self.accepted += stats.connections_accepted
@@ -116,6 +118,7 @@ class Totals:
         self.kicks.update(stats.kicks_by_reason)
         self.http.update(stats.http_by_status)
         self.accounts.update(stats.account_results)
+        self.hub.update(stats.hub)
         for code, snap in stats.handler_latency.items():
             _add_hist(self.handler_latency, code, snap)
         _add_hist(self.loop_lag, "", stats.loop_lag)
@@ -136,6 +139,7 @@ class Totals:
         out.accounts.update(other.accounts)
         out.tls_handshakes += other.tls_handshakes
         out.tls_failures.update(other.tls_failures)
+        out.hub.update(other.hub)
         for name in ("handler_latency", "loop_lag"):
             mine: dict[Any, _Hist] = getattr(out, name)
             for key, hist in getattr(other, name).items():
@@ -162,6 +166,7 @@ class Totals:
             collections.Counter(self.accounts),
             self.tls_handshakes,
             collections.Counter(self.tls_failures),
+            collections.Counter(self.hub),
         )
 
     def account_results(self, action: str) -> dict[str, int]:
@@ -617,6 +622,17 @@ def render_prometheus(
             reasons = [r.value for r in table] + sorted(set(counts) - {r.value for r in table})
             for reason in reasons:
                 page.sample(name, {"worker": v.index, "reason": reason}, counts.get(reason, 0))
+    page.family(
+        "hub_total",
+        "counter",
+        "The hub's pushes: published, delivered (into outboxes), remote_sent / remote_received "
+        "(to and from the other workers or the bus), remote_dropped (a peer's queue full or it "
+        "unreachable), remote_errors (the bus down: local delivery only).",
+    )
+    for v in views:
+        for counter in ("published", "delivered", "remote_sent", "remote_received",
+                        "remote_dropped", "remote_errors"):  # fmt: skip
+            page.sample("hub_total", {"worker": v.index, "counter": counter}, v.totals.hub[counter])
     page.family(
         "account_results_total", "counter", "Register and login replies, by action and result."
     )
