@@ -20,8 +20,9 @@ from .config import Address, Config, ConfigError, load_config
 from .dispatch import Router
 from .framer import NEED_DATA, FrameDecoder, Packet, encode
 from .handlers import Context, Services, default_router
+from .hub import Hub, Member
 from .messages import ResultCode
-from .reasons import DropReason, KickReason
+from .reasons import CloseReason, DropReason, KickReason
 from .stats import WorkerStatistics
 from .worker import Worker, run_worker, serve_until_signalled
 
@@ -32,13 +33,16 @@ __all__ = [
     "Address",
     "BlockingClient",
     "Client",
+    "CloseReason",
     "Config",
     "ConfigError",
     "ConnectionClosed",
     "Context",
     "DropReason",
     "FrameDecoder",
+    "Hub",
     "KickReason",
+    "Member",
     "Packet",
     "ResultCode",
     "Router",

@@ -36,16 +36,16 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypeAlias
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import trio
 
-from .reasons import CloseReason, KickReason
+from .handlers.context import CloseHandler, ConnectionHandler, Context, WorkerTask
+from .reasons import KickReason
 
 if TYPE_CHECKING:
     from .connection import Connection
-    from .handlers.context import Context
     from .stats import Counters
 
 __all__ = [
@@ -56,12 +56,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("trioserver.events")
-
-ConnectionHandler: TypeAlias = Callable[["Context"], Awaitable[None] | None]
-CloseHandler: TypeAlias = Callable[
-    ["Context", KickReason | CloseReason | None], Awaitable[None] | None
-]
-WorkerTask: TypeAlias = Callable[[Any], Awaitable[None] | None]
 
 
 def _name(handler: object) -> str:

@@ -18,7 +18,7 @@ a packet (64 KiB) and its names.
 
 from __future__ import annotations
 
-from typing import Final, TypeAlias
+from typing import Any, Final, TypeAlias
 
 __all__ = [
     "MAX_ARRAY",
@@ -54,7 +54,8 @@ class RespProtocolError(ValueError):
     """The server's bytes are not RESP (or exceed the caps): close the connection."""
 
 
-Reply: TypeAlias = "bytes | str | int | list[Reply] | RespError | None"
+#: A reply; an array's items are replies too.
+Reply: TypeAlias = bytes | str | int | list[Any] | RespError | None
 
 
 def _arg(value: bytes | str | int) -> bytes:

@@ -18,13 +18,13 @@ from ..config import Config
 from ..connection import Connection
 from ..framer import Packet, encode
 from ..peer import Peer
-from ..reasons import KickReason
+from ..reasons import CloseReason, KickReason
 from ..tls_transport import PeerCertificate
 
 if TYPE_CHECKING:
     from ..hub import Hub
 
-__all__ = ["Context", "Handler", "Services"]
+__all__ = ["CloseHandler", "ConnectionHandler", "Context", "Handler", "Services", "WorkerTask"]
 
 log = logging.getLogger("trioserver.handlers")
 
@@ -151,3 +151,11 @@ class Context:
 
 
 Handler: TypeAlias = Callable[[Context, Packet], Awaitable[None] | None]
+#: ``on_connect`` and ``on_login`` handlers: ``(ctx)``, plain or async.
+ConnectionHandler: TypeAlias = Callable[[Context], Awaitable[None] | None]
+#: ``on_close`` handlers: ``(ctx, reason)``, plain or async.
+CloseHandler: TypeAlias = Callable[
+    [Context, KickReason | CloseReason | None], Awaitable[None] | None
+]
+#: ``on_worker_start`` functions: ``(worker)``; async ones run as tasks.
+WorkerTask: TypeAlias = Callable[[Any], Awaitable[None] | None]

@@ -28,9 +28,8 @@ from typing import TypeVar
 
 import attrs
 
-from ..events import CloseHandler, ConnectionHandler, WorkerTask
 from ..messages import RESERVED_CODES
-from .context import Handler
+from .context import CloseHandler, ConnectionHandler, Handler, WorkerTask
 
 __all__ = ["Route", "Router"]
 
