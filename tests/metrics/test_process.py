@@ -296,7 +296,15 @@ def test_healthz_is_answered_with_a_thousand_idle_admin_connections(server: Runn
 
 
 def test_process_figures_for_the_master_and_each_worker(server: Running) -> None:
-    page = server.page()
+    # A worker just forked has often used less than one clock tick of CPU (what /proc
+    # counts in): wait until each shows some, as it soon does, serving its timers.
+    workers = [(("process", "worker"), ("worker", w)) for w in ("1", "2")]
+
+    def busy() -> dict[Key, float] | None:
+        page = server.page()
+        return page if all(page[("process_cpu_seconds_total", k)] > 0 for k in workers) else None
+
+    page = wait_for("CPU time for both workers", busy)
     master = (("process", "master"),)
     assert page["process_cpu_seconds_total", master] > 0
     assert page["process_resident_memory_bytes", master] > 1_000_000
