@@ -3,7 +3,7 @@
 ::
 
     ctx.join("room:7")                                   # in a handler
-    ctx.hub.publish("room:7", 103, body, exclude={ctx.connection_id})
+    ctx.hub.publish("room:7", 103, body, exclude={ctx.global_id})
     ctx.hub.send_to_user("alice", 105, body)
     ctx.hub.send_to_connection(connection_id, 105, body)
     names = [m.user for m in await ctx.hub.members("room:7")]
@@ -272,7 +272,7 @@ class Hub:
         return self._remote_ok(remote.to_user(name, data), "send_to_user", name)
 
     def send_to_connection(self, connection_id: str, code: int, body: bytes = b"") -> bool:
-        """Push one packet to the connection with this id (``ctx.connection_id``).
+        """Push one packet to the connection with this id (``ctx.global_id``).
 
         True if it was queued here or handed to the worker that holds it; False
         if that connection is known to be gone, or the remote is down.

@@ -32,11 +32,11 @@ def group_router() -> Router:
     @router.route(SAY)
     def say(ctx: Context, packet: Packet) -> None:
         group, _, text = packet.body.partition(b"\0")
-        ctx.hub.publish(group.decode(), HEARD, text, exclude=[ctx.connection_id])
+        ctx.hub.publish(group.decode(), HEARD, text, exclude=[ctx.global_id])
 
     @router.route(WHOAMI)
     def whoami(ctx: Context, packet: Packet) -> None:
-        ctx.reply(WHOAMI, ctx.connection_id.encode())
+        ctx.reply(WHOAMI, ctx.global_id.encode())
 
     return router
 

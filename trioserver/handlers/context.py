@@ -77,8 +77,13 @@ class Context:
 
     @property
     def connection_id(self) -> str:
-        """``instance-worker.process-slot-sequence``: unique across workers and instances, the
-        address ``hub.send_to_connection`` takes (logs use the short ``slot#sequence``)."""
+        """``slot#sequence``: unique within the worker, the id used in its logs."""
+        return self._conn.id
+
+    @property
+    def global_id(self) -> str:
+        """``instance-worker.process-slot-sequence``: unique across workers and instances,
+        the address ``hub.send_to_connection`` and ``publish(exclude=...)`` take."""
         return self._conn.global_id
 
     @property
