@@ -37,7 +37,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -96,30 +96,24 @@ class Events:
 
     async def connected(self, conn: Connection) -> None:
         """Run the ``on_connect`` handlers; one that raises closes ``conn``."""
-        ctx = self._context(conn)
-        for handler, is_async in self._connect:
-            try:
-                if is_async:
-                    await handler(ctx)  # type: ignore[misc]
-                else:
-                    handler(ctx)
-            except Exception:
-                self._failed("on_connect", handler, conn)
-                return
-            if conn.closing:
-                return
+        await self._run("on_connect", self._connect, self._context(conn), conn)
 
     async def logged_in(self, ctx: Context) -> None:
         """Run the ``on_login`` handlers (the login handler calls this after its reply)."""
-        conn = ctx._conn
-        for handler, is_async in self._login:
+        await self._run("on_login", self._login, ctx, ctx._conn)
+
+    async def _run(
+        self, event: str, handlers: Sequence[tuple[Any, bool]], ctx: Context, conn: Connection
+    ) -> None:
+        """Call ``handlers`` in order until one raises (it closes ``conn``) or ``conn`` closes."""
+        for handler, is_async in handlers:
             try:
                 if is_async:
-                    await handler(ctx)  # type: ignore[misc]
+                    await handler(ctx)
                 else:
                     handler(ctx)
             except Exception:
-                self._failed("on_login", handler, conn)
+                self._failed(event, handler, conn)
                 return
             if conn.closing:
                 return
