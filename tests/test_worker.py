@@ -267,3 +267,17 @@ async def test_a_drain_waits_briefly_for_a_new_connections_first_request(
         assert await silent.at_eof()
         assert trio.current_time() - start == pytest.approx(1.0)
         assert server.worker.statistics().kicks_by_reason == {}
+
+
+async def test_a_connection_whose_reader_starts_after_the_drain_gets_the_same_grace(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Accepted, but its task not yet run when the drain begins: finding nothing to
+    read is not the end of it; its first request is still awaited for the grace."""
+    async with serve_in_memory(NO_FLOOD) as server:
+        late = await server.connect()
+        server.worker.stop()  # before the reader's first step
+        await trio.sleep(0.5)
+        assert await late.request(0) == Packet(0)
+        assert await late.at_eof()
+        assert server.worker.statistics().kicks_by_reason == {}

@@ -336,7 +336,7 @@ class Connection:
                         try:
                             data = transport.receive_nowait(receive_size)
                             if data is None:
-                                if shared.stopping:
+                                if shared.stopping and self.state is not _NEW:
                                     break  # draining: all that had arrived is read; no more
                                 if self.state is _READING:
                                     self.state = _IDLE
