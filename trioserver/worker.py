@@ -384,9 +384,14 @@ class Worker:
     # -- the root nursery ------------------------------------------------------------------
 
     async def _run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        from .accounts import open_worker_accounts
+        from .accounts import open_accounts
 
-        owned_accounts = await open_worker_accounts(self.services, self.config.accounts)
+        # The worker opens (and closes) the store [accounts] names unless the embedder
+        # put a service in ``services.accounts``; with no url, accounts answer
+        # "server unavailable".
+        owned_accounts = None
+        if self.services.accounts is None and self.config.accounts.url:
+            owned_accounts = self.services.accounts = await open_accounts(self.config.accounts)
         try:
             with trio.CancelScope(shield=True):
                 async with trio.open_nursery() as services:
@@ -430,6 +435,8 @@ class Worker:
         finally:
             self.recycler.recycle_all()
             if owned_accounts is not None:  # closed after the last handler is done
+                if self.services.accounts is owned_accounts:
+                    self.services.accounts = None
                 with trio.CancelScope(shield=True):
                     await owned_accounts.aclose()
             self._stopped.set()

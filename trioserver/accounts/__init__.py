@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+from .backends import open_store
 from .limiter import TokenBuckets
 from .names import InvalidInput, ValidCredentials, name_key, validate
 from .passwords import Hasher, InsecureFastHasher, ScryptHasher, hasher_for, verify
@@ -18,8 +19,7 @@ from .service import (
     AccountService,
     AccountStatistics,
     LoginResult,
-    OwnedAccounts,
-    open_worker_accounts,
+    open_accounts,
     peer_host,
 )
 from .store import (
@@ -28,7 +28,6 @@ from .store import (
     AccountStore,
     MemoryStore,
     StoreUnavailable,
-    open_store,
     redact_url,
 )
 
@@ -43,15 +42,14 @@ __all__ = [
     "InvalidInput",
     "LoginResult",
     "MemoryStore",
-    "OwnedAccounts",
     "ScryptHasher",
     "StoreUnavailable",
     "TokenBuckets",
     "ValidCredentials",
     "hasher_for",
     "name_key",
+    "open_accounts",
     "open_store",
-    "open_worker_accounts",
     "peer_host",
     "redact_url",
     "validate",

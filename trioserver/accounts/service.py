@@ -25,27 +25,24 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import attrs
 import trio
 
 from ..config import AccountsSettings
 from ..messages import ResultCode
+from .backends import open_store
 from .limiter import TokenBuckets
 from .names import InvalidInput, ValidCredentials, validate
 from .passwords import Hasher, hasher_for, is_cheap, verify
-from .store import Account, AccountStore, StoreUnavailable, open_store
-
-if TYPE_CHECKING:
-    from ..handlers.context import Services
+from .store import Account, AccountStore, StoreUnavailable
 
 __all__ = [
     "AccountService",
     "AccountStatistics",
     "LoginResult",
-    "OwnedAccounts",
-    "open_worker_accounts",
+    "open_accounts",
     "peer_host",
 ]
 
@@ -300,33 +297,13 @@ class AccountService:
         return result
 
 
-@attrs.define(eq=False)
-class OwnedAccounts:
-    """An account service a worker opened itself; ``aclose`` closes it and unsets it."""
+async def open_accounts(settings: AccountsSettings) -> AccountService:
+    """Open the account service for ``[accounts]``: the worker's, unless the embedder gave one.
 
-    services: Services
-    service: AccountService
-
-    async def aclose(self) -> None:
-        if self.services.accounts is self.service:
-            self.services.accounts = None
-        await self.service.aclose()
-
-
-async def open_worker_accounts(
-    services: Services, settings: AccountsSettings
-) -> OwnedAccounts | None:
-    """The worker's hook: open the store ``settings.url`` names unless ``services`` has one.
-
-    Returns None when the embedder supplied ``services.accounts`` (theirs to close)
-    or when ``url`` is empty (no accounts: register and login answer "server
-    unavailable"). The store connects lazily or in the background, so a database
-    that is down at start does not stop the worker.
+    The store connects lazily or in the background, so a database that is down at
+    start does not stop the worker. The caller closes it.
     """
-    if services.accounts is not None or not settings.url:
-        return None
     service = AccountService.from_settings(settings)
     await service.open()
-    services.accounts = service
     log.info("account store: %s", service.store.description)
-    return OwnedAccounts(services, service)
+    return service

@@ -1,4 +1,4 @@
-"""The account-store interface, its records and errors, and the URL that picks a backend.
+"""The account-store interface, its records and errors, and the in-memory store.
 
 A store keeps one row per account, keyed by the case-folded name key
 (``names.name_key``). It knows nothing about passwords beyond the opaque hash
@@ -8,14 +8,14 @@ limiter). Any failure of the store itself (database down, disk full, timeout)
 is raised as :class:`StoreUnavailable`; callers answer "server unavailable".
 
 Backends: ``sqlite:///path`` (:mod:`.sqlite`), ``postgresql://...``
-(:mod:`.postgres`), ``memory:`` (:class:`MemoryStore`, for tests).
+(:mod:`.postgres`), ``memory:`` (:class:`MemoryStore`, for tests); the URL that
+picks one is read by :mod:`.backends`.
 """
 
 from __future__ import annotations
 
 import abc
 import time
-from pathlib import Path
 from typing import Final
 
 import attrs
@@ -27,7 +27,6 @@ __all__ = [
     "AccountStore",
     "MemoryStore",
     "StoreUnavailable",
-    "open_store",
     "pending_migrations",
     "redact_url",
 ]
@@ -130,29 +129,3 @@ def redact_url(url: str) -> str:
     if not at or ":" not in userinfo:
         return url
     return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{host}"
-
-
-def sqlite_path(url: str) -> Path:
-    """The file a ``sqlite:///relative`` or ``sqlite:////absolute`` URL names."""
-    path = url.removeprefix("sqlite://")
-    if not path.startswith("/") or path == "/":
-        raise ValueError(f"{url!r}: expected 'sqlite:///relative/path' or 'sqlite:////absolute'")
-    return Path(path[1:])
-
-
-def open_store(url: str, *, pool_size: int = 4, connect_timeout: float = 5.0) -> AccountStore:
-    """The store ``url`` names (not yet connected); ``ValueError`` for a URL it cannot serve."""
-    if url in ("memory:", "memory://"):
-        return MemoryStore()
-    if url.startswith("sqlite:"):
-        from .sqlite import SQLiteStore
-
-        return SQLiteStore(sqlite_path(url), pool_size=pool_size, busy_timeout=connect_timeout)
-    if url.startswith(("postgresql:", "postgres:")):
-        from .postgres import PostgresStore
-
-        return PostgresStore(url, pool_size=pool_size, connect_timeout=connect_timeout)
-    raise ValueError(
-        f"account store URL {redact_url(url)!r}: "
-        "expected sqlite:///..., postgresql://... or memory:"
-    )
