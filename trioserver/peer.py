@@ -7,7 +7,10 @@ is made from any of them once, here, so nothing else parses addresses:
 - an IPv4-mapped IPv6 address is its IPv4 address (one client is one rate-limit
   key whichever way the socket or the balancer listens);
 - ``str(peer)`` is ``host:port``, with brackets for IPv6 (``[2001:db8::1]:5000``),
-  or just the name when there is no port (a Unix socket, an in-memory link).
+  or just the name when there is no port (a Unix socket, an in-memory link);
+- ``peer.network()`` is the client's network (IPv4 /32 and IPv6 /64 by default),
+  the key of every per-client limit: one IPv6 host usually holds a whole /64, so
+  keying by its /128 would let it pass as 2**64 clients.
 """
 
 from __future__ import annotations
@@ -74,6 +77,18 @@ class Peer:
             return ipaddress.ip_address(self.host)
         except ValueError:
             return None
+
+    def network(self, v4_prefix: int = 32, v6_prefix: int = 64) -> str:
+        """The network this peer counts as for limits: ``10.0.0.0/24``, ``2001:db8::/64``.
+
+        A name that is not an IP address (``memory:1``, a Unix socket path) is its
+        own network.
+        """
+        ip = self.ip
+        if ip is None:
+            return self.host
+        prefix = v4_prefix if ip.version == 4 else v6_prefix
+        return str(ipaddress.ip_network((ip, prefix), strict=False))
 
     def __str__(self) -> str:
         if self.port is None:
