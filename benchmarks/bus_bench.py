@@ -23,9 +23,11 @@ from pathlib import Path
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests.hub.redisserver import RedisServer  # noqa: E402
-from trioserver.bus import RedisBus  # noqa: E402
-from trioserver.hub import Hub  # noqa: E402
+import trio.lowlevel
+
+from tests.hub.redisserver import RedisServer
+from trioserver.bus import RedisBus
+from trioserver.hub import Hub
 
 BODY = b"x" * 100
 
@@ -35,14 +37,13 @@ async def ours(url: str, count: int) -> None:
     bus = RedisBus(hub, url)
     async with trio.open_nursery() as nursery:
         await nursery.start(bus.run)
-        while not bus.connected:
-            await bus.changed.wait()
+        await bus.connected.wait_value(True)
         for i in range(count):
             hub.publish("bench", 200, BODY)
             if i % 256 == 255:
-                await trio.sleep(0)  # a handler task yields like this between batches
+                await trio.lowlevel.checkpoint()  # a handler task yields like this between batches
         while bus._waiting:  # every reply read
-            await trio.sleep(0)
+            await trio.lowlevel.checkpoint()
         nursery.cancel_scope.cancel()
 
 

@@ -49,6 +49,7 @@ from typing import Final
 
 import attrs
 import trio
+from trio_util import AsyncBool
 
 from .hub import Hub, Member, split_id
 from .hub_wire import (
@@ -171,9 +172,8 @@ class RedisBus:
         #: What each command written waits for: None (nothing), or a slot to fill.
         self._waiting: collections.deque[list[Reply] | None] = collections.deque()
         self._answered = Wakeup()
-        #: True while both connections are up; ``changed`` is set at every change.
-        self.connected = False
-        self.changed = trio.Event()
+        #: True while both connections are up (``await bus.connected.wait_value(True)``).
+        self.connected = AsyncBool(False)
         self.connects = 0
         hub.remote = self
 
@@ -193,7 +193,7 @@ class RedisBus:
         return self._publish(channel, encode_connection(connection_id, data))
 
     async def members(self, group: str) -> list[Member] | None:
-        if not self.connected:
+        if not self.connected.value:
             return None
         slot = self._command(b"HGETALL", f"{self._space}m:{group}", want=True)
         if slot is None:
@@ -239,7 +239,7 @@ class RedisBus:
     # -- commands -------------------------------------------------------------------------------
 
     def _publish(self, channel: str, message: bytes) -> bool:
-        if not self.connected:
+        if not self.connected.value:
             return False
         if self._command(b"PUBLISH", channel, self._origin + message) is None:
             self.hub.remote_dropped += 1
@@ -258,7 +258,7 @@ class RedisBus:
     async def _wait(self, slot: list[Reply]) -> Reply:
         with trio.move_on_after(self.members_timeout):
             while not slot:
-                if not self.connected:
+                if not self.connected.value:
                     return None
                 await self._answered.wait()
             return slot[0]
@@ -277,7 +277,8 @@ class RedisBus:
                 await self._session()
             except _LOST as exc:
                 why = str(exc) or type(exc).__name__
-            if self.connected or self.connects == 0 or delay == RECONNECT:
+            was_up = self.connected.value
+            if was_up or self.connects == 0 or delay == RECONNECT:
                 log.warning(
                     "hub: Redis at %s unavailable (%s); pushes reach this worker only "
                     "until it is back; retrying",
@@ -285,26 +286,19 @@ class RedisBus:
                     why,
                 )
             self._down()
+            # Back off while Redis stays away; a session that was up starts over.
+            delay = RECONNECT if was_up else delay
             await trio.sleep(delay)
             delay = min(delay * 2, RECONNECT_MAX)
-            if self.connected:
-                delay = RECONNECT
 
     def _down(self) -> None:
-        was = self.connected
-        self.connected = False
+        self.connected.value = False
         for pipe in (self._commands, self._subscriber):
             pipe.stream = None
             pipe.pending = []
             pipe.pending_bytes = 0
         self._waiting.clear()
         self._answered.wake()
-        if was:
-            self._changed()
-
-    def _changed(self) -> None:
-        self.changed.set()
-        self.changed = trio.Event()
 
     async def _open(self) -> trio.SocketStream:
         with trio.fail_after(CONNECT_TIMEOUT):
@@ -328,10 +322,9 @@ class RedisBus:
                 if isinstance(reply, RespError):
                     raise RespProtocolError(f"SELECT {self.address.db}: {reply}")
             self._announce()
-            self.connected = True
             self.connects += 1
+            self.connected.value = True
             log.info("hub: connected to Redis at %s:%d", self.address.host, self.address.port)
-            self._changed()
             lost: BaseException | None = None
             try:
                 async with trio.open_nursery() as nursery:

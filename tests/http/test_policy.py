@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -461,11 +463,26 @@ def test_special_files_are_not_served(docroot: Path) -> None:
     assert site_for(docroot).respond(request(b"/fifo")).status == 404
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads every file")
-def test_unreadable_file_is_403(docroot: Path) -> None:
-    (docroot / "private.txt").write_bytes(b"private")
-    (docroot / "private.txt").chmod(0)
-    assert site_for(docroot).respond(request(b"/private.txt")).status == 403
+def test_unreadable_file_is_403() -> None:
+    # Root reads every file, so as root the request is made as nobody (uid 65534), with
+    # the site in a directory nobody can enter (pytest's own is root's alone).
+    docroot = Path(tempfile.mkdtemp(prefix="trioserver-403-"))
+    try:
+        docroot.chmod(0o755)
+        (docroot / "private.txt").write_bytes(b"private")
+        (docroot / "private.txt").chmod(0)
+        site = site_for(docroot)
+        as_root = os.geteuid() == 0
+        if as_root:
+            os.seteuid(65534)
+        try:
+            status = site.respond(request(b"/private.txt")).status
+        finally:
+            if as_root:
+                os.seteuid(0)
+        assert status == 403
+    finally:
+        shutil.rmtree(docroot)
 
 
 # -- the hot-file cache ------------------------------------------------------------

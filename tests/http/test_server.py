@@ -54,7 +54,15 @@ TRANSPORT = ["stream"]
 CLIENTS: list[socket.socket] = []
 
 
-@pytest.fixture(autouse=True, params=["stream", "socket"])
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every test runs over a trio stream and over a raw socket, except those marked
+    ``stream_only`` (they bring a stream of their own)."""
+    stream_only = metafunc.definition.get_closest_marker("stream_only") is not None
+    params = ["stream"] if stream_only else ["stream", "socket"]
+    metafunc.parametrize("transport", params, indirect=True)
+
+
+@pytest.fixture(autouse=True)
 def transport(request: pytest.FixtureRequest) -> Iterator[str]:
     TRANSPORT[0] = request.param
     yield request.param
@@ -110,8 +118,8 @@ async def start_server(
         return client, finished
     if pair is None:
         pair = _memory_pair
-    elif TRANSPORT[0] == "socket":
-        pytest.skip("needs a special stream")
+    else:
+        assert TRANSPORT[0] == "stream", "a test with its own stream is marked stream_only"
     client, server = pair()
 
     async def run() -> None:
@@ -166,6 +174,7 @@ class CountingStream(trio.abc.HalfCloseableStream):
         await self.inner.aclose()
 
 
+@pytest.mark.stream_only
 async def test_100_pipelined_requests_are_answered_in_order_in_one_write(
     docroot: Path, nursery: trio.Nursery
 ) -> None:
@@ -336,6 +345,7 @@ async def test_a_slow_but_timely_request_is_served(
     assert parse_responses(wire)[0].body == b"0123456789abcdefghij"
 
 
+@pytest.mark.stream_only
 async def test_a_client_that_stops_reading_a_small_response_is_closed(
     docroot: Path, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:

@@ -4,7 +4,7 @@ Redis stopped and started again mid-test."""
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import pytest
@@ -34,7 +34,7 @@ async def two_instances(url: str) -> AsyncIterator[list[tuple[Worker, MemoryList
             for worker, _ in pairs:
                 await nursery.start(worker.serve)
             for worker, _ in pairs:
-                await until(lambda w=worker: bus_of(w).connected, bus_of(worker))
+                await bus_of(worker).connected.wait_value(True)
             try:
                 yield pairs
             finally:
@@ -46,11 +46,6 @@ def bus_of(worker: Worker) -> RedisBus:
     remote = worker.hub.remote
     assert isinstance(remote, RedisBus)
     return remote
-
-
-async def until(condition: Callable[[], bool], bus: RedisBus) -> None:
-    while not condition():
-        await bus.changed.wait()
 
 
 async def user(listener: MemoryListener, name: str) -> Client:
@@ -102,7 +97,7 @@ async def test_redis_stopped_and_started_again(redis_server: RedisServer) -> Non
             assert await client.request(chat.JOIN, b"lobby") == Packet(100, b"\0")
         await settled(w2)
         redis_server.stop()
-        await until(lambda: not bus_of(w1).connected, bus_of(w1))
+        await bus_of(w1).connected.wait_value(False)
         # Fails fast, counted; the members on this worker still get it.
         before = w1.hub.statistics().remote_errors
         assert not w1.hub.publish("chat:lobby", 103, b"local only")
@@ -115,7 +110,7 @@ async def test_redis_stopped_and_started_again(redis_server: RedisServer) -> Non
         assert await w1.hub.members("chat:lobby") == sorted(w1.hub.local_members("chat:lobby"))
         redis_server.start()
         for worker in (w1, w2):
-            await until(lambda w=worker: bus_of(w).connected, bus_of(worker))
+            await bus_of(worker).connected.wait_value(True)
         await settled(w1)
         await settled(w2)
         assert w1.hub.publish("chat:lobby", 103, b"back")
