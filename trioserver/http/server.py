@@ -98,6 +98,9 @@ SENDFILE_CHUNK: Final = 4 * 1024 * 1024
 FAREWELL_TIMEOUT: Final = 1.0
 #: Most bytes read and thrown away during a lingering close.
 LINGER_BYTES: Final = 256 * 1024
+#: Seconds a draining worker still waits for the first request of a connection it has
+#: just accepted (that request is most likely on its way; closing now would fail it).
+FIRST_REQUEST_GRACE: Final = 1.0
 
 
 class _FileShrank(Exception):
@@ -111,11 +114,14 @@ class HttpConnectionState:
     ``sending`` is True while responses are being written; a draining worker
     cancels a connection that is not sending (idle keep-alive, or mid-request
     head) and sets ``draining`` on the others, which then close after the
-    responses in hand. ``by_status`` counts responses by status code.
+    responses in hand. A connection with no request yet (``fresh``) gets
+    ``FIRST_REQUEST_GRACE`` seconds for its first. ``by_status`` counts
+    responses by status code.
     """
 
     sending: bool = False
     draining: bool = False
+    fresh: bool = True
     by_status: collections.Counter[int] | None = None
     #: The connection's current deadline scope (the adapter's own: one per connection).
     scope: trio.CancelScope | None = None
@@ -123,7 +129,12 @@ class HttpConnectionState:
     def stop(self) -> None:
         """Finish: at once if idle or mid-head, after the answers in hand if sending."""
         self.draining = True
-        if not self.sending and self.scope is not None:
+        if self.sending or self.scope is None:
+            return
+        if self.fresh:
+            grace = trio.current_time() + FIRST_REQUEST_GRACE
+            self.scope.deadline = min(self.scope.deadline, grace)
+        else:
             self.scope.cancel()
 
 
@@ -274,7 +285,10 @@ class _Connection:
         entered with the real deadline and the loop goes on. Timeouts stay exact.
         """
         parser = self.parser
-        self.deadline = trio.current_time() + self.settings.header_timeout
+        now = trio.current_time()
+        self.deadline = now + self.settings.header_timeout
+        if self.state.draining:  # accepted just before the drain began
+            self.deadline = min(self.deadline, now + FIRST_REQUEST_GRACE)
         while True:
             with trio.CancelScope(deadline=self.deadline) as scope:
                 self.scope = self.state.scope = scope
@@ -322,9 +336,10 @@ class _Connection:
             events = receive_events(await receive_some(RECEIVE_SIZE))
             if events:
                 arrived = now()
-                if scope_deadline < arrived + half_idle:
+                if scope_deadline < arrived + half_idle and not state.draining:
                     scope_deadline = scope.deadline = arrived + idle
                 state.sending = True
+                state.fresh = False
                 out: list[bytes] = []
                 size = 0
                 outcome = keep_open
