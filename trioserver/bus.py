@@ -387,10 +387,5 @@ class RedisBus:
             except HubWireError as exc:
                 log.error("hub: a bus message that does not parse (%s); ignored", exc)
                 continue
-            hub.remote_received += 1
-            if type(message) is ToGroup:
-                hub.deliver_group(message.group, message.packet, message.exclude)
-            elif type(message) is ToUser:
-                hub.deliver_user(message.name, message.packet)
-            elif type(message) is ToConnection:
-                hub.deliver_connection(message.connection_id, message.packet)
+            if type(message) is ToGroup or type(message) is ToUser or type(message) is ToConnection:
+                hub.deliver(message)

@@ -56,6 +56,7 @@ from typing import TYPE_CHECKING, Protocol
 import attrs
 
 from .framer import encode
+from .hub_wire import ToConnection, ToGroup, ToUser
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -301,6 +302,16 @@ class Hub:
         return sorted(found)
 
     # -- what the remote hands in ---------------------------------------------------------------
+
+    def deliver(self, message: ToGroup | ToUser | ToConnection) -> None:
+        """Deliver a message another worker or instance sent here (counted as received)."""
+        self.remote_received += 1
+        if type(message) is ToGroup:
+            self.deliver_group(message.group, message.packet, message.exclude)
+        elif type(message) is ToUser:
+            self.deliver_user(message.name, message.packet)
+        elif type(message) is ToConnection:
+            self.deliver_connection(message.connection_id, message.packet)
 
     def deliver_group(self, group: str, data: bytes, exclude: Collection[str] = ()) -> int:
         """Queue ``data`` for this worker's members of ``group``; how many took it."""

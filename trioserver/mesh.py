@@ -278,13 +278,8 @@ class Mesh:
 
     def _handle(self, message: object) -> None:
         hub = self.hub
-        hub.remote_received += 1
-        if type(message) is ToGroup:
-            hub.deliver_group(message.group, message.packet, message.exclude)
-        elif type(message) is ToUser:
-            hub.deliver_user(message.name, message.packet)
-        elif type(message) is ToConnection:
-            hub.deliver_connection(message.connection_id, message.packet)
+        if type(message) is ToGroup or type(message) is ToUser or type(message) is ToConnection:
+            hub.deliver(message)
         elif type(message) is Ask:
             link = self._links.get(message.worker)
             if link is not None:
