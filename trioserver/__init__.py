@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from .client import BlockingClient, Client, ConnectionClosed, UnexpectedReply
 from .config import Address, Config, ConfigError, load_config
-from .dispatch import Router
 from .framer import NEED_DATA, FrameDecoder, Packet, encode
 from .handlers import Context, Services, default_router
+from .handlers.router import Router
 from .hub import Hub, Member
 from .messages import ResultCode
 from .reasons import CloseReason, DropReason, KickReason

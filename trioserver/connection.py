@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import Any, Final, Protocol
 
 import attrs
 import trio
@@ -52,11 +52,7 @@ from .timers import ConnectionRules, RecycleTimer
 from .transport import Transport, linger
 from .wakeup import Wakeup
 
-if TYPE_CHECKING:
-    from .events import Events
-    from .hub import Hub
-
-__all__ = ["Checked", "Connection", "Dispatcher", "Shared", "Upgrade"]
+__all__ = ["Checked", "Connection", "Dispatcher", "EventHooks", "HubHooks", "Shared", "Upgrade"]
 
 log = logging.getLogger("trioserver.worker")
 
@@ -107,6 +103,28 @@ class Dispatcher(Protocol):
         ...
 
 
+class HubHooks(Protocol):
+    """What a connection tells the worker's hub: it can be reached now, or no longer."""
+
+    def opened(self, conn: Connection) -> None: ...
+
+    def closed(self, conn: Connection) -> None: ...
+
+
+class EventHooks(Protocol):
+    """The router's connection events, as a connection runs them."""
+
+    @property
+    def any_connect(self) -> bool: ...
+
+    @property
+    def any_close(self) -> bool: ...
+
+    async def connected(self, conn: Connection) -> None: ...
+
+    async def closed(self, conn: Connection) -> None: ...
+
+
 @attrs.define(eq=False)
 class Shared:
     """What every connection of one worker shares: its rules, counters and queue.
@@ -131,9 +149,9 @@ class Shared:
     connections: dict[int, Connection] = attrs.Factory(dict)
     stopping: bool = False
     #: The router's connection events (None: the router has none).
-    events: Events | None = None
+    events: EventHooks | None = None
     #: The worker's hub: groups, users, pushes (None: a bare reader, as some tests make).
-    hub: Hub | None = None
+    hub: HubHooks | None = None
     #: ``instance-worker.process-``: what makes ``Connection.global_id`` unique beyond
     #: this worker.
     id_prefix: str = "local-0.0-"

@@ -26,8 +26,9 @@ import trio
 
 from .connection import Connection
 from .framer import Packet
-from .handlers.context import Context, Services
+from .handlers.context import Context, LoginHook, Services
 from .handlers.router import Route, Router
+from .hub import Hub
 from .lifecycle import State
 from .reasons import DropReason, KickReason
 from .stats import Counters
@@ -61,11 +62,15 @@ class MessageQueue:
         *,
         size: int,
         handler_tasks: int,
+        hub: Hub | None = None,
     ) -> None:
         if handler_tasks < 1:
             raise ValueError(f"handler_tasks must be at least 1, got {handler_tasks!r}")
         self.router = router
         self.services = services
+        self.hub = hub
+        #: The router's on_login handlers (set by the worker once it has made them).
+        self.login: LoginHook | None = None
         self._counters = counters
         self._size = size
         self._handler_tasks = handler_tasks
@@ -82,7 +87,7 @@ class MessageQueue:
 
     def context(self, conn: Connection) -> Context:
         """A handler context for ``conn`` (made per batch: idle connections keep none)."""
-        return Context(conn, self.services)
+        return Context(conn, self.services, self.hub, self.login)
 
     def submit(self, conn: Connection, packets: list[Packet]) -> bool:
         """Hand over one batch of checked packets; True if ``conn`` must now be scheduled."""

@@ -167,16 +167,17 @@ class Worker:
         self.counters = Counters()
         self.counters.limit_connection_lines(config.logging)
         self.recycler = RecycleTimer(self.pool, conn.recycle_delay, conn.max_resting)
+        #: Pushes to users, connections and groups (``ctx.hub`` in handlers).
+        self.hub = Hub(instance or secrets.token_hex(4), index, os.getpid())
         self.queue = MessageQueue(
             self.router,
             self.services,
             self.counters,
             size=server.queue_size,
             handler_tasks=server.handler_tasks,
+            hub=self.hub,
         )
         self._flusher = DeferredFlusher()
-        #: Pushes to users, connections and groups (``ctx.hub`` in handlers).
-        self.hub = Hub(instance or secrets.token_hex(4), index, os.getpid())
         self._mesh: Mesh | None = None
         self._bus: RedisBus | None = None
         bus = config.bus
@@ -205,6 +206,7 @@ class Worker:
                 counters=self.counters,
                 close_timeout=server.event_timeout,
             )
+            self.queue.login = events
         self._app_scope: trio.CancelScope | None = None
         self.shared = Shared(
             rules=ConnectionRules.from_settings(conn),

@@ -11,15 +11,11 @@ An application serves its own message codes (7 and up) like this::
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from ..messages import LOGIN_BODY_SIZE, REGISTER_BODY_SIZE, MessageCode
 from .accounts import handle_login, handle_register
 from .context import Context, Handler, Services
 from .ping import handle_ping
-
-if TYPE_CHECKING:
-    from ..dispatch import Router
+from .router import Router
 
 __all__ = [
     "Context",
@@ -38,8 +34,6 @@ def default_router() -> Router:
     Register and login use ``ctx.services.accounts``, which the worker opens from
     ``[accounts]`` unless given one; without it they answer "server unavailable".
     """
-    from ..dispatch import Router  # dispatch imports this package's context module
-
     router = Router()
     router.add(MessageCode.PING, handle_ping, body_size=0, name="ping")
     router.add(MessageCode.REGISTER, handle_register, body_size=REGISTER_BODY_SIZE, name="register")

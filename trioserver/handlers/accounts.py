@@ -86,8 +86,6 @@ async def handle_login(ctx: Context, packet: Packet) -> None:
         if outcome.user is not None:
             ctx.user = outcome.user
             ctx.send(encode_login_reply(result, creds.username))
-            events = ctx._conn.shared.events
-            if events is not None:
-                await events.logged_in(ctx)  # after the reply: a welcome push follows it
+            await ctx.logged_in()  # after the reply: a welcome push follows it
             return
     ctx.send(encode_login_reply(result, creds.username))

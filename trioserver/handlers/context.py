@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 import attrs
 
@@ -24,7 +24,15 @@ from ..tls_transport import PeerCertificate
 if TYPE_CHECKING:
     from ..hub import Hub
 
-__all__ = ["CloseHandler", "ConnectionHandler", "Context", "Handler", "Services", "WorkerTask"]
+__all__ = [
+    "CloseHandler",
+    "ConnectionHandler",
+    "Context",
+    "Handler",
+    "LoginHook",
+    "Services",
+    "WorkerTask",
+]
 
 log = logging.getLogger("trioserver.handlers")
 
@@ -42,6 +50,12 @@ class Services:
     app: dict[str, Any] = attrs.Factory(dict)
 
 
+class LoginHook(Protocol):
+    """The router's ``on_login`` handlers, as :meth:`Context.logged_in` runs them."""
+
+    async def logged_in(self, ctx: Context) -> None: ...
+
+
 class Context:
     """One connection as its handlers see it.
 
@@ -52,14 +66,22 @@ class Context:
     is closing).
     """
 
-    __slots__ = ("_conn", "send", "services")
+    __slots__ = ("_conn", "_hub", "_login", "send", "services")
 
     #: The outbox's own ``send`` (one call less per reply on the hot path).
     send: Callable[[bytes], bool]
 
-    def __init__(self, conn: Connection, services: Services) -> None:
+    def __init__(
+        self,
+        conn: Connection,
+        services: Services,
+        hub: Hub | None = None,
+        login: LoginHook | None = None,
+    ) -> None:
         self._conn = conn
         self.services = services
+        self._hub = hub
+        self._login = login
         self.send = conn.outbox.send
 
     @property
@@ -89,7 +111,7 @@ class Context:
     @property
     def hub(self) -> Hub:
         """The worker's hub: push to users, connections and groups (:mod:`trioserver.hub`)."""
-        hub = self._conn.shared.hub
+        hub = self._hub
         if hub is None:
             raise RuntimeError("this connection's worker has no hub")
         return hub
@@ -105,7 +127,7 @@ class Context:
     @property
     def groups(self) -> frozenset[str]:
         """The groups this connection is in."""
-        hub = self._conn.shared.hub
+        hub = self._hub
         return frozenset() if hub is None else hub.groups_of(self._conn)
 
     @property
@@ -115,7 +137,7 @@ class Context:
 
     @user.setter
     def user(self, name: str | None) -> None:
-        hub = self._conn.shared.hub
+        hub = self._hub
         if hub is None:
             self._conn.user = name
         else:
@@ -147,6 +169,16 @@ class Context:
         replying from a plain handler that was handed the context some other way.
         """
         self._conn.outbox.defer()
+
+    async def logged_in(self) -> None:
+        """Run the router's ``on_login`` handlers for this connection.
+
+        The built-in login handler calls it after its reply (so a welcome push
+        follows the reply); a login handler of the application's own should too,
+        after setting ``ctx.user``.
+        """
+        if self._login is not None:
+            await self._login.logged_in(self)
 
     def kick(self, reason: str | None = None) -> None:
         """Close this connection now; replies still queued are not sent."""

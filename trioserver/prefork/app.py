@@ -27,8 +27,8 @@ import typing
 from types import ModuleType
 from typing import Any, Final
 
-from ..dispatch import Router
 from ..handlers import default_router
+from ..handlers.router import Router
 
 __all__ = ["AppError", "check_app", "find_app", "load_router"]
 

@@ -38,7 +38,7 @@ from typing import Final
 import trio
 
 from ..config import Config
-from ..dispatch import Router
+from ..handlers.router import Router
 from ..ops.logs import configure_logging, reopen_logs, set_role
 from ..stats import watch_loop_lag
 from ..worker import BoundListener, Worker

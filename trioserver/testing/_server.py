@@ -22,8 +22,8 @@ import trio
 
 from ..client import Client
 from ..config import Config
-from ..dispatch import Router
 from ..handlers import Services
+from ..handlers.router import Router
 from ..tls import ServerTls, load_server_tls
 from ..worker import Worker
 from ._faults import Fault

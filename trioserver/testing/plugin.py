@@ -35,8 +35,8 @@ import pytest
 if TYPE_CHECKING:
     from ..client import Client
     from ..config import Config
-    from ..dispatch import Router
     from ..handlers import Services
+    from ..handlers.router import Router
     from ._server import InMemoryServer
 
 __all__ = [
