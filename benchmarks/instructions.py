@@ -13,6 +13,11 @@ checkout measured, so a change in the count is the server's.
 
     python benchmarks/instructions.py                 # batches of 16 and of 1
     python benchmarks/instructions.py --batch 16 --rounds 200 1200
+    python benchmarks/instructions.py --server bare   # the bare trio baseline instead
+
+With ``--server bare`` the same client talks to ``baselines/bare_trio.py``'s handler
+served by ``trio.serve_tcp`` in the same process: the difference between the two
+counts is what trioserver adds over trio per round trip.
 
 Compare two checkouts by running it in each (a worktree per commit).
 """
@@ -24,17 +29,44 @@ import os
 import re
 import shutil
 import subprocess
+from functools import partial
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-async def _serve_and_ping(rounds: int, batch: int) -> None:
+async def _ping(host: str, port: int, rounds: int, batch: int) -> None:
     import trio
 
-    from trioserver.config import Address
     from trioserver.framer import PING
+
+    sock = trio.socket.socket()
+    await sock.connect((host, port))
+    data = PING * batch
+    for _ in range(rounds):
+        await sock.send(data)
+        got = 0
+        while got < len(data):
+            got += len(await sock.recv(65536))
+    sock.close()
+
+
+async def _serve_and_ping(rounds: int, batch: int, server: str) -> None:
+    import trio
+
+    if server == "bare":
+        sys.path.insert(0, str(ROOT / "benchmarks" / "baselines"))
+        from bare_trio import handle
+
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(partial(trio.serve_tcp, handle, 0, host="127.0.0.1"))
+            port = listeners[0].socket.getsockname()[1]
+            await _ping("127.0.0.1", port, rounds, batch)
+            nursery.cancel_scope.cancel()
+        return
+
+    from trioserver.config import Address
     from trioserver.testing import memory_config
     from trioserver.worker import Worker
 
@@ -48,19 +80,11 @@ async def _serve_and_ping(rounds: int, batch: int) -> None:
     async with trio.open_nursery() as nursery:
         await nursery.start(worker.serve)
         host, port = worker.addresses[0]
-        sock = trio.socket.socket()
-        await sock.connect((host, port))
-        data = PING * batch
-        for _ in range(rounds):
-            await sock.send(data)
-            got = 0
-            while got < len(data):
-                got += len(await sock.recv(65536))
-        sock.close()
+        await _ping(host, port, rounds, batch)
         worker.stop(grace=0)
 
 
-def _count(rounds: int, batch: int) -> int:
+def _count(rounds: int, batch: int, server: str) -> int:
     out = subprocess.run(
         [
             "valgrind",
@@ -71,6 +95,8 @@ def _count(rounds: int, batch: int) -> int:
             "--child",
             str(rounds),
             str(batch),
+            "--server",
+            server,
         ],
         capture_output=True,
         text=True,
@@ -89,12 +115,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch", type=int, nargs="*", default=[16, 1])
     parser.add_argument("--rounds", type=int, nargs=2, default=[200, 1200])
+    parser.add_argument("--server", choices=["trioserver", "bare", "both"], default="trioserver")
     parser.add_argument("--child", nargs=2, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         import trio
 
-        trio.run(_serve_and_ping, *args.child)
+        trio.run(_serve_and_ping, *args.child, args.server)
         return
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed (Debian package valgrind)")
@@ -103,12 +130,24 @@ def main() -> None:
     ).stdout.strip()
     print(f"code: {commit}")
     short, long = args.rounds
+    servers = ["bare", "trioserver"] if args.server == "both" else [args.server]
     for batch in args.batch:
-        per_round = (_count(long, batch) - _count(short, batch)) / (long - short)
-        print(
-            f"batch {batch:>3}: {per_round:,.0f} instructions per round trip, "
-            f"{per_round / batch:,.0f} per ping (client and server)"
-        )
+        counts = {}
+        for server in servers:
+            per_round = (_count(long, batch, server) - _count(short, batch, server)) / (
+                long - short
+            )
+            counts[server] = per_round
+            print(
+                f"{server:>10} batch {batch:>3}: {per_round:,.0f} instructions per round trip, "
+                f"{per_round / batch:,.0f} per ping (client and server)"
+            )
+        if len(counts) == 2:
+            print(
+                f"{'':>10} batch {batch:>3}: trioserver adds "
+                f"{(counts['trioserver'] - counts['bare']) / batch:,.0f} per ping "
+                f"({counts['trioserver'] / counts['bare']:.2f}x bare's total)"
+            )
 
 
 if __name__ == "__main__":
