@@ -175,3 +175,80 @@ def test_a_drained_decoder_keeps_no_buffer() -> None:
     decoder.receive_data(PING[5:])
     assert decoder.next_packets() == [Packet(0)]
     assert decoder.pending == 0 and len(decoder._buf) == 0
+
+
+def _drain_one_by_one(decoder: FrameDecoder) -> tuple[list[object], str | None]:
+    """Every event next_packet gives, then the error that stopped it (by type), if any."""
+    out: list[object] = []
+    try:
+        while (event := decoder.next_packet()) is not NEED_DATA:
+            out.append(event)
+    except (PacketLengthError, TruncatedPacketError) as exc:
+        return out, type(exc).__name__
+    return out, None
+
+
+def _drain_in_batches(decoder: FrameDecoder, limit: int | None) -> tuple[list[object], str | None]:
+    out: list[object] = []
+    try:
+        while batch := decoder.next_packets(limit):
+            out.extend(batch)
+    except (PacketLengthError, TruncatedPacketError) as exc:
+        return out, type(exc).__name__
+    return out, None
+
+
+mixed_wire = st.lists(
+    st.one_of(
+        st.tuples(st.integers(0, 0xFFFF), st.binary(max_size=40)).map(lambda t: encode(*t)),
+        st.binary(min_size=8, max_size=8),  # any header: bad lengths, bad CRCs
+        st.binary(max_size=12),  # loose bytes
+    ),
+    max_size=12,
+).map(b"".join)
+
+
+@given(mixed_wire, st.data())
+def test_batches_give_what_one_at_a_time_gives(wire: bytes, data: st.DataObject) -> None:
+    """next_packets (any limit, any cuts, EOF or not) is next_packet in a loop: the same
+    events in the same order, the same error after them, the same bytes left over."""
+    limit = data.draw(st.none() | st.integers(1, 5))
+    cuts = sorted(data.draw(st.lists(st.integers(1, max(1, len(wire))), max_size=4)))
+    eof = data.draw(st.booleans())
+    one, batched = FrameDecoder(64), FrameDecoder(64)
+    results: list[tuple[list[object], str | None]] = [([], None), ([], None)]
+    previous = 0
+    for cut in [*cuts, len(wire)]:
+        chunk = wire[previous:cut]
+        previous = max(previous, cut)
+        for i, (decoder, drain) in enumerate(
+            [(one, _drain_one_by_one), (batched, lambda d: _drain_in_batches(d, limit))]
+        ):
+            if results[i][1] is not None:
+                continue  # stopped at an error: the connection is closed
+            if chunk:
+                decoder.receive_data(chunk)
+            events, error = drain(decoder)
+            results[i] = (results[i][0] + events, error)
+    if eof:
+        for i, (decoder, drain) in enumerate(
+            [(one, _drain_one_by_one), (batched, lambda d: _drain_in_batches(d, limit))]
+        ):
+            if results[i][1] is None:
+                decoder.receive_data(b"")
+                events, error = drain(decoder)
+                results[i] = (results[i][0] + events, error)
+    assert results[0] == results[1]
+    assert one.pending == batched.pending
+
+
+@pytest.mark.parametrize("limit", [None, 1, 3])
+def test_a_batch_stops_before_a_packet_that_is_one_byte_short(limit: int | None) -> None:
+    decoder = FrameDecoder()
+    wire = PING + encode(7, b"abc")
+    decoder.receive_data(wire[:-1])
+    assert decoder.next_packets(limit) == [Packet(0)]
+    assert decoder.next_packets(limit) == []
+    assert decoder.pending == len(wire) - 1 - len(PING)
+    decoder.receive_data(wire[-1:])
+    assert decoder.next_packets(limit) == [Packet(7, b"abc")]

@@ -253,21 +253,49 @@ class FrameDecoder:
         On a framing error the events decoded before it are returned, so they can
         still be answered; the error is raised by the next call (it is sticky).
         """
+        # next_packet's loop, inline: one call per batch instead of one per packet.
         out: list[Event] = []
+        if self._error is not None:
+            raise self._error
         append = out.append
-        next_packet = self.next_packet
+        buf = self._buf
+        pos = self._pos
+        end = len(buf)
+        maximum = self._max
         remaining = -1 if limit is None else limit
-        while remaining:
-            try:
-                event = next_packet()
-            except RemoteProtocolError:
-                if out:
-                    return out
-                raise
-            if event is NEED_DATA:
+        while remaining and end - pos >= HEADER_SIZE:
+            length, code, crc = _unpack_header(buf, pos)
+            if length < HEADER_SIZE or length > maximum:
+                self._error = PacketLengthError(length, maximum)
                 break
-            append(event)
+            if end - pos < length:
+                break
+            if length == HEADER_SIZE:
+                if crc:
+                    append(Discarded(code, DiscardReason.CRC_ON_EMPTY_BODY, length))
+                else:
+                    append(Packet(code, b""))
+            else:
+                body = bytes(buf[pos + HEADER_SIZE : pos + length])
+                if _crc32(body) != crc:
+                    append(Discarded(code, DiscardReason.BAD_CRC, length))
+                else:
+                    append(Packet(code, body))
+            pos += length
             remaining -= 1
+        self._pos = pos
+        if self._error is not None:
+            if out:
+                return out  # the error is raised by the next call
+            raise self._error
+        if pos == end:
+            if pos:
+                buf.clear()  # all taken: an idle connection keeps no buffer
+                self._pos = 0
+        elif self._eof and remaining:
+            self._error = TruncatedPacketError(end - pos)
+            if not out:
+                raise self._error
         return out
 
     def receive_packets(self, data: bytes | bytearray | memoryview) -> list[Event]:
