@@ -48,6 +48,8 @@ class FakeTransport:
     sends: list[bytes] = attrs.Factory(list)
     room: float = math.inf
     eof_sent: bool = False
+    #: What the connection said before closing (``closing``), in order.
+    reasons: list[object] = attrs.Factory(list)
     _lot: trio.lowlevel.ParkingLot = attrs.Factory(trio.lowlevel.ParkingLot)
 
     # -- the test's side ---------------------------------------------------------------------
@@ -117,6 +119,9 @@ class FakeTransport:
         self._check()
         self.eof_sent = True
         await trio.lowlevel.checkpoint()
+
+    def closing(self, reason: object) -> None:
+        self.reasons.append(reason)
 
     async def aclose(self) -> None:
         self.closed = True

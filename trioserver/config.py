@@ -422,6 +422,25 @@ class ConnectionSettings:
     )
 
 
+def _websocket_path(value: Any) -> str:
+    path = _str(value).strip()
+    if path and (not path.startswith("/") or any(c in path for c in "?# ")):
+        raise ValueError(f"expected a path such as '/ws' (or empty: off), got {value!r}")
+    return path
+
+
+def _origins(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, list | tuple):
+        raise ValueError(f"expected a list of origins such as 'https://example.com', got {value!r}")
+    out = []
+    for item in value:
+        origin = _str(item).strip().rstrip("/")
+        if origin != "*" and "://" not in origin:
+            raise ValueError(f"{item!r} is not an origin ('scheme://host[:port]' or '*')")
+        out.append(origin)
+    return tuple(out)
+
+
 @attrs.frozen
 class HttpSettings:
     """``[http]``: the static file server beside the binary protocol."""
@@ -524,6 +543,32 @@ class HttpSettings:
         "plaintext listen addresses; empty: none.",
         _addresses,
         why="Off until a certificate is configured, like [server] tls_listen.",
+    )
+    websocket_path: str = setting(
+        "/ws",
+        "Path whose GET upgrades to a WebSocket carrying the binary protocol (its packets "
+        "in binary messages, served by the same router and hub); empty turns WebSocket off.",
+        _websocket_path,
+        why="Browsers cannot open TCP connections; one path on the HTTP port lets a web "
+        "page be a client without a second port or a proxy.",
+    )
+    websocket_origins: tuple[str, ...] = setting(
+        (),
+        "Origins ('https://game.example') whose pages may open the WebSocket, besides pages "
+        "of the same host and port; '*' allows any. A client that sends no Origin (not a "
+        "browser) is not checked.",
+        _origins,
+        why="Same host only by default: another site's script must not open a connection "
+        "in a visitor's name (cross-site WebSocket hijacking).",
+    )
+    websocket_max_message: int = setting(
+        262144,
+        "Most payload bytes in one WebSocket message; a bigger one closes the connection "
+        "(close code 1009, kick 'websocket_too_big').",
+        _int(8, 64 * 1024 * 1024),
+        why="Messages are read as they arrive, never buffered whole, so this is no memory "
+        "bound; it refuses clients that do not send a few packets per message, as "
+        "trioserver.js does (a packet is at most 64 KiB).",
     )
 
 

@@ -49,7 +49,7 @@ from .proxy_protocol import ProxyPolicy, ProxyProtocolError, read_proxy_header
 from .reasons import CloseReason, DropReason, KickReason
 from .stats import Counters
 from .timers import ConnectionRules, RecycleTimer
-from .transport import Transport, linger
+from .transport import PeerProtocolError, Transport, linger
 from .wakeup import Wakeup
 
 __all__ = ["Checked", "Connection", "Dispatcher", "EventHooks", "HubHooks", "Shared", "Upgrade"]
@@ -311,8 +311,11 @@ class Connection:
 
     # -- the reader ----------------------------------------------------------------------------
 
-    async def serve(self) -> None:
+    async def serve(self, *, proxy_header: bool = True) -> None:
         """Read, check and hand over until the connection ends; then close it.
+
+        ``proxy_header=False``: no PROXY header comes first, whatever ``[server]``
+        says (a WebSocket made on the HTTP port, which takes none).
 
         The reader is inline here rather than in coroutines of its own because an
         idle connection is this task's frame and little else: every nested frame
@@ -334,7 +337,7 @@ class Connection:
         try:
             with self.scope:
                 early: bytes | None = b""
-                if shared.proxy is not None:
+                if shared.proxy is not None and proxy_header:
                     early = await self._proxy_header(shared.proxy)
                 if self.upgrade is not None and early is not None:
                     early = await self._upgrade(self.upgrade, early)
@@ -363,6 +366,12 @@ class Connection:
                                     self.state = _READING
                                 waited = True
                                 continue
+                        except PeerProtocolError as exc:
+                            # Its framing broke (WebSocket): what came before is answered,
+                            # then the close says why (the transport picked the code).
+                            log.debug("conn %s: %s", self.id, exc)
+                            self._finish(exc.reason)
+                            break
                         except trio.BrokenResourceError:
                             self.peer_gone()  # reset by peer: nothing more to deliver
                             break
@@ -411,6 +420,7 @@ class Connection:
                         await self.wakeup.wait()
                     if transport.lingers and not peer_eof:
                         self._move(State.LINGERING)
+                        transport.closing(self._ending())
                         await linger(transport)
             clean = True
         except Exception:
@@ -418,6 +428,12 @@ class Connection:
             clean = True
         finally:
             await self._close(clean)
+
+    def _ending(self) -> KickReason | CloseReason | None:
+        """Why it ends, as the transport is told: a drain's end is the drain's."""
+        if self.reason is None and self.shared.stopping:
+            return CloseReason.DRAINED
+        return self.reason
 
     def _finish(self, reason: KickReason) -> None:
         """Stop reading for a rule: what was read is still answered, then it closes."""
@@ -545,4 +561,5 @@ class Connection:
         shared.recycler.rest(self.slot)  # bumps the sequence: anything queued is now stale
         self.outbox.close()
         self._move(_CLOSED)
+        self.transport.closing(self._ending())
         await self.transport.aclose()

@@ -25,6 +25,8 @@ class KickReason(enum.Enum):
     HANDLER_ERROR = "handler_error"
     APPLICATION = "application"
     DRAIN_TIMEOUT = "drain_timeout"
+    WEBSOCKET = "websocket"
+    WEBSOCKET_TOO_BIG = "websocket_too_big"
 
     def __str__(self) -> str:
         return _KICK_TEXT[self]
@@ -41,6 +43,9 @@ _KICK_TEXT = {
     KickReason.HANDLER_ERROR: "made a handler raise (a bug, logged with its traceback)",
     KickReason.APPLICATION: "was kicked by an application handler",
     KickReason.DRAIN_TIMEOUT: "was still open when the worker's drain timeout ran out",
+    KickReason.WEBSOCKET: "broke the WebSocket protocol (a bad or unmasked frame, a text "
+    "message, a bad close)",
+    KickReason.WEBSOCKET_TOO_BIG: "sent a WebSocket message over http.websocket_max_message",
 }
 
 

@@ -48,7 +48,7 @@ from typing import Any, Final, Protocol
 import attrs
 import trio
 
-from .reasons import TlsFailure
+from .reasons import CloseReason, KickReason, TlsFailure
 from .transport import LINGER_TIMEOUT, STREAM_RECEIVE_SIZE, Transport
 from .wakeup import Wakeup
 
@@ -372,6 +372,9 @@ class TlsTransport:
             await self.stream.aclose()
         self._tls_closed = True
         self.lower.half_close_on_close = False
+
+    def closing(self, reason: KickReason | CloseReason | None) -> None:
+        pass
 
     def _stop_sender(self) -> None:
         if self._sender_scope is not None:

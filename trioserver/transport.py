@@ -27,7 +27,12 @@ Semantics shared by all: ``receive_nowait`` and ``send_nowait`` never wait and
 are not checkpoints; a reset peer raises ``trio.BrokenResourceError`` (from any
 method), a transport we closed ``trio.ClosedResourceError``; ``aclose`` closes
 at once and never raises. One receiver and one sender may work concurrently,
-as on a trio stream.
+as on a trio stream. A transport with framing of its own (WebSocket) raises
+:class:`PeerProtocolError`, a ``BrokenResourceError`` that names the kick, when
+the peer breaks that framing; before closing, a connection tells its transport
+why (``closing``), so such a transport can say it to the peer (a close code).
+After a send that took only part of the bytes, the caller goes on with the rest
+(as the outbox does), so a transport may have framed them already.
 """
 
 from __future__ import annotations
@@ -39,10 +44,12 @@ from typing import Any, Final, Protocol
 import trio
 
 from .peer import Peer
+from .reasons import CloseReason, KickReason
 
 __all__ = [
     "LINGER_BYTES",
     "LINGER_TIMEOUT",
+    "PeerProtocolError",
     "SocketTransport",
     "StreamTransport",
     "Transport",
@@ -59,6 +66,18 @@ LINGER_BYTES: Final = 1 << 20
 STREAM_RECEIVE_SIZE: Final = 65536
 
 _MSG_MORE: Final = getattr(socket, "MSG_MORE", 0)
+
+
+class PeerProtocolError(trio.BrokenResourceError):
+    """The peer broke the transport's own framing (a bad WebSocket frame): kick it.
+
+    The transport has already told the peer (a WebSocket close code); ``reason`` is
+    the kick counted, ``str(exc)`` what exactly was wrong.
+    """
+
+    def __init__(self, reason: KickReason, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
 
 
 class Transport(Protocol):
@@ -95,6 +114,11 @@ class Transport(Protocol):
 
     async def send_eof(self) -> None:
         """Close our sending side (the peer reads EOF after what was sent); may be a no-op."""
+        ...
+
+    def closing(self, reason: KickReason | CloseReason | None) -> None:
+        """Why the connection is about to end (before ``send_eof`` or ``aclose``); a
+        byte stream has no way to say it and ignores it."""
         ...
 
     async def aclose(self) -> None:
@@ -165,6 +189,9 @@ class SocketTransport:
         except OSError as exc:
             raise _failed(self.sock, exc) from exc
 
+    def closing(self, reason: KickReason | CloseReason | None) -> None:
+        pass
+
     async def aclose(self) -> None:
         self.close()
 
@@ -231,6 +258,9 @@ class StreamTransport:
             await stream.send_eof()
         else:
             await trio.lowlevel.checkpoint()
+
+    def closing(self, reason: KickReason | CloseReason | None) -> None:
+        pass
 
     async def aclose(self) -> None:
         with trio.CancelScope(shield=True):

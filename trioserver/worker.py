@@ -21,7 +21,9 @@ Shape::
           ├─ accept loops, one per listener
           ├─ per binary connection: Connection.serve (connection.py), and a
           │  writer task only while a reply has to wait for the peer
-          └─ per HTTP connection: http.serve_http
+          └─ per HTTP connection: http.serve_http; after a WebSocket handshake
+             (``http.websocket_path``), Connection.serve over a WebSocketTransport
+             in the same task and pool slot
 
 The worker owns what is shared: the pool, the queue, the timers, the hub
 (``worker.hub``: pushes to its connections, users and groups), the drain and
@@ -57,6 +59,7 @@ from .events import Events, run_worker_tasks
 from .handlers import Services, default_router
 from .handlers.router import Router
 from .http import HttpConnectionState, StaticSite, refuse_http_connection, serve_http
+from .http.websocket import WebSocketPolicy
 from .hub import Hub
 from .mesh import Mesh, mesh_supported
 from .nursery_pool import ConnectionPool, Slot
@@ -69,6 +72,7 @@ from .timers import ConnectionRules, RecycleTimer
 from .tls import ServerTls, load_config_tls
 from .tls_transport import TlsUpgrade
 from .transport import SocketTransport, Transport, as_transport, peer_of_stream
+from .ws_transport import WebSocketTransport
 
 __all__ = ["BoundListener", "Worker", "open_listeners", "run_worker", "serve_until_signalled"]
 
@@ -242,6 +246,8 @@ class Worker:
         self._https_listeners: list[Listener] = []
         self.tls = tls
         self._site: StaticSite | None = None
+        #: What makes a request on the HTTP port a WebSocket (None: WebSocket is off).
+        self._websocket: WebSocketPolicy | None = None
         self._http_connections: dict[int, HttpConnectionState] = {}
         self._http_closed = trio.lowlevel.ParkingLot()
         self._accept_scope = trio.CancelScope()
@@ -371,6 +377,7 @@ class Worker:
             raise ValueError("TLS listeners given without tls= (or a [tls] certificate)")
         if self._http_listeners or self._https_listeners:
             self._site = StaticSite.from_settings(self.config.http)
+            self._websocket = WebSocketPolicy.from_settings(self.config.http)
         async with trio.open_nursery() as outer:
             await outer.start(self._run)
             task_status.started(self)
@@ -541,24 +548,41 @@ class Worker:
         self, transport: Transport, peer: Peer, slot: Slot, upgrade: TlsUpgrade | None = None
     ) -> None:
         """One HTTP connection: it holds a slot of the shared pool while it lives
-        (an HTTPS one handshakes first, in this task)."""
+        (an HTTPS one handshakes first, in this task). A WebSocket handshake turns
+        it into a binary-protocol connection in the same slot and task."""
         assert self._site is not None
         state = HttpConnectionState(
             draining=self.shared.stopping, by_status=self.counters.http_by_status
         )
         self._http_connections[slot.index] = state
+        websocket = None
         try:
             if upgrade is not None:
-                upgraded = await upgrade(transport, b"", _HttpName(peer, slot))
-                if upgraded is None:
+                secured = await upgrade(transport, b"", _HttpName(peer, slot))
+                if secured is None:
                     await transport.aclose()
                     return
-                transport = upgraded
-            await serve_http(transport, self._site, self.config.http, state, peer=peer)
+                transport = secured
+            websocket = await serve_http(
+                transport, self._site, self.config.http, state, peer=peer, websocket=self._websocket
+            )
         finally:
             del self._http_connections[slot.index]
-            self.recycler.rest(slot)
+            if websocket is None:
+                self.recycler.rest(slot)
             self._http_closed.unpark_all()
+        if websocket is None:
+            return
+        assert self._websocket is not None
+        ws = WebSocketTransport(
+            transport,
+            websocket.trailing,
+            max_message=self._websocket.max_message,
+            subprotocol=websocket.accepted.subprotocol,
+        )
+        conn = Connection(slot, ws, peer, self.shared)
+        self.shared.connections[slot.index] = conn
+        await conn.serve(proxy_header=False)  # it rests the slot when it closes
 
 
 @attrs.frozen

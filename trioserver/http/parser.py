@@ -16,9 +16,11 @@ answer (400, 413, 414, 431, 505). It comes after the requests that preceded it o
 the wire, which deserve their answers, and it is the last event: the connection is
 then finished (``error`` keeps it) and further bytes are ignored. The same holds
 after a request that asked to be the last one (HTTP/1.0 without keep-alive,
-``Connection: close``) or an Upgrade/CONNECT request, which this server does not
-follow. Only misuse by the caller raises (:class:`LocalHttpError`, a
-``trioserver.errors.LocalProtocolError``).
+``Connection: close``) or an Upgrade/CONNECT request: after an upgrade the bytes
+belong to another protocol, so the request carries ``upgrade=True`` and the bytes
+that followed its head wait in :attr:`HttpConnection.trailing_data` (the adapter
+hands both to the WebSocket handshake, or closes). Only misuse by the caller
+raises (:class:`LocalHttpError`, a ``trioserver.errors.LocalProtocolError``).
 
 What is rejected, and why (request smuggling needs two parsers to disagree about
 where a message ends, so every ambiguous framing closes the connection):
@@ -116,6 +118,8 @@ class Request:
     headers: Mapping[bytes, bytes]
     #: The client allows another request on this connection after this one.
     keep_alive: bool
+    #: The request asked to switch protocols (``Connection: upgrade`` with ``Upgrade``).
+    upgrade: bool = False
 
 
 @attrs.frozen(slots=True)
@@ -180,6 +184,7 @@ class HttpConnection:
         "_state",
         "_url",
         "requests_started",
+        "trailing_data",
     )
 
     def __init__(
@@ -222,6 +227,8 @@ class HttpConnection:
         #: How many requests have begun (first byte seen); lets the adapter tell a
         #: new partial request from the one that was already arriving.
         self.requests_started = 0
+        #: After an upgrade request: the bytes that came after its head (the new protocol's).
+        self.trailing_data = b""
 
     # -- state the adapter reads ----------------------------------------------
 
@@ -272,9 +279,11 @@ class HttpConnection:
         self._progress = False
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            # Upgrade or CONNECT: we serve neither, so answer what came and close.
-            self._finish_after_last_request()
+        except httptools.HttpParserUpgrade as exc:
+            # Upgrade or CONNECT: what follows is not HTTP; the adapter decides.
+            self._finish_after_last_request(upgrade=self._parser.should_upgrade())
+            offset = exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(data)
+            self.trailing_data = bytes(data[offset:])
         except httptools.HttpParserError as exc:
             # The callbacks moved the state; mypy cannot see that, so ask a method.
             if not self.finished:
@@ -297,10 +306,10 @@ class HttpConnection:
         self._state = _ERROR
         self._events.append(rejected)
 
-    def _finish_after_last_request(self) -> None:
+    def _finish_after_last_request(self, *, upgrade: bool = False) -> None:
         events = self._events
         if events and isinstance(events[-1], Request):
-            events[-1] = attrs.evolve(events[-1], keep_alive=False)
+            events[-1] = attrs.evolve(events[-1], keep_alive=False, upgrade=upgrade)
         self._state = _DONE
 
     def _fail(self, status: int, detail: str) -> NoReturn:

@@ -206,15 +206,20 @@ class StaticSite:
             responses[method, request.target, request.version, keep_alive] = (response, found)
         return response
 
-    def error(self, status: int, request: Request | None = None) -> Response:
+    def error(
+        self, status: int, request: Request | None = None, *, headers: bytes = b""
+    ) -> Response:
         """An error response with its short HTML page (no body for a HEAD request).
 
         Without a request (the parser or the adapter decided), and for statuses that
         close (``STATUSES[status].closes``), the connection closes after it.
+        ``headers``: more header lines (each ending in CRLF), such as a 426's ``Upgrade``.
         """
         close = request is None or not request.keep_alive or STATUSES[status].closes
         connection = _CLOSE if close or request is None else _CONNECTION[request.version, True]
-        head = b"".join((self._error_heads[status], self._date(self._clock()), connection, b"\r\n"))
+        head = b"".join(
+            (self._error_heads[status], self._date(self._clock()), connection, headers, b"\r\n")
+        )
         head_only = request is not None and request.method == b"HEAD"
         return Response(status, head, b"" if head_only else self._error_pages[status], close)
 

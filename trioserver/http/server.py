@@ -7,6 +7,8 @@
     await serve_http_connection(stream, site, config.http)   # the same on a trio stream
     await serve_http_socket(sock, site, config.http)         # the same on a raw socket
     await refuse_http_connection(transport)                  # worker full: 503 and close
+    upgraded = await serve_http(transport, site, settings, websocket=policy)
+    # not None: a WebSocket handshake was answered 101; the transport is the caller's now
 
 One task per connection, one loop: receive, parse every request the bytes
 completed, decide every response, send them in one write, repeat. Pipelined
@@ -70,12 +72,14 @@ from ..transport import SocketTransport, StreamTransport, Transport, as_transpor
 from .files import FileRange
 from .parser import HttpConnection, Rejected, Request
 from .policy import Response, StaticSite, service_unavailable
+from .websocket import Accepted, WebSocketPolicy
 
 if TYPE_CHECKING:
     from trioserver.config import HttpSettings
 
 __all__ = [
     "HttpConnectionState",
+    "Upgraded",
     "refuse_http_connection",
     "serve_http",
     "serve_http_connection",
@@ -138,6 +142,16 @@ class HttpConnectionState:
             self.scope.cancel()
 
 
+@attrs.frozen
+class Upgraded:
+    """A WebSocket handshake was accepted (its 101 sent): the connection speaks it now."""
+
+    request: Request
+    accepted: Accepted
+    #: Bytes the client sent right after its handshake (already WebSocket frames).
+    trailing: bytes
+
+
 async def serve_http(
     transport: Transport,
     app: StaticSite,
@@ -145,15 +159,22 @@ async def serve_http(
     state: HttpConnectionState | None = None,
     *,
     peer: Peer | None = None,
-) -> None:
+    websocket: WebSocketPolicy | None = None,
+) -> Upgraded | None:
     """Serve HTTP/1.1 requests on ``transport`` until the connection ends; then close it.
 
     Returns normally on every peer behaviour and on our own bugs (logged); only
-    cancellation propagates. The transport is closed when this returns.
+    cancellation propagates. The transport is closed when this returns, unless a
+    request for ``websocket``'s path was accepted: then the 101 is sent and the
+    :class:`Upgraded` returned, and the open transport is the caller's.
     """
-    connection = _Connection(transport, app, settings, state or HttpConnectionState(), peer)
+    connection = _Connection(
+        transport, app, settings, state or HttpConnectionState(), peer, websocket
+    )
+    upgraded = None
     try:
         await connection.serve()
+        upgraded = connection.upgraded
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass  # the peer went away
     except _FileShrank as exc:
@@ -161,7 +182,9 @@ async def serve_http(
     except Exception:
         log.exception("HTTP connection failed; closing it")
     finally:
-        await transport.aclose()
+        if upgraded is None:
+            await transport.aclose()
+    return upgraded
 
 
 async def serve_http_connection(
@@ -249,8 +272,12 @@ class _Connection:
         settings: HttpSettings,
         state: HttpConnectionState,
         peer: Peer | None,
+        websocket: WebSocketPolicy | None = None,
     ) -> None:
         self.state = state
+        self.websocket = websocket
+        #: Set once a WebSocket handshake was answered 101 (the loop then ends).
+        self.upgraded: Upgraded | None = None
         self.transport = transport
         self.receive = _Receiver(transport).receive
         self.send_all = transport.send_all
@@ -328,6 +355,9 @@ class _Connection:
         half_idle = idle / 2
         header_timeout = self.settings.header_timeout
         keep_open, close, linger = _KEEP_OPEN, _CLOSE, _LINGER
+        websocket = self.websocket
+        ws_path = websocket.path if websocket is not None else None
+        upgraded: Upgraded | None = None
         state = self.state
         by_status = state.by_status
         # Our copy of scope.deadline: reading the property costs more than comparing.
@@ -346,11 +376,19 @@ class _Connection:
                 for event in events:
                     if type(event) is Request:
                         started = now() if access else 0.0
-                        try:
-                            response = respond(event)
-                        except Exception:
-                            log.exception("bug answering %r; sent 500", event)
-                            response = site.error(500)
+                        if (
+                            ws_path is not None
+                            and event.target.startswith(ws_path)
+                            and websocket is not None
+                            and websocket.wants(event)
+                        ):
+                            response, upgraded = self._handshake(event, websocket)
+                        else:
+                            try:
+                                response = respond(event)
+                            except Exception:
+                                log.exception("bug answering %r; sent 500", event)
+                                response = site.error(500)
                         body = response.body
                         if type(body) is bytes:
                             head = response.head
@@ -371,6 +409,9 @@ class _Connection:
                             by_status[response.status] += 1
                         if access:
                             self._log_access(event, response, now() - started)
+                        if upgraded is not None:
+                            outcome = _UPGRADE
+                            break
                         if response.close:
                             outcome = close
                             break
@@ -386,6 +427,9 @@ class _Connection:
                 if out:
                     await send_all(b"".join(out))
                 state.sending = False
+                if upgraded is not None:
+                    self.upgraded = upgraded
+                    return
                 if state.draining:
                     outcome = close  # the worker is stopping: this was the last answer
                 if outcome is not keep_open:
@@ -402,6 +446,22 @@ class _Connection:
                 self.deadline = now() + header_timeout
             if scope_deadline > self.deadline:
                 scope_deadline = scope.deadline = self.deadline
+
+    def _handshake(
+        self, request: Request, policy: WebSocketPolicy
+    ) -> tuple[Response, Upgraded | None]:
+        """The answer to a request for the WebSocket path: 101 and the upgrade, or a
+        refusal that closes (``trioserver.http.websocket`` has the rules)."""
+        if self.state.draining:
+            return self.site.error(503), None
+        decision = policy.decide(request)
+        if type(decision) is Accepted:
+            upgraded = Upgraded(request, decision, self.parser.trailing_data)
+            return Response(101, decision.response, b"", False), upgraded
+        assert not isinstance(decision, Accepted)
+        log.debug("WebSocket handshake refused with %d: %s", decision.status, decision.detail)
+        response = self.site.error(decision.status, headers=decision.headers)
+        return response, None
 
     async def _send_file(
         self, request: Request, response: Response, pending: list[bytes]
@@ -511,12 +571,14 @@ class _Outcome(enum.Enum):
     KEEP_OPEN = "keep open"
     CLOSE = "close"  # the client asked for it, or it ended
     LINGER = "linger"  # a protocol error: shut down writing, drain, then close
+    UPGRADE = "upgrade"  # a WebSocket handshake was accepted: the caller takes over
 
 
 # Module constants: reading an Enum member through its class costs ~200 ns on 3.11.
 _KEEP_OPEN: Final = _Outcome.KEEP_OPEN
 _CLOSE: Final = _Outcome.CLOSE
 _LINGER: Final = _Outcome.LINGER
+_UPGRADE: Final = _Outcome.UPGRADE
 
 
 def _peer_name(sock: socket.socket | trio.socket.SocketType | None) -> str:

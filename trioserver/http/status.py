@@ -46,6 +46,7 @@ STATUSES: Final[Mapping[int, Status]] = _table(
     Status(413, "Content Too Large", True, "The request body is larger than allowed."),
     Status(414, "URI Too Long", True, "The request line is longer than allowed."),
     Status(416, "Range Not Satisfiable", False, "The requested range is outside the document."),
+    Status(426, "Upgrade Required", True, "This address speaks WebSocket (version 13) only."),
     Status(431, "Request Header Fields Too Large", True, "The request headers are too large."),
     Status(500, "Internal Server Error", True, "The server failed; the failure is logged."),
     Status(503, "Service Unavailable", True, "The server is full; try again shortly."),

@@ -565,6 +565,9 @@ class LinkEnd(trio.abc.HalfCloseableStream):
         """Reset the connection now (both ends' next operations raise ``BrokenResourceError``)."""
         self._link.reset()
 
+    def closing(self, reason: object) -> None:
+        """A byte stream cannot say why it closes (the seam's ``closing``)."""
+
     def close(self) -> None:
         """``aclose()`` without its checkpoint, for closing many ends at once."""
         self._out.finish()
