@@ -39,9 +39,10 @@ worker drains, 1011 after a handler bug, 1008 for any other kick (heartbeat,
 flood, send caps, ...), with the kick's name as the reason text. A finished
 connection lingers by the close handshake: ``send_eof`` sends the close frame and
 the reader then reads (and drops) until the peer's close answers it; a kick sends
-its close frame if the socket takes it at once and closes. The peer's own close is
-answered at once; whatever the connection still sends after it is dropped, as the
-peer would drop it (RFC 6455 §1.4).
+its close frame if the socket takes it at once and closes. The peer's own close
+reads as EOF, as a half-close does on TCP: the packets that came before it are
+answered, then its close code is echoed and the connection closes (RFC 6455 §5.5.1
+lets a close wait for the message in progress).
 
 Sending frames outgoing binary messages here (a server's frames are unmasked: a
 2-10 byte header before the bytes), because the seam's ``send_nowait`` must say
@@ -219,9 +220,8 @@ class WebSocketTransport:
                 if ws.state is _OPEN:  # wsproto reports a bad frame as a close it makes
                     self._fail(event.code, KickReason.WEBSOCKET, event.reason or "a bad frame")
                     break
-                if ws.state is _REMOTE_CLOSING:  # the peer's close: answer it now
-                    self._send_control(ws.send(event.response()))
-                    self._close_sent = True
+                if ws.state is _REMOTE_CLOSING:  # the peer's: echoed once it is answered
+                    self._close_code = event.code
                 self._peer_closed = self._eof = True
                 break
             else:  # a text message: the binary protocol has no text
@@ -242,7 +242,7 @@ class WebSocketTransport:
 
     def send_nowait(self, data: bytes | memoryview) -> int:
         if self._close_sent:
-            return len(data)  # the WebSocket is closed: the peer reads nothing more
+            return len(data)  # our close went out: the peer reads nothing more (§1.4)
         lower = self.lower
         taken = 0
         owed = self._owed
@@ -323,12 +323,12 @@ class WebSocketTransport:
 
     def closing(self, reason: KickReason | CloseReason | None) -> None:
         """Pick the close code for ``reason`` (a fault found in the frames keeps its own)."""
-        if self._error is None:
+        if self._error is None and not self._peer_closed:
             self._close_code = CLOSE_CODES.get(reason, _POLICY_VIOLATION)
             self._reason_text = reason.value if isinstance(reason, KickReason) else ""
 
     async def aclose(self) -> None:
-        if not self._close_sent and not self._peer_closed:
+        if not self._close_sent:
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 self._send_close()  # if the socket takes it now; a kick waits for nothing
         await self.lower.aclose()

@@ -1,0 +1,243 @@
+"""The WebSocket transport under a real Connection, in memory, against wsproto as the client.
+
+The client is wsproto's own client side (masked frames, its parser for what the server
+sends): a library not written here, on both ends of the bytes the transport handles.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+from wsproto.connection import Connection as WsConnection
+from wsproto.connection import ConnectionType
+from wsproto.events import BytesMessage, CloseConnection, Message, Ping, Pong, TextMessage
+
+from trioserver.config import ConnectionSettings
+from trioserver.framer import encode
+from trioserver.handlers import default_router
+from trioserver.lifecycle import State
+from trioserver.reasons import CloseReason, KickReason
+from trioserver.ws_transport import WebSocketTransport, frame_header
+
+from .fake_transport import FakeTransport, serving
+
+PING_PACKET = encode(0, b"")
+
+
+class Browser:
+    """The client end: wsproto's client side over the fake transport's two buffers."""
+
+    def __init__(self, fake: FakeTransport) -> None:
+        self.fake = fake
+        self.ws = WsConnection(ConnectionType.CLIENT)
+        self.read = 0
+
+    def send(self, data: bytes, *, finished: bool = True) -> None:
+        self.fake.feed(self.ws.send(Message(data=data, message_finished=finished)))
+
+    def send_event(self, event: Any) -> None:
+        self.fake.feed(self.ws.send(event))
+
+    def events(self) -> list[Any]:
+        raw = self.fake.sent
+        self.ws.receive_data(raw[self.read :])
+        self.read = len(raw)
+        return list(self.ws.events())
+
+    def payload(self) -> bytes:
+        """The binary payload received so far (every message, joined)."""
+        return b"".join(e.data for e in self.events() if isinstance(e, BytesMessage))
+
+
+@pytest.fixture
+def settings() -> ConnectionSettings:
+    return ConnectionSettings(flood_check=False)
+
+
+async def open_ws(
+    harness: Any, *, max_message: int = 262144, lingers: bool = True
+) -> tuple[Any, FakeTransport, WebSocketTransport, Browser]:
+    fake = FakeTransport()
+    ws = WebSocketTransport(fake, max_message=max_message)
+    conn = harness.connection(ws)
+    harness.nursery.start_soon(lambda: conn.serve(proxy_header=False))
+    await trio.testing.wait_all_tasks_blocked()
+    return conn, fake, ws, Browser(fake)
+
+
+async def settle() -> None:
+    await trio.testing.wait_all_tasks_blocked()
+
+
+def close_of(events: list[Any]) -> CloseConnection:
+    closes = [e for e in events if isinstance(e, CloseConnection)]
+    assert len(closes) == 1, events
+    return closes[0]
+
+
+def test_frame_header_lengths() -> None:
+    assert frame_header(0) == b"\x82\x00"
+    assert frame_header(125) == b"\x82\x7d"
+    assert frame_header(126) == b"\x82\x7e\x00\x7e"
+    assert frame_header(65535) == b"\x82\x7e\xff\xff"
+    assert frame_header(65536) == b"\x82\x7f" + (65536).to_bytes(8, "big")
+
+
+async def test_a_message_of_several_packets_gets_every_reply() -> None:
+    async with serving(default_router()) as harness:
+        _, _, _, browser = await open_ws(harness)
+        browser.send(PING_PACKET * 3)
+        await settle()
+        assert browser.payload() == PING_PACKET * 3
+
+
+async def test_a_packet_across_messages_and_fragments() -> None:
+    async with serving(default_router()) as harness:
+        _, _, _, browser = await open_ws(harness)
+        browser.send(PING_PACKET[:3])  # one message
+        browser.send(PING_PACKET[3:5], finished=False)  # a fragmented one: first frame...
+        await settle()
+        assert browser.payload() == b""  # no whole packet yet
+        browser.send(PING_PACKET[5:] + PING_PACKET[:1], finished=False)
+        browser.send(PING_PACKET[1:])  # ...its last frame
+        await settle()
+        assert browser.payload() == PING_PACKET * 2
+
+
+async def test_each_send_is_one_binary_message() -> None:
+    async with serving(default_router()) as harness:
+        _, _, _, browser = await open_ws(harness)
+        browser.send(PING_PACKET)
+        await settle()
+        events = browser.events()
+        assert [type(e) for e in events] == [BytesMessage]
+        assert events[0].message_finished and events[0].data == PING_PACKET
+
+
+async def test_ping_frames_get_pongs_and_pongs_are_ignored() -> None:
+    async with serving(default_router()) as harness:
+        conn, _, _, browser = await open_ws(harness)
+        browser.send_event(Ping(b"are you there"))
+        browser.send_event(Pong(b"unasked"))
+        await settle()
+        assert browser.events() == [Pong(b"are you there")]
+        assert not conn.closing  # control frames carry no packet: it waits for one
+
+
+@pytest.mark.parametrize(
+    ("offence", "code", "reason"),
+    [
+        ("text", 1003, KickReason.WEBSOCKET),
+        ("oversize", 1009, KickReason.WEBSOCKET_TOO_BIG),
+        ("unmasked", 1002, KickReason.WEBSOCKET),
+        ("reserved bits", 1002, KickReason.WEBSOCKET),
+        ("bad continuation", 1002, KickReason.WEBSOCKET),
+    ],
+)
+async def test_protocol_errors_close_with_a_code_and_a_counted_kick(
+    offence: str, code: int, reason: KickReason
+) -> None:
+    async with serving(default_router()) as harness:
+        conn, fake, _, browser = await open_ws(harness, max_message=100)
+        browser.send(PING_PACKET)  # answered: it came before the fault
+        if offence == "text":
+            browser.send_event(TextMessage("hello"))
+        elif offence == "oversize":
+            big = encode(7, b"x" * 200)
+            browser.send(big[:60], finished=False)
+            browser.send(big[60:120])  # 120 bytes in one message: over 100
+        elif offence == "unmasked":
+            fake.feed(frame_header(8) + PING_PACKET)  # a server's frame, from the client
+        elif offence == "reserved bits":
+            fake.feed(b"\xf2\x80abcd")  # RSV1-3 set, no extension agreed
+        else:
+            fake.feed(b"\x80\x80abcd")  # a continuation with no message begun
+        await settle()
+        events = browser.events()
+        assert events[0] == BytesMessage(PING_PACKET, True, True)
+        assert close_of(events).code == code
+        assert conn.state is State.CLOSED and fake.closed
+        assert harness.counters.kicks == {reason.value: 1}
+
+
+async def test_the_peers_close_is_answered_and_ends_it_quietly() -> None:
+    async with serving(default_router()) as harness:
+        conn, fake, _, browser = await open_ws(harness)
+        browser.send(PING_PACKET)
+        browser.send_event(CloseConnection(1000, "bye"))
+        await settle()
+        events = browser.events()
+        assert events[0] == BytesMessage(PING_PACKET, True, True)
+        assert close_of(events).code == 1000
+        assert conn.state is State.CLOSED and fake.closed
+        assert conn.reason is None and harness.counters.kicks == {}
+
+
+async def test_a_finished_connection_closes_with_a_handshake(
+    settings: ConnectionSettings,
+) -> None:
+    """A rule that stops reading (a bad packet header) answers what came, sends its
+    close, and reads until the client's close answers it (the WebSocket linger)."""
+    async with serving(default_router(), settings=settings) as harness:
+        conn, fake, _, browser = await open_ws(harness)
+        browser.send(PING_PACKET + b"\x00\x02" + b"\0" * 6)  # pkgLen 2: out of range
+        await settle()
+        events = browser.events()
+        assert events[0].data == PING_PACKET
+        assert close_of(events).code == 1008 and events[-1].reason == "bad_length"
+        assert conn.state is State.LINGERING and not fake.closed
+        browser.send_event(CloseConnection(1008))  # the client answers
+        await settle()
+        assert conn.state is State.CLOSED and fake.closed
+        assert harness.counters.kicks == {"bad_length": 1}
+
+
+async def test_heartbeat_kick_in_virtual_time(autojump_clock: trio.testing.MockClock) -> None:
+    settings = ConnectionSettings(flood_check=False, heartbeat_wait=20.0)
+    async with serving(default_router(), settings=settings) as harness:
+        start = trio.current_time()
+        conn, fake, _, browser = await open_ws(harness)
+        await trio.sleep(60)
+        browser.send(PING_PACKET)  # a ping moves the deadline: 70 s from here
+        await trio.sleep(69.5)
+        assert conn.state is State.IDLE
+        while conn.state is not State.CLOSED:
+            await trio.sleep(0.01)
+        assert trio.current_time() - start == pytest.approx(60 + 70, abs=0.02)
+        events = browser.events()
+        assert close_of(events).code == 1008 and events[-1].reason == "heartbeat"
+        assert harness.counters.kicks == {"heartbeat": 1}
+
+
+async def test_a_drain_closes_an_idle_websocket_with_1001() -> None:
+    async with serving(default_router()) as harness:
+        conn, fake, _, browser = await open_ws(harness)
+        browser.send(PING_PACKET)
+        await settle()
+        harness.shared.stopping = True
+        conn.drain(trio.current_time())
+        await settle()
+        events = browser.events()
+        assert events[0].data == PING_PACKET
+        assert close_of(events).code == 1001
+        assert conn.reason is CloseReason.DRAINED and harness.counters.kicks == {}
+
+
+async def test_a_frame_the_socket_takes_in_part_is_continued_not_restarted() -> None:
+    """The socket's window holds 3 bytes: the frame's header and one payload byte go,
+    then the outbox's writer sends the rest, which continues that frame."""
+    async with serving(default_router()) as harness:
+        _, fake, _, browser = await open_ws(harness)
+        fake.room = 3
+        browser.send(PING_PACKET)
+        await settle()
+        assert fake.sent == frame_header(8) + PING_PACKET[:1]
+        browser.send_event(Ping(b"p"))  # its pong waits for the frame to end
+        await settle()
+        fake.make_room()
+        await settle()
+        assert browser.events() == [BytesMessage(PING_PACKET, True, True), Pong(b"p")]
+
