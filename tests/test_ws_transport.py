@@ -199,7 +199,7 @@ async def test_heartbeat_kick_in_virtual_time(autojump_clock: trio.testing.MockC
     settings = ConnectionSettings(flood_check=False, heartbeat_wait=20.0)
     async with serving(default_router(), settings=settings) as harness:
         start = trio.current_time()
-        conn, fake, _, browser = await open_ws(harness)
+        conn, _, _, browser = await open_ws(harness)
         await trio.sleep(60)
         browser.send(PING_PACKET)  # a ping moves the deadline: 70 s from here
         await trio.sleep(69.5)
@@ -214,7 +214,7 @@ async def test_heartbeat_kick_in_virtual_time(autojump_clock: trio.testing.MockC
 
 async def test_a_drain_closes_an_idle_websocket_with_1001() -> None:
     async with serving(default_router()) as harness:
-        conn, fake, _, browser = await open_ws(harness)
+        conn, _, _, browser = await open_ws(harness)
         browser.send(PING_PACKET)
         await settle()
         harness.shared.stopping = True
