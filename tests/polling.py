@@ -21,3 +21,12 @@ def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(interval)
+
+
+async def wait_until(check: Callable[[], object], timeout: float = 10.0) -> None:
+    """In a trio test: poll ``check`` (on the real clock) until it is truthy, or fail."""
+    import trio
+
+    with trio.fail_after(timeout):
+        while not check():
+            await trio.sleep(0.01)

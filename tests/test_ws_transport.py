@@ -240,4 +240,3 @@ async def test_a_frame_the_socket_takes_in_part_is_continued_not_restarted() -> 
         fake.make_room()
         await settle()
         assert browser.events() == [BytesMessage(PING_PACKET, True, True), Pong(b"p")]
-
