@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -28,26 +27,11 @@ import pytest
 
 from trioserver.client import BlockingClient
 
+from ..browser import chromium
 from ..polling import wait_for
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 REPO = Path(__file__).resolve().parent.parent.parent
-CHROMIUM_FLAGS = [
-    "--no-sandbox",  # tests run as root
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 CHARTS = ("connections", "requests", "lag", "kicks", "refusals")
-
-
-def _need(what: str, missing: bool) -> None:
-    if missing:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI is set but {what} is missing")
-        pytest.skip(f"{what} is missing")
 
 
 def free_port() -> int:
@@ -99,85 +83,73 @@ def number(text: str) -> float:
 def test_the_dashboard_draws_and_follows_the_server(
     server: tuple[int, int], tmp_path: Path
 ) -> None:
-    _need("chromium (Debian package 'chromium')", CHROMIUM is None)
-    sync_api = pytest.importorskip("playwright.sync_api")
     port, admin = server
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch_persistent_context(
-            str(tmp_path / "chromium-profile"),  # a fresh profile
-            executable_path=CHROMIUM,
-            headless=True,
-            args=CHROMIUM_FLAGS,
-            viewport={"width": 1280, "height": 1100},
-        )
+    with chromium(tmp_path / "chromium-profile") as browser:
+        page = browser.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        requests: list[str] = []
+        page.on("request", lambda request: requests.append(request.url))
+        page.goto(f"http://127.0.0.1:{admin}/")
+        page.wait_for_function("Number(document.body.dataset.polls) >= 3", timeout=15_000)
+
+        # Loaded and drawn: five charts, each a line for each worker and one for all.
+        assert page.inner_text("#health") == "serving"
+        for chart in CHARTS:
+            drawn = page.eval_on_selector_all(
+                f"#chart-{chart} polyline", "lines => lines.map(l => l.dataset.series)"
+            )
+            assert sorted(drawn) == ["1", "2", "all"], (chart, drawn)
+            assert int(page.get_attribute(f"#chart-{chart}", "data-points") or 0) >= 1
+        assert cell(page, "all", "open") == "0"
+        assert cell(page, "all", "kicks") == "0"
+        assert number(cell(page, "all", "requests")) == 0
+
+        # Load: one bad packet (a kick), then 12 clients for a pool of 8, pings on
+        # those the server kept.
+        with socket.create_connection(("127.0.0.1", port)) as bad:
+            bad.sendall(b"\x00\x02\x00\x00\x00\x00\x00\x00")  # pkgLen 2: kicked
+            assert bad.recv(1) == b""
+        clients = [BlockingClient.connect("127.0.0.1", port) for _ in range(12)]
+        stop = threading.Event()
+        pinged = [0]
+
+        def load() -> None:
+            deadline = time.monotonic() + 30  # bounded, whatever happens
+            while not stop.is_set() and time.monotonic() < deadline:
+                for client in kept:
+                    with contextlib.suppress(OSError, ConnectionError):
+                        client.ping()
+                        pinged[0] += 1
+
         try:
-            page = browser.new_page()
-            errors: list[str] = []
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            requests: list[str] = []
-            page.on("request", lambda request: requests.append(request.url))
-            page.goto(f"http://127.0.0.1:{admin}/")
-            page.wait_for_function("Number(document.body.dataset.polls) >= 3", timeout=15_000)
-
-            # Loaded and drawn: five charts, each a line for each worker and one for all.
-            assert page.inner_text("#health") == "serving"
-            for chart in CHARTS:
-                drawn = page.eval_on_selector_all(
-                    f"#chart-{chart} polyline", "lines => lines.map(l => l.dataset.series)"
-                )
-                assert sorted(drawn) == ["1", "2", "all"], (chart, drawn)
-                assert int(page.get_attribute(f"#chart-{chart}", "data-points") or 0) >= 1
-            assert cell(page, "all", "open") == "0"
-            assert cell(page, "all", "kicks") == "0"
-            assert number(cell(page, "all", "requests")) == 0
-
-            # Load: one bad packet (a kick), then 12 clients for a pool of 8, pings on
-            # those the server kept.
-            with socket.create_connection(("127.0.0.1", port)) as bad:
-                bad.sendall(b"\x00\x02\x00\x00\x00\x00\x00\x00")  # pkgLen 2: kicked
-                assert bad.recv(1) == b""
-            clients = [BlockingClient.connect("127.0.0.1", port) for _ in range(12)]
-            stop = threading.Event()
-            pinged = [0]
-
-            def load() -> None:
-                deadline = time.monotonic() + 30  # bounded, whatever happens
-                while not stop.is_set() and time.monotonic() < deadline:
-                    for client in kept:
-                        with contextlib.suppress(OSError, ConnectionError):
-                            client.ping()
-                            pinged[0] += 1
-
-            try:
-                kept = [c for c in clients if _alive(c)]
-                thread = threading.Thread(target=load, daemon=True)
-                thread.start()
-                page.wait_for_function(
-                    """() => {
-                        const get = key => document.querySelector(
-                            `#workers tr[data-worker="all"] td[data-key="${key}"]`).textContent;
-                        return parseFloat(get("requests")) > 0 && get("kicks") === "1"
-                            && Number(get("refusals")) >= 4 && Number(get("open")) > 0;
-                    }""",
-                    timeout=20_000,
-                )
-                assert number(cell(page, "all", "open")) == len(kept)
-                assert number(cell(page, "all", "refusals")) == 12 - len(kept)
-                assert page.inner_text("#now-requests") not in ("–", "0")
-                screenshot = tmp_path / "dashboard.png"
-                page.screenshot(path=str(screenshot), full_page=True)
-                print(f"dashboard screenshot: {screenshot}")
-            finally:
-                stop.set()
-                for client in clients:
-                    client.close()
-            assert pinged[0] > 0
-            assert screenshot.stat().st_size > 10_000
-            assert errors == []
-            # Nothing but the admin listener was asked for: no external asset.
-            assert all(url.startswith(f"http://127.0.0.1:{admin}/") for url in requests)
+            kept = [c for c in clients if _alive(c)]
+            thread = threading.Thread(target=load, daemon=True)
+            thread.start()
+            page.wait_for_function(
+                """() => {
+                    const get = key => document.querySelector(
+                        `#workers tr[data-worker="all"] td[data-key="${key}"]`).textContent;
+                    return parseFloat(get("requests")) > 0 && get("kicks") === "1"
+                        && Number(get("refusals")) >= 4 && Number(get("open")) > 0;
+                }""",
+                timeout=20_000,
+            )
+            assert number(cell(page, "all", "open")) == len(kept)
+            assert number(cell(page, "all", "refusals")) == 12 - len(kept)
+            assert page.inner_text("#now-requests") not in ("–", "0")
+            screenshot = tmp_path / "dashboard.png"
+            page.screenshot(path=str(screenshot), full_page=True)
+            print(f"dashboard screenshot: {screenshot}")
         finally:
-            browser.close()
+            stop.set()
+            for client in clients:
+                client.close()
+        assert pinged[0] > 0
+        assert screenshot.stat().st_size > 10_000
+        assert errors == []
+        # Nothing but the admin listener was asked for: no external asset.
+        assert all(url.startswith(f"http://127.0.0.1:{admin}/") for url in requests)
 
 
 def _alive(client: BlockingClient) -> bool:
