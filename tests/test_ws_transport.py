@@ -240,3 +240,58 @@ async def test_a_frame_the_socket_takes_in_part_is_continued_not_restarted() -> 
         fake.make_room()
         await settle()
         assert browser.events() == [BytesMessage(PING_PACKET, True, True), Pong(b"p")]
+
+
+async def test_frames_arriving_byte_by_byte() -> None:
+    async with serving(default_router()) as harness:
+        _, fake, _, browser = await open_ws(harness)
+        wire = browser.ws.send(Message(data=PING_PACKET * 2))
+        for byte in wire:
+            fake.feed(bytes([byte]))
+            await settle()
+        assert browser.payload() == PING_PACKET * 2
+
+
+async def test_order_holds_when_wsproto_takes_over_mid_stream() -> None:
+    """Final binary frames are unmasked by the transport; the first other frame (a ping
+    here) hands every later byte to wsproto, in one receive, without reordering."""
+    async with serving(default_router()) as harness:
+        _, fake, ws, browser = await open_ws(harness)
+        first = browser.ws.send(Message(data=PING_PACKET[:5]))
+        ping = browser.ws.send(Ping(b"1"))
+        rest = browser.ws.send(Message(data=PING_PACKET[5:] + PING_PACKET))
+        fake.feed(first + ping + rest)
+        await settle()
+        events = browser.events()
+        assert events[0] == Pong(b"1")
+        assert b"".join(e.data for e in events[1:]) == PING_PACKET * 2
+
+
+@pytest.mark.parametrize("size", [125, 126, 65535, 65536, 200_000])
+async def test_messages_of_every_length_encoding(size: int) -> None:
+    body = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+    echo = default_router()
+
+    @echo.route(7)
+    def back(ctx: Any, packet: Any) -> None:
+        ctx.reply(7, packet.body)
+
+    async with serving(echo) as harness:
+        _, _, _, browser = await open_ws(harness, max_message=1 << 20)
+        packets = [encode(7, body[i : i + 20000]) for i in range(0, len(body), 20000)]
+        browser.send(b"".join(packets))
+        await settle()
+        assert browser.payload() == b"".join(packets)
+
+
+async def test_a_single_frame_over_the_limit_and_a_long_length_encoding() -> None:
+    async with serving(default_router()) as harness:
+        conn, fake, _, browser = await open_ws(harness, max_message=100)
+        fake.feed(b"\x82\xe5abcd")  # announces 101 bytes: refused before they come
+        await settle()
+        assert close_of(browser.events()).code == 1009
+        assert harness.counters.kicks == {"websocket_too_big": 1}
+        conn, fake, _, browser = await open_ws(harness)
+        fake.feed(b"\x82\xfe\x00\x08abcd" + b"\0" * 8)  # 8 in a 16-bit length: not minimal
+        await settle()
+        assert close_of(browser.events()).code == 1002
