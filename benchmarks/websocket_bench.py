@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import run as suite  # noqa: E402  (the suite's process helpers: pinning, stop by PID)
+import run as suite  # the suite's process helpers: pinning, stop by PID
 
 BENCH = suite.BENCH
 LOADGEN_SRC = BENCH / "ws_loadgen.c"

@@ -256,7 +256,7 @@ async def test_order_holds_when_wsproto_takes_over_mid_stream() -> None:
     """Final binary frames are unmasked by the transport; the first other frame (a ping
     here) hands every later byte to wsproto, in one receive, without reordering."""
     async with serving(default_router()) as harness:
-        _, fake, ws, browser = await open_ws(harness)
+        _, fake, _, browser = await open_ws(harness)
         first = browser.ws.send(Message(data=PING_PACKET[:5]))
         ping = browser.ws.send(Ping(b"1"))
         rest = browser.ws.send(Message(data=PING_PACKET[5:] + PING_PACKET))
@@ -286,12 +286,12 @@ async def test_messages_of_every_length_encoding(size: int) -> None:
 
 async def test_a_single_frame_over_the_limit_and_a_long_length_encoding() -> None:
     async with serving(default_router()) as harness:
-        conn, fake, _, browser = await open_ws(harness, max_message=100)
+        _, fake, _, browser = await open_ws(harness, max_message=100)
         fake.feed(b"\x82\xe5abcd")  # announces 101 bytes: refused before they come
         await settle()
         assert close_of(browser.events()).code == 1009
         assert harness.counters.kicks == {"websocket_too_big": 1}
-        conn, fake, _, browser = await open_ws(harness)
+        _, fake, _, browser = await open_ws(harness)
         fake.feed(b"\x82\xfe\x00\x08abcd" + b"\0" * 8)  # 8 in a 16-bit length: not minimal
         await settle()
         assert close_of(browser.events()).code == 1002
