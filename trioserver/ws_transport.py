@@ -45,7 +45,7 @@ worker drains, 1011 after a handler bug, 1008 for any other kick (heartbeat,
 flood, send caps, ...), with the kick's name as the reason text. A finished
 connection lingers by the close handshake: ``send_eof`` sends the close frame and
 the reader then reads (and drops) until the peer's close answers it; a kick sends
-its close frame if the socket takes it at once and closes. The peer's own close
+its close frame (waiting at most ``CLOSE_TIMEOUT`` for room) and closes. The peer's own close
 reads as EOF, as a half-close does on TCP: the packets that came before it are
 answered, then its close code is echoed and the connection closes (RFC 6455 §5.5.1
 lets a close wait for the message in progress).
@@ -84,6 +84,9 @@ CLOSE_CODES: Final[dict[KickReason | CloseReason | None, int]] = {
     KickReason.HANDLER_ERROR: 1011,
 }
 _POLICY_VIOLATION: Final = 1008
+#: Most seconds a closing connection waits for its close frame to leave (a peer that
+#: does not read cannot hold the slot longer).
+CLOSE_TIMEOUT: Final = 1.0
 
 _OPEN: Final = ConnectionState.OPEN
 _REMOTE_CLOSING: Final = ConnectionState.REMOTE_CLOSING
@@ -402,7 +405,24 @@ class WebSocketTransport:
             self._reason_text = reason.value if isinstance(reason, KickReason) else ""
 
     async def aclose(self) -> None:
-        if not self._close_sent:
-            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                self._send_close()  # if the socket takes it now; a kick waits for nothing
+        """Send the close frame (within ``CLOSE_TIMEOUT``, whatever cancels the caller),
+        then close the transport under it."""
+        in_frame = self._owed or self._head_tail  # a half-sent frame: no close can follow
+        if not self._close_sent and not in_frame:
+            ws = self._ws
+            if ws.state is _OPEN or ws.state is _REMOTE_CLOSING:
+                self._control += ws.send(
+                    CloseConnection(self._close_code, self._reason_text or None)
+                )
+            self._close_sent = True
+        if self._control and not in_frame:
+            # Through send_all: a TLS transport under this one only queues what send_nowait
+            # takes, and would drop it on close.
+            deadline = trio.current_time() + CLOSE_TIMEOUT
+            with (
+                trio.CancelScope(shield=True, deadline=deadline),
+                contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
+            ):
+                await self.lower.send_all(self._control)
+            self._control = b""
         await self.lower.aclose()

@@ -160,3 +160,26 @@ async def test_the_command_line_client_over_tls(
         # Without the CA the server's certificate is not trusted: an error, not a traceback.
         assert await trio.to_thread.run_sync(cli.main, [*argv[:4], "ping"]) == 1
         assert "certificate verify failed" in capsys.readouterr().err
+
+
+async def test_a_websocket_over_https_with_the_websockets_client(pki: Pki) -> None:
+    """wss:// on the HTTPS port: the WebSocket transport over the TLS transport."""
+    from websockets.sync.client import connect
+
+    async with serve_tls(pki.config()) as worker:
+        port = worker.https_addresses[0][1]
+        context = pki.client_context()
+
+        def client() -> tuple[bytes, int | None]:
+            url = f"wss://localhost:{port}/ws"
+            with connect(url, ssl=context, subprotocols=["trioserver.v1"]) as ws:  # type: ignore[list-item]
+                ws.send(PING * 3)
+                got = b""
+                while len(got) < 24:
+                    got += ws.recv()  # type: ignore[operator]
+                ws.close()
+                return got, ws.close_code
+
+        assert await trio.to_thread.run_sync(client) == (PING * 3, 1000)
+        stats = worker.statistics()
+        assert stats.http_by_status == {101: 1} and stats.kicks_by_reason == {}
