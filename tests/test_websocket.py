@@ -185,3 +185,32 @@ async def test_websocket_off_leaves_the_path_to_the_site(nursery: trio.Nursery) 
     answer = await trio.to_thread.run_sync(raw_handshake, http, head(http))
     assert answer.startswith(b"HTTP/1.1 404 ")
     worker.stop(grace=0)
+
+
+async def test_a_websocket_holds_its_pool_slot_and_reads_no_proxy_header(
+    nursery: trio.Nursery,
+) -> None:
+    """The HTTP connection's slot becomes the WebSocket's (max_connections holds); the
+    PROXY rule of the binary listeners does not reach the HTTP port."""
+    config = make_config(
+        server__listen=(Address("127.0.0.1", 0),),
+        http__listen=(Address("127.0.0.1", 0),),
+        server__max_connections=1,
+        server__proxy_protocol="v1",
+        connection__recycle_delay=0,
+    )
+    worker = Worker(config)
+    await nursery.start(worker.serve)
+    http = worker.http_addresses[0][1]
+    async with Client(await WebSocketStream.connect("127.0.0.1", http)) as client:
+        await client.ping()
+        assert len(worker.connections()) == 1 and worker.pool.statistics().in_use == 1
+        answer = await trio.to_thread.run_sync(
+            raw_handshake, http, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        assert answer.startswith(b"HTTP/1.1 503 ")
+    await wait_until(lambda: worker.pool.statistics().in_use == 0)
+    async with Client(await WebSocketStream.connect("127.0.0.1", http)) as client:
+        await client.ping()
+    assert worker.statistics().connections_refused == 1
+    worker.stop(grace=0)

@@ -20,7 +20,7 @@ from trioserver.framer import encode
 from trioserver.handlers import default_router
 from trioserver.lifecycle import State
 from trioserver.reasons import CloseReason, KickReason
-from trioserver.ws_transport import WebSocketTransport, frame_header
+from trioserver.ws_transport import CLOSE_TIMEOUT, WebSocketTransport, frame_header
 
 from .fake_transport import FakeTransport, serving
 
@@ -295,3 +295,32 @@ async def test_a_single_frame_over_the_limit_and_a_long_length_encoding() -> Non
         fake.feed(b"\x82\xfe\x00\x08abcd" + b"\0" * 8)  # 8 in a 16-bit length: not minimal
         await settle()
         assert close_of(browser.events()).code == 1002
+
+
+async def test_the_flood_rule_holds_over_websocket() -> None:
+    settings = ConnectionSettings(flood_check=True)
+    async with serving(default_router(), settings=settings) as harness:
+        conn, _, _, browser = await open_ws(harness)
+        for _ in range(11):  # ten fast packets pass, the eleventh closes
+            browser.send(PING_PACKET)
+        await settle()
+        events = browser.events()
+        assert b"".join(e.data for e in events if isinstance(e, BytesMessage)) == PING_PACKET * 10
+        assert close_of(events).code == 1008 and events[-1].reason == "flood"
+        browser.send_event(CloseConnection(1008))
+        await settle()
+        assert conn.state is State.CLOSED and harness.counters.kicks == {"flood": 1}
+
+
+async def test_the_send_caps_hold_over_websocket(autojump_clock: trio.testing.MockClock) -> None:
+    """A browser that reads nothing: its unread replies pass the cap and it is kicked;
+    its close frame waits at most CLOSE_TIMEOUT for room that never comes."""
+    async with serving(default_router(), max_pending_replies=5) as harness:
+        conn, fake, _, browser = await open_ws(harness)
+        fake.room = 0
+        start = trio.current_time()
+        browser.send(PING_PACKET * 7)
+        while not fake.closed:
+            await trio.sleep(0.01)
+        assert trio.current_time() - start == pytest.approx(CLOSE_TIMEOUT, abs=0.02)
+        assert conn.state is State.CLOSED and harness.counters.kicks == {"send_queue": 1}

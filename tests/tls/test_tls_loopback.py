@@ -172,7 +172,7 @@ async def test_a_websocket_over_https_with_the_websockets_client(pki: Pki) -> No
 
         def client() -> tuple[bytes, int | None]:
             url = f"wss://localhost:{port}/ws"
-            with connect(url, ssl=context, subprotocols=["trioserver.v1"]) as ws:  # type: ignore[list-item]
+            with connect(url, ssl=context, subprotocols=["trioserver.v1"]) as ws:
                 ws.send(PING * 3)
                 got = b""
                 while len(got) < 24:
