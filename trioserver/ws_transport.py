@@ -153,7 +153,8 @@ class WebSocketTransport:
         self.subprotocol = subprotocol
         #: A close handshake is the lingering close: always finish with one.
         self.lingers = True
-        self._ws = WsConnection(ConnectionType.SERVER)
+        #: wsproto's side, made on first need (1.7 KiB an idle connection does not pay).
+        self._ws: WsConnection | None = None
         self._max_message = max_message
         self._message_size = 0
         #: Once a frame is anything but a final masked binary one of at most 64 KiB,
@@ -178,6 +179,12 @@ class WebSocketTransport:
         self._close_sent = False
         if trailing:
             self._feed(trailing)
+
+    def _wsproto(self) -> WsConnection:
+        ws = self._ws
+        if ws is None:
+            ws = self._ws = WsConnection(ConnectionType.SERVER)
+        return ws
 
     @property
     def socket(self) -> None:
@@ -267,7 +274,7 @@ class WebSocketTransport:
 
     def _feed_wsproto(self, raw: bytes) -> None:
         """Parse ``raw`` with wsproto: payload to hand out, pings to answer, a close or a fault."""
-        ws = self._ws
+        ws = self._wsproto()
         ws.receive_data(raw)
         chunks: list[bytes] = []
         for event in ws.events():
@@ -366,7 +373,7 @@ class WebSocketTransport:
                 self._flush_control()  # if it failed, the reader meets it on its next receive
 
     def _send_close(self) -> None:
-        ws = self._ws
+        ws = self._wsproto()
         if ws.state is _OPEN or ws.state is _REMOTE_CLOSING:
             frame = ws.send(CloseConnection(self._close_code, self._reason_text or None))
             self._send_control(frame)
@@ -409,7 +416,7 @@ class WebSocketTransport:
         then close the transport under it."""
         in_frame = self._owed or self._head_tail  # a half-sent frame: no close can follow
         if not self._close_sent and not in_frame:
-            ws = self._ws
+            ws = self._wsproto()
             if ws.state is _OPEN or ws.state is _REMOTE_CLOSING:
                 self._control += ws.send(
                     CloseConnection(self._close_code, self._reason_text or None)
