@@ -6,6 +6,8 @@ The pieces, one concept each (imports flow downwards):
   (:func:`serve_http_connection` for a trio stream, :func:`serve_http_socket` for a
   raw socket), :func:`refuse_http_connection`
 - ``policy``: :class:`StaticSite`, a parsed request -> :class:`Response` (no trio)
+- ``websocket``: the WebSocket handshake's rules, a request for ``http.websocket_path`` ->
+  101 or a refusal (no trio); the connection then belongs to ``trioserver.ws_transport``
 - ``parser``: :class:`HttpConnection`, bytes -> requests over httptools (no trio)
 - ``files``: URL path -> checked file, with the hot-file cache
 - ``paths``, ``conditional``, ``status``, ``content_types``: the rules, as tables and pure functions
