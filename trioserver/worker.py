@@ -582,6 +582,8 @@ class Worker:
         )
         conn = Connection(slot, ws, peer, self.shared)
         self.shared.connections[slot.index] = conn
+        if self.shared.stopping:  # the drain began during the handshake: it ends it too
+            conn.drain(trio.current_time())
         await conn.serve(proxy_header=False)  # it rests the slot when it closes
 
 
