@@ -149,7 +149,7 @@ def test_settings_effective_prints_what_would_run(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     text = result.stdout
-    assert "# Default: 511\nbacklog = 100\n" in text
+    assert "# Default: 4096\nbacklog = 100\n" in text
     assert "# Default: 0\nworkers = 4\n" in text
     assert "handler_tasks = 3\n" in text
     printed = tmp_path / "effective.toml"
