@@ -1,4 +1,5 @@
-"""Listening sockets, made one way for the master and for a worker on its own.
+"""Listening sockets, made one way for the master and for a worker on its own,
+and the form a worker accepts from (``BoundListener``).
 
 Every listening socket has SO_REUSEADDR and SO_REUSEPORT: the master binds one
 socket per worker slot on the same port, and the kernel spreads new connections
@@ -9,10 +10,15 @@ over them (docs/design.md, "Scale"). IPv6 sockets are v6-only, so ``[::]:N`` and
 from __future__ import annotations
 
 import socket
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+import trio
 
 from .config import Address
 
-__all__ = ["bind_listener"]
+__all__ = ["BoundListener", "Listener", "addresses_of", "bind_listener", "open_listeners"]
 
 
 def bind_listener(
@@ -42,3 +48,45 @@ def bind_listener(
         raise OSError(exc.errno, f"cannot listen on {where}: {exc.strerror}") from None
     sock.setblocking(False)
     return sock
+
+
+@attrs.frozen(eq=False)
+class BoundListener:
+    """A listening socket both as trio sees it and as the standard library does.
+
+    The worker accepts on ``sock`` directly (one non-blocking ``accept`` and a
+    wait only when nothing is pending), which hands it each connection's own
+    standard socket for the socket transport; ``listener`` is the same socket as
+    a ``trio.SocketListener`` for everything else.
+    """
+
+    listener: trio.SocketListener
+    sock: socket.socket
+
+
+async def open_listeners(addresses: Sequence[Address], backlog: int) -> list[BoundListener]:
+    """Bind each address with SO_REUSEADDR and SO_REUSEPORT (see :func:`bind_listener`)."""
+    bound: list[BoundListener] = []
+    try:
+        for address in addresses:
+            sock = bind_listener(address, backlog)
+            listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+            bound.append(BoundListener(listener, sock))
+    except BaseException:
+        for b in bound:
+            b.sock.close()
+        raise
+    return bound
+
+
+Listener = trio.abc.Listener[Any] | BoundListener
+
+
+def addresses_of(listeners: Sequence[Listener]) -> list[tuple[str, int]]:
+    """The (host, port) each bound listener listens on (in-memory listeners have none)."""
+    out = []
+    for listener in listeners:
+        if isinstance(listener, BoundListener):
+            name = listener.sock.getsockname()
+            out.append((name[0], name[1]))
+    return out

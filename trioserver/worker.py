@@ -46,13 +46,13 @@ import os
 import secrets
 import socket as stdlib_socket
 from collections.abc import Sequence
-from typing import Any, Final
+from typing import Final
 
 import attrs
 import trio
 
 from .bus import RedisBus
-from .config import Address, Config
+from .config import Config
 from .connection import Connection, Shared
 from .dispatch import MessageQueue
 from .events import Events, run_worker_tasks
@@ -66,7 +66,7 @@ from .nursery_pool import ConnectionPool, Slot
 from .outbox import DeferredFlusher
 from .peer import Peer
 from .proxy_protocol import ProxyPolicy
-from .sockets import bind_listener
+from .sockets import BoundListener, Listener, addresses_of, open_listeners
 from .stats import Counters, WorkerStatistics
 from .timers import ConnectionRules, RecycleTimer
 from .tls import ServerTls, load_config_tls
@@ -90,47 +90,6 @@ _ACCEPT_BURST: Final = 64
 #: same string anew for every task: 85 bytes per idle connection.
 _TASK_NAME: Final = "trioserver.connection"
 _HTTP_TASK_NAME: Final = "trioserver.http.connection"
-
-
-@attrs.frozen(eq=False)
-class BoundListener:
-    """A listening socket both as trio sees it and as the standard library does.
-
-    The worker accepts on ``sock`` directly (one non-blocking ``accept`` and a
-    wait only when nothing is pending), which hands it each connection's own
-    standard socket for the socket transport; ``listener`` is the same socket as
-    a ``trio.SocketListener`` for everything else.
-    """
-
-    listener: trio.SocketListener
-    sock: stdlib_socket.socket
-
-
-async def open_listeners(addresses: Sequence[Address], backlog: int) -> list[BoundListener]:
-    """Bind each address with SO_REUSEADDR and SO_REUSEPORT (see ``sockets.bind_listener``)."""
-    bound: list[BoundListener] = []
-    try:
-        for address in addresses:
-            sock = bind_listener(address, backlog)
-            listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
-            bound.append(BoundListener(listener, sock))
-    except BaseException:
-        for b in bound:
-            b.sock.close()
-        raise
-    return bound
-
-
-Listener = trio.abc.Listener[Any] | BoundListener
-
-
-def _bound(listeners: Sequence[Listener]) -> list[tuple[str, int]]:
-    out = []
-    for listener in listeners:
-        if isinstance(listener, BoundListener):
-            name = listener.sock.getsockname()
-            out.append((name[0], name[1]))
-    return out
 
 
 class Worker:
@@ -260,22 +219,22 @@ class Worker:
     @property
     def addresses(self) -> list[tuple[str, int]]:
         """The (host, port) each binary-protocol socket is bound to (port 0 resolved)."""
-        return _bound(self._listeners)
+        return addresses_of(self._listeners)
 
     @property
     def http_addresses(self) -> list[tuple[str, int]]:
         """The (host, port) each HTTP socket is bound to."""
-        return _bound(self._http_listeners)
+        return addresses_of(self._http_listeners)
 
     @property
     def tls_addresses(self) -> list[tuple[str, int]]:
         """The (host, port) each binary-protocol-over-TLS socket is bound to."""
-        return _bound(self._tls_listeners)
+        return addresses_of(self._tls_listeners)
 
     @property
     def https_addresses(self) -> list[tuple[str, int]]:
         """The (host, port) each HTTPS socket is bound to."""
-        return _bound(self._https_listeners)
+        return addresses_of(self._https_listeners)
 
     @property
     def stopping(self) -> bool:

@@ -40,8 +40,9 @@ import trio
 from ..config import Config
 from ..handlers.router import Router
 from ..ops.logs import configure_logging, reopen_logs, set_role
+from ..sockets import BoundListener
 from ..stats import watch_loop_lag
-from ..worker import BoundListener, Worker
+from ..worker import Worker
 from .app import AppError, load_router
 from .pipe import MasterPipe, encode_report
 from .procs import HEARTBEAT, READY, ChildSetup, set_title
