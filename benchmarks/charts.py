@@ -308,8 +308,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--out-dir", type=Path, help="where to write (default: beside each file)")
     args = ap.parse_args(argv)
     for results in args.results:
-        for path in write_charts(results, args.out_dir):
+        written = write_charts(results, args.out_dir)
+        for path in written:
             print(f"wrote {path} ({path.stat().st_size:,} bytes)")
+        if not written:  # idle cases only, say: their table is of memory, not rates
+            print(f"{results}: no table of per-CPU-second ratios, nothing drawn")
     return 0
 
 
