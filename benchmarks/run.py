@@ -5,6 +5,7 @@
     python benchmarks/run.py --cases ping-100x16 idle-10k --targets bare-trio uvloop
     python benchmarks/run.py --cases 'http-*' ping-100x16-2workers
     python benchmarks/run.py --list
+    python benchmarks/run.py --report results/FILE.json --charts   # its tables and charts
 
 Binary protocol, idle connections, trioserver with 2 workers against 1, and HTTP
 static files (wrk against nginx, trioserver and a bare trio+httptools loop). Each
@@ -16,8 +17,10 @@ from a shared machine falls on every target alike; what to trust is the ratios.
 Everything talks to 127.0.0.1 only, every run is bounded in time, and every
 process started here is stopped by its own PID.
 
-Results: a progress line per run, a table of medians and ratios at the end, and
-``benchmarks/results/<timestamp>.json`` with every run and the machine.
+Results: a progress line per run, a table of medians and ratios at the end,
+``benchmarks/results/<timestamp>.json`` with every run and the machine, and beside it a
+PNG chart of each table's per-CPU-second ratios (``charts.py``; needs matplotlib, the
+``bench`` extra).
 
 Adding a target: one entry in ``TARGETS``. Adding a case: one entry in ``CASES`` (its
 targets, ratios and CPUs); a case of a new kind also needs a runner in ``RUNNERS``.
@@ -1362,6 +1365,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="JSON",
         help="print the tables of an earlier results file and exit",
     )
+    ap.add_argument(
+        "--charts",
+        action="store_true",
+        help="with --report: also draw its ratio charts, PNGs beside the file (needs matplotlib)",
+    )
     args = ap.parse_args(argv)
 
     if args.report:
@@ -1374,7 +1382,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary = summarise_runs(doc["runs"])  # recomputed, so new columns apply to old files
         shown = [c for c in CASES if c.name in summary]
         print("\n".join(print_tables(summary, shown, list(doc["targets"]), doc["notes"])))
+        if args.charts:
+            return 0 if draw_charts(args.report, required=True) else 1
         return 0
+    if args.charts:
+        ap.error("--charts goes with --report FILE (a run draws its charts anyway)")
 
     if args.list:
         for c in CASES:
@@ -1459,8 +1471,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         stop_all()
 
     summary = summarise_runs(records)
-
-    summary = summarise_runs(records)
     lines = print_tables(summary, runnable, targets, notes)
     for name, why in skipped.items():
         lines.append(f"- {name} skipped: {why}")
@@ -1498,7 +1508,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.write_text(json.dumps(doc, indent=1) + "\n")
     print(f"server logs: {logdir}")
     print(f"\nwrote {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
+    draw_charts(out)
     return 0
+
+
+def draw_charts(results: Path, required: bool = False) -> bool:
+    """The ratio charts of a results file, PNGs beside it (``charts.py``). Without
+    matplotlib (a benchmark-only dependency) a run says so and still succeeds."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        print(
+            "charts not drawn: matplotlib is missing (pip install -e '.[bench]')",
+            file=sys.stderr if required else sys.stdout,
+        )
+        return False
+    from charts import write_charts
+
+    for path in write_charts(results):
+        print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
+    return True
 
 
 def progress(case: Case, rec: dict[str, Any]) -> str:

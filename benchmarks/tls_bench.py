@@ -187,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--idle", type=int, default=2000, help="idle TLS connections to hold")
     parser.add_argument("--cases", nargs="*", help="case names (default: all)")
     cfg = parser.parse_args(argv)
-    suite.raise_nofile()
+    machine = suite.machine_info(suite.raise_nofile())
     build()
     cases = [c for c in CASES if not cfg.cases or c.name in cfg.cases]
     results: dict[str, dict[str, list[dict[str, Any]]]] = {}
@@ -215,8 +215,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     report(results)
     out = suite.RESULTS / f"tls-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"results": results, "git": suite.git_state()}, indent=1))
+    doc = {"results": results, "git": suite.git_state(), "machine": machine}
+    out.write_text(json.dumps(doc, indent=1))
     print(f"wrote {out}")
+    suite.draw_charts(out)
     return 0
 
 
