@@ -5,20 +5,46 @@ Every listening socket has SO_REUSEADDR and SO_REUSEPORT: the master binds one
 socket per worker slot on the same port, and the kernel spreads new connections
 over them (docs/design.md, "Scale"). IPv6 sockets are v6-only, so ``[::]:N`` and
 ``0.0.0.0:N`` can be listed side by side.
+
+:func:`stop_queueing` is for the final stop: closing a listening socket resets every
+connection still in its accept queue (Linux), and ``shutdown`` on it does the same,
+so the queue is closed to new handshakes first and emptied by accept.
 """
 
 from __future__ import annotations
 
+import ctypes
 import socket
+import struct
+import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 import attrs
 import trio
 
 from .config import Address
 
-__all__ = ["BoundListener", "Listener", "addresses_of", "bind_listener", "open_listeners"]
+__all__ = [
+    "BoundListener",
+    "Listener",
+    "addresses_of",
+    "bind_listener",
+    "open_listeners",
+    "stop_queueing",
+]
+
+#: SO_ATTACH_FILTER (Linux; the standard library does not name it).
+_SO_ATTACH_FILTER: Final = 26
+#: A classic BPF socket filter, run on the TCP header of each segment that reaches the
+#: listening socket: keep a segment with ACK set (the end of a handshake already under
+#: way), drop the rest (a new SYN, which the client retries and then finds refused).
+_KEEP_ACKS: Final = (
+    (0x30, 0, 0, 13),  # ldb [13]         the TCP flags byte
+    (0x45, 1, 0, 0x10),  # jset #ACK, keep
+    (0x06, 0, 0, 0),  # ret #0            drop
+    (0x06, 0, 0, 0xFFFFFFFF),  # keep:  ret #-1 (the whole segment)
+)
 
 
 def bind_listener(
@@ -90,3 +116,22 @@ def addresses_of(listeners: Sequence[Listener]) -> list[tuple[str, int]]:
             name = listener.sock.getsockname()
             out.append((name[0], name[1]))
     return out
+
+
+def stop_queueing(sock: socket.socket) -> bool:
+    """Make the listening ``sock`` start no new handshake; what is queued stays acceptable.
+
+    For every process holding the socket at once (a filter belongs to the socket, not
+    the fd). Handshakes already under way still complete and queue. False where this
+    cannot be done (not Linux): the socket then queues on until it closes.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    code = b"".join(struct.pack("HBBI", *insn) for insn in _KEEP_ACKS)
+    program = ctypes.create_string_buffer(code, len(code))
+    fprog = struct.pack("HP", len(_KEEP_ACKS), ctypes.addressof(program))
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, fprog)
+    except OSError:
+        return False
+    return True

@@ -32,7 +32,10 @@ and reaches what it shares through one ``connection.Shared`` record.
 
 Stopping (``stop()``, or cancelling ``serve``) drains: the accept loops end, every
 reader stops reading, handlers finish what was read, every reply is flushed and
-the connections close; what is still open after ``drain_timeout`` is closed. The
+the connections close; what is still open after ``drain_timeout`` is closed. A
+final stop (``take_queued``) first accepts what the listening sockets have queued:
+closing the last copy of a listening socket resets every connection still in its
+queue, so those are accepted and drained with the rest. The
 tasks run under a shielded scope so that an outside cancellation turns into this
 drain instead of killing connections mid-reply.
 """
@@ -66,7 +69,7 @@ from .nursery_pool import ConnectionPool, Slot
 from .outbox import DeferredFlusher
 from .peer import Peer
 from .proxy_protocol import ProxyPolicy
-from .sockets import BoundListener, Listener, addresses_of, open_listeners
+from .sockets import BoundListener, Listener, addresses_of, open_listeners, stop_queueing
 from .stats import Counters, WorkerStatistics
 from .timers import ConnectionRules, RecycleTimer
 from .tls import ServerTls, load_config_tls
@@ -210,6 +213,10 @@ class Worker:
         self._http_connections: dict[int, HttpConnectionState] = {}
         self._http_closed = trio.lowlevel.ParkingLot()
         self._accept_scope = trio.CancelScope()
+        #: The accept loops take what is queued before they close their sockets.
+        self._take_queued = False
+        #: Listening sockets this worker bound itself (no other process holds them).
+        self._own_sockets: list[stdlib_socket.socket] = []
         self._conn_nursery: trio.Nursery | None = None
         self._drain_deadline = math.inf
         self._stopped = trio.Event()
@@ -267,12 +274,27 @@ class Worker:
         )
         return attrs.evolve(stats, hub=self.hub.statistics().counters())
 
-    def stop(self, grace: float | None = None) -> None:
+    def take_queued(self) -> None:
+        """Have the stop accept what the listening sockets have queued before closing them.
+
+        For the final stop, when no other process will accept from these sockets: the
+        sockets this worker bound itself start no new handshake now; sockets it was
+        given must have been told so by their owner (the master does it).
+        """
+        if not self._take_queued:
+            self._take_queued = True
+            for sock in self._own_sockets:
+                stop_queueing(sock)
+
+    def stop(self, grace: float | None = None, *, take_queued: bool = False) -> None:
         """Drain: stop accepting and reading, finish and flush, close after ``grace``.
 
         ``grace`` defaults to ``server.drain_timeout``; 0 closes everything now.
-        Calling it again can only shorten the grace.
+        Calling it again can only shorten the grace. ``take_queued``: see
+        :meth:`take_queued`.
         """
+        if take_queued:
+            self.take_queued()
         grace = self.config.server.drain_timeout if grace is None else grace
         now = trio.current_time()
         shared = self.shared
@@ -326,6 +348,7 @@ class Worker:
                 else:
                     opened = list(await open_listeners(addresses, backlog))
                     bound.extend(opened)
+                    self._own_sockets.extend(b.sock for b in opened)
                     setattr(self, attribute, opened)
         except BaseException:
             for listener in bound:
@@ -443,9 +466,7 @@ class Worker:
                             burst = 0
                             await trio.lowlevel.wait_readable(listener.sock)
                             continue
-                        raw.setblocking(False)
-                        raw.setsockopt(stdlib_socket.IPPROTO_TCP, stdlib_socket.TCP_NODELAY, 1)
-                        transport: Transport = SocketTransport(raw)
+                        transport: Transport = _socket_transport(raw)
                         peer = Peer.from_sockaddr(address)
                         burst += 1
                     else:
@@ -471,11 +492,32 @@ class Worker:
                     burst = 0
                     await trio.lowlevel.checkpoint()
         finally:
+            if self._take_queued and isinstance(listener, BoundListener):
+                self._accept_queued(listener, http, upgrade)
             with trio.CancelScope(shield=True):
                 if isinstance(listener, BoundListener):
                     await trio.aclose_forcefully(listener.listener)
                 else:
                     await trio.aclose_forcefully(listener)
+
+    def _accept_queued(
+        self, listener: BoundListener, http: bool, upgrade: TlsUpgrade | None
+    ) -> None:
+        """Accept every connection ``listener`` has queued, for the drain.
+
+        Bounded: the socket starts no new handshake by now, so its queue holds at
+        most ``server.backlog`` connections and the few whose handshake was under way.
+        """
+        taken = 0
+        for _ in range(self.config.server.backlog + _ACCEPT_BURST):
+            try:
+                raw, address = listener.sock.accept()
+            except OSError:  # BlockingIOError: the queue is empty
+                break
+            self._admit(_socket_transport(raw), Peer.from_sockaddr(address), http, upgrade)
+            taken += 1
+        if taken:
+            log.info("worker %d: %d queued connections accepted for the drain", self.index, taken)
 
     def _admit(
         self, transport: Transport, peer: Peer, http: bool, upgrade: TlsUpgrade | None = None
@@ -501,6 +543,8 @@ class Worker:
         else:
             conn = Connection(slot, transport, peer, self.shared, upgrade)
             self.shared.connections[slot.index] = conn
+            if self.shared.stopping:  # taken from the queue in the drain: its first request
+                conn.drain(trio.current_time())
             nursery.start_soon(conn.serve, name=_TASK_NAME)
 
     async def _http_connection(
@@ -546,6 +590,13 @@ class Worker:
         await conn.serve(proxy_header=False)  # it rests the slot when it closes
 
 
+def _socket_transport(raw: stdlib_socket.socket) -> SocketTransport:
+    """The transport of a freshly accepted socket."""
+    raw.setblocking(False)
+    raw.setsockopt(stdlib_socket.IPPROTO_TCP, stdlib_socket.TCP_NODELAY, 1)
+    return SocketTransport(raw)
+
+
 @attrs.frozen
 class _HttpName:
     """An HTTP connection as the TLS upgrade names it in a log line."""
@@ -578,7 +629,7 @@ async def serve_until_signalled(worker: Worker) -> None:
                     log.info(
                         "%s: draining (up to %.1f s)", name, worker.config.server.drain_timeout
                     )
-                    worker.stop()
+                    worker.stop(take_queued=True)  # nobody else accepts on these sockets
                 else:
                     log.info("%s: stopping now", name)
                     worker.stop(grace=0)

@@ -41,6 +41,8 @@ class FakeSystem:
         self.released: list[Config] = []
         self.fail_prepare: OSError | None = None
         self.fail_spawn: OSError | None = None
+        #: The clock each time the master stopped the listening sockets queueing.
+        self.stopped_queueing: list[float] = []
         self._events: collections.deque[Event] = collections.deque()
         self._exits: list[Exited] = []
         self._next_pid = 100
@@ -64,6 +66,9 @@ class FakeSystem:
         self._next_pid += 1
         self.spawned.append(Spawned(self._next_pid, spec))
         return self._next_pid
+
+    def stop_queueing(self) -> None:
+        self.stopped_queueing.append(self.clock)
 
     def kill(self, pid: int, signum: int) -> None:
         self.kills.append((pid, signal.Signals(signum)))

@@ -10,7 +10,14 @@ import pytest
 from fake_system import FakeSystem
 
 from trioserver.config import Config, ConfigError
-from trioserver.prefork.master import FAST_STOP_GRACE, SIGNAL_ACTIONS, Action, ExitCode, Master
+from trioserver.prefork.master import (
+    FAST_STOP_GRACE,
+    FINAL_STOP_SIGNAL,
+    SIGNAL_ACTIONS,
+    Action,
+    ExitCode,
+    Master,
+)
 from trioserver.prefork.procs import READY, describe_exit
 
 
@@ -179,7 +186,7 @@ def test_a_worker_that_fails_to_boot_stops_the_server(
     h.step()
     assert f"worker 1 (pid {first}) failed to boot: it exited with code 3" in messages(records)
     assert len(h.fake.spawned) == 2  # no respawn
-    assert h.fake.kills_of(second) == [signal.SIGTERM]
+    assert h.fake.kills_of(second) == [FINAL_STOP_SIGNAL]
     h.fake.exit(second, 0)
     h.step()
     assert h.master.exit_code is ExitCode.BOOT_FAILED
@@ -235,11 +242,14 @@ def test_graceful_stop_terms_then_kills_after_the_timeout(h: Harness) -> None:
     start = h.fake.clock
     h.fake.signal(signal.SIGTERM)
     h.step()
-    assert all(h.fake.kills_of(pid) == [signal.SIGTERM] for pid in pids)
+    # The sockets queue no more first; then each worker takes what is queued and drains.
+    assert h.fake.stopped_queueing == [start]
+    assert all(h.fake.kills_of(pid) == [FINAL_STOP_SIGNAL] for pid in pids)
     h.fake.exit(pids[0], 0)  # drained in time
     h.run_until(lambda: signal.SIGKILL in h.fake.kills_of(pids[1]))
     assert h.fake.clock - start == pytest.approx(30.0)
-    assert h.fake.kills_of(pids[0]) == [signal.SIGTERM]
+    assert h.fake.kills_of(pids[0]) == [FINAL_STOP_SIGNAL]
+    assert h.fake.stopped_queueing == [start]
     assert h.master.exit_code is None
     h.fake.exit(pids[1], -signal.SIGKILL)
     h.step()
@@ -255,8 +265,10 @@ def test_stop_delay_keeps_serving_with_health_draining_then_drains() -> None:
     h.step()
     assert h.master.health == "draining"  # the balancer is told at once...
     assert all(h.fake.kills_of(pid) == [] for pid in pids)  # ...while workers still serve
-    h.run_until(lambda: all(h.fake.kills_of(pid) == [signal.SIGTERM] for pid in pids))
+    assert h.fake.stopped_queueing == []  # ...and new connections still queue
+    h.run_until(lambda: all(h.fake.kills_of(pid) == [FINAL_STOP_SIGNAL] for pid in pids))
     assert h.fake.clock - start == pytest.approx(2.5)
+    assert h.fake.stopped_queueing == [start + 2.5]
     for pid in pids:
         h.fake.exit(pid, 0)
     h.step()
@@ -271,7 +283,7 @@ def test_a_second_sigterm_ends_the_stop_delay() -> None:
     h.step()
     h.fake.signal(signal.SIGTERM)
     h.step()
-    assert all(h.fake.kills_of(pid) == [signal.SIGTERM] for pid in pids)
+    assert all(h.fake.kills_of(pid) == [FINAL_STOP_SIGNAL] for pid in pids)
     assert h.fake.clock == start
 
 
@@ -296,10 +308,10 @@ def test_a_fast_stop_overtakes_a_graceful_one(h: Harness) -> None:
     h.step()
     h.fake.signal(signal.SIGTERM)  # a second TERM changes nothing
     h.step()
-    assert h.fake.kills_of(pids[0]) == [signal.SIGTERM]
+    assert h.fake.kills_of(pids[0]) == [FINAL_STOP_SIGNAL]
     h.fake.signal(signal.SIGQUIT)
     h.step()
-    assert h.fake.kills_of(pids[0]) == [signal.SIGTERM, signal.SIGQUIT]
+    assert h.fake.kills_of(pids[0]) == [FINAL_STOP_SIGNAL, signal.SIGQUIT]
 
 
 def test_reload_starts_new_workers_before_retiring_the_old(h: Harness) -> None:
@@ -323,7 +335,8 @@ def test_reload_starts_new_workers_before_retiring_the_old(h: Harness) -> None:
     h.fake.ready(new[2].pid)
     h.step()
     assert sorted(pid for pid, _ in h.fake.kills) == sorted(old)
-    assert {sig for _, sig in h.fake.kills} == {signal.SIGTERM}
+    assert {sig for _, sig in h.fake.kills} == {signal.SIGTERM}  # the queues are handed over
+    assert h.fake.stopped_queueing == []
     assert h.master.config is new_config
     assert h.applied == [new_config]
     assert h.fake.released == [new_config]

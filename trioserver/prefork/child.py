@@ -5,7 +5,8 @@
     after fork: title, log role, parent-death signal, load the application
     trio.run
     └─ nursery
-       ├─ signals: TERM → retire (hand over, then drain)   INT/QUIT → stop now   USR1 → reopen logs
+       ├─ signals: TERM → retire (hand over, then drain)   USR2 → final stop (take the
+       │  queue, then drain)   INT/QUIT → stop now   USR1 → reopen logs
        ├─ worker.serve                              (READY goes to the master once it serves)
        ├─ heartbeat: a byte to the master every liveness_timeout / 2
        ├─ connection log: the summary of suppressed drop/kick lines each interval
@@ -23,6 +24,10 @@ Retiring (SIGTERM from a reload or a graceful stop) is the worker's drain: it
 closes this process's copy of the slot's listening sockets, which stay open in
 the master and in the new worker of the slot (see :mod:`trioserver.prefork.procs`), so
 connections the kernel queued there are accepted by the new worker, not reset.
+
+The final stop (SIGUSR2, ``FINAL_STOP_SIGNAL``) has no next worker: the master has
+made the sockets start no new handshake, and the worker accepts what is queued
+before it closes them, so that too is answered in the drain rather than reset.
 """
 
 from __future__ import annotations
@@ -126,7 +131,7 @@ class _WorkerProcess:
                 self._send_report()  # the final figures, so the master's totals are exact
 
     async def _signals(self, *, task_status: trio.TaskStatus[None]) -> None:
-        wanted = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1)
+        wanted = (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1)
         with trio.open_signal_receiver(*wanted) as signals:
             task_status.started()
             async with trio.open_nursery() as nursery:
@@ -136,6 +141,11 @@ class _WorkerProcess:
                         log.info("SIGUSR1: log files reopened")
                     elif signum == signal.SIGTERM and not self._retiring:
                         nursery.start_soon(self.retire, "SIGTERM")
+                    elif signum == signal.SIGUSR2:
+                        # A reload's SIGTERM may have come first: the queue is still taken.
+                        self.worker.take_queued()
+                        if not self._retiring:
+                            nursery.start_soon(self.retire, "SIGUSR2 (final stop)")
                     else:
                         log.info("%s: stopping now", signal.Signals(signum).name)
                         self.worker.stop(grace=0)

@@ -24,9 +24,14 @@ Rules (after gunicorn's arbiter, but typed and testable):
   the new workers, wait until every one is READY, then SIGTERM the old ones. The
   listening sockets stay open throughout (see :mod:`trioserver.prefork.procs`), so no
   connection is refused or reset.
-- Stop: SIGTERM to every worker (they drain), SIGKILL after ``graceful_timeout``;
-  the fast stop sends SIGQUIT and kills after ``FAST_STOP_GRACE``. The master exits
-  once every worker is reaped.
+- Retiring a worker on a reload (or an aborted reload) is SIGTERM: it drains its
+  connections and leaves the queued ones to the slot's new worker.
+- Stop: the listening sockets first stop queueing new connections
+  (:meth:`~trioserver.prefork.procs.System.stop_queueing`; the last close of a
+  listening socket would reset whatever is still queued), then ``FINAL_STOP_SIGNAL``
+  (SIGUSR2) to every worker: it accepts what is queued and drains it with the rest.
+  SIGKILL after ``graceful_timeout``; the fast stop sends SIGQUIT and kills after
+  ``FAST_STOP_GRACE``. The master exits once every worker is reaped.
 - Statistics: workers report on their pipe every ``metrics.interval``; a
   :class:`~trioserver.ops.metrics.Gatherer` folds the reports into per-slot series
   (counters never go backwards across respawns), which the admin listener serves
@@ -66,6 +71,7 @@ from .procs import (
 
 __all__ = [
     "FAST_STOP_GRACE",
+    "FINAL_STOP_SIGNAL",
     "SIGNAL_ACTIONS",
     "Action",
     "ExitCode",
@@ -79,6 +85,9 @@ log = logging.getLogger("trioserver.master")
 
 #: Seconds workers get to close their connections on a fast stop before SIGKILL.
 FAST_STOP_GRACE: Final = 2.0
+#: What the master sends a worker on the final stop, once the listening sockets queue no
+#: more: drain, and take what is still queued first (SIGTERM leaves it to the next worker).
+FINAL_STOP_SIGNAL: Final = signal.SIGUSR2
 #: Seconds before trying again when fork itself fails (out of processes or memory).
 FORK_RETRY: Final = 1.0
 
@@ -252,8 +261,7 @@ class Master:
             self._retire_at = None
             grace = self.config.master.graceful_timeout
             log.info("stop delay over: %d workers drain, up to %.1f s", len(self.workers), grace)
-            for worker in self.workers.values():
-                self._retire(worker, now)
+            self._stop_workers(now)
         for worker in list(self.workers.values()):
             if worker.killed is not None:
                 continue
@@ -357,8 +365,7 @@ class Master:
         else:
             grace = self.config.master.graceful_timeout
             log.info("stopping (%s): %d workers drain, up to %.1f s", why, len(self.workers), grace)
-            for worker in self.workers.values():
-                self._retire(worker, now)
+            self._stop_workers(now)
         self._finish_if_done()
 
     def reload(self) -> None:
@@ -537,12 +544,19 @@ class Master:
             self._reload_again = False
             self.reload()
 
-    def _retire(self, worker: WorkerProcess, now: float) -> None:
+    def _stop_workers(self, now: float) -> None:
+        """The final stop: no new connection queues, then every worker drains what is."""
+        if self.workers:
+            self.system.stop_queueing()
+        for worker in self.workers.values():
+            self._retire(worker, now, FINAL_STOP_SIGNAL)
+
+    def _retire(self, worker: WorkerProcess, now: float, signum: int = signal.SIGTERM) -> None:
         if worker.retiring:
             return
         worker.retiring = True
         worker.kill_at = now + worker.config.master.graceful_timeout
-        self.system.kill(worker.pid, signal.SIGTERM)
+        self.system.kill(worker.pid, signum)
 
     def _kill(self, worker: WorkerProcess, why: str) -> None:
         if worker.retiring:

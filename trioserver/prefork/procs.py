@@ -38,7 +38,7 @@ from typing import Final, Protocol
 import attrs
 
 from ..config import Address, Config
-from ..sockets import bind_listener
+from ..sockets import bind_listener, stop_queueing
 from ..tls import ServerTls, load_config_tls
 from .pipe import HEARTBEAT, READY, PipeDecoder, PipeProtocolError
 
@@ -145,6 +145,11 @@ class System(Protocol):
 
     def spawn(self, spec: WorkerSpec) -> int:
         """Fork a worker process for ``spec``; return its pid."""
+        ...
+
+    def stop_queueing(self) -> None:
+        """Have every listening socket start no new handshake (the final stop), so the
+        workers can accept all that is queued before the sockets close."""
         ...
 
     def kill(self, pid: int, signum: int) -> None:
@@ -456,6 +461,14 @@ class OsSystem:
     def release(self, config: Config) -> None:
         self.listeners.release(_addresses(config))
         self._tls = {config: self._tls[config]} if config in self._tls else {}
+
+    def stop_queueing(self) -> None:
+        sockets = self.listeners.all()
+        if not all([stop_queueing(sock) for sock in sockets]):
+            log.warning(
+                "cannot stop the listening sockets queueing new connections here (not "
+                "Linux?): connections that arrive during the stop may be reset"
+            )
 
     def spawn(self, spec: WorkerSpec) -> int:
         config = spec.config
