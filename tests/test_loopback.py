@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import TypeVar
 
+import pytest
 import trio
 
 from trioserver.client import BlockingClient, Client
@@ -185,3 +186,46 @@ async def test_worker_serves_http_beside_the_binary_protocol() -> None:
         assert (stats[200], stats[404]) == (1, 1)
         assert worker.statistics().connections_refused == 1
         worker.stop()
+
+
+def _reply_or_error(sock: socket.socket) -> str:
+    """``packet <code>`` once a whole reply came, else what happened instead."""
+    from trioserver.framer import FrameDecoder
+
+    decoder = FrameDecoder(0xFFFF)
+    try:
+        with sock:
+            sock.settimeout(10)
+            while not isinstance(event := decoder.next_packet(), Packet):
+                data = sock.recv(65536)
+                if not data:
+                    return "EOF"
+                decoder.receive_data(data)
+            return f"packet {event.code}"
+    except OSError as exc:
+        return type(exc).__name__
+
+
+@pytest.mark.parametrize("take_queued", [True, False])
+async def test_a_final_stop_answers_the_connections_still_in_the_accept_queue(
+    take_queued: bool,
+) -> None:
+    """What the worker has not accepted yet is accepted and answered by a final stop;
+    a plain stop leaves it queued, and closing the socket resets it (Linux)."""
+    config = make_config(server__listen=_listen())
+    worker = Worker(config)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(worker.serve)
+        port = worker.addresses[0][1]
+        # No checkpoint from here to stop(): the kernel queues these, the worker accepts none.
+        clients = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(20)]
+        for client in clients:
+            client.sendall(PING)
+        worker.stop(take_queued=take_queued)
+        outcomes = await in_thread(lambda: [_reply_or_error(c) for c in clients])
+    if take_queued:
+        assert outcomes == ["packet 0"] * 20
+        assert worker.statistics().connections_accepted == 20
+    else:
+        assert outcomes == ["ConnectionResetError"] * 20
+        assert worker.statistics().connections_accepted == 0
