@@ -97,13 +97,16 @@ def servers() -> Iterator[list[Server]]:
         server.kill_all()
 
 
-def stop_under_churn(servers: list[Server], tmp: Path) -> Churn:
-    """Start a two-worker server, churn against it, SIGTERM it; the churn's outcomes."""
-    server = Server(
-        tmp, ["--listen", "127.0.0.1:0", "--app", "sample_apps:who_router", "--workers", "2"]
-    )
+def stop_under_churn(servers: list[Server], tmp: Path, master: bool) -> Churn:
+    """Start a server (two workers, or one worker without a master), churn against it,
+    SIGTERM it; the churn's outcomes."""
+    mode = ["--workers", "2"] if master else ["--no-master"]
+    server = Server(tmp, ["--listen", "127.0.0.1:0", "--app", "sample_apps:who_router", *mode])
     servers.append(server.start())
-    port = server.wait_ready(2)
+    if master:
+        port = server.wait_ready(2)
+    else:
+        port = int(server.wait_log(r"serving the binary protocol on 127\.0\.0\.1:(\d+)")[0][1])
     with Churn(port) as churn:
         wait_for("500 answered pings", lambda: churn.count() >= 500, timeout=30)
         os.kill(server.pid, signal.SIGTERM)
@@ -114,9 +117,10 @@ def stop_under_churn(servers: list[Server], tmp: Path) -> Churn:
 
 
 @pytest.mark.parametrize("round_", range(3))
+@pytest.mark.parametrize("master", [True, False], ids=["master", "no-master"])
 def test_sigterm_under_churn_resets_no_connected_client(
-    servers: list[Server], tmp_path: Path, round_: int
+    servers: list[Server], tmp_path: Path, master: bool, round_: int
 ) -> None:
-    churn = stop_under_churn(servers, tmp_path)
+    churn = stop_under_churn(servers, tmp_path, master)
     print(f"answered {churn.answered}, refused {churn.refused}, lost {len(churn.lost)}")
     assert churn.lost == []
