@@ -20,7 +20,7 @@ write failing with EPIPE means the master is gone, as does ``getppid()``
 changing; ``PR_SET_PDEATHSIG`` makes the kernel tell us at once on Linux. Either
 way the worker drains and exits: no worker outlives its master.
 
-Retiring (SIGTERM from a reload or a graceful stop) is the worker's drain: it
+Retiring (SIGTERM, as a reload retires the old workers) is the worker's drain: it
 closes this process's copy of the slot's listening sockets, which stay open in
 the master and in the new worker of the slot (see :mod:`trioserver.prefork.procs`), so
 connections the kernel queued there are accepted by the new worker, not reset.

@@ -15,6 +15,9 @@ socket that closes resets every connection still waiting in its accept queue
 (Linux, unless ``net.ipv4.tcp_migrate_req`` is on), and per-process sockets close
 whenever their worker retires or dies. Here the old and the new worker of a slot
 share its socket while they overlap; the old one merely stops calling accept.
+The final stop has no next worker: :meth:`OsSystem.stop_queueing` first makes the
+sockets start no new handshake, so the workers can empty the queues before the
+sockets close.
 """
 
 from __future__ import annotations
