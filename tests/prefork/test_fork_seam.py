@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import trustme
 
 from trioserver.config import Address, Config
 from trioserver.prefork.daemon import Readiness
@@ -86,3 +87,33 @@ def test_a_failure_between_fork_and_main_reaches_the_log(tmp_path: Path) -> None
     text = log_file.read_text()
     assert "worker 1 could not start after the fork" in text
     assert "RuntimeError: raised in the child before its main function" in text
+
+
+def ports_of_each_list(setup: ChildSetup) -> int:
+    """Exit with how many distinct listening ports the worker got over its four lists."""
+    lists = [setup.listeners, setup.http_listeners, setup.tls_listeners, setup.https_listeners]
+    ports = {sock.getsockname()[1] for sockets in lists for sock in sockets}
+    return len(ports) if all(len(sockets) == 1 for sockets in lists) else 100
+
+
+def test_each_port_0_listener_gets_a_socket_of_its_own(tmp_path: Path) -> None:
+    """Four lists that all say 127.0.0.1:0: four sockets on four ports, not one shared."""
+    cert = trustme.CA().issue_cert("localhost")
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "server.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "server.key"))
+    any_port = (Address("127.0.0.1", 0),)
+    config = Config().replace(
+        server__listen=any_port,
+        http__listen=any_port,
+        server__tls_listen=any_port,
+        http__tls_listen=any_port,
+        tls__certificate=tmp_path / "server.pem",
+        tls__private_key=tmp_path / "server.key",
+    )
+    system = OsSystem(ports_of_each_list)
+    try:
+        system.prepare(config, 1)
+        _, exited = run_one(system, system.spawn(WorkerSpec(1, 1, 0, config)))
+    finally:
+        system.close()
+    assert exited.returncode == 4

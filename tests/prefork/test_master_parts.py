@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import sample_apps
 
-from trioserver.config import Address, ConfigError, load_config
+from trioserver.config import Address, Config, ConfigError, load_config
 from trioserver.dispatch import Router
 from trioserver.prefork import pidfile
 from trioserver.prefork.app import AppError, find_app, load_router
-from trioserver.prefork.procs import ListeningSockets
+from trioserver.prefork.procs import ConfigListeners, ListenerKey, ListeningSockets
 
 
 def test_pidfile_is_written_and_removed(tmp_path: Path) -> None:
@@ -54,7 +54,7 @@ def test_garbage_in_a_pidfile_is_no_pid(tmp_path: Path) -> None:
 
 def test_slots_share_one_resolved_port_and_are_dealt_round_robin() -> None:
     sockets = ListeningSockets()
-    address = Address("127.0.0.1", 0)
+    address = ListenerKey(Address("127.0.0.1", 0), "[server] listen", 0)
     try:
         sockets.prepare([address], backlog=16, workers=3)
         ports = {s.getsockname()[1] for s in sockets.all()}
@@ -72,6 +72,50 @@ def test_slots_share_one_resolved_port_and_are_dealt_round_robin() -> None:
         sockets.close()
 
 
+def test_port_0_entries_get_ports_of_their_own_and_keep_them_on_reload() -> None:
+    any_port = (Address("127.0.0.1", 0),)
+    config = load_config(None, ('server.listen=["127.0.0.1:0"]', 'http.listen=["127.0.0.1:0"]'))
+    config = config.replace(tls__certificate=Path("unread.pem"))  # only the lists are read
+    keys = ConfigListeners.of(config.replace(server__tls_listen=any_port * 2))
+    assert len(set(keys.all())) == 4  # two lists and two entries of one list: four listeners
+    sockets = ListeningSockets()
+    try:
+        sockets.prepare(keys.all(), backlog=16, workers=2)
+        ports = {key: sockets.bound(key) for key in keys.all()}
+        assert len(set(ports.values())) == 4
+        # A reload that keeps the entries keeps their ports; dropping one closes its sockets.
+        again = ConfigListeners.of(config.replace(server__tls_listen=any_port))
+        sockets.prepare(again.all(), backlog=16, workers=2)
+        sockets.release(again.all())
+        assert {key: sockets.bound(key) for key in again.all()} == {
+            key: ports[key] for key in again.all()
+        }
+        assert sockets.bound(keys.tls[1]) is None and len(sockets.all()) == 6
+    finally:
+        sockets.close()
+
+
+def test_a_fixed_port_keeps_its_sockets_when_it_moves_in_its_list() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    fixed = Address("127.0.0.1", port)
+    before = ConfigListeners.of(Config().replace(server__listen=(fixed,), http__listen=()))
+    after = ConfigListeners.of(
+        Config().replace(server__listen=(Address("127.0.0.1", 0), fixed), http__listen=())
+    )
+    assert after.server[1] == before.server[0]
+    sockets = ListeningSockets()
+    try:
+        sockets.prepare(before.all(), backlog=16, workers=1)
+        (first,) = sockets.all()
+        sockets.prepare(after.all(), backlog=16, workers=1)
+        sockets.release(after.all())
+        assert sockets.for_worker(after.server, 1, 1)[1] is first
+    finally:
+        sockets.close()
+
+
 def test_an_address_in_use_names_the_address() -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -79,7 +123,7 @@ def test_an_address_in_use_names_the_address() -> None:
         port = taken.getsockname()[1]
         sockets = ListeningSockets()
         with pytest.raises(OSError, match=f"cannot listen on 127.0.0.1:{port}"):
-            sockets.prepare([Address("127.0.0.1", port)], backlog=16, workers=2)
+            sockets.prepare([ListenerKey(Address("127.0.0.1", port))], backlog=16, workers=2)
         assert sockets.all() == []
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import trustme
-from real_server import Server, free_port
+from real_server import Server
 
 from trioserver.client import BlockingClient
 
@@ -49,9 +49,8 @@ def trusting(ca: trustme.CA) -> ssl.SSLContext:
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Server]:
-    # Its own port: the master keys listening sockets by address, and both lists'
-    # 127.0.0.1:0 would be one address.
-    config = CONFIG.format(port=free_port())
+    # Both lists say 127.0.0.1:0: each listener gets a port of its own.
+    config = CONFIG.format(port=0)
     made = Server(tmp_path, ["--listen", "127.0.0.1:0", "--workers", "1"], config=config)
     yield made
     made.kill_all()
@@ -63,8 +62,11 @@ def test_reload_serves_the_new_certificate_and_refuses_a_bad_one(
     old_ca, new_ca = trustme.CA(), trustme.CA()
     install(old_ca, tmp_path)
     server.start()
-    server.wait_ready(1)
+    plain = server.wait_ready(1)
     port = int(server.wait_log(r"listening \(TLS\) on 127\.0\.0\.1:(\d+)")[0].group(1))
+    assert port != plain
+    with BlockingClient.connect("127.0.0.1", plain) as client:
+        client.ping()  # plaintext on its own port, TLS on the other
     with BlockingClient.connect("localhost", port, tls=trusting(old_ca)) as old:
         old.ping()
         # A key that does not match: the reload is refused and says why.
@@ -85,4 +87,6 @@ def test_reload_serves_the_new_certificate_and_refuses_a_bad_one(
             BlockingClient.connect("localhost", port, tls=trusting(old_ca))
         # The old worker drained: the idle old connection ended cleanly (close_notify).
         assert old.at_eof()
+    with BlockingClient.connect("127.0.0.1", plain) as client:
+        client.ping()  # the reload kept both ports
     assert "Traceback" not in server.text()

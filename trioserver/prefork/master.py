@@ -57,6 +57,7 @@ from ..config import Address, Config, ConfigError, LoggingSettings
 from ..ops.metrics import Gatherer
 from .procs import (
     READY,
+    ConfigListeners,
     Event,
     Exited,
     OsSystem,
@@ -637,16 +638,16 @@ def serve(config: Config, load_config: Callable[[], Config]) -> int:
         except OSError as exc:
             log.error("%s", exc)
             return ExitCode.START_FAILED
-        for address in config.server.listen:
-            host, port = system.listeners.bound(address) or (address.host, address.port)
-            log.info("listening on %s:%d", host, port)
-        for what, addresses in (
-            ("TLS", config.server.tls_listen),
-            ("HTTPS", config.http.tls_listen),
+        keys = ConfigListeners.of(config)
+        for what, listeners in (
+            ("", keys.server),
+            (" (HTTP)", keys.http),
+            (" (TLS)", keys.tls),
+            (" (HTTPS)", keys.https),
         ):
-            for address in addresses:
-                host, port = system.listeners.bound(address) or (address.host, address.port)
-                log.info("listening (%s) on %s:%d", what, host, port)
+            for key in listeners:
+                host, port = system.listeners.bound(key) or (key.address.host, key.address.port)
+                log.info("listening%s on %s:%d", what, host, port)
         gatherer = Gatherer(process_figures=read_process)
         master_ref: list[Master] = []
         admin_address: str | None = None

@@ -7,7 +7,7 @@ a fake that records spawns and kills and plays exits and heartbeats, so the rule
 are tested without processes, sleeps or monkeypatching.
 
 Listening sockets are bound here, in the master, one SO_REUSEPORT socket per
-worker slot and address, and each worker inherits its slot's sockets. The kernel
+worker slot and configured listener, and each worker inherits its slot's sockets. The kernel
 balances new connections over the slots exactly as if each worker had bound its
 own after the fork, but a slot's socket outlives any one worker
 process. That is what makes a reload and a respawn lose nothing: a listening
@@ -49,8 +49,10 @@ __all__ = [
     "HEARTBEAT",
     "READY",
     "ChildSetup",
+    "ConfigListeners",
     "Exited",
     "FileOwner",
+    "ListenerKey",
     "ListeningSockets",
     "OsSystem",
     "SignalReceived",
@@ -60,6 +62,7 @@ __all__ = [
     "WorkerReport",
     "WorkerSpec",
     "describe_exit",
+    "listener_keys",
     "raise_open_file_limit",
     "set_title",
 ]
@@ -240,11 +243,58 @@ def raise_open_file_limit(max_connections: int) -> tuple[int, int]:
 
 
 # ---------------------------------------------------------------------------
-# Listening sockets, one per worker slot and address.
+# Listening sockets, one per worker slot and configured listener.
+
+
+@attrs.frozen
+class ListenerKey:
+    """Which listening sockets a configured listener uses.
+
+    A fixed port is one listener whatever list names it: the config refuses two
+    protocols on one address, and a reload that moves it to another position keeps
+    its sockets (and their accept queues). Port 0 asks for a port of its own, so
+    each entry gets one: keyed by its setting and position, two lists that both say
+    ``127.0.0.1:0`` get two ports, kept across reloads while the entry stays put.
+    """
+
+    address: Address
+    #: For port 0 only: the setting (``[server] tls_listen``...) and index naming it.
+    setting: str = ""
+    position: int = -1
+
+
+def listener_keys(setting: str, addresses: Sequence[Address]) -> list[ListenerKey]:
+    """The keys of one list of addresses (``setting`` names the list)."""
+    return [
+        ListenerKey(address) if address.port else ListenerKey(address, setting, position)
+        for position, address in enumerate(addresses)
+    ]
+
+
+@attrs.frozen
+class ConfigListeners:
+    """A config's listeners, list by list, as :class:`ListenerKey`."""
+
+    server: list[ListenerKey]
+    http: list[ListenerKey]
+    tls: list[ListenerKey]
+    https: list[ListenerKey]
+
+    @classmethod
+    def of(cls, config: Config) -> ConfigListeners:
+        return cls(
+            listener_keys("[server] listen", config.server.listen),
+            listener_keys("[http] listen", config.http.listen),
+            listener_keys("[server] tls_listen", config.server.tls_listen),
+            listener_keys("[http] tls_listen", config.http.tls_listen),
+        )
+
+    def all(self) -> list[ListenerKey]:
+        return [*self.server, *self.http, *self.tls, *self.https]
 
 
 class ListeningSockets:
-    """The master's listening sockets: per configured address, one per worker slot.
+    """The master's listening sockets: per configured listener, one per worker slot.
 
     Worker ``i`` of ``n`` gets the slots ``k`` with ``k % n == i - 1``: after a reload to
     fewer workers the extra slots are served, not closed (closing would reset their
@@ -252,17 +302,17 @@ class ListeningSockets:
     """
 
     def __init__(self) -> None:
-        self._slots: dict[Address, list[socket.socket]] = {}
+        self._slots: dict[ListenerKey, list[socket.socket]] = {}
 
-    def prepare(self, addresses: Sequence[Address], backlog: int, workers: int) -> None:
+    def prepare(self, keys: Sequence[ListenerKey], backlog: int, workers: int) -> None:
         created: list[socket.socket] = []
         try:
-            for address in addresses:
-                slots = self._slots.setdefault(address, [])
+            for key in keys:
+                slots = self._slots.setdefault(key, [])
                 while len(slots) < workers:
-                    target = address
-                    if slots and address.port == 0:
-                        target = Address(address.host, slots[0].getsockname()[1])
+                    target = key.address
+                    if slots and target.port == 0:
+                        target = Address(target.host, slots[0].getsockname()[1])
                     sock = bind_listener(target, backlog)
                     created.append(sock)
                     slots.append(sock)
@@ -274,31 +324,31 @@ class ListeningSockets:
                     if sock in slots:
                         slots.remove(sock)
                 sock.close()
-            self._slots = {a: s for a, s in self._slots.items() if s}
+            self._slots = {k: s for k, s in self._slots.items() if s}
             raise
 
     def for_worker(
-        self, addresses: Sequence[Address], index: int, workers: int
+        self, keys: Sequence[ListenerKey], index: int, workers: int
     ) -> list[socket.socket]:
         return [
             sock
-            for address in addresses
-            for k, sock in enumerate(self._slots[address])
+            for key in keys
+            for k, sock in enumerate(self._slots[key])
             if k % workers == index - 1
         ]
 
-    def bound(self, address: Address) -> tuple[str, int] | None:
-        """The (host, port) ``address`` is bound to (port 0 resolved), if it is."""
-        slots = self._slots.get(address)
+    def bound(self, key: ListenerKey) -> tuple[str, int] | None:
+        """The (host, port) ``key`` is bound to (port 0 resolved), if it is."""
+        slots = self._slots.get(key)
         if not slots:
             return None
         name = slots[0].getsockname()
         return name[0], name[1]
 
-    def release(self, keep: Iterable[Address]) -> None:
+    def release(self, keep: Iterable[ListenerKey]) -> None:
         keep = set(keep)
-        for address in [a for a in self._slots if a not in keep]:
-            for sock in self._slots.pop(address):
+        for key in [k for k in self._slots if k not in keep]:
+            for sock in self._slots.pop(key):
                 sock.close()
 
     def all(self) -> list[socket.socket]:
@@ -458,11 +508,11 @@ class OsSystem:
 
     def prepare(self, config: Config, workers: int) -> None:
         tls = load_config_tls(config)  # TlsSetupError (an OSError) says which file and why
-        self.listeners.prepare(_addresses(config), config.server.backlog, workers)
+        self.listeners.prepare(ConfigListeners.of(config).all(), config.server.backlog, workers)
         self._tls[config] = tls
 
     def release(self, config: Config) -> None:
-        self.listeners.release(_addresses(config))
+        self.listeners.release(ConfigListeners.of(config).all())
         self._tls = {config: self._tls[config]} if config in self._tls else {}
 
     def stop_queueing(self) -> None:
@@ -475,10 +525,11 @@ class OsSystem:
 
     def spawn(self, spec: WorkerSpec) -> int:
         config = spec.config
-        listeners = self.listeners.for_worker(config.server.listen, spec.index, spec.workers)
-        http = self.listeners.for_worker(config.http.listen, spec.index, spec.workers)
-        tls = self.listeners.for_worker(config.server.tls_listen, spec.index, spec.workers)
-        https = self.listeners.for_worker(config.http.tls_listen, spec.index, spec.workers)
+        keys = ConfigListeners.of(config)
+        listeners = self.listeners.for_worker(keys.server, spec.index, spec.workers)
+        http = self.listeners.for_worker(keys.http, spec.index, spec.workers)
+        tls = self.listeners.for_worker(keys.tls, spec.index, spec.workers)
+        https = self.listeners.for_worker(keys.https, spec.index, spec.workers)
         server_tls = self._tls.get(config)
         if server_tls is None and (tls or https):
             server_tls = self._tls[config] = load_config_tls(config)
@@ -633,16 +684,6 @@ class OsSystem:
         with contextlib.suppress(KeyError):
             self._poll.unregister(fd)
         _close_quietly(fd)
-
-
-def _addresses(config: Config) -> list[Address]:
-    """Every address ``config`` listens on: plaintext and TLS, binary and HTTP."""
-    return [
-        *config.server.listen,
-        *config.http.listen,
-        *config.server.tls_listen,
-        *config.http.tls_listen,
-    ]
 
 
 def _read_all(fd: int) -> tuple[bytes, bool]:
