@@ -1,4 +1,4 @@
-"""TLS as a transport: the handshake in the connection's own task, then an ``SSLStream``.
+"""TLS as a transport: an ``ssl.SSLObject`` on memory BIOs, driven on the transport below.
 
 ::
 
@@ -8,18 +8,23 @@
 A TLS listener accepts plaintext transports like any other; the connection's
 task reads its PROXY header first (HAProxy sends it before the handshake), then
 hands the transport and the bytes that came after the header to the upgrade,
-which stacks ``trio.SSLStream(server_side=True)`` on it and runs the handshake
-under a deadline of its own. The stack, bottom up::
+which runs the server side of the handshake under a deadline of its own. The
+result, :class:`TlsTransport`, is the seam again (for the reader, the outbox and
+HTTP), with OpenSSL between it and the transport below::
 
-    Transport (raw socket, memory link) → TransportStream (+ the early bytes) → SSLStream
-    → TlsTransport (the seam again, for the reader, the outbox and HTTP)
+    reader ← SSLObject.read ← incoming BIO ← lower.receive_nowait (a recv)
+    outbox → SSLObject.write → outgoing BIO → lower.send_nowait (a send)
 
-Sending: ``SSLStream.send_all`` always passes through the scheduler, so a reply
-cannot leave from the reader's own call the way a socket's does. Rather than
-the outbox starting a writer task per reply, each TLS connection has one sender
-task (started by its first reply) that ``send_nowait`` hands replies to, up to
-``SEND_BATCH_BYTES`` beyond what it is sending; past that the outbox queues and
-counts them as it does for a full socket, so the send caps hold.
+This is the machine ``trio.SSLStream`` runs, without its task round trips: the
+reader decrypts what one ``recv`` brought without a scheduler pass of its own,
+and a reply is encrypted and sent from the caller's own call, as on a plain
+socket. When the socket does not take all the ciphertext, what is left (at most
+one TLS record beyond the kernel's buffer) goes out from a flusher task, and
+``send_nowait`` takes nothing until it has: the outbox then queues and counts
+replies as for a full socket, so the send caps hold. All ciphertext leaves through
+the one outgoing BIO and one sender at a time, in order; what OpenSSL writes while
+reading (a TLS 1.3 session ticket, a key update) leaves with the next send, or at
+once when no send is under way.
 
 A handshake that fails, times out, or meets plaintext (a first byte that is not
 a TLS handshake record) closes the connection quietly: counted by reason
@@ -43,6 +48,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import ssl
+from collections.abc import Awaitable
 from typing import Any, Final, Protocol
 
 import attrs
@@ -50,23 +56,20 @@ import trio
 
 from .reasons import CloseReason, KickReason, TlsFailure
 from .transport import LINGER_TIMEOUT, STREAM_RECEIVE_SIZE, Transport
-from .wakeup import Wakeup
 
 __all__ = [
     "PeerCertificate",
     "TlsFailure",
     "TlsTransport",
     "TlsUpgrade",
-    "TransportStream",
     "classify_failure",
 ]
 
 log = logging.getLogger("trioserver.tls")
 
-#: Most bytes a TLS connection's sender holds beyond what it is sending: one full TLS
-#: record's worth. More, and ``send_nowait`` takes nothing (the outbox then queues and
-#: counts replies as for a full socket buffer).
-SEND_BATCH_BYTES: Final = 16384
+#: Plaintext encrypted per write: one full TLS record. A reply is sent record by record,
+#: so at most one record's ciphertext waits beyond the socket's buffer.
+TLS_RECORD_BYTES: Final = 16384
 
 #: The first byte of every TLS record that opens a handshake (content type 22).
 _HANDSHAKE_RECORD: Final = 0x16
@@ -155,240 +158,245 @@ class PeerCertificate:
         )
 
 
-class TransportStream(trio.abc.HalfCloseableStream):
-    """A transport of the seam as the ``trio.abc.Stream`` that ``SSLStream`` sits on.
-
-    ``early`` (bytes read with the PROXY header) is handed out first.
-    ``first_byte`` is the first byte the peer sent, to tell plaintext from TLS.
-    With ``half_close_on_close`` set, ``aclose`` only shuts our sending side, so
-    the transport stays readable for a lingering close (see the module docstring).
-
-    A receive that finds bytes waiting returns them without a scheduler pass; the
-    connection's reader already yields between batches (the seam's rule).
-    """
-
-    def __init__(self, transport: Transport, early: bytes = b"") -> None:
-        self.transport = transport
-        self._early = early
-        self.first_byte: int | None = early[0] if early else None
-        self.half_close_on_close = False
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        size = STREAM_RECEIVE_SIZE if max_bytes is None else max_bytes
-        early = self._early
-        if early:
-            self._early = early[size:]
-            return early[:size]
-        transport = self.transport
-        while (data := transport.receive_nowait(size)) is None:
-            await transport.wait_readable()
-        if data and self.first_byte is None:
-            self.first_byte = data[0]
-        return data
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self.transport.send_all(data if not isinstance(data, bytearray) else bytes(data))
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self.transport.wait_writable()
-
-    async def send_eof(self) -> None:
-        await self.transport.send_eof()
-
-    async def aclose(self) -> None:
-        if self.half_close_on_close:
-            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                await self.transport.send_eof()
-            return
-        await self.transport.aclose()
-
-
 class TlsTransport:
-    """The seam over a handshaken ``SSLStream`` (see the module docstring).
+    """The seam over a handshaken ``SSLObject`` (see the module docstring).
 
-    ``SSLStream.send_all`` always passes through the scheduler, so nothing can be
-    sent without a task. Instead of the outbox starting a writer task for every
-    reply, each TLS connection gets one sender task (started by its first send, in
-    ``nursery``) that sends what ``send_nowait`` handed it: "taken" means queued
-    here, at most ``SEND_BATCH_BYTES`` of it (like bytes in a socket's buffer), so
-    the outbox's caps still see a peer that does not read. Everything the
-    connection sends (``send_all`` too) leaves through that one queue, in order.
+    ``nursery`` is where the flusher runs when the socket does not take a reply's
+    ciphertext at once; without one, ``send_nowait`` takes nothing and every send
+    waits in the caller's task.
     """
 
     __slots__ = (
-        "_batch",
-        "_batch_bytes",
         "_broken",
-        "_in_flight",
+        "_flusher_scope",
+        "_incoming",
         "_nursery",
-        "_pending",
+        "_outgoing",
         "_progress",
-        "_queued",
-        "_sender_scope",
-        "_sent",
+        "_raw",
+        "_sending",
+        "_ssl",
         "_tls_closed",
-        "_wakeup",
         "lingers",
         "lower",
         "peer_certificate",
-        "stream",
     )
 
     def __init__(
         self,
-        stream: trio.SSLStream[TransportStream],
-        lower: TransportStream,
+        lower: Transport,
+        ssl_object: ssl.SSLObject,
+        incoming: ssl.MemoryBIO,
+        outgoing: ssl.MemoryBIO,
         peer_certificate: PeerCertificate | None = None,
         nursery: trio.Nursery | None = None,
     ) -> None:
-        self.stream = stream
         self.lower = lower
         self.peer_certificate = peer_certificate
         #: Always: under TCP, unread bytes would reset the replies (as in plaintext), and
         #: on any transport the linger's first step, send_eof, says TLS's goodbye.
         self.lingers = True
-        self._pending: bytes | None = None
-        self._tls_closed = False
+        self._ssl = ssl_object
+        self._incoming = incoming
+        self._outgoing = outgoing
         self._nursery = nursery
-        #: What the sender has yet to send, and its size; bytes queued and sent so far.
-        self._batch: list[bytes] | None = None
-        self._batch_bytes = 0
-        self._queued = 0
-        self._sent = 0
-        self._in_flight = False
+        #: Ciphertext the socket did not take yet (the flusher sends it).
+        self._raw = b""
+        #: A task owns the lower transport's sending side (send_all or the flusher).
+        self._sending = False
+        self._tls_closed = False
         self._broken: BaseException | None = None
-        self._wakeup = Wakeup()
         self._progress = trio.lowlevel.ParkingLot()
-        self._sender_scope: trio.CancelScope | None = None
+        self._flusher_scope: trio.CancelScope | None = None
 
     @property
     def socket(self) -> None:
         """None: bytes must go through TLS, never ``os.sendfile``."""
         return None
 
-    def receive_nowait(self, max_bytes: int) -> bytes | None:
-        if self._tls_closed:
-            return self.lower.transport.receive_nowait(max_bytes)
-        data = self._pending
-        if data is None:
-            return None
-        if len(data) > max_bytes:
-            self._pending = data[max_bytes:]
-            return data[:max_bytes]
-        self._pending = None
-        return data
+    # -- receiving ----------------------------------------------------------------------
 
-    async def wait_readable(self) -> None:
-        if self._tls_closed:
-            await self.lower.transport.wait_readable()
-            return
-        if self._pending is not None:
-            await trio.lowlevel.checkpoint()
-            return
+    def receive_nowait(self, max_bytes: int) -> bytes | None:
+        if self._tls_closed:  # after our close_notify: raw bytes, for the linger to drop
+            return self.lower.receive_nowait(max_bytes)
+        ssl_object = self._ssl
+        while True:
+            try:
+                data = ssl_object.read(max_bytes)
+            except ssl.SSLWantReadError:
+                pass
+            except ssl.SSLZeroReturnError:  # the peer's close_notify
+                return b""
+            except ssl.SSLError as exc:
+                if _is_eof(exc):  # a TCP end without close_notify: an end all the same
+                    return b""
+                raise trio.BrokenResourceError(f"TLS error: {exc}") from exc
+            else:
+                if self._outgoing.pending:
+                    self._push_nowait()
+                return data
+            if self._outgoing.pending:
+                self._push_nowait()  # what reading made OpenSSL write (tickets, key updates)
+            raw = self.lower.receive_nowait(STREAM_RECEIVE_SIZE)
+            if raw is None:
+                return None
+            if raw:
+                self._incoming.write(raw)
+            else:
+                self._incoming.write_eof()
+
+    def wait_readable(self) -> Awaitable[None]:
+        # A plain function returning the lower transport's wait: no frame of ours while
+        # an idle connection is parked. ``receive_nowait`` consumed every raw byte there
+        # was, so only new ones can make it say something.
+        return self.lower.wait_readable()
+
+    # -- sending ------------------------------------------------------------------------
+
+    def _push_nowait(self) -> bool:
+        """Send the outgoing BIO's ciphertext now; False when some is left (in ``_raw``)."""
+        if self._sending or self._raw:
+            return False  # the sending task takes it with its next bytes, in order
+        data = self._outgoing.read()
+        if not data:
+            return True
         try:
-            self._pending = bytes(await self.stream.receive_some(STREAM_RECEIVE_SIZE))
-        except trio.BrokenResourceError as exc:
-            if not _is_eof(exc.__cause__):
-                raise
-            self._pending = b""  # a TCP end without close_notify: an end all the same
+            sent = self.lower.send_nowait(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self._broken = exc
+            raise
+        if sent == len(data):
+            return True
+        self._raw = data[sent:]
+        self._start_flusher()
+        return False
+
+    def _start_flusher(self) -> None:
+        if self._nursery is None:
+            return  # the next send_all sends it
+        self._sending = True
+        self._flusher_scope = trio.CancelScope()
+        self._nursery.start_soon(self._flush)
+
+    async def _flush(self) -> None:
+        """Send the ciphertext the socket did not take, waiting for room; then stop."""
+        assert self._flusher_scope is not None
+        try:
+            with self._flusher_scope:
+                while raw := self._raw + self._outgoing.read():
+                    self._raw = raw
+                    await self.lower.send_all(raw)
+                    self._raw = b""
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self._broken = exc
+        finally:
+            self._sending = False
+            self._flusher_scope = None
+            self._progress.unpark_all()
 
     def send_nowait(self, data: bytes | memoryview) -> int:
-        """Hand ``data`` to the sender task; 0 when it already holds a full batch."""
+        """Encrypt and send what the socket takes; 0 while earlier ciphertext waits."""
         if self._broken is not None:
             raise trio.BrokenResourceError(f"peer went away: {self._broken}")
-        if self._nursery is None or self._tls_closed or self._batch_bytes >= SEND_BATCH_BYTES:
+        if self._nursery is None or self._tls_closed or self._sending or self._raw:
             return 0
-        self._enqueue(bytes(data))
-        return len(data)
+        size = len(data)
+        if size <= TLS_RECORD_BYTES:  # a reply or a batch of them: one record
+            self._encrypt(data)
+            self._push_nowait()
+            return size
+        view = memoryview(data)
+        taken = 0
+        while taken < size:
+            chunk = view[taken : taken + TLS_RECORD_BYTES]
+            self._encrypt(chunk)
+            taken += len(chunk)
+            if not self._push_nowait():
+                break  # the flusher sends the rest of this record; the outbox the rest
+        return taken
 
-    def _enqueue(self, data: bytes) -> None:
-        batch = self._batch
-        if batch is None:
-            self._batch = [data]
-        else:
-            batch.append(data)
-        self._batch_bytes += len(data)
-        self._queued += len(data)
-        if self._sender_scope is None:
-            assert self._nursery is not None
-            self._sender_scope = trio.CancelScope()
-            self._nursery.start_soon(self._send_loop)
-        else:
-            self._wakeup.wake()
-
-    async def _send_loop(self) -> None:
-        """The one task that sends: whatever was queued, in order, until closed."""
-        assert self._sender_scope is not None
-        stream = self.stream
-        with self._sender_scope:
-            while True:
-                while batch := self._batch:
-                    self._batch = None
-                    self._batch_bytes = 0
-                    data = batch[0] if len(batch) == 1 else b"".join(batch)
-                    self._in_flight = True
-                    try:
-                        await stream.send_all(data)
-                    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                        self._broken = exc
-                        self._progress.unpark_all()
-                        return
-                    finally:
-                        self._in_flight = False
-                    self._sent += len(data)
-                    self._progress.unpark_all()
-                await self._wakeup.wait()
+    def _encrypt(self, data: bytes | memoryview) -> None:
+        try:
+            self._ssl.write(data)
+        except ssl.SSLError as exc:
+            self._broken = exc
+            raise trio.BrokenResourceError(f"TLS error: {exc}") from exc
 
     async def wait_writable(self) -> None:
-        while self._batch_bytes >= SEND_BATCH_BYTES and self._broken is None:
+        while (self._sending or self._raw) and self._broken is None:
             await self._progress.park()
-        await self.stream.wait_send_all_might_not_block()
+        await self.lower.wait_writable()
 
-    async def send_all(self, data: bytes | memoryview, *, more: bool = False) -> None:
+    async def _own_sending(self) -> None:
+        """Wait until no other task sends (the flusher), then send as the one that does."""
+        while self._sending:
+            if self._broken is not None:
+                break
+            await self._progress.park()
         if self._broken is not None:
             raise trio.BrokenResourceError(f"peer went away: {self._broken}")
-        if self._nursery is None or (self._batch is None and not self._in_flight):
-            await self.stream.send_all(data)  # nothing queued: no need to go round the sender
-            return
-        self._enqueue(bytes(data))
-        target = self._queued
-        while self._sent < target:
-            if self._broken is not None:
-                raise trio.BrokenResourceError(f"peer went away: {self._broken}")
-            await self._progress.park()
+        self._sending = True
+
+    async def send_all(self, data: bytes | memoryview, *, more: bool = False) -> None:
+        await self._own_sending()
+        try:
+            if self._tls_closed:
+                raise trio.ClosedResourceError("TLS was closed")
+            view = memoryview(data)
+            for start in range(0, len(view), TLS_RECORD_BYTES):
+                self._encrypt(view[start : start + TLS_RECORD_BYTES])
+                await self._send_raw(more=more or start + TLS_RECORD_BYTES < len(view))
+            await self._send_raw(more=more)  # what reading queued meanwhile
+        finally:
+            self._sending = False
+            self._progress.unpark_all()
+
+    async def _send_raw(self, *, more: bool = False) -> None:
+        """Send ``_raw`` and the outgoing BIO's ciphertext, waiting for room (sending task)."""
+        while raw := self._raw + self._outgoing.read():
+            self._raw = raw
+            try:
+                await self.lower.send_all(raw, more=more)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                self._broken = exc
+                raise
+            self._raw = b""
+
+    # -- closing ------------------------------------------------------------------------
 
     async def send_eof(self) -> None:
         """close_notify, then shut our TCP side; the transport stays readable (lingering)."""
         if self._tls_closed:
             return
         with trio.move_on_after(LINGER_TIMEOUT):  # a peer not reading cannot stall this
-            while self._batch is not None or self._in_flight:  # what was queued goes first
-                if self._broken is not None:
-                    break
-                await self._progress.park()
-            self._stop_sender()
-            self._tls_closed = True
-            self.lower.half_close_on_close = True
-            await self.stream.aclose()
+            try:
+                await self._own_sending()  # what was queued goes first
+            except trio.BrokenResourceError:
+                self._tls_closed = True
+                return
+            try:
+                self._tls_closed = True
+                with contextlib.suppress(ssl.SSLError):  # WantRead: we do not wait for theirs
+                    self._ssl.unwrap()
+                await self._send_raw()
+                await self.lower.send_eof()
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+            finally:
+                self._sending = False
+                self._progress.unpark_all()
         self._tls_closed = True
-        self.lower.half_close_on_close = False
 
     def closing(self, reason: KickReason | CloseReason | None) -> None:
-        pass
-
-    def _stop_sender(self) -> None:
-        if self._sender_scope is not None:
-            self._sender_scope.cancel()
+        pass  # TLS's goodbye is the close_notify of send_eof; it carries no reason
 
     async def aclose(self) -> None:
-        self._stop_sender()
-        self._batch = None
+        if self._flusher_scope is not None:
+            self._flusher_scope.cancel()
+        self._raw = b""
+        self._tls_closed = True
         with trio.CancelScope(shield=True):
-            self.lower.half_close_on_close = False
-            if self._tls_closed:
-                await self.lower.transport.aclose()
-            else:
-                await trio.aclose_forcefully(self.stream)
+            await self.lower.aclose()
 
 
 class Refusable(Protocol):
@@ -433,23 +441,50 @@ class TlsUpgrade:
     ) -> TlsTransport | None:
         """Handshake within ``timeout``; None when refused (counted and logged, closed by
         the caller)."""
-        lower = TransportStream(transport, early)
-        stream = trio.SSLStream(lower, self.context, server_side=True)
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        ssl_object = self.context.wrap_bio(incoming, outgoing, server_side=True)
+        first_byte = early[0] if early else None
+        if early:
+            incoming.write(early)
         failure: TlsFailure | None = TlsFailure.TIMEOUT
         detail = f"{self.timeout:g} s"
         with trio.move_on_after(self.timeout):
             try:
-                await stream.do_handshake()
+                while True:
+                    try:
+                        ssl_object.do_handshake()
+                        break
+                    except ssl.SSLWantReadError:
+                        pass
+                    if outgoing.pending:
+                        await transport.send_all(outgoing.read())
+                    while (raw := transport.receive_nowait(STREAM_RECEIVE_SIZE)) is None:
+                        await transport.wait_readable()
+                    if raw:
+                        if first_byte is None:
+                            first_byte = raw[0]
+                        incoming.write(raw)
+                    else:
+                        incoming.write_eof()
+                if outgoing.pending:  # our last flight (and, in TLS 1.3, session tickets)
+                    await transport.send_all(outgoing.read())
                 failure = None
+            except ssl.SSLError as exc:
+                failure, detail = classify_failure(exc, first_byte)
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    if outgoing.pending:  # the alert that says why, if the socket takes it
+                        transport.send_nowait(outgoing.read())
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                failure, detail = classify_failure(exc, lower.first_byte)
+                failure, detail = classify_failure(exc, first_byte)
         if failure is None:
             self.counters.tls_handshakes += 1
             certificate = None
             if self.context.verify_mode is ssl.CERT_REQUIRED:
-                cert = stream.getpeercert()
+                cert = ssl_object.getpeercert()
                 certificate = PeerCertificate.from_ssl(cert) if cert else None
-            return TlsTransport(stream, lower, certificate, self.nursery)
+            return TlsTransport(
+                transport, ssl_object, incoming, outgoing, certificate, self.nursery
+            )
         self.counters.tls_failures[failure.value] = (
             self.counters.tls_failures.get(failure.value, 0) + 1
         )

@@ -197,3 +197,25 @@ async def test_replies_over_tls_leave_in_order_whatever_path_they_take(
             reply = await client.receive_packet()
             assert (reply.code, reply.body) == (code, body * (300 if code == 100 else 50))
         assert server.worker.statistics().kicks_by_reason == {}
+
+
+async def test_replies_larger_than_the_window_wait_for_room_and_keep_order(
+    pki: Pki, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A 4 KiB window (a slow reader): each large reply's ciphertext goes partly now and
+    the rest from the flusher, while later replies wait their turn in the outbox."""
+    router = default_router()
+    router.add(100, lambda ctx, p: ctx.reply(100, p.body * 4000), name="big")
+    router.add(101, lambda ctx, p: ctx.reply(101, p.body), name="small")
+    config = pki.config(connection__flood_check=False, connection__max_pending_replies=1000)
+    async with serve_in_memory(config, router) as server:
+        client = await server.connect(
+            tls=pki.client_context(), faults=[StopReading(at=1e6, window=4096)]
+        )
+        sent = [(100 + i % 2, f"{i:06d}".encode()) for i in range(60)]
+        await client.send_raw(b"".join(encode(code, body) for code, body in sent))
+        for code, body in sent:
+            reply = await client.receive_packet()
+            assert (reply.code, reply.body) == (code, body * (4000 if code == 100 else 1))
+        assert await client.ping() == 0
+        assert server.worker.statistics().kicks_by_reason == {}
