@@ -2,13 +2,18 @@
 
     python benchmarks/tls_bench.py                    # 3 runs x 3 s per case (~3 min)
     python benchmarks/tls_bench.py --runs 1 --seconds 2 --idle 1000
+    python benchmarks/tls_bench.py --before /tmp/old   # also an older checkout's TLS worker
 
 Cases: ping 100x16 and 100x1 over TLS (and trioserver in plaintext with the same
 client, for its own plaintext figure), handshakes per second (a new connection, its
-handshake, one ping, close), and the memory per idle TLS connection. Servers run
+handshake, one ping, close), full and resumed (each connection offers the TLS 1.3
+session ticket the previous one got), and the memory per idle TLS connection. Servers run
 pinned to CPU 0, the load generator (``tls_loadgen.c``, C with OpenSSL, built here)
 to CPU 1; targets are interleaved run by run. What to compare is requests per
 server CPU-second, and its ratios within one run (see benchmarks/README.md).
+With ``--before DIR`` (a checkout, e.g. ``git archive COMMIT | tar -x -C DIR``) the TLS
+cases also run ``trioserver-tls-before``: the same command with DIR first on the Python
+path, so a change is measured against the code before it in the same run.
 Load goes to 127.0.0.1 only; every process is stopped by its own PID.
 """
 
@@ -25,7 +30,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +48,8 @@ class Target:
     name: str
     tls: bool
     trioserver: bool
+    #: A checkout to import trioserver from instead of this one (``--before``).
+    root: Path | None = None
 
     def command(self, port: int, cert: Path, key: Path) -> list[str]:
         if not self.trioserver:
@@ -81,12 +88,15 @@ class Case:
     targets: tuple[Target, ...]
     conns: int = 100
     depth: int = 1
+    #: Handshakes: offer the previous connection's session ticket (``tls_loadgen -R``).
+    resume: bool = False
 
 
 CASES = (
     Case("tls-ping-100x16", "load", (BARE_TLS, TRIO_TLS, TRIO_PLAIN), 100, 16),
     Case("tls-ping-100x1", "load", (BARE_TLS, TRIO_TLS, TRIO_PLAIN), 100, 1),
     Case("tls-handshakes", "handshakes", (BARE_TLS, TRIO_TLS), conns=4),
+    Case("tls-handshakes-resumed", "handshakes", (BARE_TLS, TRIO_TLS), conns=4, resume=True),
     Case("tls-idle", "idle", (BARE_TLS, TRIO_TLS)),
 )
 
@@ -121,9 +131,11 @@ def start(target: Target, cert: Path, key: Path, logdir: Path) -> tuple[Any, int
     """Start ``target`` on CPU 0; (process, port, the PID doing the work)."""
     port = suite.free_port()
     log = open(logdir / f"{target.name}-{port}.log", "wb")  # noqa: SIM115 (closed with the run)
+    env = None if target.root is None else {**os.environ, "PYTHONPATH": str(target.root)}
     proc = subprocess.Popen(
         suite.pinned(suite.SERVER_CPU, target.command(port, cert, key)),
-        cwd=suite.ROOT,
+        cwd=target.root or suite.ROOT,
+        env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -152,7 +164,10 @@ def run_case(case: Case, target: Target, port: int, pid: int, cfg: argparse.Name
         args = [*common, "-c", str(case.conns), "-d", str(case.depth), *plain]
         return loadgen(args, cfg.warmup + cfg.seconds + 60)
     if case.kind == "handshakes":
-        return loadgen([*common, "-H", "-c", str(case.conns), *plain], cfg.warmup + cfg.seconds + 60)
+        resume = ["-R"] if case.resume else []
+        return loadgen(
+            [*common, "-H", "-c", str(case.conns), *resume, *plain], cfg.warmup + cfg.seconds + 60
+        )
     before = suite.rss_kib(pid)
     argv = suite.pinned(
         suite.LOAD_CPU, [str(LOADGEN), "-p", str(port), "-i", "-c", str(cfg.idle), "-t", "2"]
@@ -186,10 +201,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--idle", type=int, default=2000, help="idle TLS connections to hold")
     parser.add_argument("--cases", nargs="*", help="case names (default: all)")
+    parser.add_argument("--before", type=Path, help="also run this checkout's TLS worker")
     cfg = parser.parse_args(argv)
     machine = suite.machine_info(suite.raise_nofile())
     build()
     cases = [c for c in CASES if not cfg.cases or c.name in cfg.cases]
+    if cfg.before is not None:
+        before = Target("trioserver-tls-before", tls=True, trioserver=True, root=cfg.before)
+        cases = [replace(c, targets=(*c.targets[:2], before, *c.targets[2:])) for c in cases]
     results: dict[str, dict[str, list[dict[str, Any]]]] = {}
     work = Path(tempfile.mkdtemp(prefix="tls-bench-"))
     print(f"scratch and server logs: {work}")
@@ -209,6 +228,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         if case.kind == "idle"
                         else f"{record['rps']:.0f}/s, {record['per_cpu_s']:.0f} per CPU-s"
                     )
+                    if case.resume:
+                        shown += f" ({record['resumed']} of {record['requests']} resumed)"
                     print(f"{case.name} run {rep + 1} {target.name}: {shown}", flush=True)
     finally:
         suite.stop_all()
@@ -238,7 +259,8 @@ def report(results: dict[str, dict[str, list[dict[str, Any]]]]) -> None:
         for target in results[case]:
             rps, per = med(case, target, "rps"), med(case, target, "per_cpu_s")
             vs_bare = f"{per / bare:.2f}" if per and bare and target != BARE_TLS.name else ""
-            vs_plain = f"{per / plain:.2f}" if per and plain and target == TRIO_TLS.name else ""
+            tls_worker = target in (TRIO_TLS.name, "trioserver-tls-before")
+            vs_plain = f"{per / plain:.2f}" if per and plain and tls_worker else ""
             print(f"| {case} | {target} | {rps:.0f} | {per:.0f} | {vs_bare} | {vs_plain} |")
     if "tls-idle" in results:
         print("\n| idle TLS connections | KiB per connection |\n|---|---|")

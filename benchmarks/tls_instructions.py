@@ -9,10 +9,16 @@ pipelined pings (one TLS record each way per round). Each server runs twice, a s
 and a long run, and the difference per round trip is printed: startup, the handshake
 and shutdown cancel out; the steady state remains. Only the server is counted.
 
+``--handshakes`` counts connections instead: each round is a new connection, its full
+handshake, one ping and its reply, and a close; with ``--resume`` every connection but
+the first offers the TLS 1.3 session ticket the previous one received (``session=``),
+and the client checks that the server resumed it.
+
 ::
 
     python benchmarks/tls_instructions.py                 # batches of 16 and of 1
     python benchmarks/tls_instructions.py --batch 16 --rounds 200 1200
+    python benchmarks/tls_instructions.py --handshakes --rounds 50 250 [--resume]
 
 trioserver runs as in ``tls_bench.py`` (flood check and heartbeat off) and with
 ``metrics.interval=0``: under valgrind a wall-clock second holds some fifty times fewer
@@ -65,21 +71,46 @@ def server_command(target: str, port: int, cert: Path, key: Path) -> list[str]:
     ]
 
 
-def client(port: int, rounds: int, batch: int) -> None:
-    """One TLS connection: warm-up rounds, then ``rounds`` of ``batch`` pipelined pings."""
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
+def connect(port: int) -> socket.socket:
     deadline = time.monotonic() + 300
     while True:
         try:
-            raw = socket.create_connection(("127.0.0.1", port), timeout=600)
-            break
+            return socket.create_connection(("127.0.0.1", port), timeout=600)
         except OSError:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)  # the server is still starting under valgrind
-    with context.wrap_socket(raw) as sock:
+
+
+def client_context() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def handshakes(port: int, rounds: int, resume: bool) -> None:
+    """``rounds`` connections (after warm-up ones): handshake, one ping, close."""
+    context = client_context()
+    session: ssl.SSLSession | None = None
+    for i in range(WARMUP_ROUNDS + rounds):
+        with context.wrap_socket(connect(port), session=session) as sock:
+            sock.sendall(PING)
+            got = b""
+            while len(got) < len(PING):
+                chunk = sock.recv(64)  # the reply comes after the session tickets
+                if not chunk:
+                    raise SystemExit("the server closed the connection")
+                got += chunk
+            if resume and session is not None and not sock.session_reused:
+                raise SystemExit(f"connection {i}: the server did not resume the session")
+            session = sock.session if resume else None
+
+
+def client(port: int, rounds: int, batch: int) -> None:
+    """One TLS connection: warm-up rounds, then ``rounds`` of ``batch`` pipelined pings."""
+    context = client_context()
+    with context.wrap_socket(connect(port)) as sock:
         data = PING * batch
         for _ in range(WARMUP_ROUNDS + rounds):
             sock.sendall(data)
@@ -91,9 +122,12 @@ def client(port: int, rounds: int, batch: int) -> None:
                 got += len(chunk)
 
 
-def count(target: str, rounds: int, batch: int, cert: Path, key: Path, logdir: Path) -> int:
+def count(
+    target: str, rounds: int, batch: int, cert: Path, key: Path, logdir: Path, mode: str
+) -> int:
+    """``mode``: "ping" (``batch`` per round), "full" or "resumed" handshakes."""
     port = suite.free_port()
-    out = logdir / f"{target}-{batch}-{rounds}.txt"
+    out = logdir / f"{target}-{mode}-{batch}-{rounds}.txt"
     argv = [
         "valgrind",
         "--tool=callgrind",
@@ -111,7 +145,10 @@ def count(target: str, rounds: int, batch: int, cert: Path, key: Path, logdir: P
         )
     suite.STARTED[proc.pid] = proc
     try:
-        client(port, rounds, batch)
+        if mode == "ping":
+            client(port, rounds, batch)
+        else:
+            handshakes(port, rounds, resume=mode == "resumed")
     finally:
         suite.stop(proc, timeout=120)  # callgrind writes its count as the server exits
     match = re.search(r"Collected : (\d+)", out.read_text())
@@ -125,6 +162,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, nargs="*", default=[16, 1])
     parser.add_argument("--rounds", type=int, nargs=2, default=[200, 1200])
     parser.add_argument("--targets", nargs="*", default=list(TARGETS))
+    parser.add_argument("--handshakes", action="store_true", help="count connections")
+    parser.add_argument("--resume", action="store_true", help="with --handshakes: resumed")
     args = parser.parse_args()
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed (Debian package valgrind)")
@@ -135,21 +174,24 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="tls-instructions-"))
     cert, key = make_certificate(work)
     short, long = args.rounds
+    mode = ("resumed" if args.resume else "full") if args.handshakes else "ping"
     try:
-        for batch in args.batch:
+        for batch in [1] if args.handshakes else args.batch:
+            what = f"{mode} handshakes" if args.handshakes else f"batch {batch:>3}"
             per: dict[str, float] = {}
             for target in args.targets:
-                low = count(target, short, batch, cert, key, work)
-                high = count(target, long, batch, cert, key, work)
+                low = count(target, short, batch, cert, key, work, mode)
+                high = count(target, long, batch, cert, key, work, mode)
                 per[target] = (high - low) / (long - short)
+                unit = "connection" if args.handshakes else "round trip"
                 print(
-                    f"batch {batch:>3} {target}: {per[target]:,.0f} server instructions per "
-                    f"round trip, {per[target] / batch:,.0f} per ping",
+                    f"{what} {target}: {per[target]:,.0f} server instructions per {unit}"
+                    + ("" if args.handshakes else f", {per[target] / batch:,.0f} per ping"),
                     flush=True,
                 )
             if len(per) == 2:
                 bare, ours = per["bare-trio-tls"], per["trioserver-tls"]
-                print(f"batch {batch:>3}: bare / trioserver = {bare / ours:.2f}", flush=True)
+                print(f"{what}: bare / trioserver = {bare / ours:.2f}", flush=True)
     finally:
         suite.stop_all()
 

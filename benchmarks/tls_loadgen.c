@@ -12,6 +12,8 @@
  *                   queued by one readable event go out in one SSL_write.
  *   -H:             handshakes: -c threads, each looping new connection, handshake, one
  *                   ping, its reply, close (a close_notify, not waited for), for -t s.
+ *   -R:             with -H, resume: each thread offers the session (TLS 1.3 ticket) its
+ *                   previous connection received; "resumed" counts the server's yeses.
  *   -i:             idle: open -c connections (handshake + one ping each), print
  *                   "ready" and hold them -t s, then one more ping on each; exit.
  *
@@ -43,7 +45,7 @@
 static const unsigned char PING[8] = {0, 8, 0, 0, 0, 0, 0, 0};
 
 static int opt_conns = 100, opt_depth = 1, opt_port = 10000, opt_plain = 0;
-static int opt_handshakes = 0, opt_idle = 0;
+static int opt_handshakes = 0, opt_idle = 0, opt_resume = 0;
 static double opt_warmup = 1, opt_duration = 3;
 static long opt_server_pid = 0;
 static SSL_CTX *ctx;
@@ -101,8 +103,8 @@ static int tcp_connect(void) {
     return fd;
 }
 
-/* Blocking: connect, handshake. */
-static void open_conn(conn_t *c) {
+/* Blocking: connect, handshake (offering `session`, if any, for resumption). */
+static void open_conn_with(conn_t *c, SSL_SESSION *session) {
     c->fd = tcp_connect();
     c->ssl = NULL;
     c->rx = 0;
@@ -110,8 +112,11 @@ static void open_conn(conn_t *c) {
     c->ssl = SSL_new(ctx);
     SSL_set_fd(c->ssl, c->fd);
     SSL_set_tlsext_host_name(c->ssl, "localhost");
+    if (session) SSL_set_session(c->ssl, session);
     if (SSL_connect(c->ssl) != 1) die("handshake");
 }
+
+static void open_conn(conn_t *c) { open_conn_with(c, NULL); }
 
 static int c_write(conn_t *c, const void *buf, int n) {
     if (!c->ssl) return (int)send(c->fd, buf, n, MSG_NOSIGNAL);
@@ -226,18 +231,29 @@ static int run_load(void) {
 
 /* ---------------------------------------------------------- handshakes */
 
-static atomic_long hs_done, hs_errors;
+static atomic_long hs_done, hs_errors, hs_resumed;
 static atomic_bool hs_counting, hs_stop;
 
 static void *hs_thread(void *arg) {
     (void)arg;
+    SSL_SESSION *session = NULL; /* -R: the ticket the previous connection received */
     while (!atomic_load(&hs_stop)) {
         conn_t c;
-        open_conn(&c);
-        blocking_ping(&c);
+        open_conn_with(&c, session);
+        blocking_ping(&c); /* its reply comes after the server's tickets */
+        bool resumed = c.ssl && SSL_session_reused(c.ssl);
+        if (opt_resume && c.ssl) {
+            SSL_SESSION *next = SSL_get1_session(c.ssl);
+            if (session) SSL_SESSION_free(session);
+            session = next;
+        }
         close_conn(&c);
-        if (atomic_load(&hs_counting)) atomic_fetch_add(&hs_done, 1);
+        if (atomic_load(&hs_counting)) {
+            atomic_fetch_add(&hs_done, 1);
+            if (resumed) atomic_fetch_add(&hs_resumed, 1);
+        }
     }
+    if (session) SSL_SESSION_free(session);
     return NULL;
 }
 
@@ -259,9 +275,10 @@ static int run_handshakes(void) {
     double server_cpu = cpu0 >= 0 && cpu1 >= 0 ? cpu1 - cpu0 : -1;
     printf("{\"mode\":\"handshakes\",\"tls\":%s,\"threads\":%d,\"seconds\":%.3f,"
            "\"requests\":%ld,\"rps\":%.1f,\"server_cpu_s\":%.3f,\"per_cpu_s\":%.1f,"
-           "\"loadgen_cpu_s\":%.3f,\"errors\":%ld}\n",
+           "\"loadgen_cpu_s\":%.3f,\"errors\":%ld,\"resumed\":%ld}\n",
            opt_plain ? "false" : "true", opt_conns, elapsed, done, done / elapsed, server_cpu,
-           server_cpu > 0 ? done / server_cpu : 0.0, self1 - self0, atomic_load(&hs_errors));
+           server_cpu > 0 ? done / server_cpu : 0.0, self1 - self0, atomic_load(&hs_errors),
+           atomic_load(&hs_resumed));
     return 0;
 }
 
@@ -286,7 +303,7 @@ static int run_idle(void) {
 
 int main(int argc, char **argv) {
     int opt;
-    while ((opt = getopt(argc, argv, "p:c:d:w:t:S:PHi")) != -1) {
+    while ((opt = getopt(argc, argv, "p:c:d:w:t:S:PHiR")) != -1) {
         switch (opt) {
         case 'p': opt_port = atoi(optarg); break;
         case 'c': opt_conns = atoi(optarg); break;
@@ -297,6 +314,7 @@ int main(int argc, char **argv) {
         case 'P': opt_plain = 1; break;
         case 'H': opt_handshakes = 1; break;
         case 'i': opt_idle = 1; break;
+        case 'R': opt_resume = 1; break;
         default: fprintf(stderr, "usage: see the source\n"); return 64;
         }
     }
@@ -309,7 +327,9 @@ int main(int argc, char **argv) {
     ctx = SSL_CTX_new(TLS_client_method());
     SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
     SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL); /* the same (cheaper) client for both */
-    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF); /* every handshake is full */
+    /* Every handshake is full, unless -R hands each connection the previous one's ticket
+     * (SSL_set_session; the context's own cache stays off). */
+    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
     if (opt_handshakes) return run_handshakes();
     if (opt_idle) return run_idle();
     return run_load();

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import ssl
 import sys
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 import trustme
 from real_server import Server
+from sample_apps import WHO
 
 from trioserver.client import BlockingClient
 
@@ -90,3 +92,29 @@ def test_reload_serves_the_new_certificate_and_refuses_a_bad_one(
     with BlockingClient.connect("127.0.0.1", plain) as client:
         client.ping()  # the reload kept both ports
     assert "Traceback" not in server.text()
+
+
+def test_a_session_ticket_from_one_worker_resumes_on_another(tmp_path: Path) -> None:
+    """The workers inherit the master's contexts, ticket keys included: a reconnecting
+    client resumes whichever worker the kernel hands it to."""
+    ca = trustme.CA()
+    install(ca, tmp_path)
+    args = ["--listen", "127.0.0.1:0", "--workers", "2", "--app", "sample_apps:who_router"]
+    server = Server(tmp_path, args, config=CONFIG.format(port=0))
+    try:
+        server.start()
+        server.wait_ready(2)
+        port = int(server.wait_log(r"listening \(TLS\) on 127\.0\.0\.1:(\d+)")[0].group(1))
+        context = trusting(ca)
+        session: ssl.SSLSession | None = None
+        pids, resumed = set(), []
+        for _ in range(20):
+            raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+            with context.wrap_socket(raw, server_hostname="localhost", session=session) as sock:
+                pids.add(int(BlockingClient(sock).request(WHO).body.split()[0]))
+                resumed.append(sock.session_reused)
+                session = sock.session
+        assert resumed == [False] + [True] * 19
+        assert len(pids) == 2  # both workers served (all 20 on one: once in half a million)
+    finally:
+        server.kill_all()

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import http.client
 import logging
+import os
 import shutil
 import socket
 import ssl
-from collections.abc import AsyncIterator
+import subprocess
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -15,9 +17,12 @@ import pytest
 import trio
 import trio.testing
 
+from tests.polling import wait_for
 from trioserver.client import BlockingClient, Client, client_tls_context
 from trioserver.config import Address, Config
+from trioserver.dispatch import Router
 from trioserver.framer import PING, Packet
+from trioserver.handlers import Context, default_router
 from trioserver.messages import ResultCode
 from trioserver.worker import Worker
 
@@ -27,7 +32,7 @@ LOOPBACK = (Address("127.0.0.1", 0),)
 
 
 @asynccontextmanager
-async def serve_tls(config: Config) -> AsyncIterator[Worker]:
+async def serve_tls(config: Config, router: Router | None = None) -> AsyncIterator[Worker]:
     """A worker with plaintext and TLS listeners for both protocols, on free ports."""
     config = config.replace(
         server__listen=LOOPBACK,
@@ -35,7 +40,7 @@ async def serve_tls(config: Config) -> AsyncIterator[Worker]:
         http__listen=LOOPBACK,
         http__tls_listen=LOOPBACK,
     )
-    worker = Worker(config)
+    worker = Worker(config, router)
     async with trio.open_nursery() as nursery:
         await nursery.start(worker.serve)
         try:
@@ -183,3 +188,87 @@ async def test_a_websocket_over_https_with_the_websockets_client(pki: Pki) -> No
         assert await trio.to_thread.run_sync(client) == (PING * 3, 1000)
         stats = worker.statistics()
         assert stats.http_by_status == {101: 1} and stats.kicks_by_reason == {}
+
+
+WHO = 200  # replies with the client certificate's common name
+
+
+def reconnect(port: int, context: ssl.SSLContext, code: int = 0) -> list[tuple[bool, bytes]]:
+    """Two connections, the second offering the first one's session ticket: for each,
+    whether the server resumed it, and the reply to ``code``."""
+    session: ssl.SSLSession | None = None
+    seen = []
+    for _ in range(2):
+        raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+        with context.wrap_socket(raw, server_hostname="localhost", session=session) as sock:
+            reply = BlockingClient(sock).request(code)  # it comes after the session tickets
+            seen.append((sock.session_reused, reply.body))
+            session = sock.session
+    return seen
+
+
+async def test_a_reconnecting_client_resumes_its_tls_session(pki: Pki) -> None:
+    """TLS 1.3 session tickets: a reconnect storm costs resumed handshakes, not full ones."""
+    async with serve_tls(pki.config()) as worker:
+        port = worker.tls_addresses[0][1]
+        seen = await trio.to_thread.run_sync(reconnect, port, pki.client_context())
+        assert [resumed for resumed, _ in seen] == [False, True]
+        assert worker.statistics().tls_handshakes == 2
+
+
+async def test_a_resumed_session_keeps_its_client_certificate(pki: Pki) -> None:
+    router = default_router()
+
+    def who(ctx: Context, packet: Packet) -> None:
+        cert = ctx.peer_certificate
+        ctx.reply(WHO, str(cert.common_name if cert is not None else None).encode())
+
+    router.add(WHO, who)
+    async with serve_tls(pki.config(tls__client_ca=pki.ca_file), router) as worker:
+        port = worker.tls_addresses[0][1]
+        context = pki.client_context()
+        pki.ca.issue_cert("device-17", common_name="device-17").configure_cert(context)
+        seen = await trio.to_thread.run_sync(reconnect, port, context, WHO)
+    assert seen == [(False, b"device-17"), (True, b"device-17")]
+
+
+async def test_openssl_s_client_resumes_with_sess_out_and_sess_in(pki: Pki, tmp_path: Path) -> None:
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI is set but openssl is not installed")
+        pytest.skip("openssl is not installed")
+    session = tmp_path / "session.pem"
+    async with serve_tls(pki.config()) as worker:
+        port = worker.tls_addresses[0][1]
+        argv = [openssl, "s_client", "-connect", f"127.0.0.1:{port}", "-CAfile"]
+        argv += [str(pki.ca_file), "-servername", "localhost"]
+
+        def handshakes() -> int:
+            return int(trio.from_thread.run_sync(worker.statistics).tls_handshakes)
+
+        # The first writes the session when its ticket arrives; the second offers it.
+        first = await trio.to_thread.run_sync(
+            s_client, [*argv, "-sess_out", str(session)], session.exists
+        )
+        second = await trio.to_thread.run_sync(
+            s_client, [*argv, "-sess_in", str(session)], lambda: handshakes() == 2
+        )
+    assert "New, TLSv1.3" in first
+    assert "Reused, TLSv1.3" in second
+
+
+def s_client(argv: list[str], done: Callable[[], bool]) -> str:
+    """Run ``openssl s_client`` until ``done()``, then end its input so it quits; its output
+    (written only at exit: its stdout is a pipe)."""
+    with subprocess.Popen(
+        argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    ) as process:
+        assert process.stdin is not None and process.stdout is not None
+        try:
+            wait_for(f"{argv[-2]}: the handshake", done)
+        finally:
+            process.stdin.close()
+            output = process.stdout.read().decode(errors="replace")
+        assert process.wait(10) == 0, output
+    return output
