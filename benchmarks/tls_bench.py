@@ -202,7 +202,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--idle", type=int, default=2000, help="idle TLS connections to hold")
     parser.add_argument("--cases", nargs="*", help="case names (default: all)")
     parser.add_argument("--before", type=Path, help="also run this checkout's TLS worker")
+    parser.add_argument("--report", type=Path, help="print the tables of a saved result file")
     cfg = parser.parse_args(argv)
+    if cfg.report is not None:
+        report(json.loads(cfg.report.read_text())["results"])
+        return 0
     machine = suite.machine_info(suite.raise_nofile())
     build()
     cases = [c for c in CASES if not cfg.cases or c.name in cfg.cases]
@@ -244,13 +248,26 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def report(results: dict[str, dict[str, list[dict[str, Any]]]]) -> None:
+    """Medians; and, because the targets of one run ran side by side, the median of each
+    run's own ratio to the bare baseline (robust to a neighbour that slowed one run)."""
+
     def med(case: str, target: str, key: str) -> float | None:
         runs = results.get(case, {}).get(target, [])
         values = [r[key] for r in runs if r.get(key) is not None]
         return statistics.median(values) if values else None
 
-    print("\n| case | target | req/s | per CPU-s | vs bare-trio-tls | vs trioserver plaintext |")
-    print("|---|---|---|---|---|---|")
+    def paired(case: str, target: str) -> float | None:
+        pairs = zip(
+            results[case].get(target, []), results[case].get(BARE_TLS.name, []), strict=False
+        )
+        ratios = [r["per_cpu_s"] / b["per_cpu_s"] for r, b in pairs if b.get("per_cpu_s")]
+        return statistics.median(ratios) if ratios else None
+
+    print(
+        "\n| case | target | req/s | per CPU-s | vs bare-trio-tls | "
+        "vs bare, median of runs' ratios | vs trioserver plaintext |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for case in results:
         if case == "tls-idle":
             continue
@@ -258,10 +275,15 @@ def report(results: dict[str, dict[str, list[dict[str, Any]]]]) -> None:
         plain = med(case, TRIO_PLAIN.name, "per_cpu_s")
         for target in results[case]:
             rps, per = med(case, target, "rps"), med(case, target, "per_cpu_s")
-            vs_bare = f"{per / bare:.2f}" if per and bare and target != BARE_TLS.name else ""
+            vs_bare = pair = ""
+            if per and bare and target != BARE_TLS.name:
+                vs_bare = f"{per / bare:.2f}"
+                pair = f"{paired(case, target) or 0:.2f}"
             tls_worker = target in (TRIO_TLS.name, "trioserver-tls-before")
             vs_plain = f"{per / plain:.2f}" if per and plain and tls_worker else ""
-            print(f"| {case} | {target} | {rps:.0f} | {per:.0f} | {vs_bare} | {vs_plain} |")
+            print(
+                f"| {case} | {target} | {rps:.0f} | {per:.0f} | {vs_bare} | {pair} | {vs_plain} |"
+            )
     if "tls-idle" in results:
         print("\n| idle TLS connections | KiB per connection |\n|---|---|")
         for target in results["tls-idle"]:

@@ -19,6 +19,7 @@ and the client checks that the server resumed it.
     python benchmarks/tls_instructions.py                 # batches of 16 and of 1
     python benchmarks/tls_instructions.py --batch 16 --rounds 200 1200
     python benchmarks/tls_instructions.py --handshakes --rounds 50 250 [--resume]
+    python benchmarks/tls_instructions.py --conns 100 --batch 16 --rounds 10 60  # per conn
 
 trioserver runs as in ``tls_bench.py`` (flood check and heartbeat off) and with
 ``metrics.interval=0``: under valgrind a wall-clock second holds some fifty times fewer
@@ -107,23 +108,37 @@ def handshakes(port: int, rounds: int, resume: bool) -> None:
             session = sock.session if resume else None
 
 
-def client(port: int, rounds: int, batch: int) -> None:
-    """One TLS connection: warm-up rounds, then ``rounds`` of ``batch`` pipelined pings."""
+def client(port: int, rounds: int, batch: int, conns: int = 1) -> None:
+    """``conns`` TLS connections: warm-up rounds, then ``rounds`` of ``batch`` pipelined
+    pings on each (all of a round's requests are sent before its replies are read)."""
     context = client_context()
-    with context.wrap_socket(connect(port)) as sock:
+    socks = [context.wrap_socket(connect(port)) for _ in range(conns)]
+    try:
         data = PING * batch
         for _ in range(WARMUP_ROUNDS + rounds):
-            sock.sendall(data)
-            got = 0
-            while got < len(data):
-                chunk = sock.recv(65536)
-                if not chunk:
-                    raise SystemExit("the server closed the connection")
-                got += len(chunk)
+            for sock in socks:
+                sock.sendall(data)
+            for sock in socks:
+                got = 0
+                while got < len(data):
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        raise SystemExit("the server closed the connection")
+                    got += len(chunk)
+    finally:
+        for sock in socks:
+            sock.close()
 
 
 def count(
-    target: str, rounds: int, batch: int, cert: Path, key: Path, logdir: Path, mode: str
+    target: str,
+    rounds: int,
+    batch: int,
+    cert: Path,
+    key: Path,
+    logdir: Path,
+    mode: str,
+    conns: int = 1,
 ) -> int:
     """``mode``: "ping" (``batch`` per round), "full" or "resumed" handshakes."""
     port = suite.free_port()
@@ -146,7 +161,7 @@ def count(
     suite.STARTED[proc.pid] = proc
     try:
         if mode == "ping":
-            client(port, rounds, batch)
+            client(port, rounds, batch, conns)
         else:
             handshakes(port, rounds, resume=mode == "resumed")
     finally:
@@ -162,6 +177,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, nargs="*", default=[16, 1])
     parser.add_argument("--rounds", type=int, nargs=2, default=[200, 1200])
     parser.add_argument("--targets", nargs="*", default=list(TARGETS))
+    parser.add_argument("--conns", type=int, default=1, help="connections, each one batch")
     parser.add_argument("--handshakes", action="store_true", help="count connections")
     parser.add_argument("--resume", action="store_true", help="with --handshakes: resumed")
     args = parser.parse_args()
@@ -180,9 +196,9 @@ def main() -> None:
             what = f"{mode} handshakes" if args.handshakes else f"batch {batch:>3}"
             per: dict[str, float] = {}
             for target in args.targets:
-                low = count(target, short, batch, cert, key, work, mode)
-                high = count(target, long, batch, cert, key, work, mode)
-                per[target] = (high - low) / (long - short)
+                low = count(target, short, batch, cert, key, work, mode, args.conns)
+                high = count(target, long, batch, cert, key, work, mode, args.conns)
+                per[target] = (high - low) / (long - short) / args.conns
                 unit = "connection" if args.handshakes else "round trip"
                 print(
                     f"{what} {target}: {per[target]:,.0f} server instructions per {unit}"
