@@ -232,6 +232,8 @@ class TlsTransport:
                     return b""
                 raise trio.BrokenResourceError(f"TLS error: {exc}") from exc
             else:
+                if len(data) < max_bytes and self._incoming.pending:
+                    data = self._more(data, max_bytes)
                 if self._outgoing.pending:
                     self._push_nowait()
                 return data
@@ -244,6 +246,28 @@ class TlsTransport:
                 self._incoming.write(raw)
             else:
                 self._incoming.write_eof()
+
+    def _more(self, data: bytes, max_bytes: int) -> bytes:
+        """``data`` and the records after it that one receive brought, up to ``max_bytes``.
+
+        ``SSLObject.read`` returns one record at a time; a peer that pipelines sends many
+        per receive. Handing them over together makes one batch of them, answered by one
+        write and one send, instead of one each. An error or an end in a later record
+        is left for the next call, which meets it again.
+        """
+        chunks = [data]
+        size = len(data)
+        ssl_object = self._ssl
+        while size < max_bytes and self._incoming.pending:
+            try:
+                more = ssl_object.read(max_bytes - size)
+            except ssl.SSLError:
+                break
+            if not more:
+                break
+            chunks.append(more)
+            size += len(more)
+        return b"".join(chunks)
 
     def wait_readable(self) -> Awaitable[None]:
         # A plain function returning the lower transport's wait: no frame of ours while
