@@ -95,3 +95,21 @@ def test_any_opens_and_closes_balance_exactly(limit: int, steps: list[tuple[bool
     for key in admitted:
         caps.release(key)
     assert caps.open == {} and caps.held == 0
+
+
+@given(st.ip_addresses())
+def test_the_key_is_the_peers_network(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> None:
+    peer = Peer.from_ip(ip, 1)
+    caps = NetworkCaps(1)
+    assert caps.key(peer) == peer.network()
+    assert caps.key(peer) == peer.network()  # remembered, the same
+
+
+def test_the_remembered_keys_are_bounded_and_stay_right() -> None:
+    caps = NetworkCaps(1, LOOPBACK)
+    peers = [Peer(f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", 1) for i in range(25_000)]
+    for peer in peers:
+        assert caps.key(peer) == peer.network()
+    assert len(caps._keys) <= 10_000
+    assert caps.key(Peer("127.0.0.1", 1)) is None
+    assert caps.key(peers[0]) == "10.0.0.0/32"

@@ -37,6 +37,11 @@ __all__ = ["NetworkCaps", "NetworkCapsStatistics"]
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
+#: The /64 part of an IPv6 address (``Peer.network()``'s default prefix).
+_V6_NETWORK = ((1 << 64) - 1) << 64
+#: Hosts whose keys :meth:`NetworkCaps.key` remembers (about 150 bytes each).
+_KEYS_KEPT = 10_000
+
 
 @attrs.frozen
 class NetworkCapsStatistics:
@@ -49,7 +54,7 @@ class NetworkCapsStatistics:
 class NetworkCaps:
     """Open connections by client network, each network at most ``limit`` (0: no cap)."""
 
-    __slots__ = ("_exempt", "held", "limit", "open")
+    __slots__ = ("_exempt", "_keys", "held", "limit", "open")
 
     def __init__(self, limit: int, exempt: Iterable[Network] = ()) -> None:
         if limit < 0:
@@ -60,6 +65,9 @@ class NetworkCaps:
         self.open: dict[str, int] = {}
         #: Connections counted in ``open`` (their sum).
         self.held = 0
+        #: Each recent host's key (None: not counted): parsing an address costs ~20 µs,
+        #: far more than the count. Emptied when it reaches ``_KEYS_KEPT`` hosts.
+        self._keys: dict[str, str | None] = {}
 
     @property
     def enabled(self) -> bool:
@@ -69,12 +77,27 @@ class NetworkCaps:
         """The network ``peer`` counts under, or None when it is not counted (exempt, off)."""
         if self.limit <= 0:
             return None
+        host = peer.host
+        try:
+            return self._keys[host]
+        except KeyError:
+            pass
+        if len(self._keys) >= _KEYS_KEPT:
+            self._keys.clear()
+        key = self._keys[host] = self._key(peer)
+        return key
+
+    def _key(self, peer: Peer) -> str | None:
+        """``peer.network()`` unless exempt, without building a network object (4x faster)."""
         ip = peer.ip
-        if ip is not None:
-            for network in self._exempt:
-                if ip in network:
-                    return None
-        return peer.network()
+        if ip is None:
+            return peer.host  # a name is its own network
+        for network in self._exempt:
+            if ip in network:
+                return None
+        if ip.version == 4:
+            return f"{ip}/32"
+        return f"{ipaddress.IPv6Address(int(ip) & _V6_NETWORK)}/64"
 
     def admit(self, key: str) -> bool:
         """Count one new connection of network ``key`` (from :meth:`key`); False: the
