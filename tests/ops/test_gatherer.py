@@ -285,6 +285,7 @@ def test_account_results_and_refusals_by_reason() -> None:
     assert total(text, "trioserver_refusals_total", reason="proxy") == 2
     assert total(text, "trioserver_refusals_total", reason="rate_limited") == 2
     assert total(text, "trioserver_refusals_total", reason="network_cap") == 5
+    assert total(text, "trioserver_network_refused_total") == 5
     assert total(text, "trioserver_refusals_total", reason="login_timeout") == 4
     (worker,) = json.loads(g.status_json(health="serving", master_pid=1))["workers"]
     assert worker["refusals"] == 16

@@ -582,6 +582,11 @@ _COUNTERS: Final = (
     ("accept_errors", "accept_errors", "accept() failures (out of file descriptors...)."),
     ("handler_errors", "handler_errors", "Handler calls that raised."),
     ("proxy_refused", "proxy_refused", "Connections refused by the PROXY protocol rules."),
+    (
+        "network_refused",
+        "network_refused",
+        "Connections closed at once: their network held server.max_connections_per_network.",
+    ),
     ("tls_handshakes", "tls_handshakes", "TLS handshakes completed."),
 )
 
