@@ -506,6 +506,19 @@ class HttpSettings:
         why="Long enough for a page's follow-up requests; short because each idle "
         "connection holds a slot of the worker's pool (nginx 75 s, Apache 5 s).",
     )
+    keep_alive_reserve: float = setting(
+        0.05,
+        "Fraction of server.max_connections kept for new connections: while fewer slots "
+        "than this are free, each new connection (of any listener) makes the worker close "
+        "up to two idle HTTP keep-alive connections, oldest first. 0 = only once the pool "
+        "is full.",
+        _float(0.0, 1.0),
+        why="An idle keep-alive connection costs its client one reconnect if closed "
+        "(RFC 9112 lets either side close it; browsers retry), a refused binary client "
+        "loses its session. 5 % (500 slots by default) is more than one accept burst, and "
+        "two closed per arrival outpace the arrivals. nginx likewise reclaims idle "
+        "keep-alive connections when it runs out.",
+    )
     header_timeout: float = setting(
         10.0,
         "Seconds from a request's first byte (or the connection's start) to its complete "

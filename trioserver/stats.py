@@ -166,6 +166,8 @@ class WorkerStatistics:
     hub: Mapping[str, int] = attrs.field(factory=dict)
     #: Connections refused because their network held ``max_connections_per_network``.
     network_refused: int = 0
+    #: Idle HTTP keep-alive connections closed because the pool ran low.
+    http_given_up: int = 0
 
     def to_json(self) -> bytes:
         """The record as JSON (int keys become strings), for the pipe to the master."""
@@ -224,6 +226,7 @@ class WorkerStatistics:
             tls_failures_by_reason=strs("tls_failures_by_reason"),
             hub=strs("hub"),
             network_refused=int(raw.get("network_refused", 0)),
+            http_given_up=int(raw.get("http_given_up", 0)),
         )
 
 
@@ -239,6 +242,8 @@ class Counters:
     proxy_refused: int = 0
     #: Connections refused because their network held ``max_connections_per_network``.
     network_refused: int = 0
+    #: Idle HTTP keep-alive connections closed because the pool ran low.
+    http_given_up: int = 0
     packets_by_code: collections.Counter[int] = attrs.Factory(collections.Counter)
     drops: collections.Counter[str] = attrs.Factory(collections.Counter)
     kicks: collections.Counter[str] = attrs.Factory(collections.Counter)
@@ -404,6 +409,7 @@ class Counters:
             tls_handshakes=self.tls_handshakes,
             tls_failures_by_reason=dict(self.tls_failures),
             network_refused=self.network_refused,
+            http_given_up=self.http_given_up,
         )
 
 

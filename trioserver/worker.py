@@ -221,7 +221,10 @@ class Worker:
         self._site: StaticSite | None = None
         #: What makes a request on the HTTP port a WebSocket (None: WebSocket is off).
         self._websocket: WebSocketPolicy | None = None
+        #: The open HTTP connections by slot, oldest first (what ``_give_up_idle_http`` reads).
         self._http_connections: dict[int, HttpConnectionState] = {}
+        #: Free slots below which idle HTTP keep-alive connections are given up.
+        self._http_reserve = int(server.max_connections * config.http.keep_alive_reserve)
         self._http_closed = trio.lowlevel.ParkingLot()
         self._accept_scope = trio.CancelScope()
         #: The accept loops take what is queued before they close their sockets.
@@ -550,6 +553,8 @@ class Worker:
                 self._refuse(nursery, transport, http, upgrade)
                 return
         slot = self.pool.acquire()
+        if self._http_connections and self.pool.free <= self._http_reserve:
+            self._give_up_idle_http()
         if slot is None:
             if key is not None:
                 self.caps.release(key)
@@ -568,6 +573,21 @@ class Worker:
             if self.shared.stopping:  # taken from the queue in the drain: its first request
                 conn.drain(trio.current_time())
             nursery.start_soon(conn.serve, name=_TASK_NAME)
+
+    def _give_up_idle_http(self, most: int = 2, scan: int = 64) -> None:
+        """Close up to ``most`` idle HTTP keep-alive connections, oldest first.
+
+        Two per arrival: faster than connections arrive, so a pool held by idle
+        keep-alive connections is soon free again. ``scan`` bounds the look
+        (the oldest connections are the ones most likely idle).
+        """
+        for index, state in enumerate(self._http_connections.values()):
+            if index >= scan or most <= 0:
+                break
+            if state.idle:
+                state.give_up()
+                self.counters.http_given_up += 1
+                most -= 1
 
     @staticmethod
     def _refuse(

@@ -107,6 +107,7 @@ class Totals:
     #: The hub's counters by name (:attr:`WorkerStatistics.hub`).
     hub: collections.Counter[str] = attrs.Factory(collections.Counter)
     network_refused: int = 0
+    http_given_up: int = 0
 
     def add(self, stats: WorkerStatistics) -> None:
         self.accepted += stats.connections_accepted
@@ -126,6 +127,7 @@ class Totals:
         self.tls_handshakes += stats.tls_handshakes
         self.tls_failures.update(stats.tls_failures_by_reason)
         self.network_refused += stats.network_refused
+        self.http_given_up += stats.http_given_up
 
     def plus(self, other: Totals) -> Totals:
         out = self.copy()
@@ -143,6 +145,7 @@ class Totals:
         out.tls_failures.update(other.tls_failures)
         out.hub.update(other.hub)
         out.network_refused += other.network_refused
+        out.http_given_up += other.http_given_up
         for name in ("handler_latency", "loop_lag"):
             mine: dict[Any, _Hist] = getattr(out, name)
             for key, hist in getattr(other, name).items():
@@ -171,6 +174,7 @@ class Totals:
             collections.Counter(self.tls_failures),
             collections.Counter(self.hub),
             self.network_refused,
+            self.http_given_up,
         )
 
     def account_results(self, action: str) -> dict[str, int]:
@@ -586,6 +590,11 @@ _COUNTERS: Final = (
         "network_refused",
         "network_refused",
         "Connections closed at once: their network held server.max_connections_per_network.",
+    ),
+    (
+        "http_given_up",
+        "http_given_up",
+        "Idle HTTP keep-alive connections closed because the pool ran low.",
     ),
     ("tls_handshakes", "tls_handshakes", "TLS handshakes completed."),
 )
