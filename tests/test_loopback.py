@@ -229,3 +229,38 @@ async def test_a_final_stop_answers_the_connections_still_in_the_accept_queue(
     else:
         assert outcomes == ["ConnectionResetError"] * 20
         assert worker.statistics().connections_accepted == 0
+
+
+async def test_the_network_cap_on_real_sockets() -> None:
+    """The raw-socket path: over the cap, an accepted socket is closed at once (no task);
+    closing one frees its count. Loopback is exempt by default, so the test clears that."""
+    from .polling import wait_until
+
+    config = make_config(
+        server__max_connections_per_network=2,
+        server__connection_cap_exempt=[],
+        accounts__url="",
+    )
+    async with serve_loopback(config) as (worker, port):
+        a = await in_thread(lambda: BlockingClient.connect("127.0.0.1", port))
+        b = await in_thread(lambda: BlockingClient.connect("127.0.0.1", port))
+        try:
+            await in_thread(lambda: (a.request(0), b.request(0)))
+
+            def over_the_cap() -> bytes:
+                with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
+                    return c.recv(1)  # EOF: closed at accept
+
+            assert await in_thread(over_the_cap) == b""
+            assert worker.statistics().network_refused == 1
+            b.close()
+            await wait_until(lambda: worker.caps.open.get("127.0.0.1/32") == 1)
+
+            def after_a_close() -> Packet:
+                with BlockingClient.connect("127.0.0.1", port) as d:
+                    return d.request(0)
+
+            assert (await in_thread(after_a_close)).code == 0
+        finally:
+            a.close()
+            b.close()

@@ -185,10 +185,11 @@ def test_rest_releases_the_slot_so_a_second_rest_is_a_double_release() -> None:
 
 @attrs.define
 class Ruled:
-    """The four fields the rules read and move (``timers.Ruled``), and nothing else."""
+    """The fields the rules read and move (``timers.Ruled``), and nothing else."""
 
     scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
     hard_deadline: float = math.inf
+    prelogin: bool = False
     last_packet_at: float = -math.inf
     flood_count: int = 0
 

@@ -214,3 +214,34 @@ async def test_a_websocket_holds_its_pool_slot_and_reads_no_proxy_header(
         await client.ping()
     assert worker.statistics().connections_refused == 1
     worker.stop(grace=0)
+
+
+async def test_a_websocket_keeps_its_http_connections_network_count(
+    nursery: trio.Nursery,
+) -> None:
+    """The handshake turns the HTTP connection into a binary one in the same slot: it
+    stays counted once, against binary connections too, and is released once."""
+    config = make_config(
+        server__listen=(Address("127.0.0.1", 0),),
+        http__listen=(Address("127.0.0.1", 0),),
+        accounts__url="memory:",
+        server__max_connections_per_network=2,
+        server__connection_cap_exempt=[],
+    )
+    worker = Worker(config, chat.router)
+    await nursery.start(worker.serve)
+    binary, http = ports(worker)
+    web = Client(await WebSocketStream.connect("127.0.0.1", http))
+    assert (await web.request(0)).code == 0
+    assert worker.caps.open == {"127.0.0.1/32": 1}
+    plain = await Client.connect("127.0.0.1", binary)
+    assert (await plain.request(0)).code == 0
+    over = await Client.connect("127.0.0.1", binary)
+    assert await over.at_eof()
+    await over.aclose()
+    await web.aclose()
+    await wait_until(lambda: worker.caps.open == {"127.0.0.1/32": 1})
+    await plain.aclose()
+    await wait_until(lambda: worker.caps.open == {})
+    assert worker.statistics().network_refused == 1
+    worker.stop(grace=0)

@@ -242,6 +242,27 @@ class ServerSettings:
         why="The connection pool is allocated up front, so this is memory paid at start; "
         "10,000 is the original's order of magnitude and a few MB here.",
     )
+    max_connections_per_network: int = setting(
+        1000,
+        "Most connections one client network (an IPv4 address, an IPv6 /64) holds in one "
+        "worker at once, binary, TLS, HTTP and WebSocket together; one more is refused "
+        "(counted as network_cap). 0 = no cap. Behind a PROXY header the network is the "
+        "client's the header names, counted once the header is read.",
+        _int(0, 1_000_000),
+        why="One pool serves every listener, so without a cap one host's idle connections "
+        "can fill it (nginx limit_conn does the same). A tenth of the default "
+        "max_connections leaves a host at most a tenth of the pool yet fits a NAT gateway "
+        "of hundreds of players; with SO_REUSEPORT each worker counts its own share.",
+    )
+    connection_cap_exempt: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = setting(
+        (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")),
+        "Networks whose connections max_connections_per_network does not count (a balancer "
+        "that sends no PROXY header, a proxy on the same host).",
+        _networks,
+        why="Such an address speaks for many clients: capping it caps the whole service. "
+        "Loopback covers a proxy on the same host and local load tests; a PROXY "
+        "header's client is counted even when the balancer is exempt.",
+    )
     handler_tasks: int = setting(
         8,
         "Handler tasks consuming the message queue (the original's thread pool size).",
@@ -371,6 +392,19 @@ class ConnectionSettings:
         _float(0.0),
         why="The original's Sock_TimeOutKick; off by default as there.",
     )
+    login_timeout: float = setting(
+        0.0,
+        "Seconds a binary connection may stay without logging in; then it is closed "
+        "(counted as the kick login_timeout). 0 = off. Applies only when the router serves "
+        "login or resume (message code 6 or 1) and accounts are configured ([accounts] url "
+        "or an embedder's service): a router without them never logs anyone in.",
+        _float(0.0),
+        why="Off as in the original, where a client that pings is never closed, and some "
+        "clients connect before showing their login screen. A server on the internet "
+        "should set it (30 s covers a slow login under load): a connection that never "
+        "logs in otherwise holds its slot for good by pinging, and one that does not "
+        "ping for 3W + 10 s (70 s).",
+    )
     flood_check: bool = setting(
         True,
         "Close a connection that sends flood_kick_counter packets in a row each less "
@@ -471,6 +505,19 @@ class HttpSettings:
         _float(0.0, lo_open=True),
         why="Long enough for a page's follow-up requests; short because each idle "
         "connection holds a slot of the worker's pool (nginx 75 s, Apache 5 s).",
+    )
+    keep_alive_reserve: float = setting(
+        0.05,
+        "Fraction of server.max_connections kept for new connections: while fewer slots "
+        "than this are free, each new connection (of any listener) makes the worker close "
+        "up to two idle HTTP keep-alive connections, oldest first. 0 = only once the pool "
+        "is full.",
+        _float(0.0, 1.0),
+        why="An idle keep-alive connection costs its client one reconnect if closed "
+        "(RFC 9112 lets either side close it; browsers retry), a refused binary client "
+        "loses its session. 5 % (500 slots by default) is more than one accept burst, and "
+        "two closed per arrival outpace the arrivals. nginx likewise reclaims idle "
+        "keep-alive connections when it runs out.",
     )
     header_timeout: float = setting(
         10.0,

@@ -42,6 +42,7 @@ from .framer import (
 )
 from .lifecycle import State, check_move
 from .messages import MessageCode
+from .netcaps import NetworkCaps
 from .nursery_pool import Slot
 from .outbox import DeferredFlusher, Outbox
 from .peer import Peer
@@ -140,6 +141,9 @@ class Shared:
     routes: Mapping[int, Checked]
     flusher: DeferredFlusher
     proxy: ProxyPolicy | None = None
+    #: Connections by client network (None: no cap). Behind a PROXY header a
+    #: connection is counted here once the header names its client.
+    caps: NetworkCaps | None = None
     max_packet_length: int = 29000
     receive_size: int = 65536
     inbox_size: int = 1024
@@ -175,6 +179,7 @@ class Connection:
     __slots__ = (
         "announced",
         "app_state",
+        "cap_key",
         "flood_count",
         "hard_deadline",
         "inbox",
@@ -182,6 +187,7 @@ class Connection:
         "logged_drops",
         "outbox",
         "peer",
+        "prelogin",
         "reason",
         "scheduled",
         "scope",
@@ -227,6 +233,10 @@ class Connection:
         self.flood_count = 0
         #: Hard session-lifetime deadline (inf when off); the heartbeat never extends past it.
         self.hard_deadline = math.inf
+        #: True while the login deadline is the hard deadline (see timers.ConnectionRules).
+        self.prelogin = False
+        #: The network key ``shared.caps`` counts this connection under (released at close).
+        self.cap_key: str | None = None
         #: Drop reasons already logged for this connection (each logged once).
         self.logged_drops: set[Any] | None = None
         #: The authenticated user, set by the login handler.
@@ -277,6 +287,11 @@ class Connection:
         self.reason = reason
         self._move(_CLOSING)
         self.scope.cancel()
+
+    def logged_in(self) -> None:
+        """A login succeeded: the login deadline no longer applies."""
+        if self.prelogin:
+            self.shared.rules.logged_in(self, trio.current_time())
 
     def peer_gone(self) -> None:
         """The peer reset or vanished: nothing more can be delivered (not a kick)."""
@@ -339,6 +354,8 @@ class Connection:
                 early: bytes | None = b""
                 if shared.proxy is not None and proxy_header:
                     early = await self._proxy_header(shared.proxy)
+                    if early is not None and shared.caps is not None:
+                        early = self._count_network(shared.caps, early)
                 if self.upgrade is not None and early is not None:
                     early = await self._upgrade(self.upgrade, early)
                     transport = self.transport
@@ -522,6 +539,23 @@ class Connection:
         self._move(_CLOSING)
         return None
 
+    def _count_network(self, caps: NetworkCaps, early: bytes) -> bytes | None:
+        """Count the client the PROXY header named against its network's cap.
+
+        ``early`` again when it is admitted; None when its network is at the cap:
+        counted, logged, and the connection closes quietly.
+        """
+        key = caps.key(self.peer)
+        if key is None:
+            return early
+        if caps.admit(key):
+            self.cap_key = key
+            return early
+        self.shared.counters.refuse_network(self.peer, key, caps.limit)
+        self.reason = CloseReason.NETWORK_CAP
+        self._move(_CLOSING)
+        return None
+
     async def _upgrade(self, upgrade: Upgrade, early: bytes) -> bytes | None:
         """Swap the transport for the one ``upgrade`` makes of it (TLS after its handshake).
 
@@ -558,6 +592,10 @@ class Connection:
             if shared.hub is not None:
                 shared.hub.closed(self)  # leaves its groups; no more pushes reach it
         del shared.connections[self.slot.index]
+        if self.cap_key is not None:
+            assert shared.caps is not None
+            shared.caps.release(self.cap_key)
+            self.cap_key = None
         shared.recycler.rest(self.slot)  # bumps the sequence: anything queued is now stale
         self.outbox.close()
         self._move(_CLOSED)

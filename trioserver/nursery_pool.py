@@ -82,6 +82,11 @@ class ConnectionPool:
     def capacity(self) -> int:
         return self._capacity
 
+    @property
+    def free(self) -> int:
+        """Live connections that may still be admitted (``capacity - in_use``)."""
+        return self._capacity - self._in_use
+
     def __iter__(self) -> Iterator[Slot]:
         return iter(self._slots)
 

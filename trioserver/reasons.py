@@ -19,6 +19,7 @@ class KickReason(enum.Enum):
     TRUNCATED = "truncated"
     HEARTBEAT = "heartbeat"
     LIFETIME = "lifetime"
+    LOGIN_TIMEOUT = "login_timeout"
     FLOOD = "flood"
     SEND_QUEUE = "send_queue"
     SEND_BYTES = "send_bytes"
@@ -37,6 +38,7 @@ _KICK_TEXT = {
     KickReason.TRUNCATED: "closed its side in the middle of a packet",
     KickReason.HEARTBEAT: "sent no ping within the heartbeat deadline",
     KickReason.LIFETIME: "reached the hard session lifetime",
+    KickReason.LOGIN_TIMEOUT: "did not log in within connection.login_timeout",
     KickReason.FLOOD: "sent packets faster than the flood rule allows",
     KickReason.SEND_QUEUE: "let too many replies wait unread (max_pending_replies)",
     KickReason.SEND_BYTES: "let too many reply bytes wait unread (max_pending_bytes)",
@@ -55,6 +57,7 @@ class CloseReason(enum.Enum):
     PEER_GONE = "peer_gone"
     DRAINED = "drained"
     PROXY_REFUSED = "proxy_refused"
+    NETWORK_CAP = "network_cap"
     TLS_FAILED = "tls_failed"
 
     def __str__(self) -> str:
@@ -65,6 +68,8 @@ _CLOSE_TEXT = {
     CloseReason.PEER_GONE: "reset the connection or went away",
     CloseReason.DRAINED: "was closed by the worker's drain while it waited idle",
     CloseReason.PROXY_REFUSED: "sent no valid PROXY header (counted as proxy_refused)",
+    CloseReason.NETWORK_CAP: "came from a network at server.max_connections_per_network "
+    "(counted as network_cap)",
     CloseReason.TLS_FAILED: "did not complete its TLS handshake (counted by reason)",
 }
 

@@ -164,6 +164,10 @@ class WorkerStatistics:
     tls_failures_by_reason: Mapping[str, int] = attrs.field(factory=dict)
     #: The hub's counters by name (``HubStatistics.counters``): pushes, remote traffic, errors.
     hub: Mapping[str, int] = attrs.field(factory=dict)
+    #: Connections refused because their network held ``max_connections_per_network``.
+    network_refused: int = 0
+    #: Idle HTTP keep-alive connections closed because the pool ran low.
+    http_given_up: int = 0
 
     def to_json(self) -> bytes:
         """The record as JSON (int keys become strings), for the pipe to the master."""
@@ -221,6 +225,8 @@ class WorkerStatistics:
             tls_handshakes=int(raw.get("tls_handshakes", 0)),
             tls_failures_by_reason=strs("tls_failures_by_reason"),
             hub=strs("hub"),
+            network_refused=int(raw.get("network_refused", 0)),
+            http_given_up=int(raw.get("http_given_up", 0)),
         )
 
 
@@ -234,6 +240,10 @@ class Counters:
     handler_errors: int = 0
     #: Connections closed for a missing, invalid or untrusted PROXY header.
     proxy_refused: int = 0
+    #: Connections refused because their network held ``max_connections_per_network``.
+    network_refused: int = 0
+    #: Idle HTTP keep-alive connections closed because the pool ran low.
+    http_given_up: int = 0
     packets_by_code: collections.Counter[int] = attrs.Factory(collections.Counter)
     drops: collections.Counter[str] = attrs.Factory(collections.Counter)
     kicks: collections.Counter[str] = attrs.Factory(collections.Counter)
@@ -344,6 +354,18 @@ class Counters:
         (the master's page shows it as the refusal reason ``pool_full``)."""
         self.refused += 1
 
+    def refuse_network(self, peer: object, network: str, limit: int) -> None:
+        """Count and log one connection refused because its network held ``limit``
+        connections (``server.max_connections_per_network``; reason ``network_cap``)."""
+        self.network_refused += 1
+        self.connection_log.line(
+            "network_cap",
+            "refused %s: its network %s holds %d connections (server.max_connections_per_network)",
+            peer,
+            network,
+            limit,
+        )
+
     def kick(self, conn: Counted, reason: KickReason) -> None:
         """Count and log one kick (called once per closed connection)."""
         self.kicks[reason.value] += 1
@@ -386,6 +408,8 @@ class Counters:
             loop_lag_recent_max=max(self.recent_lag, default=0.0),
             tls_handshakes=self.tls_handshakes,
             tls_failures_by_reason=dict(self.tls_failures),
+            network_refused=self.network_refused,
+            http_given_up=self.http_given_up,
         )
 
 

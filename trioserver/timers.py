@@ -1,8 +1,11 @@
-"""Connection time rules: heartbeat deadline, hard lifetime, flood accounting, recycle.
+"""Connection time rules: heartbeat deadline, hard lifetime, login deadline, flood, recycle.
 
-None of these polls. The heartbeat and the hard lifetime are the deadline of the
-connection's cancel scope: a ping moves it (``refresh``), and when it passes,
-trio cancels the connection's tasks, which is the kick. The flood rule is a
+None of these polls. The heartbeat, the hard lifetime and the login deadline are
+the deadline of the connection's cancel scope: a ping moves it (``refresh``), and
+when it passes, trio cancels the connection's tasks, which is the kick. Before a
+login the hard deadline is the login deadline (when that comes first); the login
+moves it out to the lifetime's (``logged_in``), so the rule costs no task and no
+field but one flag. The flood rule is a
 counter checked on each completed packet. The delayed recycle is one task per
 worker sleeping until the oldest resting slot is due.
 
@@ -33,6 +36,7 @@ class Ruled(Protocol):
 
     scope: trio.CancelScope
     hard_deadline: float
+    prelogin: bool
     last_packet_at: float
     flood_count: int
 
@@ -48,10 +52,15 @@ class ConnectionRules:
     flood_check: bool
     flood_interval: float
     flood_kick_counter: int
+    #: Seconds a connection may stay without logging in, or inf (off, or no login served).
+    login_timeout: float = math.inf
 
     @classmethod
-    def from_settings(cls, s: ConnectionSettings) -> ConnectionRules:
+    def from_settings(cls, s: ConnectionSettings, *, login: bool = False) -> ConnectionRules:
+        """The rules ``s`` sets; ``login``: the worker serves login, so the login
+        deadline (``login_timeout``) applies."""
         return cls(
+            login_timeout=s.login_timeout if login and s.login_timeout > 0 else math.inf,
             heartbeat_timeout=3 * s.heartbeat_wait + 10 if s.heartbeat else math.inf,
             any_packet_refreshes=s.any_packet_refreshes,
             lifetime=s.session_lifetime if s.session_lifetime > 0 else math.inf,
@@ -64,7 +73,10 @@ class ConnectionRules:
         """Arm a new connection's deadline: heartbeat from now, capped by the lifetime."""
         # Only finite times are stored: an idle connection keeps no float of its own
         # for a rule that is off (memory per connection counts, see benchmarks/).
-        if self.lifetime < math.inf:
+        if self.login_timeout < self.lifetime:
+            conn.hard_deadline = now + self.login_timeout
+            conn.prelogin = True
+        elif self.lifetime < math.inf:
             conn.hard_deadline = now + self.lifetime
         deadline = min(now + self.heartbeat_timeout, conn.hard_deadline)
         if deadline < math.inf:
@@ -74,10 +86,22 @@ class ConnectionRules:
         """A refreshing packet arrived: push the heartbeat deadline out again."""
         conn.scope.deadline = min(now + self.heartbeat_timeout, conn.hard_deadline)
 
+    def logged_in(self, conn: Ruled, now: float) -> None:
+        """The connection logged in: the login deadline gives way to the lifetime's.
+
+        The login is as good as a ping, so the heartbeat deadline moves too.
+        """
+        if not conn.prelogin:
+            return
+        conn.prelogin = False
+        # The login deadline was open + login_timeout; the lifetime's is open + lifetime.
+        conn.hard_deadline += self.lifetime - self.login_timeout
+        conn.scope.deadline = min(now + self.heartbeat_timeout, conn.hard_deadline)
+
     def deadline_reason(self, conn: Ruled) -> KickReason:
         """Which rule's deadline fired, once the connection's scope ran out of time."""
         if conn.scope.deadline >= conn.hard_deadline:
-            return KickReason.LIFETIME
+            return KickReason.LOGIN_TIMEOUT if conn.prelogin else KickReason.LIFETIME
         return KickReason.HEARTBEAT
 
     def is_flood(self, conn: Ruled, now: float) -> bool:

@@ -65,6 +65,8 @@ from .http import HttpConnectionState, StaticSite, refuse_http_connection, serve
 from .http.websocket import WebSocketPolicy
 from .hub import Hub
 from .mesh import Mesh, mesh_supported
+from .messages import MessageCode
+from .netcaps import NetworkCaps
 from .nursery_pool import ConnectionPool, Slot
 from .outbox import DeferredFlusher
 from .peer import Peer
@@ -174,14 +176,23 @@ class Worker:
             )
             self.queue.login = events
         self._app_scope: trio.CancelScope | None = None
+        #: Connections by client network (server.max_connections_per_network).
+        self.caps = NetworkCaps(server.max_connections_per_network, server.connection_cap_exempt)
+        # The login deadline needs someone to log in: a router that serves login and
+        # an account store behind it. Other routers' connections never log in.
+        routes = self.router.routes
+        login = (MessageCode.LOGIN in routes or MessageCode.RESUME in routes) and (
+            self.services.accounts is not None or bool(config.accounts.url)
+        )
         self.shared = Shared(
-            rules=ConnectionRules.from_settings(conn),
+            rules=ConnectionRules.from_settings(conn, login=login),
             counters=self.counters,
             queue=self.queue,
             recycler=self.recycler,
             routes=self.router.routes,
             flusher=self._flusher,
             proxy=ProxyPolicy.from_settings(server),
+            caps=self.caps if self.caps.enabled else None,
             max_packet_length=server.max_packet_length,
             receive_size=server.receive_size,
             inbox_size=server.inbox_size,
@@ -210,7 +221,10 @@ class Worker:
         self._site: StaticSite | None = None
         #: What makes a request on the HTTP port a WebSocket (None: WebSocket is off).
         self._websocket: WebSocketPolicy | None = None
+        #: The open HTTP connections by slot, oldest first (what ``_give_up_idle_http`` reads).
         self._http_connections: dict[int, HttpConnectionState] = {}
+        #: Free slots below which idle HTTP keep-alive connections are given up.
+        self._http_reserve = int(server.max_connections * config.http.keep_alive_reserve)
         self._http_closed = trio.lowlevel.ParkingLot()
         self._accept_scope = trio.CancelScope()
         #: The accept loops take what is queued before they close their sockets.
@@ -522,37 +536,83 @@ class Worker:
     def _admit(
         self, transport: Transport, peer: Peer, http: bool, upgrade: TlsUpgrade | None = None
     ) -> None:
-        """Give a new connection a slot and its task, or refuse it (counted)."""
+        """Give a new connection a slot and its task, or refuse it (counted).
+
+        Its network is counted against ``max_connections_per_network`` here, before
+        a slot is taken, unless a PROXY header is to name the client: then the
+        connection counts it once the header is read.
+        """
         nursery = self._conn_nursery
         assert nursery is not None
+        key = None
+        caps = self.shared.caps
+        if caps is not None and (http or self.shared.proxy is None):
+            key = caps.key(peer)
+            if key is not None and not caps.admit(key):
+                self.counters.refuse_network(peer, key, caps.limit)
+                self._refuse(nursery, transport, http, upgrade)
+                return
         slot = self.pool.acquire()
+        if self._http_connections and self.pool.free <= self._http_reserve:
+            self._give_up_idle_http()
         if slot is None:
+            if key is not None:
+                self.caps.release(key)
             self.counters.refuse()
-            if http and upgrade is None:
-                nursery.start_soon(refuse_http_connection, transport)
-            elif isinstance(transport, SocketTransport):
-                transport.close()  # at once: a refused socket costs no task
-            else:
-                nursery.start_soon(transport.aclose)
+            self._refuse(nursery, transport, http, upgrade)
             return
         self.counters.accepted += 1
         if http:
             nursery.start_soon(
-                self._http_connection, transport, peer, slot, upgrade, name=_HTTP_TASK_NAME
+                self._http_connection, transport, peer, slot, upgrade, key, name=_HTTP_TASK_NAME
             )
         else:
             conn = Connection(slot, transport, peer, self.shared, upgrade)
+            conn.cap_key = key
             self.shared.connections[slot.index] = conn
             if self.shared.stopping:  # taken from the queue in the drain: its first request
                 conn.drain(trio.current_time())
             nursery.start_soon(conn.serve, name=_TASK_NAME)
 
-    async def _http_connection(
-        self, transport: Transport, peer: Peer, slot: Slot, upgrade: TlsUpgrade | None = None
+    def _give_up_idle_http(self, most: int = 2, scan: int = 64) -> None:
+        """Close up to ``most`` idle HTTP keep-alive connections, oldest first.
+
+        Two per arrival: faster than connections arrive, so a pool held by idle
+        keep-alive connections is soon free again. ``scan`` bounds the look
+        (the oldest connections are the ones most likely idle).
+        """
+        for index, state in enumerate(self._http_connections.values()):
+            if index >= scan or most <= 0:
+                break
+            if state.idle:
+                state.give_up()
+                self.counters.http_given_up += 1
+                most -= 1
+
+    @staticmethod
+    def _refuse(
+        nursery: trio.Nursery, transport: Transport, http: bool, upgrade: TlsUpgrade | None
     ) -> None:
-        """One HTTP connection: it holds a slot of the shared pool while it lives
-        (an HTTPS one handshakes first, in this task). A WebSocket handshake turns
-        it into a binary-protocol connection in the same slot and task."""
+        """Close a refused connection: plain HTTP gets a 503, the rest a close."""
+        if http and upgrade is None:
+            nursery.start_soon(refuse_http_connection, transport)
+        elif isinstance(transport, SocketTransport):
+            transport.close()  # at once: a refused socket costs no task
+        else:
+            nursery.start_soon(transport.aclose)
+
+    async def _http_connection(
+        self,
+        transport: Transport,
+        peer: Peer,
+        slot: Slot,
+        upgrade: TlsUpgrade | None = None,
+        cap_key: str | None = None,
+    ) -> None:
+        """One HTTP connection: it holds a slot of the shared pool, and its count
+        under ``cap_key`` in the network caps, while it lives (an HTTPS one
+        handshakes first, in this task). A WebSocket handshake turns it into a
+        binary-protocol connection in the same slot, count and task."""
         assert self._site is not None
         state = HttpConnectionState(
             draining=self.shared.stopping, by_status=self.counters.http_by_status
@@ -572,6 +632,8 @@ class Worker:
         finally:
             del self._http_connections[slot.index]
             if websocket is None:
+                if cap_key is not None:
+                    self.caps.release(cap_key)
                 self.recycler.rest(slot)
             self._http_closed.unpark_all()
         if websocket is None:
@@ -584,6 +646,7 @@ class Worker:
             subprotocol=websocket.accepted.subprotocol,
         )
         conn = Connection(slot, ws, peer, self.shared)
+        conn.cap_key = cap_key  # released when it closes
         self.shared.connections[slot.index] = conn
         if self.shared.stopping:  # the drain began during the handshake: it ends it too
             conn.drain(trio.current_time())

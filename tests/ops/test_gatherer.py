@@ -264,6 +264,8 @@ def test_account_results_and_refusals_by_reason() -> None:
         counters.account_result(action, code)
     counters.refused = 3
     counters.proxy_refused = 2
+    counters.network_refused = 5
+    counters.kicks["login_timeout"] = 4
     from trioserver.nursery_pool import PoolStatistics
 
     report = counters.snapshot(
@@ -282,9 +284,18 @@ def test_account_results_and_refusals_by_reason() -> None:
     assert total(text, "trioserver_refusals_total", reason="pool_full") == 3
     assert total(text, "trioserver_refusals_total", reason="proxy") == 2
     assert total(text, "trioserver_refusals_total", reason="rate_limited") == 2
+    assert total(text, "trioserver_refusals_total", reason="network_cap") == 5
+    assert total(text, "trioserver_network_refused_total") == 5
+    assert total(text, "trioserver_refusals_total", reason="login_timeout") == 4
     (worker,) = json.loads(g.status_json(health="serving", master_pid=1))["workers"]
-    assert worker["refusals"] == 7
-    assert worker["refusals_by_reason"] == {"pool_full": 3, "proxy": 2, "rate_limited": 2}
+    assert worker["refusals"] == 16
+    assert worker["refusals_by_reason"] == {
+        "pool_full": 3,
+        "proxy": 2,
+        "network_cap": 5,
+        "login_timeout": 4,
+        "rate_limited": 2,
+    }
     assert worker["account_results"]["login"] == {
         "ok": 0, "rejected": 2, "invalid_input": 0, "server_unavailable": 0, "rate_limited": 1,
         "code_9": 1,

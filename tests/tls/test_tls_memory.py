@@ -45,3 +45,19 @@ async def test_handshake_deadline(pki: Pki, autojump_clock: trio.abc.Clock) -> N
         assert await raw.receive_some(1024) == b""
         assert trio.current_time() - start == 3.0
         assert server.worker.statistics().tls_failures_by_reason == {"timeout": 1}
+
+
+async def test_the_tls_port_shares_the_network_cap(
+    pki: Pki, autojump_clock: trio.abc.Clock
+) -> None:
+    """Counted at accept, before the handshake: one over the cap never costs one."""
+    config = pki.config(server__max_connections_per_network=2)
+    async with serve_in_memory(config, tls=pki.server_tls()) as server:
+        secure = await server.connect(tls=pki.client_context(), peer="10.0.0.1:5000")
+        plain = await server.connect(peer="10.0.0.1:5001")
+        assert await secure.ping() == 0 and await plain.ping() == 0
+        over = await server.connect_stream(tls_port=True, peer="10.0.0.1:5002")
+        assert await over.receive_some(1024) == b""
+        stats = server.worker.statistics()
+        assert (stats.network_refused, stats.tls_handshakes) == (1, 1)
+        assert server.worker.caps.open == {"10.0.0.1/32": 2}

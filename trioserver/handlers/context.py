@@ -142,6 +142,8 @@ class Context:
             self._conn.user = name
         else:
             hub.set_user(self._conn, name)  # send_to_user finds it under its new name
+        if name is not None:
+            self._conn.logged_in()  # the login deadline no longer applies
 
     @property
     def state(self) -> dict[str, Any]:

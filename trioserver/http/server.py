@@ -130,6 +130,17 @@ class HttpConnectionState:
     #: The connection's current deadline scope (the adapter's own: one per connection).
     scope: trio.CancelScope | None = None
 
+    @property
+    def idle(self) -> bool:
+        """Between requests, waiting for the next (or in its head): safe to give up."""
+        return not self.sending and not self.fresh and not self.draining and self.scope is not None
+
+    def give_up(self) -> None:
+        """Close an idle keep-alive connection now (the pool runs low); it says nothing."""
+        self.draining = True
+        assert self.scope is not None
+        self.scope.cancel()
+
     def stop(self) -> None:
         """Finish: at once if idle or mid-head, after the answers in hand if sending."""
         self.draining = True

@@ -106,6 +106,8 @@ class Totals:
     tls_failures: collections.Counter[str] = attrs.Factory(collections.Counter)
     #: The hub's counters by name (:attr:`WorkerStatistics.hub`).
     hub: collections.Counter[str] = attrs.Factory(collections.Counter)
+    network_refused: int = 0
+    http_given_up: int = 0
 
     def add(self, stats: WorkerStatistics) -> None:
         self.accepted += stats.connections_accepted
@@ -124,6 +126,8 @@ class Totals:
         _add_hist(self.loop_lag, "", stats.loop_lag)
         self.tls_handshakes += stats.tls_handshakes
         self.tls_failures.update(stats.tls_failures_by_reason)
+        self.network_refused += stats.network_refused
+        self.http_given_up += stats.http_given_up
 
     def plus(self, other: Totals) -> Totals:
         out = self.copy()
@@ -140,6 +144,8 @@ class Totals:
         out.tls_handshakes += other.tls_handshakes
         out.tls_failures.update(other.tls_failures)
         out.hub.update(other.hub)
+        out.network_refused += other.network_refused
+        out.http_given_up += other.http_given_up
         for name in ("handler_latency", "loop_lag"):
             mine: dict[Any, _Hist] = getattr(out, name)
             for key, hist in getattr(other, name).items():
@@ -167,6 +173,8 @@ class Totals:
             self.tls_handshakes,
             collections.Counter(self.tls_failures),
             collections.Counter(self.hub),
+            self.network_refused,
+            self.http_given_up,
         )
 
     def account_results(self, action: str) -> dict[str, int]:
@@ -205,6 +213,17 @@ REFUSALS: Final[tuple[tuple[str, str, Callable[[Totals], int]], ...]] = (
         "a connection closed before its first byte was read: PROXY header missing, "
         "invalid, late, or from an untrusted address",
         lambda t: t.proxy_refused,
+    ),
+    (
+        "network_cap",
+        "a new connection closed at once: its client network held "
+        "server.max_connections_per_network connections",
+        lambda t: t.network_refused,
+    ),
+    (
+        "login_timeout",
+        "a binary connection closed for not logging in within connection.login_timeout",
+        lambda t: t.kicks.get("login_timeout", 0),
     ),
     ("rate_limited", "a register or login answered 'rate limited'", _rate_limited),
 )
@@ -567,6 +586,16 @@ _COUNTERS: Final = (
     ("accept_errors", "accept_errors", "accept() failures (out of file descriptors...)."),
     ("handler_errors", "handler_errors", "Handler calls that raised."),
     ("proxy_refused", "proxy_refused", "Connections refused by the PROXY protocol rules."),
+    (
+        "network_refused",
+        "network_refused",
+        "Connections closed at once: their network held server.max_connections_per_network.",
+    ),
+    (
+        "http_given_up",
+        "http_given_up",
+        "Idle HTTP keep-alive connections closed because the pool ran low.",
+    ),
     ("tls_handshakes", "tls_handshakes", "TLS handshakes completed."),
 )
 
