@@ -144,6 +144,7 @@ class AccountService:
     _failed_while_down: int = attrs.field(init=False, default=0)
     _counts: dict[str, int] = attrs.field(init=False, factory=dict)
     _known: OrderedDict[str, None] = attrs.field(init=False, factory=OrderedDict)
+    _networks: dict[str, str] = attrs.field(init=False, factory=dict)
     _nonces: itertools.count[int] = attrs.field(
         init=False, factory=lambda: itertools.count(int.from_bytes(os.urandom(4), "big"))
     )
@@ -234,7 +235,13 @@ class AccountService:
         """The client network ``peer`` counts as for the limits."""
         if isinstance(peer, str):
             peer = Peer.parse(peer)
-        return peer.network(self.ipv4_prefix, self.ipv6_prefix)
+        network = self._networks.get(peer.host)
+        if network is None:  # parsing an address costs microseconds: remember a few
+            if len(self._networks) >= 10_000:
+                self._networks.clear()
+            network = peer.network(self.ipv4_prefix, self.ipv6_prefix)
+            self._networks[peer.host] = network
+        return network
 
     # -- requests --------------------------------------------------------------------------
 
