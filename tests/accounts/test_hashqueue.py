@@ -114,3 +114,35 @@ async def test_a_waiter_that_gives_up_leaves_the_line() -> None:
         assert pool.waiting == 1  # only b
         gate.set()
     assert pool.running == 0 and pool.waiting == 0
+
+
+async def test_with_two_threads_one_is_kept_for_clean_work() -> None:
+    pool = HashPool(threads=2, max_waiting=4)
+    gate = threading.Event()
+    order: list[str] = []
+
+    def work(name: str) -> None:
+        gate.wait(10)
+        order.append(name)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pool.run, "a", SUSPECT, work, "a1")
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(pool.run, "a", SUSPECT, work, "a2")
+        await trio.testing.wait_all_tasks_blocked()
+        assert (pool.running, pool.waiting) == (1, 1)  # a2 waits: the other thread is kept
+        assert not pool.would_refuse(CLEAN)
+        nursery.start_soon(pool.run, "owner", CLEAN, work, "owner")
+        await trio.testing.wait_all_tasks_blocked()
+        assert (pool.running, pool.waiting) == (2, 1)  # the owner started at once
+        gate.set()
+    assert order[-1] == "a2" and set(order) == {"a1", "a2", "owner"}
+
+
+def test_pop_if_never_skips_the_lane_order() -> None:
+    queue: FairQueue[str] = FairQueue(10)
+    queue.push("x", SUSPECT, "s")
+    assert queue.pop_if(lambda item: item != "s") is None and len(queue) == 1
+    queue.push("y", CLEAN, "c")
+    assert queue.pop_if(lambda item: item != "s") == "c"
+    assert queue.has_room(CLEAN) and queue.has_room(SUSPECT)

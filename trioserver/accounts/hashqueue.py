@@ -12,8 +12,10 @@ a real user's login then waits behind all of it. Here:
 - in two lanes: work from a network with no recent failures (lane 0) is always
   served before work from networks that failed recently (lane 1), and when the
   line is full it takes the place of the newest lane-1 item of the network with
-  the most waiting (that one gets :class:`Busy`). Attackers, who fail, cannot
-  starve a login from a clean network.
+  the most waiting (that one gets :class:`Busy`). With two threads or more, one
+  is kept for lane 0: lane-1 work runs on the others only, so a clean login
+  starts at once instead of after a hash already running. Attackers, who fail,
+  cannot starve a login from a clean network.
 
 :class:`FairQueue` is the pure line (no trio, no clock); :class:`HashPool` runs
 work through it with trio threads. Cheap work (``inline``) never enters either.
@@ -84,9 +86,19 @@ class FairQueue(Generic[T]):
 
     def pop(self) -> T | None:
         """The next item to serve, or None when the line is empty."""
+        return self.pop_if(lambda item: True)
+
+    def pop_if(self, allowed: Callable[[T], bool]) -> T | None:
+        """The next item to serve if ``allowed(item)``; else None (nothing is taken).
+
+        Only each lane's next item is asked: a refused lane-0 item stops the search,
+        so the lane order is never skipped.
+        """
         for lane in self._lanes:
             if lane:
                 key, items = next(iter(lane.items()))
+                if not allowed(items[0]):
+                    return None
                 item = items.popleft()
                 if items:
                     lane.move_to_end(key)  # its next item waits for everyone else's turn
@@ -110,6 +122,10 @@ class FairQueue(Generic[T]):
                 return True
         return False
 
+    def has_room(self, lane: int) -> bool:
+        """True if an item of ``lane`` would be taken now (room, or worse work to push out)."""
+        return self._size < self.capacity or any(self._lanes[lane + 1 :])
+
     def _evict_worse_than(self, lane: int) -> T | None:
         for worse in range(_LANES - 1, lane, -1):
             keys = self._lanes[worse]
@@ -126,6 +142,7 @@ class FairQueue(Generic[T]):
 
 @attrs.define(eq=False)
 class _Ticket:
+    lane: int
     event: trio.Event = attrs.Factory(trio.Event)
     granted: bool = False
     refused: bool = False
@@ -139,6 +156,7 @@ class HashPool:
     max_waiting: int
     _line: FairQueue[_Ticket] = attrs.field(init=False)
     _running: int = attrs.field(init=False, default=0)
+    _running_suspect: int = attrs.field(init=False, default=0)
     refused: int = attrs.field(init=False, default=0)
 
     def __attrs_post_init__(self) -> None:
@@ -154,6 +172,22 @@ class HashPool:
     def waiting(self) -> int:
         return len(self._line)
 
+    @property
+    def _suspect_threads(self) -> int:
+        return self.threads - 1 if self.threads > 1 else 1
+
+    def _free_for(self, lane: int) -> bool:
+        """True if ``lane`` may start a hash now, without waiting."""
+        if self._running >= self.threads:
+            return False
+        if lane == CLEAN:
+            return not self._line.waiting(CLEAN)
+        return not self._line and self._running_suspect < self._suspect_threads
+
+    def would_refuse(self, lane: int) -> bool:
+        """True if work of ``lane`` would get :class:`Busy` now (to refuse before any I/O)."""
+        return not self._free_for(lane) and not self._line.has_room(lane)
+
     async def run(self, key: str, lane: int, call: Callable[..., T], *args: Any) -> T:
         """``call(*args)`` in a hash thread, once ``key``'s turn in ``lane`` comes.
 
@@ -164,13 +198,13 @@ class HashPool:
         try:
             return await trio.to_thread.run_sync(call, *args)
         finally:
-            self._release()
+            self._release(lane)
 
     async def _acquire(self, key: str, lane: int) -> None:
-        if self._running < self.threads and not self._line:
-            self._running += 1
+        if self._free_for(lane):
+            self._start(lane)
             return
-        ticket = _Ticket()
+        ticket = _Ticket(lane=lane)
         try:
             evicted = self._line.push(key, lane, ticket)
         except QueueFull:
@@ -184,17 +218,30 @@ class HashPool:
             await ticket.event.wait()
         except BaseException:
             if ticket.granted:
-                self._release()  # the slot was handed over: pass it on
+                self._release(lane)  # the slot was handed over: pass it on
             elif not ticket.refused:
                 self._line.discard(ticket)
             raise
         if ticket.refused:
             raise Busy
 
-    def _release(self) -> None:
-        ticket = self._line.pop()
-        if ticket is None:
-            self._running -= 1
-        else:
-            ticket.granted = True  # the slot goes straight to the next in line
+    def _start(self, lane: int) -> None:
+        self._running += 1
+        if lane != CLEAN:
+            self._running_suspect += 1
+
+    def _release(self, lane: int) -> None:
+        self._running -= 1
+        if lane != CLEAN:
+            self._running_suspect -= 1
+        # Hand free slots to the next in line: clean work first, suspect work while it
+        # stays within its threads.
+        while self._running < self.threads:
+            ticket = self._line.pop_if(
+                lambda t: t.lane == CLEAN or self._running_suspect < self._suspect_threads
+            )
+            if ticket is None:
+                return
+            self._start(ticket.lane)
+            ticket.granted = True
             ticket.event.set()

@@ -72,6 +72,9 @@ T = TypeVar("T")
 
 #: The stored hash of a row that only reserves a look-alike skeleton: it never verifies.
 RESERVED_HASH: Final = "!reserved look-alike"
+#: Hashes a network may ask for in ``_HASH_WINDOW`` seconds and still count as clean.
+_CLEAN_HASHES: Final = 10
+_HASH_WINDOW: Final = 60.0
 _DUMMY_PASSWORD: Final = b"never anybody's password"
 
 
@@ -145,6 +148,11 @@ class AccountService:
     _counts: dict[str, int] = attrs.field(init=False, factory=dict)
     _known: OrderedDict[str, None] = attrs.field(init=False, factory=OrderedDict)
     _networks: dict[str, str] = attrs.field(init=False, factory=dict)
+    #: Hashes each network asked for recently (served or refused 'busy'): a network
+    #: that keeps the pool busy is not clean, whether or not it has failed yet.
+    _hash_use: TokenBuckets = attrs.field(
+        init=False, factory=lambda: TokenBuckets(_CLEAN_HASHES, _HASH_WINDOW)
+    )
     _nonces: itertools.count[int] = attrs.field(
         init=False, factory=lambda: itertools.count(int.from_bytes(os.urandom(4), "big"))
     )
@@ -256,6 +264,8 @@ class AccountService:
             return ResultCode.SERVER_UNAVAILABLE
         network = self.network(peer)
         lane = self._lane(network)
+        if self._busy_now(lane):
+            return ResultCode.BUSY
         now = self.clock()
         if not self.registrations.try_take([network], now):
             self._count("rate_limited")
@@ -292,6 +302,8 @@ class AccountService:
             return LoginResult(ResultCode.SERVER_UNAVAILABLE)
         network = self.network(peer)
         lane = self._lane(network)
+        if self._busy_now(lane):
+            return LoginResult(ResultCode.BUSY)
         keys = self._take_login_tokens(creds.key, network, self.clock())
         if keys is None:
             self._count("rate_limited")
@@ -363,11 +375,26 @@ class AccountService:
             return None
 
     def _lane(self, network: str) -> int:
-        """CLEAN for a network with no recent failures, SUSPECT otherwise."""
+        """CLEAN for a network with no recent failures and few recent hashes, else SUSPECT.
+
+        Asking for a hash takes one of the network's hash-use tokens (10 a minute):
+        a user logging in needs one or two, a flood needs them all, and it is then
+        served after every clean network even while its own logins are answered
+        'busy' and so never fail.
+        """
+        now = self.clock()
         failures = self.address_failures
-        if failures.enabled and failures.tokens(network, self.clock()) < failures.burst:
+        heavy = not self._hash_use.try_take([network], now)
+        if heavy or (failures.enabled and failures.tokens(network, now) < failures.burst):
             return SUSPECT
         return CLEAN
+
+    def _busy_now(self, lane: int) -> bool:
+        """True if the pool would refuse this request's hash: answer before any lookup."""
+        if self.hasher.inline or not self.hash_pool.would_refuse(lane):
+            return False
+        self._count("busy")
+        return True
 
     def _take_login_tokens(
         self, key: str, network: str, now: float
