@@ -143,10 +143,11 @@ async def flood(port: int, seconds: float, networks: int, pipeline: int) -> None
             start = trio.current_time()
             client = await connect(port)
             connected = trio.current_time() - start
+            code = "no reply within 60 s"
             with trio.move_on_after(60):
                 reply = await client.login("realuser", "right password")
                 code = f"{ResultCode(reply.result).name}, connect {connected * 1000:.0f} ms"
-                latencies.append((trio.current_time() - start, code))
+            latencies.append((trio.current_time() - start, code))
             await client.aclose()
             await trio.sleep(1.0)
 

@@ -38,7 +38,7 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -153,7 +153,7 @@ class AccountService:
     _hash_use: TokenBuckets = attrs.field(
         init=False, factory=lambda: TokenBuckets(_CLEAN_HASHES, _HASH_WINDOW)
     )
-    _nonces: itertools.count[int] = attrs.field(
+    _nonces: Iterator[int] = attrs.field(
         init=False, factory=lambda: itertools.count(int.from_bytes(os.urandom(4), "big"))
     )
 
