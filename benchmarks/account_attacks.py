@@ -40,7 +40,7 @@ from pathlib import Path
 
 import trio
 
-from trioserver.client import Client
+from trioserver.client import BlockingClient, Client
 from trioserver.messages import ResultCode, decode_login_reply, encode_login
 
 REPO = Path(__file__).resolve().parent.parent
@@ -137,18 +137,23 @@ async def flood(port: int, seconds: float, networks: int, pipeline: int) -> None
             await trio.sleep(0.1)
         await client.aclose()
 
+    def one_login() -> tuple[float, str]:
+        # A blocking client in a thread: the figure is the server's, not this
+        # process's event loop, which is busy running the 200 attackers.
+        start = time.perf_counter()
+        try:
+            with BlockingClient.connect("127.0.0.1", port, timeout=60) as client:
+                connected = time.perf_counter() - start
+                reply = client.login("realuser", "right password")
+        except OSError as exc:
+            return time.perf_counter() - start, f"no reply: {exc}"
+        code = f"{ResultCode(reply.result).name}, connect {connected * 1000:.0f} ms"
+        return time.perf_counter() - start, code
+
     async def real_user() -> None:
         await trio.sleep(1.0)  # the flood is under way
         while trio.current_time() < end - 0.5:
-            start = trio.current_time()
-            client = await connect(port)
-            connected = trio.current_time() - start
-            code = "no reply within 60 s"
-            with trio.move_on_after(60):
-                reply = await client.login("realuser", "right password")
-                code = f"{ResultCode(reply.result).name}, connect {connected * 1000:.0f} ms"
-            latencies.append((trio.current_time() - start, code))
-            await client.aclose()
+            latencies.append(await trio.to_thread.run_sync(one_login))
             await trio.sleep(1.0)
 
     with trio.move_on_after(seconds + 90):  # bounded even if the server stalls

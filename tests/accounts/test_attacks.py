@@ -9,6 +9,7 @@ import trio.testing
 
 from trioserver.accounts import AccountService, MemoryStore
 from trioserver.accounts.confusables import skeleton
+from trioserver.accounts.hashqueue import CLEAN, SUSPECT
 from trioserver.config import Config
 from trioserver.handlers import Services
 from trioserver.messages import ResultCode
@@ -171,3 +172,16 @@ async def test_busy_is_counted_on_the_worker(autojump_clock: trio.abc.Clock) -> 
         await client.login("alice", "no")
         results = s.worker.counters.account_results
         assert results == {"register:0": 1, "login:0": 1, "login:1": 1}
+
+
+async def test_a_network_that_keeps_asking_for_hashes_is_served_after_clean_ones(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """Hash-use tokens: 30 a minute; under half left and the network's work waits behind
+    clean networks' (busy answers never fail, so failures alone would not tell)."""
+    service = AccountService.from_settings(memory_config().accounts)
+    lanes = [service._lane("198.51.100.0/32") for _ in range(20)]
+    assert lanes == [CLEAN] * 15 + [SUSPECT] * 5
+    assert service._lane("203.0.113.9/32") == CLEAN  # another network is unaffected
+    await trio.sleep(30)  # 15 tokens back, less the ones these two asks take
+    assert service._lane("198.51.100.0/32") == CLEAN

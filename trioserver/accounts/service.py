@@ -73,7 +73,7 @@ T = TypeVar("T")
 #: The stored hash of a row that only reserves a look-alike skeleton: it never verifies.
 RESERVED_HASH: Final = "!reserved look-alike"
 #: Hashes a network may ask for in ``_HASH_WINDOW`` seconds and still count as clean.
-_CLEAN_HASHES: Final = 10
+_CLEAN_HASHES: Final = 30
 _HASH_WINDOW: Final = 60.0
 _DUMMY_PASSWORD: Final = b"never anybody's password"
 
@@ -377,15 +377,18 @@ class AccountService:
     def _lane(self, network: str) -> int:
         """CLEAN for a network with no recent failures and few recent hashes, else SUSPECT.
 
-        Asking for a hash takes one of the network's hash-use tokens (10 a minute):
-        a user logging in needs one or two, a flood needs them all, and it is then
+        Asking for a hash takes one of the network's hash-use tokens (30, refilled in
+        a minute), and a network with under half of them left is not clean: a user
+        logging in needs one or two, a flood keeps its bucket near empty, and is then
         served after every clean network even while its own logins are answered
         'busy' and so never fail.
         """
         now = self.clock()
-        failures = self.address_failures
-        heavy = not self._hash_use.try_take([network], now)
-        if heavy or (failures.enabled and failures.tokens(network, now) < failures.burst):
+        failures, use = self.address_failures, self._hash_use
+        use.try_take([network], now)
+        if use.tokens(network, now) < use.burst / 2:
+            return SUSPECT
+        if failures.enabled and failures.tokens(network, now) < failures.burst:
             return SUSPECT
         return CLEAN
 
