@@ -29,6 +29,7 @@ import contextlib
 import os
 import platform
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -46,12 +47,33 @@ from trioserver.messages import ResultCode, decode_login_reply, encode_login
 REPO = Path(__file__).resolve().parent.parent
 
 
+def server_cpu(master: int) -> float:
+    """CPU seconds the master and its children (the worker) have used so far."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            pid, ppid = int(stat.parent.name), int(fields[1])
+            if pid == master or ppid == master:
+                total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+SERVER_PID = 0
+#: Pin the server to CPU 0 and this process (the attackers) to CPU 1, as run.py does.
+PIN = False
+
+
 @contextlib.contextmanager
 def server(tmp: Path, tree: Path, *settings: str) -> Iterator[int]:
     """A running master with one worker; yields its binary port."""
+    global SERVER_PID
     log = tmp / "server.log"
+    pin = ["taskset", "-c", "0"] if PIN and shutil.which("taskset") else []
     args = [
-        sys.executable, "-m", "trioserver", "serve", "--listen", "127.0.0.1:0", "--workers", "1",
+        *pin, sys.executable, "-m", "trioserver", "serve",
+        "--listen", "127.0.0.1:0", "--workers", "1",
         "--set", f'logging.file="{log}"',
         "--set", "http.listen=[]", "--set", f'accounts.url="sqlite:///{tmp}/accounts.sqlite3"',
     ]  # fmt: skip
@@ -61,6 +83,7 @@ def server(tmp: Path, tree: Path, *settings: str) -> Iterator[int]:
     proc = subprocess.Popen(
         args, cwd=tmp, env=env, start_new_session=True, stdout=subprocess.DEVNULL
     )
+    SERVER_PID = proc.pid
     try:
         deadline = time.monotonic() + 20
         found = None
@@ -111,6 +134,7 @@ async def flood(port: int, seconds: float, networks: int, pipeline: int) -> None
     latencies: list[tuple[float, str]] = []
     end = trio.current_time() + seconds
     sent = 0
+    cpu_before = server_cpu(SERVER_PID)
 
     async def attacker(n: int) -> None:
         # One connection per network: `pipeline` logins sent at once (the issue's
@@ -161,13 +185,15 @@ async def flood(port: int, seconds: float, networks: int, pipeline: int) -> None
             for n in range(networks):
                 nursery.start_soon(attacker, n)
             nursery.start_soon(real_user)
+    cpu = server_cpu(SERVER_PID) - cpu_before
     figures = ", ".join(f"{seconds * 1000:.0f} ms ({code})" for seconds, code in latencies)
     worst = max((s for s, _ in latencies), default=float("nan"))
     median = statistics.median(s for s, _ in latencies) if latencies else float("nan")
     print(
         f"flood: {networks * pipeline} unknown-name logins from {networks} networks "
         f"({pipeline} pipelined, BUSY ones retried after 100 ms: {sent} sent) for "
-        f"{seconds:.0f} s; replies {dict(results)}"
+        f"{seconds:.0f} s; replies {dict(results)}; server CPU {cpu:.1f} s "
+        f"({cpu / max(1, sum(results.values())) * 1e6:.0f} us per reply)"
     )
     print(
         f"flood: the real user's logins: {figures or 'none answered'}; "
@@ -206,7 +232,14 @@ def main() -> None:
     parser.add_argument("--networks", type=int, default=200)
     parser.add_argument("--pipeline", type=int, default=10)
     parser.add_argument("--guesses", type=int, default=40)
+    parser.add_argument(
+        "--pin", action="store_true", help="server on CPU 0 (one hash thread), attackers on CPU 1"
+    )
     args = parser.parse_args()
+    if args.pin:
+        global PIN
+        PIN = True
+        os.sched_setaffinity(0, {1})
     print(machine())
     print(f"serving {args.tree}")
     for attack in args.attacks or ["flood", "lockout"]:
