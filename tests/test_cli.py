@@ -79,6 +79,21 @@ async def test_serve_then_client_ping_then_sigterm(tmp_path: Path) -> None:
         )
         assert result.returncode == 0, result.stderr
         assert result.stdout.count("ping 127.0.0.1") == 2
+        server = ("client", "--server", f"127.0.0.1:{port}")
+        session = tmp_path / "alice.session"
+        for argv, out in [
+            (("register", "alice", "secret"), "register 'alice': ok: registered"),
+            (("login", "alice", "secret", "--save-session", str(session)), "login 'alice': ok"),
+            (("resume", str(session)), "resume 'alice': ok: logged in (session renewed)"),
+            (("resume", str(session)), "resume 'alice': ok"),  # the renewed token works
+        ]:
+            result = await trio.to_thread.run_sync(lambda argv=argv: run(*server, *argv))
+            assert result.returncode == 0 and out in result.stdout, result
+        assert session.stat().st_mode & 0o777 == 0o600
+        assert (tmp_path / "data" / "session_secret").stat().st_mode & 0o777 == 0o600
+        session.write_text('{"username": "alice", "token": "' + "00" * 32 + '"}')
+        result = await trio.to_thread.run_sync(lambda: run(*server, "resume", str(session)))
+        assert result.returncode == 2 and "rejected: the session is expired" in result.stdout
         proc.send_signal(signal.SIGTERM)
         with trio.fail_after(30):
             assert await proc.wait() == 0

@@ -46,6 +46,7 @@ ENCODERS: dict[str, Callable[..., bytes]] = {
     "login": messages.encode_login,
     "register_reply": lambda result, name: messages.encode_register_reply(result, _as_bytes(name)),
     "login_reply": lambda result, name: messages.encode_login_reply(result, _as_bytes(name)),
+    "resume": lambda name, token: messages.encode_resume(name, bytes.fromhex(token)),
 }
 
 _BLOCK = re.compile(r"^```text\nvector: (?P<call>.+)\n(?P<hex>(?:.*\n)*?)```$", re.MULTILINE)
@@ -71,7 +72,7 @@ def _encode(call: str) -> bytes:
 
 def test_protocol_page_has_vectors_for_every_builtin_message() -> None:
     calls = {call.partition("(")[0] for call, _ in _vectors(_read(PROTOCOL))}
-    assert calls >= {"ping", "register", "login", "register_reply", "login_reply"}
+    assert calls >= {"ping", "register", "login", "register_reply", "login_reply", "resume"}
 
 
 @pytest.mark.parametrize(("call", "expected"), _vectors(_read(PROTOCOL)))

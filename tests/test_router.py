@@ -7,7 +7,7 @@ import pytest
 from trioserver.framer import Packet
 from trioserver.handlers import Context, default_router
 from trioserver.handlers.router import Route, Router
-from trioserver.messages import LOGIN_BODY_SIZE, REGISTER_BODY_SIZE
+from trioserver.messages import LOGIN_BODY_SIZE, REGISTER_BODY_SIZE, RESUME_BODY_SIZE
 
 
 def plain(ctx: Context, packet: Packet) -> None:
@@ -121,10 +121,11 @@ def test_iteration_is_in_code_order_whatever_the_order_of_registration() -> None
     assert [route.code for route in router] == [0, 7, 100, 300, 65535]
 
 
-def test_the_default_router_serves_ping_register_and_login_with_their_sizes() -> None:
+def test_the_default_router_serves_ping_resume_register_and_login_with_their_sizes() -> None:
     routes = [(r.code, r.name, r.body_size, r.is_async) for r in default_router()]
     assert routes == [
         (0, "ping", 0, False),
+        (1, "resume", RESUME_BODY_SIZE, True),
         (5, "register", REGISTER_BODY_SIZE, True),
         (6, "login", LOGIN_BODY_SIZE, True),
     ]

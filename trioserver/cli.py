@@ -155,6 +155,16 @@ def _build_parser() -> argparse.ArgumentParser:
         action = client_sub.add_parser(name, help=f"{name} an account")
         action.add_argument("username")
         action.add_argument("password")
+        if name == "login":
+            action.add_argument(
+                "--save-session",
+                metavar="FILE",
+                help="write the session token to FILE (mode 0600) for 'client resume FILE'",
+            )
+    resume = client_sub.add_parser(
+        "resume", help="log in with a session saved by 'client login --save-session'"
+    )
+    resume.add_argument("session", metavar="FILE", help="the session file (renewed on success)")
     return parser
 
 
@@ -247,7 +257,7 @@ def _control(args: argparse.Namespace) -> int:
 
 def _client(args: argparse.Namespace) -> int:
     from .client import BlockingClient, ConnectionClosed
-    from .messages import ResultCode
+    from .messages import LoginReply, RegisterReply, ResultCode
 
     address = parse_address(args.server)
     context = None
@@ -270,14 +280,43 @@ def _client(args: argparse.Namespace) -> int:
                     rtt = client.ping()
                     print(f"ping {address}: {rtt * 1e3:.3f} ms")
                 return 0
-            call = client.register if args.action == "register" else client.login
-            reply = call(args.username, args.password)
-    except (OSError, ConnectionClosed) as exc:
+            reply: LoginReply | RegisterReply
+            if args.action == "resume":
+                session = _read_session(args.session)
+                reply = client.resume(session[0], session[1])
+            else:
+                call = client.register if args.action == "register" else client.login
+                reply = call(args.username, args.password)
+    except (OSError, ConnectionClosed, ValueError) as exc:
         print(f"error: {address}: {exc}", file=sys.stderr)
         return 1
     name = reply.username.decode("utf-8", "replace")
     print(f"{args.action} {name!r}: {describe_result(args.action, reply.result)}")
-    return 0 if reply.result == ResultCode.OK else 2
+    if reply.result != ResultCode.OK:
+        return 2
+    path = args.session if args.action == "resume" else getattr(args, "save_session", None)
+    if path and isinstance(reply, LoginReply):
+        _write_session(path, name, reply.token)
+    return 0
+
+
+def _write_session(path: str, username: str, token: bytes) -> None:
+    """Save a session (name and token) readable by its owner only: a token is a password."""
+    temporary = f"{path}.tmp"
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as file:
+        json.dump({"username": username, "token": token.hex()}, file)
+        file.write("\n")
+    os.replace(temporary, path)
+
+
+def _read_session(path: str) -> tuple[str, bytes]:
+    with open(path) as file:
+        data = json.load(file)
+    try:
+        return str(data["username"]), bytes.fromhex(data["token"])
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: not a session file ({exc})") from None
 
 
 #: What each register or login result means to the person who typed the command.
@@ -289,6 +328,9 @@ _RESULT_TEXT: Final[Mapping[tuple[str, int], str]] = {
     ("*", 2): "the server refused the name or password (empty, too long, or not allowed)",
     ("*", 3): "the server's account store is unavailable (not configured, or down)",
     ("*", 4): "too many attempts from this name or address; wait and try again",
+    ("*", 5): "the server is busy checking passwords; try again in a moment",
+    ("resume", 0): "logged in (session renewed)",
+    ("resume", 1): "the session is expired, invalid, or the password changed: log in again",
 }
 
 

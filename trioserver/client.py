@@ -36,6 +36,7 @@ from .messages import (
     decode_register_reply,
     encode_login,
     encode_register,
+    encode_resume,
 )
 
 __all__ = [
@@ -187,6 +188,11 @@ class Client:
         await self._send(encode_login(username, password))
         return decode_login_reply(_check(await self.receive_packet(), MessageCode.LOGIN).body)
 
+    async def resume(self, username: str | bytes, token: bytes) -> LoginReply:
+        """Log in with the session token of an earlier login or resume reply."""
+        await self._send(encode_resume(username, token))
+        return decode_login_reply(_check(await self.receive_packet(), MessageCode.RESUME).body)
+
 
 async def _start_tls(
     stream: trio.abc.Stream, context: ssl.SSLContext, server_hostname: str
@@ -288,3 +294,8 @@ class BlockingClient:
     def login(self, username: str | bytes, password: str | bytes) -> LoginReply:
         self.sock.sendall(encode_login(username, password))
         return decode_login_reply(_check(self.receive_packet(), MessageCode.LOGIN).body)
+
+    def resume(self, username: str | bytes, token: bytes) -> LoginReply:
+        """Log in with the session token of an earlier login or resume reply."""
+        self.sock.sendall(encode_resume(username, token))
+        return decode_login_reply(_check(self.receive_packet(), MessageCode.RESUME).body)

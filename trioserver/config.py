@@ -699,31 +699,68 @@ class AccountsSettings:
     scrypt_r: int = setting(8, "scrypt block size r.", _int(1, 64), why="The standard value.")
     scrypt_p: int = setting(1, "scrypt parallelism p.", _int(1, 16), why="The standard value.")
     hash_threads: int = setting(
-        2,
-        "Password hashes one worker computes at once, each in a thread.",
-        _int(1, 256),
-        why="A hash is pure CPU and runs outside the GIL; with one worker per core, two "
-        "keep a core busy without queueing the event loop behind hashing.",
+        0,
+        "Password hashes one worker computes at once, each in a thread; 0 means the "
+        "worker's share of the cores (CPUs / workers, at least 1).",
+        _int(0, 256),
+        why="A hash is pure CPU and runs outside the GIL: more threads than the worker's "
+        "share of the cores only make every hash slower and take cores from the other "
+        "workers' event loops.",
+    )
+    hash_queue: int = setting(
+        0,
+        "Hashes that may wait for a hash thread; beyond it a login or register gets "
+        "'busy' (5) at once. 0 means half of server.handler_tasks minus hash_threads "
+        "(at least 1).",
+        _int(0, 100_000),
+        why="A waiting hash holds a handler task, so the default leaves at least half of "
+        "them for pings and other handlers, and bounds a queued login's wait to a few "
+        "hash times instead of seconds.",
+    )
+    ipv4_prefix: int = setting(
+        32,
+        "Prefix length of the IPv4 network one client counts as for every account limit.",
+        _int(0, 32),
+        why="One IPv4 address is usually one host or one NAT: nginx and HAProxy key by it.",
+    )
+    ipv6_prefix: int = setting(
+        64,
+        "Prefix length of the IPv6 network one client counts as for every account limit.",
+        _int(0, 128),
+        why="One IPv6 host or site is usually given a whole /64 (RFC 6177), so keying by "
+        "/128 would let one host pass as 2**64 clients.",
     )
     max_failures_per_name: int = setting(
         5,
-        "Failed logins a name may take in a burst; further attempts get 'rate limited' "
-        "until the bucket refills (0 = no limit). A login in progress holds a token "
-        "until it succeeds, so this also caps concurrent logins to one name.",
+        "Failed logins for one name from one client network in a burst; further attempts "
+        "for that name from that network get 'rate limited' until the bucket refills (a "
+        "slowdown: one more try per failure_window / this), while the owner from another "
+        "network is unaffected (0 = no limit). A login in progress holds a token until it "
+        "succeeds, so this also caps concurrent logins to one name from one network.",
         _int(0),
-        why="Online guessing gets 5 tries per failure_window per worker, and a locked-out "
-        "owner waits minutes, not forever.",
+        why="OWASP: lock out the (name, source) pair and slow it down rather than the "
+        "account for everyone, so a guesser cannot lock the owner out; 5 tries per 300 s "
+        "then one a minute per network.",
+    )
+    max_failures_per_name_untrusted: int = setting(
+        20,
+        "Failed logins for one name, summed over every network that failed recently and "
+        "never logged in to it, in a burst (0 = no limit). Networks with no recent failures "
+        "and networks the name logged in from are not held by it.",
+        _int(0),
+        why="Bounds guessing spread over many networks at one name, without letting the "
+        "guessers lock out the owner, whose network is clean or known.",
     )
     max_failures_per_address: int = setting(
         20,
-        "Failed logins one client address may make in a burst (0 = no limit).",
+        "Failed logins one client network may make in a burst, across names (0 = no limit).",
         _int(0),
         why="Bounds a client guessing across many names; higher than the per-name limit "
         "because several people may share one address (NAT).",
     )
     max_registrations_per_address: int = setting(
         20,
-        "Registrations one client address may attempt in a burst (0 = no limit).",
+        "Registrations one client network may attempt in a burst (0 = no limit).",
         _int(0),
         why="Each registration costs a hash and a durable write; bursts beyond this are "
         "refused before either.",
@@ -739,6 +776,31 @@ class AccountsSettings:
         "are forgotten.",
         _int(1),
         why="Bounds memory (about 200 bytes each) against clients that rotate names or addresses.",
+    )
+    confusables: bool = setting(
+        True,
+        "Refuse to register a name that looks like an existing one (Cyrillic 'а' for "
+        "Latin 'a'): names are compared by a UTS #39-style skeleton of the common Cyrillic "
+        "and Greek look-alikes of Latin letters.",
+        _bool,
+        why="Two accounts a reader cannot tell apart invite impersonation; the check costs "
+        "one store lookup, and only for names with a mapped character.",
+    )
+    session_secret: str = setting(
+        "data/session_secret",
+        "File with the key that signs session tokens (RESUME, 1); created with mode 0600 "
+        "on first start if absent. Share it between workers and instances that serve the "
+        "same accounts. Empty turns sessions off. A 'memory:' store uses a key in memory.",
+        _str,
+        why="Beside the default SQLite database, so one data directory holds both; a file "
+        "rather than a setting keeps the key out of config dumps.",
+    )
+    session_lifetime: float = setting(
+        86400.0,
+        "Seconds a session token stays valid after the login or resume that made it.",
+        _float(0.0, lo_open=True),
+        why="A day covers overnight disconnects and restarts without a password, and "
+        "bounds what a stolen token is worth.",
     )
 
 

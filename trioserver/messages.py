@@ -23,6 +23,9 @@ __all__ = [
     "PASSWORD_FIELD",
     "REGISTER_BODY_SIZE",
     "RESERVED_CODES",
+    "RESUME_BODY_SIZE",
+    "TOKEN_FIELD",
+    "TOKEN_OFFSET",
     "USERNAME_FIELD",
     "Credentials",
     "LoginReply",
@@ -30,14 +33,17 @@ __all__ = [
     "RegisterReply",
     "RegisterRequest",
     "ResultCode",
+    "ResumeRequest",
     "decode_login",
     "decode_login_reply",
     "decode_register",
     "decode_register_reply",
+    "decode_resume",
     "encode_login",
     "encode_login_reply",
     "encode_register",
     "encode_register_reply",
+    "encode_resume",
 ]
 
 
@@ -59,6 +65,10 @@ USERNAME_FIELD: Final = 56
 PASSWORD_FIELD: Final = 40
 REGISTER_BODY_SIZE: Final = 4 + USERNAME_FIELD + PASSWORD_FIELD  # 100
 LOGIN_BODY_SIZE: Final = USERNAME_FIELD + PASSWORD_FIELD  # 96
+#: A session token: in a login or resume reply at body offset 60, after the result code.
+TOKEN_FIELD: Final = 32
+TOKEN_OFFSET: Final = USERNAME_FIELD + 4  # 60
+RESUME_BODY_SIZE: Final = USERNAME_FIELD + TOKEN_FIELD  # 88
 
 _I32: Final = struct.Struct(">i")
 
@@ -72,6 +82,8 @@ class ResultCode(enum.IntEnum):
     INVALID_INPUT = 2
     SERVER_UNAVAILABLE = 3
     RATE_LIMITED = 4
+    #: The server's password-hash work is full: retry in a moment (nothing was counted).
+    BUSY = 5
 
 
 @attrs.frozen
@@ -98,6 +110,14 @@ class RegisterReply:
 class LoginReply:
     result: int
     username: bytes
+    #: The session token (32 bytes) of a successful login or resume; zeros otherwise.
+    token: bytes = attrs.field(default=bytes(TOKEN_FIELD), repr=False)
+
+
+@attrs.frozen
+class ResumeRequest:
+    username: bytes
+    token: bytes = attrs.field(repr=False)
 
 
 def _field(value: bytes, size: int, what: str) -> bytes:
@@ -154,6 +174,23 @@ def decode_login(body: bytes) -> Credentials:
     return Credentials(_unfield(view[:USERNAME_FIELD]), _unfield(view[USERNAME_FIELD:]))
 
 
+def encode_resume(username: str | bytes, token: bytes) -> bytes:
+    """A whole resume packet: the name and the token a login or resume reply carried."""
+    if len(token) != TOKEN_FIELD:
+        raise ValueError(f"a session token is {TOKEN_FIELD} bytes, got {len(token)}")
+    return encode(
+        MessageCode.RESUME, _field(_as_bytes(username), USERNAME_FIELD, "username") + token
+    )
+
+
+def decode_resume(body: bytes) -> ResumeRequest:
+    """The resume body; the caller checked its size is RESUME_BODY_SIZE."""
+    if len(body) != RESUME_BODY_SIZE:
+        raise ValueError(f"resume body must be {RESUME_BODY_SIZE} bytes, got {len(body)}")
+    view = memoryview(body)
+    return ResumeRequest(_unfield(view[:USERNAME_FIELD]), bytes(view[USERNAME_FIELD:]))
+
+
 def _echo(username: bytes) -> bytes:
     return username[: USERNAME_FIELD - 1].ljust(USERNAME_FIELD, b"\0")
 
@@ -163,10 +200,14 @@ def encode_register_reply(result: int, username: bytes) -> bytes:
     return encode(MessageCode.REGISTER, _I32.pack(result) + _echo(username) + bytes(PASSWORD_FIELD))
 
 
-def encode_login_reply(result: int, username: bytes) -> bytes:
-    """Login reply: the name echoed, the result as an i32 at body offset 56, zeros after."""
+def encode_login_reply(
+    result: int, username: bytes, token: bytes = b"", code: int = MessageCode.LOGIN
+) -> bytes:
+    """Login (or resume) reply: the name echoed, the result as an i32 at body offset 56,
+    the session token (or zeros) at 60, zeros after."""
     return encode(
-        MessageCode.LOGIN, _echo(username) + _I32.pack(result) + bytes(PASSWORD_FIELD - 4)
+        code,
+        _echo(username) + _I32.pack(result) + token[:TOKEN_FIELD].ljust(PASSWORD_FIELD - 4, b"\0"),
     )
 
 
@@ -181,4 +222,5 @@ def decode_login_reply(body: bytes) -> LoginReply:
     if len(body) != LOGIN_BODY_SIZE:
         raise ValueError(f"login reply body must be {LOGIN_BODY_SIZE} bytes, got {len(body)}")
     (result,) = _I32.unpack_from(body, USERNAME_FIELD)
-    return LoginReply(result, _unfield(memoryview(body)[:USERNAME_FIELD]))
+    token = body[TOKEN_OFFSET : TOKEN_OFFSET + TOKEN_FIELD]
+    return LoginReply(result, _unfield(memoryview(body)[:USERNAME_FIELD]), token)

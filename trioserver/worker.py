@@ -390,13 +390,18 @@ class Worker:
 
     async def _run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         from .accounts import open_accounts
+        from .prefork.master import worker_count
 
         # The worker opens (and closes) the store [accounts] names unless the embedder
         # put a service in ``services.accounts``; with no url, accounts answer
         # "server unavailable".
         owned_accounts = None
         if self.services.accounts is None and self.config.accounts.url:
-            owned_accounts = self.services.accounts = await open_accounts(self.config.accounts)
+            owned_accounts = self.services.accounts = await open_accounts(
+                self.config.accounts,
+                workers=worker_count(self.config),
+                handler_tasks=self.config.server.handler_tasks,
+            )
         try:
             with trio.CancelScope(shield=True):
                 async with trio.open_nursery() as services:

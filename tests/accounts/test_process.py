@@ -48,6 +48,7 @@ async def test_pings_keep_their_latency_while_100_logins_hash() -> None:
         "memory:",
         accounts__scrypt_n=4096,
         accounts__hash_threads=2,
+        accounts__hash_queue=100,  # every login waits its turn: none is answered 'busy'
         accounts__max_failures_per_name=0,
         accounts__max_failures_per_address=0,
     )

@@ -107,6 +107,18 @@ def test_insecure_fast_hash_is_labelled_and_verifies() -> None:
     assert hasher_for("insecure-fast").inline and not hasher_for("scrypt").inline
 
 
+def test_insecure_fast_salts_are_unique_and_older_base64_hashes_still_verify() -> None:
+    hasher = InsecureFastHasher()
+    assert len({hasher.hash(b"secret").split("$")[2] for _ in range(1000)}) == 1000
+    old = "$sha256-insecure$aHKXZlZrSjICrLeIDYg9ZQ$"  # salt and key in base64, as made before
+    import base64
+    import hashlib
+
+    salt = base64.b64decode("aHKXZlZrSjICrLeIDYg9ZQ==")
+    key = base64.b64encode(hashlib.sha256(salt + b"secret").digest()).decode().rstrip("=")
+    assert verify(b"secret", old + key) and not verify(b"other", old + key)
+
+
 @pytest.mark.parametrize(
     "stored", ["", "plain", "$scrypt$ln=10$x$y", "$scrypt$ln=10,r=8,p=1$!!$!!", "$md5$a$b"]
 )

@@ -298,7 +298,7 @@ def test_account_results_and_refusals_by_reason() -> None:
     }
     assert worker["account_results"]["login"] == {
         "ok": 0, "rejected": 2, "invalid_input": 0, "server_unavailable": 0, "rate_limited": 1,
-        "code_9": 1,
+        "busy": 0, "code_9": 1,
     }  # fmt: skip
 
 

@@ -1,8 +1,10 @@
-"""Accounts: the store behind register (5) and login (6), and the policy around it.
+"""Accounts: the store behind register (5), login (6) and resume (1), and the policy around it.
 
 - :mod:`.names`: which names and passwords are valid, and which names are equal
-  (case-insensitive, NFC).
+  (case-insensitive, NFC); :mod:`.confusables`: look-alike names.
 - :mod:`.passwords`: scrypt hashes that carry their parameters.
+- :mod:`.hashqueue`: the hash threads and their bounded, fair line.
+- :mod:`.sessions`: signed session tokens for resume.
 - :mod:`.limiter`: token buckets against guessing, clock passed in.
 - :mod:`.store`: the store interface; :mod:`.sqlite` (default) and
   :mod:`.postgres` (to share accounts across machines) implement it.

@@ -5,10 +5,13 @@ hash is one self-describing string, so parameters can change without breaking
 existing accounts::
 
     $scrypt$ln=14,r=8,p=1$<salt, base64>$<hash, base64>
-    $sha256-insecure$<salt, base64>$<hash, base64>
+    $sha256-insecure$<salt, hex>$<hash, hex>
 
 ``sha256-insecure`` is one salted SHA-256: a leaked database falls to brute force at
-once. It exists only so benchmarks measure the server instead of scrypt.
+once. It exists only so benchmarks measure the server instead of scrypt, so it is
+made as cheaply as it can be: its salts are a random per-process prefix and a
+counter (unique, no ``os.urandom`` call per hash), in hex (no base64 round trip).
+Older ``sha256-insecure`` hashes in base64 still verify.
 
 Comparison is constant-time (``hmac.compare_digest``); a hash that cannot be parsed
 never verifies.
@@ -19,6 +22,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import itertools
 import os
 from typing import Final
 
@@ -84,6 +88,10 @@ class ScryptHasher(Hasher):
         return stored.startswith(f"$scrypt${self._params}$")
 
 
+_SALT_PREFIX: Final = os.urandom(SALT_BYTES // 2)
+_salt_counter: Final = itertools.count()
+
+
 @attrs.frozen
 class InsecureFastHasher(Hasher):
     """One salted SHA-256. INSECURE: for benchmarks and tests only (see the module docstring)."""
@@ -91,9 +99,9 @@ class InsecureFastHasher(Hasher):
     inline = True
 
     def hash(self, password: bytes) -> str:
-        salt = os.urandom(SALT_BYTES)
-        key = hashlib.sha256(salt + password).digest()
-        return f"$sha256-insecure${_b64(salt)}${_b64(key)}"
+        salt = _SALT_PREFIX + next(_salt_counter).to_bytes(SALT_BYTES // 2, "big")
+        key = hashlib.sha256(salt + password).hexdigest()
+        return f"$sha256-insecure${salt.hex()}${key}"
 
     def is_current(self, stored: str) -> bool:
         return stored.startswith("$sha256-insecure$")
@@ -123,7 +131,10 @@ def verify(password: bytes, stored: str) -> bool:
             salt, expected = _unb64(fields[1]), _unb64(fields[2])
             actual = _scrypt(password, salt, n, r, p)
         elif scheme == "sha256-insecure" and len(fields) == 2:
-            salt, expected = _unb64(fields[0]), _unb64(fields[1])
+            if len(fields[1]) == 2 * KEY_BYTES:  # hex, as made now
+                salt, expected = bytes.fromhex(fields[0]), bytes.fromhex(fields[1])
+            else:  # base64, as made before
+                salt, expected = _unb64(fields[0]), _unb64(fields[1])
             actual = hashlib.sha256(salt + password).digest()
         else:
             return False

@@ -1,47 +1,67 @@
-"""Register and login as policy: input rules, brute-force limits, hashing, the store.
+"""Register, login and resume as policy: input rules, brute-force limits, hashing, the store.
 
-``AccountService`` is what ``ctx.services.accounts`` holds and what the register
-and login handlers call. It never blocks the event loop: scrypt runs in threads
-behind a capacity limiter of ``hash_threads``, store calls in the store's own
-threads. Its answers are :class:`~trioserver.messages.ResultCode` values:
+``AccountService`` is what ``ctx.services.accounts`` holds and what the register,
+login and resume handlers call. It never blocks the event loop: scrypt runs in the
+:class:`~.hashqueue.HashPool` (a few threads behind a bounded, fair line), store
+calls in the store's own threads. Its answers are
+:class:`~trioserver.messages.ResultCode` values.
 
-login: invalid input → rate limited (a token per name and per address is taken
-*before* the hash, so refused attempts cost nothing and concurrent guesses cannot
-overshoot) → store lookup → verify (an unknown name is verified against a dummy
-hash, so timing does not tell whether a name exists) → ok (tokens given back) or
-rejected (tokens stay spent).
+Every limit is keyed by the client's *network* (``Peer.network``: IPv4 /32 and
+IPv6 /64 by default, ``ipv4_prefix``/``ipv6_prefix``). Failed logins are counted
+per (name, network), per network, and per name over the networks that failed
+recently and never logged in to it (OWASP: a guesser slows down its own pair, it
+cannot lock the owner out).
 
-register: invalid input → rate limited (per address) → hash → durable insert →
-ok or rejected (name taken).
+login: invalid input → rate limited (tokens are taken *before* the hash, so
+refused attempts cost nothing and concurrent guesses cannot overshoot) → store
+lookup → verify in the hash pool (an unknown name is verified against a dummy hash
+made at start, so timing does not tell whether a name exists; a full pool answers
+"busy") → ok with a session token (tokens given back) or rejected (tokens stay
+spent).
+
+resume: a session token instead of a password (:mod:`.sessions`): checked with
+one HMAC, no hash; a bad or expired token is a failure for the limits.
+
+register: invalid input → rate limited (per network) → look-alike check
+(:mod:`.confusables`) → hash → durable insert → ok or rejected (name taken).
 
 When the store fails, the failure is logged once (and its recovery once), and for
 ``retry_interval`` seconds requests get "server unavailable" at once; then one
-request probes the store again. Passwords are never logged: only names, rules
-broken and store errors are.
+request probes the store again. Passwords and tokens are never logged: only
+names, rules broken and store errors are.
 """
 
 from __future__ import annotations
 
-import contextlib
+import itertools
 import logging
-from collections.abc import Callable
-from typing import Any, TypeVar
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Final, TypeVar
 
 import attrs
 import trio
 
 from ..config import AccountsSettings
 from ..messages import ResultCode
+from ..peer import Peer
 from .backends import open_store
+from .confusables import skeleton
+from .hashqueue import CLEAN, SUSPECT, Busy, HashPool
 from .limiter import TokenBuckets
-from .names import InvalidInput, ValidCredentials, validate
+from .names import InvalidInput, ValidCredentials, name_key, validate
 from .passwords import Hasher, hasher_for, is_cheap, verify
+from .sessions import load_key, make_token, token_valid
 from .store import Account, AccountStore, StoreUnavailable
 
 __all__ = [
     "AccountService",
     "AccountStatistics",
     "LoginResult",
+    "default_hash_threads",
     "open_accounts",
     "peer_host",
 ]
@@ -50,19 +70,36 @@ log = logging.getLogger("trioserver.accounts")
 
 T = TypeVar("T")
 
+#: The stored hash of a row that only reserves a look-alike skeleton: it never verifies.
+RESERVED_HASH: Final = "!reserved look-alike"
+#: Hashes a network may ask for in ``_HASH_WINDOW`` seconds and still count as clean.
+_CLEAN_HASHES: Final = 30
+_HASH_WINDOW: Final = 60.0
+_DUMMY_PASSWORD: Final = b"never anybody's password"
+
 
 def peer_host(peer: str) -> str:
-    """The address part of ``host:port`` / ``[v6]:port`` (the key of per-address limits)."""
+    """The address part of ``host:port`` / ``[v6]:port``."""
     host, sep, _ = peer.rpartition(":")
     return host if sep and host else peer
 
 
+def default_hash_threads(workers: int) -> int:
+    """The worker's share of the cores this process may run on (at least 1)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cpus = os.cpu_count() or 1
+    return max(1, cpus // max(1, workers))
+
+
 @attrs.frozen
 class LoginResult:
-    """A login's result code and, when it is OK, the account's name as registered."""
+    """A login's result code and, when it is OK, the account's name and a session token."""
 
     code: ResultCode
     user: str | None = None
+    token: bytes = attrs.field(default=b"", repr=False)
 
 
 @attrs.frozen
@@ -71,8 +108,11 @@ class AccountStatistics:
     register_rejected: int
     logins: int
     login_rejected: int
+    resumed: int
+    resume_rejected: int
     invalid_input: int
     rate_limited: int
+    busy: int
     unavailable: int
     hashes: int
     store_up: bool
@@ -84,45 +124,96 @@ class AccountService:
 
     store: AccountStore
     hasher: Hasher
-    hash_limiter: trio.CapacityLimiter
-    name_failures: TokenBuckets
-    address_failures: TokenBuckets
-    registrations: TokenBuckets
+    hash_pool: HashPool
+    name_failures: TokenBuckets  #: per (name, network)
+    address_failures: TokenBuckets  #: per network
+    registrations: TokenBuckets  #: per network
+    untrusted_name_failures: TokenBuckets = attrs.Factory(lambda: TokenBuckets(0, 300.0))
+    ipv4_prefix: int = 32
+    ipv6_prefix: int = 64
     retry_interval: float = 1.0
+    confusables: bool = False
+    #: The key that signs session tokens; None: sessions are off.
+    session_key: bytes | None = None
+    session_lifetime: float = 86400.0
+    session_secret_path: Path | None = None
     clock: Callable[[], float] = trio.current_time
+    #: Wall-clock time for token expiry (shared across machines, unlike ``clock``).
+    wall_clock: Callable[[], float] = time.time
+    max_known: int = 100_000
     _dummy_hash: str | None = attrs.field(init=False, default=None)
     _down: bool = attrs.field(init=False, default=False)
     _retry_at: float = attrs.field(init=False, default=float("-inf"))
     _failed_while_down: int = attrs.field(init=False, default=0)
     _counts: dict[str, int] = attrs.field(init=False, factory=dict)
+    _known: OrderedDict[str, None] = attrs.field(init=False, factory=OrderedDict)
+    _networks: dict[str, str] = attrs.field(init=False, factory=dict)
+    #: Hashes each network asked for recently (served or refused 'busy'): a network
+    #: that keeps the pool busy is not clean, whether or not it has failed yet.
+    _hash_use: TokenBuckets = attrs.field(
+        init=False, factory=lambda: TokenBuckets(_CLEAN_HASHES, _HASH_WINDOW)
+    )
+    _nonces: Iterator[int] = attrs.field(
+        init=False, factory=lambda: itertools.count(int.from_bytes(os.urandom(4), "big"))
+    )
 
     @classmethod
     def from_settings(
-        cls, settings: AccountsSettings, store: AccountStore | None = None
+        cls,
+        settings: AccountsSettings,
+        store: AccountStore | None = None,
+        *,
+        workers: int = 1,
+        handler_tasks: int = 8,
     ) -> AccountService:
-        """A service for ``[accounts]`` settings, over ``store`` or the one its url names."""
+        """A service for ``[accounts]`` settings, over ``store`` or the one its url names.
+
+        ``workers`` and ``handler_tasks`` size the hash pool when its settings are 0.
+        """
+        memory = settings.url in ("memory:", "memory://")
         if store is None:
             store = open_store(
                 settings.url,
                 pool_size=settings.pool_size,
                 connect_timeout=settings.connect_timeout,
             )
+        threads = settings.hash_threads or default_hash_threads(workers)
+        waiting = settings.hash_queue or max(1, handler_tasks // 2 - threads)
         window, keys = settings.failure_window, settings.limiter_max_keys
+        secret = settings.session_secret
         return cls(
             store=store,
             hasher=hasher_for(
                 settings.hash, n=settings.scrypt_n, r=settings.scrypt_r, p=settings.scrypt_p
             ),
-            hash_limiter=trio.CapacityLimiter(settings.hash_threads),
+            hash_pool=HashPool(threads, waiting),
             name_failures=TokenBuckets(settings.max_failures_per_name, window, keys),
             address_failures=TokenBuckets(settings.max_failures_per_address, window, keys),
             registrations=TokenBuckets(settings.max_registrations_per_address, window, keys),
+            untrusted_name_failures=TokenBuckets(
+                settings.max_failures_per_name_untrusted, window, keys
+            ),
+            ipv4_prefix=settings.ipv4_prefix,
+            ipv6_prefix=settings.ipv6_prefix,
             retry_interval=settings.retry_interval,
+            confusables=settings.confusables,
+            session_key=os.urandom(32) if secret and memory else None,
+            session_secret_path=Path(secret) if secret and not memory else None,
+            session_lifetime=settings.session_lifetime,
+            max_known=keys,
         )
 
     # -- life ------------------------------------------------------------------------------
 
     async def open(self) -> None:
+        """Make the dummy hash and start the store (the session key is read when needed)."""
+        if self._dummy_hash is None:
+            # Now rather than on the first unknown name, which would take twice as long
+            # as any later one and tell that the name does not exist.
+            if self.hasher.inline:
+                self._dummy_hash = self.hasher.hash(_DUMMY_PASSWORD)
+            else:
+                self._dummy_hash = await trio.to_thread.run_sync(self.hasher.hash, _DUMMY_PASSWORD)
         await self.store.open()
 
     async def aclose(self) -> None:
@@ -135,8 +226,11 @@ class AccountService:
             register_rejected=c("register_rejected", 0),
             logins=c("logins", 0),
             login_rejected=c("login_rejected", 0),
+            resumed=c("resumed", 0),
+            resume_rejected=c("resume_rejected", 0),
             invalid_input=c("invalid_input", 0),
             rate_limited=c("rate_limited", 0),
+            busy=c("busy", 0),
             unavailable=c("unavailable", 0),
             hashes=c("hashes", 0),
             store_up=not self._down,
@@ -145,20 +239,49 @@ class AccountService:
     def _count(self, what: str) -> None:
         self._counts[what] = self._counts.get(what, 0) + 1
 
+    def network(self, peer: Peer | str) -> str:
+        """The client network ``peer`` counts as for the limits."""
+        if isinstance(peer, str):
+            peer = Peer.parse(peer)
+        network = self._networks.get(peer.host)
+        if network is None:  # parsing an address costs microseconds: remember a few
+            if len(self._networks) >= 10_000:
+                self._networks.clear()
+            network = peer.network(self.ipv4_prefix, self.ipv6_prefix)
+            self._networks[peer.host] = network
+        return network
+
     # -- requests --------------------------------------------------------------------------
 
-    async def register(self, username: bytes, password: bytes, itype: int, peer: str) -> ResultCode:
+    async def register(
+        self, username: bytes, password: bytes, itype: int, peer: Peer | str
+    ) -> ResultCode:
         """Create an account; OK only once it is durable in the store."""
         creds = self._validate(username, password, "register", peer)
         if creds is None:
             return ResultCode.INVALID_INPUT
         if self._store_resting():
             return ResultCode.SERVER_UNAVAILABLE
-        if not self.registrations.try_take([peer_host(peer)], self.clock()):
+        network = self.network(peer)
+        lane = self._lane(network)
+        if self._busy_now(lane):
+            return ResultCode.BUSY
+        now = self.clock()
+        if not self.registrations.try_take([network], now):
             self._count("rate_limited")
             log.info("register %r from %s: rate limited", creds.name, peer)
             return ResultCode.RATE_LIMITED
-        stored = await self._hash(creds.password)
+        try:
+            if self.confusables and not await self._reserve_skeleton(creds):
+                self._count("register_rejected")
+                return ResultCode.REJECTED
+            stored = await self._hash(creds.password, network, lane)
+        except Busy:
+            self.registrations.give_back([network], self.clock())
+            self._count("busy")
+            return ResultCode.BUSY
+        except StoreUnavailable:
+            return ResultCode.SERVER_UNAVAILABLE
         account = Account(creds.key, creds.name, stored, itype)
         try:
             created = await self._store(self.store.create, account)
@@ -170,40 +293,79 @@ class AccountService:
         self._count("registered")
         return ResultCode.OK
 
-    async def login(self, username: bytes, password: bytes, peer: str) -> LoginResult:
+    async def login(self, username: bytes, password: bytes, peer: Peer | str) -> LoginResult:
         """Check a name and password; a LoginResult with the account's name when OK."""
         creds = self._validate(username, password, "login", peer)
         if creds is None:
             return LoginResult(ResultCode.INVALID_INPUT)
         if self._store_resting():
             return LoginResult(ResultCode.SERVER_UNAVAILABLE)
-        host = peer_host(peer)
-        now = self.clock()
-        if not self._take_login_tokens(creds.key, host, now):
+        network = self.network(peer)
+        lane = self._lane(network)
+        if self._busy_now(lane):
+            return LoginResult(ResultCode.BUSY)
+        keys = self._take_login_tokens(creds.key, network, self.clock())
+        if keys is None:
             self._count("rate_limited")
             log.info("login %r from %s: rate limited", creds.name, peer)
             return LoginResult(ResultCode.RATE_LIMITED)
         try:
             account = await self._store(self.store.get, creds.key)
+            stored = account.password_hash if account is not None else await self._dummy()
+            matches = await self._verify(creds.password, stored, network, lane)
         except StoreUnavailable:
-            self._give_back(creds.key, host, reset_name=False)
+            self._give_back(keys, success=False)
             return LoginResult(ResultCode.SERVER_UNAVAILABLE)
-        stored = account.password_hash if account is not None else await self._dummy()
-        matches = await self._verify(creds.password, stored)
+        except Busy:
+            self._give_back(keys, success=False)
+            self._count("busy")
+            return LoginResult(ResultCode.BUSY)
         if account is None or not matches:
             self._count("login_rejected")
             log.info("login %r from %s: wrong name or password", creds.name, peer)
             return LoginResult(ResultCode.REJECTED)
-        self._give_back(creds.key, host, reset_name=True)
+        self._give_back(keys, success=True)
         self._count("logins")
         if not self.hasher.is_current(stored):
-            await self._rehash(account, creds)
-        return LoginResult(ResultCode.OK, account.name)
+            account = await self._rehash(account, creds, network, lane)
+        return LoginResult(ResultCode.OK, account.name, await self._token(account))
+
+    async def resume(self, username: bytes, token: bytes, peer: Peer | str) -> LoginResult:
+        """Log in with a session token from an earlier login or resume; a fresh token."""
+        try:
+            name = validate(username, b"-").name
+        except InvalidInput as exc:
+            self._count("invalid_input")
+            log.debug("resume from %s: invalid input: %s", peer, exc)
+            return LoginResult(ResultCode.INVALID_INPUT)
+        session_key = await self._session_key()
+        if session_key is None or self._store_resting():
+            return LoginResult(ResultCode.SERVER_UNAVAILABLE)
+        key = name_key(name)
+        network = self.network(peer)
+        keys = self._take_login_tokens(key, network, self.clock())
+        if keys is None:
+            self._count("rate_limited")
+            log.info("resume %r from %s: rate limited", name, peer)
+            return LoginResult(ResultCode.RATE_LIMITED)
+        try:
+            account = await self._store(self.store.get, key)
+        except StoreUnavailable:
+            self._give_back(keys, success=False)
+            return LoginResult(ResultCode.SERVER_UNAVAILABLE)
+        now = self.wall_clock()
+        if account is None or not token_valid(session_key, token, key, account.password_hash, now):
+            self._count("resume_rejected")
+            log.info("resume %r from %s: bad or expired token", name, peer)
+            return LoginResult(ResultCode.REJECTED)
+        self._give_back(keys, success=True)
+        self._count("resumed")
+        return LoginResult(ResultCode.OK, account.name, await self._token(account))
 
     # -- steps -----------------------------------------------------------------------------
 
     def _validate(
-        self, username: bytes, password: bytes, what: str, peer: str
+        self, username: bytes, password: bytes, what: str, peer: Peer | str
     ) -> ValidCredentials | None:
         try:
             return validate(username, password)
@@ -212,47 +374,154 @@ class AccountService:
             log.debug("%s from %s: invalid input: %s", what, peer, exc)
             return None
 
-    def _take_login_tokens(self, key: str, host: str, now: float) -> bool:
-        # Both or neither: check both buckets, then take from both (no await in between).
-        names, addresses = self.name_failures, self.address_failures
-        if names.enabled and names.tokens(key, now) < 1.0:
-            return False
-        if addresses.enabled and addresses.tokens(host, now) < 1.0:
-            return False
-        return names.try_take([key], now) and addresses.try_take([host], now)
+    def _lane(self, network: str) -> int:
+        """CLEAN for a network with no recent failures and few recent hashes, else SUSPECT.
 
-    def _give_back(self, key: str, host: str, *, reset_name: bool) -> None:
+        Asking for a hash takes one of the network's hash-use tokens (30, refilled in
+        a minute), and a network with under half of them left is not clean: a user
+        logging in needs one or two, a flood keeps its bucket near empty, and is then
+        served after every clean network even while its own logins are answered
+        'busy' and so never fail.
+        """
         now = self.clock()
-        if reset_name:
-            self.name_failures.reset(key)  # the owner got in: earlier typos are forgiven
+        failures, use = self.address_failures, self._hash_use
+        use.try_take([network], now)
+        if use.tokens(network, now) < use.burst / 2:
+            return SUSPECT
+        if failures.enabled and failures.tokens(network, now) < failures.burst:
+            return SUSPECT
+        return CLEAN
+
+    def _busy_now(self, lane: int) -> bool:
+        """True if the pool would refuse this request's hash: answer before any lookup."""
+        if self.hasher.inline or not self.hash_pool.would_refuse(lane):
+            return False
+        self._count("busy")
+        return True
+
+    def _take_login_tokens(
+        self, key: str, network: str, now: float
+    ) -> tuple[str, str, str | None] | None:
+        """Take a token from each bucket the attempt involves (all or none).
+
+        Returns what to give back later, or None when a bucket is empty.
+        """
+        pair = f"{key}\0{network}"
+        names, networks, untrusted = (
+            self.name_failures,
+            self.address_failures,
+            self.untrusted_name_failures,
+        )
+        trusted = (
+            not networks.enabled or networks.tokens(network, now) >= networks.burst
+        ) or pair in self._known
+        name_key_taken = key if untrusted.enabled and not trusted else None
+        if names.enabled and names.tokens(pair, now) < 1.0:
+            return None
+        if networks.enabled and networks.tokens(network, now) < 1.0:
+            return None
+        if name_key_taken is not None and untrusted.tokens(key, now) < 1.0:
+            return None
+        names.try_take([pair], now)
+        networks.try_take([network], now)
+        if name_key_taken is not None:
+            untrusted.try_take([name_key_taken], now)
+        return (pair, network, name_key_taken)
+
+    def _give_back(self, keys: tuple[str, str, str | None], *, success: bool) -> None:
+        pair, network, name = keys
+        now = self.clock()
+        if success:
+            self.name_failures.reset(pair)  # the owner got in: earlier typos are forgiven
+            self._known[pair] = None  # and this network is known for this name
+            self._known.move_to_end(pair)
+            while len(self._known) > self.max_known:
+                self._known.popitem(last=False)
         else:
-            self.name_failures.give_back([key], now)
-        self.address_failures.give_back([host], now)
+            self.name_failures.give_back([pair], now)
+        self.address_failures.give_back([network], now)
+        if name is not None:
+            self.untrusted_name_failures.give_back([name], now)
 
-    async def _hashing(self, call: Callable[..., T], *args: Any, inline: bool) -> T:
-        """Run a hash or a verification: in a thread behind the limiter unless it is cheap."""
-        self._count("hashes")
+    async def _hashing(
+        self, call: Callable[..., T], *args: Any, inline: bool, network: str, lane: int
+    ) -> T:
+        """Run a hash or a verification: in the hash pool unless it is cheap."""
         if inline:
+            self._count("hashes")
             return call(*args)
-        return await trio.to_thread.run_sync(call, *args, limiter=self.hash_limiter)
+        result = await self.hash_pool.run(network, lane, call, *args)
+        self._count("hashes")
+        return result
 
-    async def _hash(self, password: bytes) -> str:
-        return await self._hashing(self.hasher.hash, password, inline=self.hasher.inline)
+    async def _hash(self, password: bytes, network: str = "", lane: int = CLEAN) -> str:
+        return await self._hashing(
+            self.hasher.hash, password, inline=self.hasher.inline, network=network, lane=lane
+        )
 
-    async def _verify(self, password: bytes, stored: str) -> bool:
-        return await self._hashing(verify, password, stored, inline=is_cheap(stored))
+    async def _verify(self, password: bytes, stored: str, network: str, lane: int) -> bool:
+        return await self._hashing(
+            verify, password, stored, inline=is_cheap(stored), network=network, lane=lane
+        )
 
     async def _dummy(self) -> str:
-        """A hash in the current scheme to verify unknown names against (made once)."""
+        """The hash unknown names are verified against (made at open; here if not opened)."""
         if self._dummy_hash is None:
-            self._dummy_hash = await self._hash(b"never anybody's password")
+            self._dummy_hash = await self._hash(_DUMMY_PASSWORD)
         return self._dummy_hash
 
-    async def _rehash(self, account: Account, creds: ValidCredentials) -> None:
+    async def _rehash(
+        self, account: Account, creds: ValidCredentials, network: str, lane: int
+    ) -> Account:
         """Store the password again with the current settings (best effort)."""
-        new = await self._hash(creds.password)
-        with contextlib.suppress(StoreUnavailable):  # the next login tries again
-            await self._store(self.store.set_password_hash, account.key, account.password_hash, new)
+        try:
+            new = await self._hash(creds.password, network, lane)
+            if await self._store(
+                self.store.set_password_hash, account.key, account.password_hash, new
+            ):
+                return attrs.evolve(account, password_hash=new)
+        except (StoreUnavailable, Busy):  # the next login tries again
+            pass
+        return account
+
+    async def _session_key(self) -> bytes | None:
+        """The key that signs tokens: read (or created) on first use, like the store.
+
+        A key file that cannot be read or made turns sessions off (logged once).
+        """
+        if self.session_key is None and self.session_secret_path is not None:
+            path, self.session_secret_path = self.session_secret_path, None
+            try:
+                self.session_key = await trio.to_thread.run_sync(load_key, path)
+            except (OSError, ValueError) as exc:
+                log.error("session secret %s: %s; resume answers 'server unavailable'", path, exc)
+        return self.session_key
+
+    async def _token(self, account: Account) -> bytes:
+        """A session token for ``account`` (zeros when sessions are off)."""
+        key = await self._session_key()
+        if key is None:
+            return b""
+        expiry = self.wall_clock() + self.session_lifetime
+        return make_token(key, account.key, account.password_hash, expiry, next(self._nonces))
+
+    async def _reserve_skeleton(self, creds: ValidCredentials) -> bool:
+        """False if the name looks like a taken one; else reserve its look-alike skeleton.
+
+        A name whose skeleton differs from its key also claims the skeleton's key
+        with a row that never verifies, so the plain spelling cannot register after
+        it; a plain name finds such a row as a taken key.
+        """
+        skeleton_key = skeleton(creds.key)
+        if skeleton_key == creds.key:
+            return True
+        existing = await self._store(self.store.get, skeleton_key)
+        if existing is not None:
+            # Only our own earlier, unfinished reservation may be reused.
+            return existing.password_hash == RESERVED_HASH and name_key(existing.name) == creds.key
+        reservation = Account(skeleton_key, creds.name, RESERVED_HASH)
+        created: bool = await self._store(self.store.create, reservation)
+        return created
 
     # -- store health ----------------------------------------------------------------------
 
@@ -297,13 +566,15 @@ class AccountService:
         return result
 
 
-async def open_accounts(settings: AccountsSettings) -> AccountService:
+async def open_accounts(
+    settings: AccountsSettings, *, workers: int = 1, handler_tasks: int = 8
+) -> AccountService:
     """Open the account service for ``[accounts]``: the worker's, unless the embedder gave one.
 
     The store connects lazily or in the background, so a database that is down at
     start does not stop the worker. The caller closes it.
     """
-    service = AccountService.from_settings(settings)
+    service = AccountService.from_settings(settings, workers=workers, handler_tasks=handler_tasks)
     await service.open()
     log.info("account store: %s", service.store.description)
     return service

@@ -11,8 +11,8 @@ An application serves its own message codes (7 and up) like this::
 
 from __future__ import annotations
 
-from ..messages import LOGIN_BODY_SIZE, REGISTER_BODY_SIZE, MessageCode
-from .accounts import handle_login, handle_register
+from ..messages import LOGIN_BODY_SIZE, REGISTER_BODY_SIZE, RESUME_BODY_SIZE, MessageCode
+from .accounts import handle_login, handle_register, handle_resume
 from .context import Context, Handler, Services
 from .ping import handle_ping
 from .router import Router
@@ -25,11 +25,12 @@ __all__ = [
     "handle_login",
     "handle_ping",
     "handle_register",
+    "handle_resume",
 ]
 
 
 def default_router() -> Router:
-    """A router with the built-in handlers: ping (0), register (5) and login (6).
+    """A router with the built-in handlers: ping (0), resume (1), register (5) and login (6).
 
     Register and login use ``ctx.services.accounts``, which the worker opens from
     ``[accounts]`` unless given one; without it they answer "server unavailable".
@@ -38,4 +39,5 @@ def default_router() -> Router:
     router.add(MessageCode.PING, handle_ping, body_size=0, name="ping")
     router.add(MessageCode.REGISTER, handle_register, body_size=REGISTER_BODY_SIZE, name="register")
     router.add(MessageCode.LOGIN, handle_login, body_size=LOGIN_BODY_SIZE, name="login")
+    router.add(MessageCode.RESUME, handle_resume, body_size=RESUME_BODY_SIZE, name="resume")
     return router

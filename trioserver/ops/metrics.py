@@ -199,7 +199,7 @@ def _rate_limited(totals: Totals) -> int:
 
 
 #: The account messages whose results are counted.
-ACCOUNT_ACTIONS: Final = ("register", "login")
+ACCOUNT_ACTIONS: Final = ("register", "login", "resume")
 
 #: Every way the server turns a client away: (reason, help, count from a slot's totals).
 REFUSALS: Final[tuple[tuple[str, str, Callable[[Totals], int]], ...]] = (
