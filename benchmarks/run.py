@@ -54,6 +54,8 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 LOADGEN_SRC = BENCH / "loadgen.c"
 LOADGEN = BENCH / "build" / "loadgen"
+WEBLOAD_SRC = BENCH / "webload.c"
+WEBLOAD = BENCH / "build" / "webload"
 RESULTS = BENCH / "results"
 HOST = "127.0.0.1"  # the only address load is ever sent to
 SERVER_CPU = "0"
@@ -230,6 +232,16 @@ TARGETS: dict[str, Target] = {
                 "--set",
                 "http.document_root={docroot}",
             ),
+            # Many clients at once: room for every one of them, and the listen backlog
+            # nginx and the bare baseline get (4096).
+            tag_args={
+                "churn": (
+                    "--set",
+                    "server.max_connections={conns}",
+                    "--set",
+                    "server.backlog=4096",
+                )
+            },
             probe=TRIOSERVER_PROBE,
             needs=("wrk",),
             forks_workers=True,
@@ -285,6 +297,8 @@ class Case:
     load_cpus: str | None = LOAD_CPU
     path: str = ""  # http: the URL path
     close: bool = False  # http: every request says "Connection: close"
+    # http: webload instead of wrk: `conns` clients, each one HTTP/1.0 request per connection
+    http10: bool = False
 
 
 CASES: tuple[Case, ...] = (
@@ -366,6 +380,28 @@ CASES: tuple[Case, ...] = (
         targets=HTTP_TARGETS,
         ratios=HTTP_RATIOS,
         path="/1m.bin",
+    ),
+    Case(
+        "http10-1k",
+        "http",
+        "webload -c 1000: HTTP/1.0, one request per connection (webbench's pattern), 1 KiB",
+        conns=1000,
+        targets=HTTP_TARGETS,
+        ratios=HTTP_RATIOS,
+        path="/index.html",
+        http10=True,
+        tags=frozenset({"churn"}),
+    ),
+    Case(
+        "http10-8k",
+        "http",
+        "webload -c 8000: HTTP/1.0, one request per connection (webbench's pattern), 1 KiB",
+        conns=8000,
+        targets=HTTP_TARGETS,
+        ratios=HTTP_RATIOS,
+        path="/index.html",
+        http10=True,
+        tags=frozenset({"churn"}),
     ),
 )
 
@@ -616,6 +652,8 @@ def build_loadgen() -> None:
         sys.exit("no C compiler (cc/gcc) found: install one to build benchmarks/loadgen.c")
     argv = [cc, "-O2", "-Wall", "-Wextra", "-o", str(LOADGEN), str(LOADGEN_SRC)]
     subprocess.run(argv, check=True, timeout=120)
+    argv = [cc, "-O2", "-Wall", "-Wextra", "-o", str(WEBLOAD), str(WEBLOAD_SRC)]
+    subprocess.run(argv, check=True, timeout=120)
 
 
 def probe(target: Target) -> str | None:
@@ -831,10 +869,58 @@ def wrk(server: Server, case: Case, seconds: float) -> tuple[str, float]:
     return done.stdout, used
 
 
+def run_webload(case: Case, server: Server, cfg: Settings, close_ms: float | None) -> dict[str, Any]:
+    """One webload run: `conns` clients, each looping connect, one HTTP/1.0 request, read
+    to EOF, close; warm-up and measured window in the same run (connections in flight at
+    the window's start are counted in the window they finish in)."""
+    pids = server.measured or (server.proc.pid,)
+    argv = pinned(
+        case.load_cpus,
+        [
+            str(WEBLOAD),
+            "-p",
+            str(server.port),
+            "-c",
+            str(case.conns),
+            "-t",
+            str(cfg.duration),
+            "-w",
+            str(cfg.warmup),
+            "-r",
+            case.path,
+            "-S",
+            server.pids_arg,
+            "-j",
+        ],
+    )
+    done = subprocess.run(
+        argv, capture_output=True, text=True, timeout=cfg.warmup + cfg.duration + 30, check=False
+    )
+    if done.returncode != 0 or not done.stdout.strip():
+        raise RuntimeError(f"webload exited {done.returncode}: {' '.join(argv)}\n{done.stderr}")
+    report: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    rss = [rss_kib(p) for p in pids]
+    requests = report["requests"]
+    return {
+        "rps": report["rps"],
+        "p50_us": report["latency_us"]["p50"],
+        "p99_us": report["latency_us"]["p99"],
+        "server_cpu_pct": report["server_cpu_pct"],
+        "server_us_per_req": report["server_cpu_s"] / requests * 1e6 if requests else None,
+        "loadgen_cpu_pct": report["loadgen_cpu_pct"],
+        "errors": report["failed"],
+        "rss_mib_per_worker": max(rss) / 1024 if rss else None,
+        "last_response_close_ms": close_ms,
+        "webload": report,
+    }
+
+
 def run_http(case: Case, server: Server, cfg: Settings, rep: int) -> dict[str, Any]:
     """One wrk run (after a warm-up run) against an HTTP server; the server's CPU (its
-    workers') is read from /proc around the measured run."""
+    workers') is read from /proc around the measured run. HTTP/1.0 cases run webload."""
     close_ms = check_http(server, case.path)
+    if case.http10:
+        return run_webload(case, server, cfg, close_ms)
     if cfg.warmup > 0:
         wrk(server, case, cfg.warmup)
     pids = server.measured or (server.proc.pid,)
