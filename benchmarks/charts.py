@@ -46,6 +46,8 @@ GOALS: Mapping[tuple[str, str, str], tuple[float, str]] = {
     ("http-keepalive", "trioserver-http", "nginx"): (1.0, "goal 1.0"),
     ("http-close", "trioserver-http", "nginx"): (0.8, "goal 0.8"),
     ("http-1mib", "trioserver-http", "nginx"): (0.8, "goal 0.8"),
+    ("http10-1k", "trioserver-http", "nginx"): (0.8, "goal 0.8"),
+    ("http10-8k", "trioserver-http", "nginx"): (0.8, "goal 0.8"),
     ("tls-ping-100x16", "trioserver-tls", "bare-trio-tls"): (0.8, "goal 0.8"),
     ("tls-ping-100x1", "trioserver-tls", "bare-trio-tls"): (0.8, "goal 0.8"),
     ("ws-ping-100x16", "trioserver-ws", "bare-trio-ws"): (0.8, "goal 0.8"),

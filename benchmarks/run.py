@@ -46,7 +46,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -94,6 +94,9 @@ class Target:
     # Called with the format values before the command starts (e.g. writes a config file).
     prepare: Callable[[dict[str, Any]], None] | None = None
     description: str = ""
+    # The directory it runs in (`python -m trioserver` imports the trioserver/ there);
+    # None: the repository root. `--before DIR` sets it for the "-before" target.
+    cwd: Path | None = None
 
 
 def trioserver_command(workers: int, *extra: str) -> tuple[str, ...]:
@@ -609,7 +612,7 @@ def start_server(target: Target, case: Case, logdir: Path, timeout: float) -> Se
         # which then stops every server itself, by PID, in order.
         proc = subprocess.Popen(
             pinned(case.server_cpus, argv),
-            cwd=ROOT,
+            cwd=target.cwd or ROOT,
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -869,7 +872,9 @@ def wrk(server: Server, case: Case, seconds: float) -> tuple[str, float]:
     return done.stdout, used
 
 
-def run_webload(case: Case, server: Server, cfg: Settings, close_ms: float | None) -> dict[str, Any]:
+def run_webload(
+    case: Case, server: Server, cfg: Settings, close_ms: float | None
+) -> dict[str, Any]:
     """One webload run: `conns` clients, each looping connect, one HTTP/1.0 request, read
     to EOF, close; warm-up and measured window in the same run (connections in flight at
     the window's start are counted in the window they finish in)."""
@@ -1435,7 +1440,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--targets",
         nargs="+",
         metavar="TARGET",
-        choices=list(TARGETS),
+        choices=[*TARGETS, "trioserver-http-before"],  # the last one with --before
         help="run only these targets (default: every case's own targets)",
     )
     ap.add_argument("--runs", type=int, help="runs per case (default 3, quick 1)")
@@ -1456,7 +1461,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="with --report: also draw its ratio charts, PNGs beside the file (needs matplotlib)",
     )
+    ap.add_argument(
+        "--before",
+        type=Path,
+        metavar="DIR",
+        help="also run trioserver-http from DIR (a checkout of an earlier commit, e.g. from "
+        "`git archive C trioserver | tar -x -C DIR`) as trioserver-http-before in every "
+        "HTTP case: a before/after in the same run",
+    )
     args = ap.parse_args(argv)
+    if args.before:
+        add_before_target(args.before.resolve())
 
     if args.report:
         doc = json.loads(args.report.read_text())
@@ -1614,6 +1629,30 @@ def draw_charts(results: Path, required: bool = False) -> bool:
     for path in write_charts(results):
         print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
     return True
+
+
+def add_before_target(tree: Path) -> None:
+    """trioserver-http run from `tree`, beside this checkout's, in every HTTP case."""
+    global CASES
+    if not (tree / "trioserver" / "__init__.py").is_file():
+        sys.exit(f"--before {tree}: no trioserver/ package there")
+    name = "trioserver-http-before"
+    TARGETS[name] = replace(
+        TARGETS["trioserver-http"],
+        name=name,
+        cwd=tree,
+        description=f"trioserver-http as above, its package from {tree}",
+    )
+    CASES = tuple(
+        replace(
+            c,
+            targets=(*c.targets, name),
+            ratios=(*c.ratios, ("trioserver-http", name)),
+        )
+        if c.kind == "http"
+        else c
+        for c in CASES
+    )
 
 
 def progress(case: Case, rec: dict[str, Any]) -> str:
