@@ -111,8 +111,10 @@ def group(case: str, bars: Sequence[Bar]) -> Group:
 
 def suite_charts(doc: Mapping[str, Any]) -> list[Chart]:
     """The ratio tables of a run.py result, as ``run.py --report`` prints them."""
-    summary = suite.summarise_runs(doc["runs"])
     targets = list(doc["targets"])
+    if suite.BEFORE in targets:  # a run with --before: its before/after ratio too
+        suite.add_before_target(None)
+    summary = suite.summarise_runs(doc["runs"])
     charts = []
     for kind in ("load", "workers", "http"):
         cases = [c for c in suite.CASES if c.kind == kind and c.name in summary]
@@ -141,7 +143,7 @@ def suite_caption(doc: Mapping[str, Any]) -> str:
     s = doc.get("settings", {})
     started = doc.get("started", "")
     when = f"{started[:4]}-{started[4:6]}-{started[6:8]} {started[9:11]}:{started[11:13]} UTC"
-    git = str(m.get("git", "?")).split()[0]
+    git = (str(m.get("git") or "").split() or ["?"])[0]  # "" from a tree outside git
     return (
         f"run {when}, commit {git}; {m.get('cpu_model', '?')}, {m.get('cores', '?')} cores, "
         f"kernel {m.get('kernel', '?')}, Python {m.get('python', '?')}; "

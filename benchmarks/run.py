@@ -1480,6 +1480,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{doc['started']}: {m['cpu_model']}, {m['cores']} cores, kernel {m['kernel']}, "
             f"python {m['python']}; settings {doc['settings']}"
         )
+        if BEFORE in doc["targets"]:
+            add_before_target(None)
         summary = summarise_runs(doc["runs"])  # recomputed, so new columns apply to old files
         shown = [c for c in CASES if c.name in summary]
         print("\n".join(print_tables(summary, shown, list(doc["targets"]), doc["notes"])))
@@ -1631,17 +1633,23 @@ def draw_charts(results: Path, required: bool = False) -> bool:
     return True
 
 
-def add_before_target(tree: Path) -> None:
-    """trioserver-http run from `tree`, beside this checkout's, in every HTTP case."""
+BEFORE = "trioserver-http-before"
+
+
+def add_before_target(tree: Path | None) -> None:
+    """trioserver-http run from `tree`, beside this checkout's, in every HTTP case (None:
+    only the cases' targets and ratios, to report a run made with ``--before``)."""
     global CASES
-    if not (tree / "trioserver" / "__init__.py").is_file():
+    if tree is not None and not (tree / "trioserver" / "__init__.py").is_file():
         sys.exit(f"--before {tree}: no trioserver/ package there")
-    name = "trioserver-http-before"
+    name = BEFORE
+    if any(name in c.targets for c in CASES):
+        return
     TARGETS[name] = replace(
         TARGETS["trioserver-http"],
         name=name,
         cwd=tree,
-        description=f"trioserver-http as above, its package from {tree}",
+        description=f"trioserver-http as above, its package from {tree or 'an earlier tree'}",
     )
     CASES = tuple(
         replace(
