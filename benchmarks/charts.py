@@ -46,6 +46,8 @@ GOALS: Mapping[tuple[str, str, str], tuple[float, str]] = {
     ("http-keepalive", "trioserver-http", "nginx"): (1.0, "goal 1.0"),
     ("http-close", "trioserver-http", "nginx"): (0.8, "goal 0.8"),
     ("http-1mib", "trioserver-http", "nginx"): (0.8, "goal 0.8"),
+    ("http10-1k", "trioserver-http", "nginx"): (0.8, "goal 0.8"),
+    ("http10-8k", "trioserver-http", "nginx"): (0.8, "goal 0.8"),
     ("tls-ping-100x16", "trioserver-tls", "bare-trio-tls"): (0.8, "goal 0.8"),
     ("tls-ping-100x1", "trioserver-tls", "bare-trio-tls"): (0.8, "goal 0.8"),
     ("ws-ping-100x16", "trioserver-ws", "bare-trio-ws"): (0.8, "goal 0.8"),
@@ -109,8 +111,10 @@ def group(case: str, bars: Sequence[Bar]) -> Group:
 
 def suite_charts(doc: Mapping[str, Any]) -> list[Chart]:
     """The ratio tables of a run.py result, as ``run.py --report`` prints them."""
-    summary = suite.summarise_runs(doc["runs"])
     targets = list(doc["targets"])
+    if suite.BEFORE in targets:  # a run with --before: its before/after ratio too
+        suite.add_before_target(None)
+    summary = suite.summarise_runs(doc["runs"])
     charts = []
     for kind in ("load", "workers", "http"):
         cases = [c for c in suite.CASES if c.kind == kind and c.name in summary]
@@ -139,7 +143,7 @@ def suite_caption(doc: Mapping[str, Any]) -> str:
     s = doc.get("settings", {})
     started = doc.get("started", "")
     when = f"{started[:4]}-{started[4:6]}-{started[6:8]} {started[9:11]}:{started[11:13]} UTC"
-    git = str(m.get("git", "?")).split()[0]
+    git = (str(m.get("git") or "").split() or ["?"])[0]  # "" from a tree outside git
     return (
         f"run {when}, commit {git}; {m.get('cpu_model', '?')}, {m.get('cores', '?')} cores, "
         f"kernel {m.get('kernel', '?')}, Python {m.get('python', '?')}; "

@@ -49,7 +49,8 @@ daemon off;
 master_process on;
 pid {tmp}/nginx.pid;
 error_log {tmp}/nginx-error.log warn;
-events {{ worker_connections 4096; }}
+worker_rlimit_nofile 20000;
+events {{ worker_connections 20000; }}
 http {{
     access_log off;
     sendfile on;
@@ -63,7 +64,7 @@ http {{
     scgi_temp_path {tmp}/scgi;
     types {{ text/html html; application/octet-stream bin; }}
     server {{
-        listen 127.0.0.1:{port};
+        listen 127.0.0.1:{port} backlog=4096;
         root {root};
         index index.html;
     }}

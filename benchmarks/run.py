@@ -46,7 +46,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -54,6 +54,8 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 LOADGEN_SRC = BENCH / "loadgen.c"
 LOADGEN = BENCH / "build" / "loadgen"
+WEBLOAD_SRC = BENCH / "webload.c"
+WEBLOAD = BENCH / "build" / "webload"
 RESULTS = BENCH / "results"
 HOST = "127.0.0.1"  # the only address load is ever sent to
 SERVER_CPU = "0"
@@ -92,6 +94,9 @@ class Target:
     # Called with the format values before the command starts (e.g. writes a config file).
     prepare: Callable[[dict[str, Any]], None] | None = None
     description: str = ""
+    # The directory it runs in (`python -m trioserver` imports the trioserver/ there);
+    # None: the repository root. `--before DIR` sets it for the "-before" target.
+    cwd: Path | None = None
 
 
 def trioserver_command(workers: int, *extra: str) -> tuple[str, ...]:
@@ -230,6 +235,16 @@ TARGETS: dict[str, Target] = {
                 "--set",
                 "http.document_root={docroot}",
             ),
+            # Many clients at once: room for every one of them, and the listen backlog
+            # nginx and the bare baseline get (4096).
+            tag_args={
+                "churn": (
+                    "--set",
+                    "server.max_connections={conns}",
+                    "--set",
+                    "server.backlog=4096",
+                )
+            },
             probe=TRIOSERVER_PROBE,
             needs=("wrk",),
             forks_workers=True,
@@ -285,6 +300,8 @@ class Case:
     load_cpus: str | None = LOAD_CPU
     path: str = ""  # http: the URL path
     close: bool = False  # http: every request says "Connection: close"
+    # http: webload instead of wrk: `conns` clients, each one HTTP/1.0 request per connection
+    http10: bool = False
 
 
 CASES: tuple[Case, ...] = (
@@ -366,6 +383,28 @@ CASES: tuple[Case, ...] = (
         targets=HTTP_TARGETS,
         ratios=HTTP_RATIOS,
         path="/1m.bin",
+    ),
+    Case(
+        "http10-1k",
+        "http",
+        "webload -c 1000: HTTP/1.0, one request per connection (webbench's pattern), 1 KiB",
+        conns=1000,
+        targets=HTTP_TARGETS,
+        ratios=HTTP_RATIOS,
+        path="/index.html",
+        http10=True,
+        tags=frozenset({"churn"}),
+    ),
+    Case(
+        "http10-8k",
+        "http",
+        "webload -c 8000: HTTP/1.0, one request per connection (webbench's pattern), 1 KiB",
+        conns=8000,
+        targets=HTTP_TARGETS,
+        ratios=HTTP_RATIOS,
+        path="/index.html",
+        http10=True,
+        tags=frozenset({"churn"}),
     ),
 )
 
@@ -573,7 +612,7 @@ def start_server(target: Target, case: Case, logdir: Path, timeout: float) -> Se
         # which then stops every server itself, by PID, in order.
         proc = subprocess.Popen(
             pinned(case.server_cpus, argv),
-            cwd=ROOT,
+            cwd=target.cwd or ROOT,
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -615,6 +654,8 @@ def build_loadgen() -> None:
     if not cc:
         sys.exit("no C compiler (cc/gcc) found: install one to build benchmarks/loadgen.c")
     argv = [cc, "-O2", "-Wall", "-Wextra", "-o", str(LOADGEN), str(LOADGEN_SRC)]
+    subprocess.run(argv, check=True, timeout=120)
+    argv = [cc, "-O2", "-Wall", "-Wextra", "-o", str(WEBLOAD), str(WEBLOAD_SRC)]
     subprocess.run(argv, check=True, timeout=120)
 
 
@@ -831,10 +872,60 @@ def wrk(server: Server, case: Case, seconds: float) -> tuple[str, float]:
     return done.stdout, used
 
 
+def run_webload(
+    case: Case, server: Server, cfg: Settings, close_ms: float | None
+) -> dict[str, Any]:
+    """One webload run: `conns` clients, each looping connect, one HTTP/1.0 request, read
+    to EOF, close; warm-up and measured window in the same run (connections in flight at
+    the window's start are counted in the window they finish in)."""
+    pids = server.measured or (server.proc.pid,)
+    argv = pinned(
+        case.load_cpus,
+        [
+            str(WEBLOAD),
+            "-p",
+            str(server.port),
+            "-c",
+            str(case.conns),
+            "-t",
+            str(cfg.duration),
+            "-w",
+            str(cfg.warmup),
+            "-r",
+            case.path,
+            "-S",
+            server.pids_arg,
+            "-j",
+        ],
+    )
+    done = subprocess.run(
+        argv, capture_output=True, text=True, timeout=cfg.warmup + cfg.duration + 30, check=False
+    )
+    if done.returncode != 0 or not done.stdout.strip():
+        raise RuntimeError(f"webload exited {done.returncode}: {' '.join(argv)}\n{done.stderr}")
+    report: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    rss = [rss_kib(p) for p in pids]
+    requests = report["requests"]
+    return {
+        "rps": report["rps"],
+        "p50_us": report["latency_us"]["p50"],
+        "p99_us": report["latency_us"]["p99"],
+        "server_cpu_pct": report["server_cpu_pct"],
+        "server_us_per_req": report["server_cpu_s"] / requests * 1e6 if requests else None,
+        "loadgen_cpu_pct": report["loadgen_cpu_pct"],
+        "errors": report["failed"],
+        "rss_mib_per_worker": max(rss) / 1024 if rss else None,
+        "last_response_close_ms": close_ms,
+        "webload": report,
+    }
+
+
 def run_http(case: Case, server: Server, cfg: Settings, rep: int) -> dict[str, Any]:
     """One wrk run (after a warm-up run) against an HTTP server; the server's CPU (its
-    workers') is read from /proc around the measured run."""
+    workers') is read from /proc around the measured run. HTTP/1.0 cases run webload."""
     close_ms = check_http(server, case.path)
+    if case.http10:
+        return run_webload(case, server, cfg, close_ms)
     if cfg.warmup > 0:
         wrk(server, case, cfg.warmup)
     pids = server.measured or (server.proc.pid,)
@@ -1349,7 +1440,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--targets",
         nargs="+",
         metavar="TARGET",
-        choices=list(TARGETS),
+        choices=[*TARGETS, "trioserver-http-before"],  # the last one with --before
         help="run only these targets (default: every case's own targets)",
     )
     ap.add_argument("--runs", type=int, help="runs per case (default 3, quick 1)")
@@ -1370,7 +1461,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="with --report: also draw its ratio charts, PNGs beside the file (needs matplotlib)",
     )
+    ap.add_argument(
+        "--before",
+        type=Path,
+        metavar="DIR",
+        help="also run trioserver-http from DIR (a checkout of an earlier commit, e.g. from "
+        "`git archive C trioserver | tar -x -C DIR`) as trioserver-http-before in every "
+        "HTTP case: a before/after in the same run",
+    )
     args = ap.parse_args(argv)
+    if args.before:
+        add_before_target(args.before.resolve())
 
     if args.report:
         doc = json.loads(args.report.read_text())
@@ -1379,6 +1480,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{doc['started']}: {m['cpu_model']}, {m['cores']} cores, kernel {m['kernel']}, "
             f"python {m['python']}; settings {doc['settings']}"
         )
+        if BEFORE in doc["targets"]:
+            add_before_target(None)
         summary = summarise_runs(doc["runs"])  # recomputed, so new columns apply to old files
         shown = [c for c in CASES if c.name in summary]
         print("\n".join(print_tables(summary, shown, list(doc["targets"]), doc["notes"])))
@@ -1528,6 +1631,36 @@ def draw_charts(results: Path, required: bool = False) -> bool:
     for path in write_charts(results):
         print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
     return True
+
+
+BEFORE = "trioserver-http-before"
+
+
+def add_before_target(tree: Path | None) -> None:
+    """trioserver-http run from `tree`, beside this checkout's, in every HTTP case (None:
+    only the cases' targets and ratios, to report a run made with ``--before``)."""
+    global CASES
+    if tree is not None and not (tree / "trioserver" / "__init__.py").is_file():
+        sys.exit(f"--before {tree}: no trioserver/ package there")
+    name = BEFORE
+    if any(name in c.targets for c in CASES):
+        return
+    TARGETS[name] = replace(
+        TARGETS["trioserver-http"],
+        name=name,
+        cwd=tree,
+        description=f"trioserver-http as above, its package from {tree or 'an earlier tree'}",
+    )
+    CASES = tuple(
+        replace(
+            c,
+            targets=(*c.targets, name),
+            ratios=(*c.ratios, ("trioserver-http", name)),
+        )
+        if c.kind == "http"
+        else c
+        for c in CASES
+    )
 
 
 def progress(case: Case, rec: dict[str, Any]) -> str:

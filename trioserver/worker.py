@@ -640,7 +640,8 @@ class Worker:
                 if cap_key is not None:
                     self.caps.release(cap_key)
                 self.recycler.rest(slot)
-            self._http_closed.unpark_all()
+            if self._http_closed:  # someone waits in wait_http_connections
+                self._http_closed.unpark_all()
         if websocket is None:
             return
         assert self._websocket is not None

@@ -194,7 +194,13 @@ async def serve_http(
         log.exception("HTTP connection failed; closing it")
     finally:
         if upgraded is None:
-            await transport.aclose()
+            if type(transport) is SocketTransport:
+                # This task was the socket's only user and waits on it no more, so trio's
+                # notify_closing (a waiter record, an exception object and an epoll_ctl
+                # that closing does anyway) has nobody to wake.
+                transport.sock.close()
+            else:
+                await transport.aclose()
     return upgraded
 
 
@@ -215,7 +221,7 @@ async def serve_http_socket(
     state: HttpConnectionState | None = None,
 ) -> None:
     """:func:`serve_http` on a connected, non-blocking standard socket (closed when this
-    returns, after ``trio.lowlevel.notify_closing``)."""
+    returns)."""
     await serve_http(SocketTransport(sock), app, settings, state)
 
 
@@ -307,7 +313,8 @@ class _Connection:
         #: When the current wait really ends (header or idle deadline). The scope's
         #: deadline is never later than this while reading (see :meth:`serve`).
         self.deadline = 0.0
-        self.scope = trio.CancelScope()
+        #: The current deadline scope: entered by :meth:`serve` before the loop reads it.
+        self.scope: trio.CancelScope
         #: The number of the request whose header clock is running.
         self.head_started = 1
         self.outcome = _Outcome.CLOSE
