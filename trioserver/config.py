@@ -48,6 +48,7 @@ __all__ = [
     "environment_settings",
     "load_config",
     "parse_address",
+    "worker_count",
 ]
 
 T = TypeVar("T")
@@ -1250,6 +1251,16 @@ def environment_settings(environ: Mapping[str, str]) -> list[tuple[str, str, str
             )
         found.append((variable, section, name, _parse_value(environ[variable])))
     return found
+
+
+def worker_count(config: Config) -> int:
+    """``master.workers``, with 0 meaning one per CPU this process may run on."""
+    if config.master.workers:
+        return config.master.workers
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
 
 
 def load_config(

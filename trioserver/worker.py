@@ -42,59 +42,38 @@ drain instead of killing connections mid-reply.
 
 from __future__ import annotations
 
-import errno
 import logging
 import math
 import os
 import secrets
-import socket as stdlib_socket
 from collections.abc import Sequence
-from typing import Final
 
 import attrs
 import trio
 
+from .acceptor import Acceptor, Given
 from .bus import RedisBus
-from .config import Config
+from .config import Config, worker_count
 from .connection import Connection, Shared
 from .dispatch import MessageQueue
 from .events import Events, run_worker_tasks
 from .handlers import Services, default_router
 from .handlers.router import Router
-from .http import HttpConnectionState, StaticSite, refuse_http_connection, serve_http
-from .http.websocket import WebSocketPolicy
 from .hub import Hub
 from .mesh import Mesh, mesh_supported
 from .messages import MessageCode
 from .netcaps import NetworkCaps
-from .nursery_pool import ConnectionPool, Slot
+from .nursery_pool import ConnectionPool
 from .outbox import DeferredFlusher
-from .peer import Peer
 from .proxy_protocol import ProxyPolicy
-from .sockets import BoundListener, Listener, addresses_of, open_listeners, stop_queueing
+from .sockets import BoundListener, Listener, open_listeners
 from .stats import Counters, WorkerStatistics
 from .timers import ConnectionRules, RecycleTimer
 from .tls import ServerTls, load_config_tls
-from .tls_transport import TlsUpgrade
-from .transport import SocketTransport, Transport, as_transport, peer_of_stream
-from .ws_transport import WebSocketTransport
 
 __all__ = ["BoundListener", "Worker", "open_listeners", "run_worker", "serve_until_signalled"]
 
 log = logging.getLogger("trioserver.worker")
-
-#: accept() errors that mean "out of a resource, try again later" (trio's own list).
-_CAPACITY_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
-#: Back-off after a capacity error: starts small, doubles, capped (never spins).
-_BACKOFF_START: Final = 0.1
-_BACKOFF_MAX: Final = 1.0
-#: Connections accepted in a row before the accept loop yields: a burst of new
-#: clients is taken in a few scheduler passes, not one pass per client.
-_ACCEPT_BURST: Final = 64
-#: Connection tasks' names, given rather than left to trio, which would format the
-#: same string anew for every task: 85 bytes per idle connection.
-_TASK_NAME: Final = "trioserver.connection"
-_HTTP_TASK_NAME: Final = "trioserver.http.connection"
 
 
 class Worker:
@@ -202,36 +181,32 @@ class Worker:
             hub=self.hub,
             id_prefix=self.hub.prefix,
         )
-        self._given_listeners = list(listeners) if listeners is not None else None
-        if http_listeners is not None:
-            self._given_http: list[Listener] | None = list(http_listeners)
-        else:
-            self._given_http = [] if listeners is not None else None
-        self._listeners: list[Listener] = []
-        self._http_listeners: list[Listener] = []
-        given = listeners is not None
-        self._given_tls = list(tls_listeners) if tls_listeners is not None else None
-        self._given_https = list(https_listeners) if https_listeners is not None else None
-        if given:
-            self._given_tls = self._given_tls or []
-            self._given_https = self._given_https or []
-        self._tls_listeners: list[Listener] = []
-        self._https_listeners: list[Listener] = []
-        self.tls = tls
-        self._site: StaticSite | None = None
-        #: What makes a request on the HTTP port a WebSocket (None: WebSocket is off).
-        self._websocket: WebSocketPolicy | None = None
-        #: The open HTTP connections by slot, oldest first (what ``_give_up_idle_http`` reads).
-        self._http_connections: dict[int, HttpConnectionState] = {}
-        #: Free slots below which idle HTTP keep-alive connections are given up.
-        self._http_reserve = int(server.max_connections * config.http.keep_alive_reserve)
-        self._http_closed = trio.lowlevel.ParkingLot()
-        self._accept_scope = trio.CancelScope()
-        #: The accept loops take what is queued before they close their sockets.
-        self._take_queued = False
-        #: Listening sockets this worker bound itself (no other process holds them).
-        self._own_sockets: list[stdlib_socket.socket] = []
-        self._conn_nursery: trio.Nursery | None = None
+        given_tls: Given = list(tls_listeners) if tls_listeners is not None else None
+        given_https: Given = list(https_listeners) if https_listeners is not None else None
+        given_http: Given = list(http_listeners) if http_listeners is not None else None
+        if listeners is not None:  # given listeners: the worker binds nothing itself
+            given_http, given_tls, given_https = (
+                given_http or [],
+                given_tls or [],
+                given_https or [],
+            )
+        self._given = (
+            list(listeners) if listeners is not None else None,
+            given_http,
+            given_tls,
+            given_https,
+        )
+        #: The listeners and the connections they let in (acceptor.py).
+        self.acceptor = Acceptor(
+            config,
+            index=index,
+            pool=self.pool,
+            recycler=self.recycler,
+            counters=self.counters,
+            shared=self.shared,
+            caps=self.caps,
+            tls=tls,
+        )
         self._drain_deadline = math.inf
         self._stopped = trio.Event()
 
@@ -240,22 +215,27 @@ class Worker:
     @property
     def addresses(self) -> list[tuple[str, int]]:
         """The (host, port) each binary-protocol socket is bound to (port 0 resolved)."""
-        return addresses_of(self._listeners)
+        return self.acceptor.addresses
 
     @property
     def http_addresses(self) -> list[tuple[str, int]]:
         """The (host, port) each HTTP socket is bound to."""
-        return addresses_of(self._http_listeners)
+        return self.acceptor.http_addresses
 
     @property
     def tls_addresses(self) -> list[tuple[str, int]]:
         """The (host, port) each binary-protocol-over-TLS socket is bound to."""
-        return addresses_of(self._tls_listeners)
+        return self.acceptor.tls_addresses
 
     @property
     def https_addresses(self) -> list[tuple[str, int]]:
         """The (host, port) each HTTPS socket is bound to."""
-        return addresses_of(self._https_listeners)
+        return self.acceptor.https_addresses
+
+    @property
+    def tls(self) -> ServerTls | None:
+        """The TLS contexts the TLS listeners serve (None: no TLS)."""
+        return self.acceptor.tls
 
     @property
     def stopping(self) -> bool:
@@ -268,13 +248,11 @@ class Worker:
     @property
     def http_connection_count(self) -> int:
         """How many HTTP connections are open."""
-        return len(self._http_connections)
+        return len(self.acceptor.http_connections)
 
     async def wait_http_connections(self, at_most: int = 0) -> None:
         """Wait until at most ``at_most`` HTTP connections are open (woken as each closes)."""
-        while len(self._http_connections) > at_most:
-            await self._http_closed.park()
-        await trio.lowlevel.checkpoint()
+        await self.acceptor.wait_http_connections(at_most)
 
     def statistics(self) -> WorkerStatistics:
         conns = self.shared.connections.values()
@@ -289,16 +267,9 @@ class Worker:
         return attrs.evolve(stats, hub=self.hub.statistics().counters())
 
     def take_queued(self) -> None:
-        """Have the stop accept what the listening sockets have queued before closing them.
-
-        For the final stop, when no other process will accept from these sockets: the
-        sockets this worker bound itself start no new handshake now; sockets it was
-        given must have been told so by their owner (the master does it).
-        """
-        if not self._take_queued:
-            self._take_queued = True
-            for sock in self._own_sockets:
-                stop_queueing(sock)
+        """Have the stop accept what the listening sockets have queued (a final stop):
+        see :meth:`Acceptor.take_queued <trioserver.acceptor.Acceptor.take_queued>`."""
+        self.acceptor.take_queued()
 
     def stop(self, grace: float | None = None, *, take_queued: bool = False) -> None:
         """Drain: stop accepting and reading, finish and flush, close after ``grace``.
@@ -317,21 +288,19 @@ class Worker:
             log.info(
                 "worker %d stopping: %d connections get %.1f s to finish",
                 self.index,
-                len(shared.connections) + len(self._http_connections),
+                len(shared.connections) + len(self.acceptor.http_connections),
                 grace,
             )
-            self._accept_scope.cancel()
+            self.acceptor.stop()  # no more accepting; idle HTTP connections close now
             if self._app_scope is not None:
                 self._app_scope.cancel()  # application tasks (on_worker_start) end now
             if self._mesh is not None:
                 self._mesh.stop_listening()  # the next worker of this slot takes the name
             for conn in list(shared.connections.values()):
                 conn.drain(now)
-            for state in self._http_connections.values():
-                state.stop()  # idle ones close now; a sending one after its answers
         self._drain_deadline = min(self._drain_deadline, now + grace)
-        if self._conn_nursery is not None:
-            self._conn_nursery.cancel_scope.deadline = self._drain_deadline
+        if self.acceptor.nursery is not None:
+            self.acceptor.nursery.cancel_scope.deadline = self._drain_deadline
 
     async def wait_stopped(self) -> None:
         """Wait until the worker has stopped: every connection closed and counted."""
@@ -343,37 +312,11 @@ class Worker:
         """Serve until ``stop()`` or cancellation, then drain; ``started`` once accepting."""
         # Codes no route serves share one counter key: clients cannot choose series.
         self.counters.serve_codes(self.router.routes, fold=self.config.metrics.fold_unknown_codes)
-        backlog = self.config.server.backlog
-        config = self.config
-        if self.tls is None and (
-            self._given_tls or self._given_https or self._given_listeners is None
-        ):
-            self.tls = load_config_tls(config)  # raises TlsSetupError (an OSError)
-        bound: list[Listener] = []
-        try:
-            for given, addresses, attribute in (
-                (self._given_listeners, config.server.listen, "_listeners"),
-                (self._given_http, config.http.listen, "_http_listeners"),
-                (self._given_tls, config.server.tls_listen, "_tls_listeners"),
-                (self._given_https, config.http.tls_listen, "_https_listeners"),
-            ):
-                if given is not None:
-                    setattr(self, attribute, list(given))
-                else:
-                    opened = list(await open_listeners(addresses, backlog))
-                    bound.extend(opened)
-                    self._own_sockets.extend(b.sock for b in opened)
-                    setattr(self, attribute, opened)
-        except BaseException:
-            for listener in bound:
-                if isinstance(listener, BoundListener):
-                    listener.sock.close()
-            raise
-        if (self._tls_listeners or self._https_listeners) and self.tls is None:
-            raise ValueError("TLS listeners given without tls= (or a [tls] certificate)")
-        if self._http_listeners or self._https_listeners:
-            self._site = StaticSite.from_settings(self.config.http)
-            self._websocket = WebSocketPolicy.from_settings(self.config.http)
+        acceptor = self.acceptor
+        listeners, _, given_tls, given_https = self._given
+        if acceptor.tls is None and (given_tls or given_https or listeners is None):
+            acceptor.tls = load_config_tls(self.config)  # raises TlsSetupError (an OSError)
+        await acceptor.bind(self._given)
         async with trio.open_nursery() as outer:
             await outer.start(self._run)
             task_status.started(self)
@@ -390,7 +333,6 @@ class Worker:
 
     async def _run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         from .accounts import open_accounts
-        from .prefork.master import worker_count
 
         # The worker opens (and closes) the store [accounts] names unless the embedder
         # put a service in ``services.accounts``; with no url, accounts answer
@@ -420,21 +362,22 @@ class Worker:
                         if self.shared.stopping:
                             self._app_scope.cancel()
                     async with trio.open_nursery() as conns:
-                        self._conn_nursery = conns
+                        self.acceptor.nursery = conns
                         self.shared.nursery = conns
                         conns.cancel_scope.deadline = self._drain_deadline
-                        await conns.start(self._accept_all)
+                        await conns.start(self.acceptor.run)
                         log.info(
                             "worker %d serving the binary protocol on %s%s",
                             self.index,
                             ", ".join(f"{h}:{p}" for h, p in self.addresses) or "memory",
                             "".join(f", HTTP on {h}:{p}" for h, p in self.http_addresses),
                         )
-                        if self.tls is not None and (self._tls_listeners or self._https_listeners):
+                        tls = self.acceptor.tls
+                        if tls is not None and (self.tls_addresses or self.https_addresses):
                             log.info(
                                 "worker %d serving TLS (%s) on %s",
                                 self.index,
-                                self.tls.description or "certificate loaded",
+                                tls.description or "certificate loaded",
                                 ", ".join(
                                     f"{h}:{p}" for h, p in self.tls_addresses + self.https_addresses
                                 )
@@ -450,232 +393,6 @@ class Worker:
                 with trio.CancelScope(shield=True):
                     await owned_accounts.aclose()
             self._stopped.set()
-
-    async def _accept_all(self, *, task_status: trio.TaskStatus[None]) -> None:
-        """Run one accept loop per listener until ``stop()`` cancels them all."""
-        with self._accept_scope:
-            async with trio.open_nursery() as nursery:
-                for listener in self._listeners:
-                    nursery.start_soon(self._accept_loop, listener, False)
-                for listener in self._http_listeners:
-                    nursery.start_soon(self._accept_loop, listener, True)
-                if self.tls is not None:
-                    tls, counters = self.tls, self.counters
-                    conns = self._conn_nursery
-                    binary = TlsUpgrade(tls.binary, tls.handshake_timeout, counters, conns)
-                    https = TlsUpgrade(tls.https, tls.handshake_timeout, counters, conns)
-                    for listener in self._tls_listeners:
-                        nursery.start_soon(self._accept_loop, listener, False, binary)
-                    for listener in self._https_listeners:
-                        nursery.start_soon(self._accept_loop, listener, True, https)
-                task_status.started()
-
-    async def _accept_loop(
-        self, listener: Listener, http: bool, upgrade: TlsUpgrade | None = None
-    ) -> None:
-        backoff = _BACKOFF_START
-        burst = 0
-        try:
-            while True:
-                try:
-                    if isinstance(listener, BoundListener):
-                        try:
-                            raw, address = listener.sock.accept()
-                        except BlockingIOError:
-                            burst = 0
-                            await trio.lowlevel.wait_readable(listener.sock)
-                            continue
-                        transport: Transport = _socket_transport(raw)
-                        peer = Peer.from_sockaddr(address)
-                        burst += 1
-                    else:
-                        stream = await listener.accept()
-                        transport = as_transport(stream)
-                        peer = peer_of_stream(stream)
-                except OSError as exc:
-                    if exc.errno not in _CAPACITY_ERRNOS:
-                        raise
-                    self.counters.accept_errors += 1
-                    log.warning(
-                        "accept failed (%s); backing off %.1f s: raise the open-file "
-                        "limit or lower server.max_connections",
-                        errno.errorcode.get(exc.errno or 0, exc.errno),
-                        backoff,
-                    )
-                    await trio.sleep(backoff)
-                    backoff = min(backoff * 2, _BACKOFF_MAX)
-                    continue
-                backoff = _BACKOFF_START
-                self._admit(transport, peer, http, upgrade)
-                if burst >= _ACCEPT_BURST:  # fairness in an accept storm
-                    burst = 0
-                    await trio.lowlevel.checkpoint()
-        finally:
-            if self._take_queued and isinstance(listener, BoundListener):
-                self._accept_queued(listener, http, upgrade)
-            with trio.CancelScope(shield=True):
-                if isinstance(listener, BoundListener):
-                    await trio.aclose_forcefully(listener.listener)
-                else:
-                    await trio.aclose_forcefully(listener)
-
-    def _accept_queued(
-        self, listener: BoundListener, http: bool, upgrade: TlsUpgrade | None
-    ) -> None:
-        """Accept every connection ``listener`` has queued, for the drain.
-
-        Bounded: the socket starts no new handshake by now, so its queue holds at
-        most ``server.backlog`` connections and the few whose handshake was under way.
-        """
-        taken = 0
-        for _ in range(self.config.server.backlog + _ACCEPT_BURST):
-            try:
-                raw, address = listener.sock.accept()
-            except OSError:  # BlockingIOError: the queue is empty
-                break
-            self._admit(_socket_transport(raw), Peer.from_sockaddr(address), http, upgrade)
-            taken += 1
-        if taken:
-            log.info("worker %d: %d queued connections accepted for the drain", self.index, taken)
-
-    def _admit(
-        self, transport: Transport, peer: Peer, http: bool, upgrade: TlsUpgrade | None = None
-    ) -> None:
-        """Give a new connection a slot and its task, or refuse it (counted).
-
-        Its network is counted against ``max_connections_per_network`` here, before
-        a slot is taken, unless a PROXY header is to name the client: then the
-        connection counts it once the header is read.
-        """
-        nursery = self._conn_nursery
-        assert nursery is not None
-        key = None
-        caps = self.shared.caps
-        if caps is not None and (http or self.shared.proxy is None):
-            key = caps.key(peer)
-            if key is not None and not caps.admit(key):
-                self.counters.refuse_network(peer, key, caps.limit)
-                self._refuse(nursery, transport, http, upgrade)
-                return
-        slot = self.pool.acquire()
-        if self._http_connections and self.pool.free <= self._http_reserve:
-            self._give_up_idle_http()
-        if slot is None:
-            if key is not None:
-                self.caps.release(key)
-            self.counters.refuse()
-            self._refuse(nursery, transport, http, upgrade)
-            return
-        self.counters.accepted += 1
-        if http:
-            nursery.start_soon(
-                self._http_connection, transport, peer, slot, upgrade, key, name=_HTTP_TASK_NAME
-            )
-        else:
-            conn = Connection(slot, transport, peer, self.shared, upgrade)
-            conn.cap_key = key
-            self.shared.connections[slot.index] = conn
-            if self.shared.stopping:  # taken from the queue in the drain: its first request
-                conn.drain(trio.current_time())
-            nursery.start_soon(conn.serve, name=_TASK_NAME)
-
-    def _give_up_idle_http(self, most: int = 2, scan: int = 64) -> None:
-        """Close up to ``most`` idle HTTP keep-alive connections, oldest first.
-
-        Two per arrival: faster than connections arrive, so a pool held by idle
-        keep-alive connections is soon free again. ``scan`` bounds the look
-        (the oldest connections are the ones most likely idle).
-        """
-        for index, state in enumerate(self._http_connections.values()):
-            if index >= scan or most <= 0:
-                break
-            if state.idle:
-                state.give_up()
-                self.counters.http_given_up += 1
-                most -= 1
-
-    @staticmethod
-    def _refuse(
-        nursery: trio.Nursery, transport: Transport, http: bool, upgrade: TlsUpgrade | None
-    ) -> None:
-        """Close a refused connection: plain HTTP gets a 503, the rest a close."""
-        if http and upgrade is None:
-            nursery.start_soon(refuse_http_connection, transport)
-        elif isinstance(transport, SocketTransport):
-            transport.close()  # at once: a refused socket costs no task
-        else:
-            nursery.start_soon(transport.aclose)
-
-    async def _http_connection(
-        self,
-        transport: Transport,
-        peer: Peer,
-        slot: Slot,
-        upgrade: TlsUpgrade | None = None,
-        cap_key: str | None = None,
-    ) -> None:
-        """One HTTP connection: it holds a slot of the shared pool, and its count
-        under ``cap_key`` in the network caps, while it lives (an HTTPS one
-        handshakes first, in this task). A WebSocket handshake turns it into a
-        binary-protocol connection in the same slot, count and task."""
-        assert self._site is not None
-        state = HttpConnectionState(
-            draining=self.shared.stopping, by_status=self.counters.http_by_status
-        )
-        self._http_connections[slot.index] = state
-        websocket = None
-        try:
-            if upgrade is not None:
-                secured = await upgrade(transport, b"", _HttpName(peer, slot))
-                if secured is None:
-                    await transport.aclose()
-                    return
-                transport = secured
-            websocket = await serve_http(
-                transport, self._site, self.config.http, state, peer=peer, websocket=self._websocket
-            )
-        finally:
-            del self._http_connections[slot.index]
-            if websocket is None:
-                if cap_key is not None:
-                    self.caps.release(cap_key)
-                self.recycler.rest(slot)
-            if self._http_closed:  # someone waits in wait_http_connections
-                self._http_closed.unpark_all()
-        if websocket is None:
-            return
-        assert self._websocket is not None
-        ws = WebSocketTransport(
-            transport,
-            websocket.trailing,
-            max_message=self._websocket.max_message,
-            subprotocol=websocket.accepted.subprotocol,
-        )
-        conn = Connection(slot, ws, peer, self.shared)
-        conn.cap_key = cap_key  # released when it closes
-        self.shared.connections[slot.index] = conn
-        if self.shared.stopping:  # the drain began during the handshake: it ends it too
-            conn.drain(trio.current_time())
-        await conn.serve(proxy_header=False)  # it rests the slot when it closes
-
-
-def _socket_transport(raw: stdlib_socket.socket) -> SocketTransport:
-    """The transport of a freshly accepted socket."""
-    raw.setblocking(False)
-    raw.setsockopt(stdlib_socket.IPPROTO_TCP, stdlib_socket.TCP_NODELAY, 1)
-    return SocketTransport(raw)
-
-
-@attrs.frozen
-class _HttpName:
-    """An HTTP connection as the TLS upgrade names it in a log line."""
-
-    peer: Peer
-    slot: Slot
-
-    @property
-    def id(self) -> str:
-        return f"http {self.slot.index}#{self.slot.sequence}"
 
 
 def run_worker(

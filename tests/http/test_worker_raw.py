@@ -2,7 +2,8 @@
 
 The worker accepts a raw standard socket and serves it through the socket transport,
 without a trio ``SocketStream``; these tests would fail if it fell back to the
-stream transport (``as_transport``, which wraps accepted streams, is replaced by a trap).
+stream transport (``as_transport``, with which the acceptor wraps accepted streams,
+is replaced by a trap).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ async def worker(
     async def trap(*args: object, **kwargs: object) -> None:
         raise AssertionError("the worker used the stream adapter, not the raw socket")
 
-    monkeypatch.setattr("trioserver.worker.as_transport", trap)
+    monkeypatch.setattr("trioserver.acceptor.as_transport", trap)
     config = Config().replace(
         server__listen=(Address("127.0.0.1", 0),),
         http__listen=(Address("127.0.0.1", 0),),

@@ -45,7 +45,6 @@ import collections
 import enum
 import logging
 import math
-import os
 import signal
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -53,7 +52,7 @@ from typing import Final
 
 import attrs
 
-from ..config import Address, Config, ConfigError, LoggingSettings
+from ..config import Address, Config, ConfigError, LoggingSettings, worker_count
 from ..ops.metrics import Gatherer
 from .procs import (
     READY,
@@ -122,16 +121,6 @@ class ExitCode(enum.IntEnum):
     BOOT_FAILED = 3
     #: Too many workers died within crash_window.
     CRASH_LOOP = 4
-
-
-def worker_count(config: Config) -> int:
-    """``master.workers``, with 0 meaning one per CPU this process may run on."""
-    if config.master.workers:
-        return config.master.workers
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
 
 
 @attrs.define(eq=False)
