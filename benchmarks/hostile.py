@@ -7,6 +7,7 @@
     python benchmarks/hostile.py logflood    # log bytes per minute under a garbage flood
     python benchmarks/hostile.py http        # statuses for Host, If-Modified-Since, fragments
     python benchmarks/hostile.py proxyunix   # the peer a UNIX-family PROXY v2 header gets
+    python benchmarks/hostile.py idlepool    # new binary clients under 16,000 idle HTTP ones
 
 Each case starts ``python -m trioserver`` (2 workers, loopback, port 0) in a temporary
 directory with a session of its own, drives it from this process on 127.0.0.1 only,
@@ -21,8 +22,10 @@ import collections
 import concurrent.futures
 import contextlib
 import os
+import platform
 import random
 import re
+import resource
 import signal
 import socket
 import struct
@@ -234,12 +237,132 @@ def case_proxyunix(tmp: Path) -> None:
         print(f"proxyunix: a UNIX-family header with empty addresses -> peer {found.group(1)!r}")
 
 
+def open_idle_http(port: int, count: int, stop: float) -> list[socket.socket]:
+    """``count`` keep-alive HTTP connections, each after one answered request (the ones
+    the server turned away are closed and not returned)."""
+    request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+    opened: list[socket.socket] = []
+    for _ in range(count):
+        if time.monotonic() > stop:
+            break
+        try:
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            sock.sendall(request)
+        except OSError:
+            continue
+        opened.append(sock)
+    kept = []
+    for sock in opened:  # read each answer: 200 stays open (keep-alive), 503 closes
+        try:
+            head = sock.recv(65536)
+        except OSError:
+            head = b""
+        if head.startswith(b"HTTP/1.1 200"):
+            kept.append(sock)
+        else:
+            sock.close()
+    return kept
+
+
+def binary_clients(port: int, count: int) -> tuple[list[socket.socket], int]:
+    """``count`` new binary clients that connect and ping: (the answered, held open; refused)."""
+    held, refused = [], 0
+    for _ in range(count):
+        try:
+            sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+            sock.sendall(packet(0))
+            if len(sock.recv(64)) >= 8:
+                held.append(sock)
+                continue
+            sock.close()
+        except OSError:
+            pass
+        refused += 1
+    return held, refused
+
+
+def case_idlepool(tmp: Path) -> None:
+    idle = int(os.environ.get("HOSTILE_IDLE", "16000"))
+    clients = int(os.environ.get("HOSTILE_CLIENTS", "500"))
+    pool = int(os.environ.get("HOSTILE_POOL", str(idle // 2)))  # per worker: 2 hold all idle
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = idle + clients + 200
+    if soft < want:  # the server's workers inherit it
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(want, soft)), hard))
+    print(
+        f"idlepool: machine {platform.machine()} {os.cpu_count()} cores, {platform.system()} "
+        f"{platform.release()}, Python {platform.python_version()}; open-file limit "
+        f"{resource.getrlimit(resource.RLIMIT_NOFILE)[0]}; 2 workers x max_connections {pool}"
+    )
+    runs = {
+        "no cap, keep_alive_reserve 0": (
+            "server.max_connections_per_network=0", "http.keep_alive_reserve=0.0",
+        ),
+        "cap, loopback not exempt, reserve 0": (
+            "server.connection_cap_exempt=[]", "http.keep_alive_reserve=0.0",
+        ),
+        "no cap, reserve default (5 %)": ("server.max_connections_per_network=0",),
+        "defaults, loopback not exempt": ("server.connection_cap_exempt=[]",),
+        "defaults (loopback exempt)": (),
+    }  # fmt: skip
+    for name, settings in runs.items():
+        port = free_port()
+        with contextlib.ExitStack() as stack:
+            run = tmp / f"run{len(list(tmp.iterdir()))}"
+            run.mkdir()
+            stack.enter_context(
+                server(
+                    run,
+                    f'http.listen=["127.0.0.1:{port}"]',
+                    f"server.max_connections={pool}",
+                    # The attacker's connections stay for the run, as ones re-opened as
+                    # they expire would: the timeouts are not what is measured here.
+                    "http.keep_alive_timeout=600.0",
+                    "http.header_timeout=600.0",
+                    *settings,
+                )
+            )
+            start = time.monotonic()
+            kept = open_idle_http(port, idle, start + 120)
+            for sock in kept:
+                stack.callback(sock.close)
+            opened_in = time.monotonic() - start
+            held, refused = binary_clients(stack.enter_context(_port_of(run)), clients)
+            for sock in held:
+                stack.callback(sock.close)
+            time.sleep(0.5)  # the closes of idle connections given up reach this side
+            still = sum(_still_open(sock) for sock in kept)
+            print(
+                f"  {name:36} idle HTTP answered {len(kept):6d}/{idle} (in {opened_in:.1f} s), "
+                f"{still} still open; "
+                f"new binary clients refused {refused}/{clients} ({100 * refused / clients:.0f} %)"
+            )
+
+
+def _still_open(sock: socket.socket) -> bool:
+    sock.setblocking(False)  # with a timeout set, recv would first wait that long
+    try:
+        return sock.recv(1, socket.MSG_DONTWAIT | socket.MSG_PEEK) != b""
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _port_of(run: Path) -> Iterator[int]:
+    found = re.search(r"listening on 127\.0\.0\.1:(\d+)", _text(run / "server.log"))
+    assert found is not None
+    yield int(found.group(1))
+
+
 CASES = {
     "metrics": case_metrics,
     "admin": case_admin,
     "logflood": case_logflood,
     "http": case_http,
     "proxyunix": case_proxyunix,
+    "idlepool": case_idlepool,
 }
 
 

@@ -236,3 +236,9 @@ async def test_raw_sockets_on_loopback(trusted: list[str]) -> None:
     else:
         assert one in (b"", None) and two in (b"", None)
         assert worker.counters.proxy_refused == 2
+
+
+async def test_the_kits_connect_sends_proxy_header_on_a_plaintext_connection() -> None:
+    async with serve_in_memory(proxy_config("v1"), peer_router()) as server:
+        client = await server.connect(peer=BALANCER, proxy_header=v1("192.0.2.7", 4242))
+        assert (await client.request(WHO)).body == b"192.0.2.7:4242"

@@ -66,13 +66,15 @@ class InMemoryServer:
     ) -> Client:
         """A protocol client on a new in-memory connection (with ``faults`` on its wire).
 
-        With ``tls`` (a client context), it connects to the TLS port, sends
-        ``proxy_header`` (if any) in plaintext, and completes the handshake.
+        ``proxy_header`` (if any) is sent first, in plaintext. With ``tls`` (a client
+        context), it connects to the TLS port and completes the handshake after it.
         """
         if tls is None:
             stream = await self.listener.connect(
                 lockstep=lockstep, peer=peer, faults=faults, seed=seed, key=key
             )
+            if proxy_header:
+                await stream.send_all(proxy_header)
             return Client(stream)
         raw = await self.connect_stream(
             lockstep=lockstep, peer=peer, faults=faults, seed=seed, key=key, tls_port=True
