@@ -8,12 +8,6 @@ directory (their paths are printed). Without the chat app, the page says so.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,44 +19,21 @@ from trioserver.client import BlockingClient
 from trioserver.framer import Packet
 
 from ..browser import chromium
-from ..polling import wait_for
+from ..processes import free_port, running_server
 
-REPO = Path(__file__).resolve().parent.parent.parent
 TIMEOUT_MS = 15_000
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def start_server(tmp_path: Path, *app: str) -> Iterator[tuple[int, int]]:
     """One worker under its master; (binary port, HTTP port)."""
     port, http = free_port(), free_port()
-    log = tmp_path / "server.log"
     args = [
-        sys.executable, "-m", "trioserver", "serve", "--workers", "1", *app,
-        "--listen", f"127.0.0.1:{port}", "--pidfile", str(tmp_path / "server.pid"),
+        *app, "--listen", f"127.0.0.1:{port}",
         "--set", f'http.listen=["127.0.0.1:{http}"]', "--set", 'accounts.url="memory:"',
-        "--set", "connection.flood_check=false", "--set", f'logging.file="{log}"',
+        "--set", "connection.flood_check=false",
     ]  # fmt: skip
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen(
-        args, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )  # fmt: skip
-    try:
-        wait_for(
-            "the worker ready",
-            lambda: log.exists() and "serving: 1 workers ready" in log.read_text(),
-            timeout=30,
-        )
+    with running_server(tmp_path, args, workers=1):
         yield port, http
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10)
 
 
 @pytest.fixture

@@ -12,11 +12,7 @@ Playwright's Python package; no browser is downloaded.
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -28,47 +24,23 @@ import pytest
 from trioserver.client import BlockingClient
 
 from ..browser import chromium
-from ..polling import wait_for
+from ..processes import free_port, running_server
 
-REPO = Path(__file__).resolve().parent.parent.parent
 CHARTS = ("connections", "requests", "lag", "kicks", "refusals")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[tuple[int, int]]:
     """A master with 2 workers of 4 connections each; (binary port, admin port)."""
     port, admin = free_port(), free_port()
-    log = tmp_path / "server.log"
     args = [
-        sys.executable, "-m", "trioserver", "serve", "--workers", "2",
-        "--listen", f"127.0.0.1:{port}", "--pidfile", str(tmp_path / "server.pid"),
-        "--set", "http.listen=[]", "--set", 'accounts.url="memory:"',
-        "--set", "server.max_connections=4", "--set", "connection.flood_check=false",
+        "--listen", f"127.0.0.1:{port}", "--set", "http.listen=[]",
+        "--set", 'accounts.url="memory:"', "--set", "server.max_connections=4",
+        "--set", "connection.flood_check=false",
         "--set", f'metrics.listen="127.0.0.1:{admin}"', "--set", "metrics.interval=0.1",
-        "--set", f'logging.file="{log}"',
     ]  # fmt: skip
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen(
-        args, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )  # fmt: skip
-    try:
-        wait_for(
-            "2 workers ready",
-            lambda: log.exists() and "serving: 2 workers ready" in log.read_text(),
-            timeout=30,
-        )
+    with running_server(tmp_path, args, workers=2):
         yield port, admin
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)  # its own session: the master and its workers
-        proc.wait(10)
 
 
 def cell(page: Any, worker: str, key: str) -> str:
