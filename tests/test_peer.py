@@ -56,3 +56,13 @@ def test_str_and_parse_round_trip(
     peer = Peer.from_ip(ip, port)
     assert Peer.parse(str(peer)) == peer
     assert ipaddress.ip_address(peer.host) in ipaddress.ip_network(peer.network(), strict=False)
+
+
+@given(st.ip_addresses(), st.integers(0, 32), st.integers(0, 128))
+def test_network_is_the_standard_librarys_network(
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address, v4: int, v6: int
+) -> None:
+    peer = Peer.from_ip(ip, 1)
+    prefix = v4 if ipaddress.ip_address(peer.host).version == 4 else v6
+    expected = ipaddress.ip_network((peer.host, prefix), strict=False)
+    assert peer.network(v4, v6) == str(expected)

@@ -147,7 +147,6 @@ class AccountService:
     _failed_while_down: int = attrs.field(init=False, default=0)
     _counts: dict[str, int] = attrs.field(init=False, factory=dict)
     _known: OrderedDict[str, None] = attrs.field(init=False, factory=OrderedDict)
-    _networks: dict[str, str] = attrs.field(init=False, factory=dict)
     #: Hashes each network asked for recently (served or refused 'busy'): a network
     #: that keeps the pool busy is not clean, whether or not it has failed yet.
     _hash_use: TokenBuckets = attrs.field(
@@ -243,13 +242,7 @@ class AccountService:
         """The client network ``peer`` counts as for the limits."""
         if isinstance(peer, str):
             peer = Peer.parse(peer)
-        network = self._networks.get(peer.host)
-        if network is None:  # parsing an address costs microseconds: remember a few
-            if len(self._networks) >= 10_000:
-                self._networks.clear()
-            network = peer.network(self.ipv4_prefix, self.ipv6_prefix)
-            self._networks[peer.host] = network
-        return network
+        return peer.network(self.ipv4_prefix, self.ipv6_prefix)  # remembered per host
 
     # -- requests --------------------------------------------------------------------------
 
