@@ -12,12 +12,13 @@ import contextlib
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
 
 import attrs
+
+from ..processes import free_port
 
 __all__ = ["PostgresServer", "PostgresUnavailable", "free_port"]
 
@@ -26,13 +27,6 @@ USER = "trioserver"
 
 class PostgresUnavailable(RuntimeError):
     """No PostgreSQL server could be started here; the message says why."""
-
-
-def free_port() -> int:
-    """A loopback port that was free a moment ago (bind port 0, read it, close)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _bin_dir() -> Path:

@@ -13,17 +13,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from ..processes import free_port
+
 __all__ = ["RedisServer", "RedisUnavailable"]
 
 
 class RedisUnavailable(RuntimeError):
     """No redis-server could be started here; the message says why."""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class RedisServer:

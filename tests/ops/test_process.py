@@ -25,6 +25,7 @@ from trioserver.client import BlockingClient, ConnectionClosed
 from trioserver.framer import PING, encode_header
 
 from ..polling import wait_for as _wait_for
+from ..processes import free_port
 
 parser = pytest.importorskip("prometheus_client.parser")
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only")
@@ -36,12 +37,6 @@ Key = tuple[str, tuple[tuple[str, str], ...]]
 
 def wait_for(what: str, check: Callable[[], T | None], timeout: float = 15.0) -> T:
     return _wait_for(what, check, timeout)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Running:
