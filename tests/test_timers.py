@@ -240,6 +240,15 @@ def test_open_with_a_lifetime_sets_the_hard_deadline_and_is_capped_by_it() -> No
     assert (longer.hard_deadline, longer.scope.deadline) == (600.0, 170.0)
 
 
+def test_open_keeps_an_earlier_deadline_a_drain_already_set() -> None:
+    """A drain that began before the connection's task ran gave it a short grace:
+    arming the heartbeat must not push that out."""
+    conn = Ruled()
+    conn.scope.deadline = 101.0
+    DEFAULTS.open(conn, 100.0)
+    assert conn.scope.deadline == 101.0
+
+
 def test_open_with_every_rule_off_leaves_no_deadline() -> None:
     conn = Ruled()
     rules(heartbeat_timeout=math.inf).open(conn, 100.0)

@@ -79,7 +79,9 @@ class ConnectionRules:
         elif self.lifetime < math.inf:
             conn.hard_deadline = now + self.lifetime
         deadline = min(now + self.heartbeat_timeout, conn.hard_deadline)
-        if deadline < math.inf:
+        # Never later than a deadline already set: a drain that began before the
+        # connection's task ran gave it only a short grace.
+        if deadline < conn.scope.deadline:
             conn.scope.deadline = deadline
 
     def refresh(self, conn: Ruled, now: float) -> None:
