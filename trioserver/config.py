@@ -778,6 +778,18 @@ class AccountsSettings:
         _int(1),
         why="Bounds memory (about 200 bytes each) against clients that rotate names or addresses.",
     )
+    shared_limits: bool = setting(
+        True,
+        "Count failed logins and resumes in the account store as well, so every worker and "
+        "instance using it shares one budget per name, network and pair (SQLite: the "
+        "machine's workers; PostgreSQL: every instance). Read with the account, written "
+        "only on a failure. Off: each worker counts its own, and N workers allow N times "
+        "the budget. The 'memory:' store is one worker's in any case.",
+        _bool,
+        why="A limit the attacker multiplies by spreading connections over workers is no "
+        "limit; in the store, it costs no extra round trip on a success and fails with the "
+        "store it needs anyway (no store, no login).",
+    )
     confusables: bool = setting(
         True,
         "Refuse to register a name that looks like an existing one (Cyrillic 'а' for "

@@ -52,7 +52,9 @@ def emptied(url: str) -> str:
     import psycopg
 
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("DROP TABLE IF EXISTS trioserver_accounts, trioserver_schema")
+        conn.execute(
+            "DROP TABLE IF EXISTS trioserver_accounts, trioserver_schema, trioserver_limits"
+        )
     return url
 
 

@@ -224,9 +224,9 @@ async def test_schema_is_versioned_and_a_newer_one_is_refused(tmp_path: Path) ->
     assert await store.get("nobody") is None  # creates the schema
     await store.aclose()
     with sqlite3.connect(path) as db:
-        assert db.execute("SELECT version FROM trioserver_schema").fetchall() == [(1,)]
+        assert db.execute("SELECT version FROM trioserver_schema").fetchall() == [(1,), (2,)]
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-        db.execute("INSERT INTO trioserver_schema VALUES (2)")
+        db.execute("INSERT INTO trioserver_schema VALUES (3)")
     db.close()
     store = open_store(f"sqlite:///{path}")
     with pytest.raises(StoreUnavailable, match="newer than this trioserver"):

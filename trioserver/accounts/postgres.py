@@ -17,17 +17,23 @@ The schema is created or migrated on the first successful connection, under a
 transaction-level advisory lock so that workers starting together migrate once.
 Any psycopg error (server down, pool timeout, lost connection) surfaces as
 :class:`StoreUnavailable`.
+
+The shared login limits (:mod:`.shared_limits`) are an ``UNLOGGED`` table: every
+instance counts one budget, a failure's write skips the WAL (after a crash or
+a failover the limits start empty: budgets refilled early, nothing else), and
+the limits come back with the account in the lookup's one round trip.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import trio
 
+from .shared_limits import PRUNE, LimitUpdate
 from .store import Account, AccountStore, StoreUnavailable, pending_migrations, redact_url
 
 if TYPE_CHECKING:
@@ -53,6 +59,13 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
             created_at    timestamptz NOT NULL
         )""",
     ),
+    2: (
+        """CREATE UNLOGGED TABLE trioserver_limits (
+            key   text PRIMARY KEY,
+            until float8 NOT NULL
+        )""",
+        "CREATE INDEX trioserver_limits_until ON trioserver_limits (until)",
+    ),
 }
 
 _SELECT: Final = (
@@ -63,6 +76,29 @@ _INSERT: Final = (
     "INSERT INTO trioserver_accounts (name_key, name, password_hash, itype, created_at) "
     "VALUES (%s, %s, %s, %s, to_timestamp(%s)) ON CONFLICT (name_key) DO NOTHING"
 )
+#: The account and its limit rows in one statement (one round trip): limit rows have no name.
+_SELECT_WITH_LIMITS: Final = (
+    "SELECT name_key, name, password_hash, itype, extract(epoch FROM created_at)::float8, "
+    "NULL::float8 FROM trioserver_accounts WHERE name_key = %s "
+    "UNION ALL SELECT key, NULL, NULL, NULL, NULL, until FROM trioserver_limits "
+    "WHERE key = ANY(%s)"
+)
+#: Failures added, and a few expired rows deleted, in one statement.
+_ADD_LIMITS: Final = (
+    "WITH added AS (INSERT INTO trioserver_limits AS l (key, until) "
+    "SELECT k, %(now)s + c FROM unnest(%(keys)s::text[], %(costs)s::float8[]) AS t(k, c) "
+    "ON CONFLICT (key) DO UPDATE "
+    "SET until = greatest(l.until, %(now)s) + (excluded.until - %(now)s) "
+    "RETURNING 1), "
+    "pruned AS (DELETE FROM trioserver_limits WHERE key IN (SELECT key FROM trioserver_limits "
+    "WHERE until < %(now)s AND NOT key = ANY(%(keys)s) LIMIT %(prune)s) RETURNING 1) "
+    "SELECT (SELECT count(*) FROM added), (SELECT count(*) FROM pruned)"
+)
+_RAISE_LIMIT: Final = (
+    "INSERT INTO trioserver_limits AS l (key, until) VALUES (%s, %s) "
+    "ON CONFLICT (key) DO UPDATE SET until = greatest(l.until, excluded.until)"
+)
+_DELETE_LIMITS: Final = "DELETE FROM trioserver_limits WHERE key = ANY(%s)"
 _UPDATE: Final = (
     "UPDATE trioserver_accounts SET password_hash = %s WHERE name_key = %s AND password_hash = %s"
 )
@@ -84,6 +120,30 @@ def _migrate(conn: psycopg.Connection[Any]) -> None:
 def _get(conn: psycopg.Connection[Any], key: str) -> Account | None:
     row = conn.execute(_SELECT, (key,)).fetchone()
     return None if row is None else Account(row[0], row[1], row[2], row[3], row[4])
+
+
+def _get_with_limits(
+    conn: psycopg.Connection[Any], key: str, limit_keys: Sequence[str]
+) -> tuple[Account | None, dict[str, float]]:
+    account, untils = None, {}
+    for row in conn.execute(_SELECT_WITH_LIMITS, (key, list(limit_keys))).fetchall():
+        if row[1] is None:
+            untils[row[0]] = float(row[5])
+        else:
+            account = Account(row[0], row[1], row[2], row[3], row[4])
+    return account, untils
+
+
+def _update_limits(conn: psycopg.Connection[Any], update: LimitUpdate, now: float) -> None:
+    if update.add:
+        keys = [k for k, _ in update.add]
+        costs = [c for _, c in update.add]
+        params = {"now": now, "keys": keys, "costs": costs, "prune": PRUNE}
+        conn.execute(_ADD_LIMITS, params)
+    for key, at in update.raise_to:
+        conn.execute(_RAISE_LIMIT, (key, at))
+    if update.delete:
+        conn.execute(_DELETE_LIMITS, (list(update.delete),))
 
 
 def _insert(conn: psycopg.Connection[Any], account: Account) -> bool:
@@ -149,6 +209,19 @@ class PostgresStore(AccountStore):
 
     async def set_password_hash(self, key: str, old: str, new: str) -> bool:
         return await self._run(_set_hash, key, old, new)
+
+    @property
+    def keeps_limits(self) -> bool:
+        return True
+
+    async def get_with_limits(
+        self, key: str, limit_keys: Sequence[str]
+    ) -> tuple[Account | None, dict[str, float]]:
+        return await self._run(_get_with_limits, key, limit_keys)
+
+    async def update_limits(self, update: LimitUpdate, now: float) -> None:
+        if update:
+            await self._run(_update_limits, update, now)
 
     async def aclose(self) -> None:
         await trio.to_thread.run_sync(lambda: self._pool.close(timeout=5.0))

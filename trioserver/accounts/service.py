@@ -10,7 +10,10 @@ Every limit is keyed by the client's *network* (``Peer.network``: IPv4 /32 and
 IPv6 /64 by default, ``ipv4_prefix``/``ipv6_prefix``). Failed logins are counted
 per (name, network), per network, and per name over the networks that failed
 recently and never logged in to it (OWASP: a guesser slows down its own pair, it
-cannot lock the owner out).
+cannot lock the owner out). Each worker counts in its own buckets; a store that
+is shared (SQLite, PostgreSQL) also counts the failures of every worker and
+instance using it (:mod:`.shared_limits`, ``shared_limits``), read with the
+account and written only on failure.
 
 login: invalid input → rate limited (tokens are taken *before* the hash, so
 refused attempts cost nothing and concurrent guesses cannot overshoot) → store
@@ -33,6 +36,7 @@ names, rules broken and store errors are.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -55,6 +59,7 @@ from .limiter import TokenBuckets
 from .names import InvalidInput, ValidCredentials, name_key, validate
 from .passwords import Hasher, hasher_for, is_cheap, verify
 from .sessions import load_key, make_token, token_valid
+from .shared_limits import Limit, SharedLoginLimits, Verdict
 from .store import Account, AccountStore, StoreUnavailable
 
 __all__ = [
@@ -129,6 +134,8 @@ class AccountService:
     address_failures: TokenBuckets  #: per network
     registrations: TokenBuckets  #: per network
     untrusted_name_failures: TokenBuckets = attrs.Factory(lambda: TokenBuckets(0, 300.0))
+    #: The login limits counted in the store too (when the store keeps them); None: off.
+    shared_limits: SharedLoginLimits | None = None
     ipv4_prefix: int = 32
     ipv6_prefix: int = 64
     retry_interval: float = 1.0
@@ -192,6 +199,13 @@ class AccountService:
             untrusted_name_failures=TokenBuckets(
                 settings.max_failures_per_name_untrusted, window, keys
             ),
+            shared_limits=SharedLoginLimits(
+                Limit(settings.max_failures_per_name, window),
+                Limit(settings.max_failures_per_address, window),
+                Limit(settings.max_failures_per_name_untrusted, window),
+            )
+            if settings.shared_limits
+            else None,
             ipv4_prefix=settings.ipv4_prefix,
             ipv6_prefix=settings.ipv6_prefix,
             retry_interval=settings.retry_interval,
@@ -303,7 +317,9 @@ class AccountService:
             log.info("login %r from %s: rate limited", creds.name, peer)
             return LoginResult(ResultCode.RATE_LIMITED)
         try:
-            account = await self._store(self.store.get, creds.key)
+            account, verdict = await self._lookup(creds.key, network, keys)
+            if verdict is not None and not verdict.allowed:
+                return self._shared_limited("login", creds.name, peer, keys)
             stored = account.password_hash if account is not None else await self._dummy()
             matches = await self._verify(creds.password, stored, network, lane)
         except StoreUnavailable:
@@ -316,8 +332,10 @@ class AccountService:
         if account is None or not matches:
             self._count("login_rejected")
             log.info("login %r from %s: wrong name or password", creds.name, peer)
+            await self._record_shared(verdict, creds.key, network, success=False)
             return LoginResult(ResultCode.REJECTED)
         self._give_back(keys, success=True)
+        await self._record_shared(verdict, creds.key, network, success=True)
         self._count("logins")
         if not self.hasher.is_current(stored):
             account = await self._rehash(account, creds, network, lane)
@@ -342,16 +360,20 @@ class AccountService:
             log.info("resume %r from %s: rate limited", name, peer)
             return LoginResult(ResultCode.RATE_LIMITED)
         try:
-            account = await self._store(self.store.get, key)
+            account, verdict = await self._lookup(key, network, keys)
         except StoreUnavailable:
             self._give_back(keys, success=False)
             return LoginResult(ResultCode.SERVER_UNAVAILABLE)
+        if verdict is not None and not verdict.allowed:
+            return self._shared_limited("resume", name, peer, keys)
         now = self.wall_clock()
         if account is None or not token_valid(session_key, token, key, account.password_hash, now):
             self._count("resume_rejected")
             log.info("resume %r from %s: bad or expired token", name, peer)
+            await self._record_shared(verdict, key, network, success=False)
             return LoginResult(ResultCode.REJECTED)
         self._give_back(keys, success=True)
+        await self._record_shared(verdict, key, network, success=True)
         self._count("resumed")
         return LoginResult(ResultCode.OK, account.name, await self._token(account))
 
@@ -435,6 +457,53 @@ class AccountService:
         self.address_failures.give_back([network], now)
         if name is not None:
             self.untrusted_name_failures.give_back([name], now)
+
+    async def _lookup(
+        self, key: str, network: str, keys: tuple[str, str, str | None]
+    ) -> tuple[Account | None, Verdict | None]:
+        """The account, and the shared limits' verdict when the store keeps them.
+
+        One store call either way: the limits come with the account.
+        """
+        shared = self.shared_limits
+        if shared is None or not self.store.keeps_limits:
+            return await self._store(self.store.get, key), None
+        account, untils = await self._store(
+            self.store.get_with_limits, key, shared.keys(key, network)
+        )
+        known_here = keys[0] in self._known
+        verdict = shared.judge(untils, key, network, self.wall_clock(), known_here=known_here)
+        return account, verdict
+
+    def _shared_limited(
+        self, what: str, name: str, peer: Peer | str, keys: tuple[str, str, str | None]
+    ) -> LoginResult:
+        """Refused by the failures other workers recorded: nothing was tried here."""
+        self._give_back(keys, success=False)
+        self._count("rate_limited")
+        log.info("%s %r from %s: rate limited (shared)", what, name, peer)
+        return LoginResult(ResultCode.RATE_LIMITED)
+
+    async def _record_shared(
+        self, verdict: Verdict | None, key: str, network: str, *, success: bool
+    ) -> None:
+        """Write a failure (or what a success forgets) to the shared limits, before the reply.
+
+        Before it, so that the client's next attempt, on any worker, sees it. A
+        write that fails leaves the worker's own buckets counting (logged with the
+        store's health, never raised).
+        """
+        shared = self.shared_limits
+        if verdict is None or shared is None:
+            return
+        now = self.wall_clock()
+        if success:
+            update = shared.succeeded(verdict, key, network, now)
+        else:
+            update = shared.failed(verdict, key, network)
+        if update:
+            with contextlib.suppress(StoreUnavailable):
+                await self._store(self.store.update_limits, update, now)
 
     async def _hashing(
         self, call: Callable[..., T], *args: Any, inline: bool, network: str, lane: int

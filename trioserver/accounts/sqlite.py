@@ -18,6 +18,12 @@ by one thread at a time. Workers in other processes write to the same file;
 ``busy_timeout`` makes a writer wait for another's commit instead of failing.
 A connection that raised a SQLite error is closed and replaced on the next call,
 and any SQLite error surfaces as :class:`StoreUnavailable`.
+
+The shared login limits (:mod:`.shared_limits`) are a table in the same file,
+so every worker of the machine counts one budget. They are read in the same
+thread call as the account; a failure writes one row on its own transaction
+with ``synchronous=NORMAL`` (no fsync: a limit lost in a power cut is only a
+budget refilled early, and an attacker must not be able to buy fsyncs).
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from typing import Final, TypeVar
 import attrs
 import trio
 
+from .shared_limits import PRUNE, LimitUpdate
 from .store import Account, AccountStore, StoreUnavailable, pending_migrations
 
 __all__ = ["SQLiteStore"]
@@ -53,6 +60,13 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
             itype         INTEGER NOT NULL DEFAULT 0,
             created_at    REAL NOT NULL
         )""",
+    ),
+    2: (
+        """CREATE TABLE trioserver_limits (
+            key   TEXT PRIMARY KEY,
+            until REAL NOT NULL
+        ) WITHOUT ROWID""",
+        "CREATE INDEX trioserver_limits_until ON trioserver_limits (until)",
     ),
 }
 
@@ -139,6 +153,51 @@ def _get(conn: sqlite3.Connection, key: str) -> Account | None:
         f"SELECT {_COLUMNS} FROM trioserver_accounts WHERE name_key = ?", (key,)
     ).fetchone()
     return None if row is None else Account(*row)
+
+
+def _get_with_limits(
+    conn: sqlite3.Connection, key: str, limit_keys: Sequence[str]
+) -> tuple[Account | None, dict[str, float]]:
+    account = _get(conn, key)
+    marks = ", ".join("?" * len(limit_keys))
+    rows = conn.execute(
+        f"SELECT key, until FROM trioserver_limits WHERE key IN ({marks})", tuple(limit_keys)
+    ).fetchall()
+    return account, dict(rows)
+
+
+def _update_limits(conn: sqlite3.Connection, update: LimitUpdate, now: float) -> None:
+    conn.execute("PRAGMA synchronous=NORMAL")
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(
+                "INSERT INTO trioserver_limits (key, until) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET until = max(until, ?) + ?",
+                [(key, now + cost, now, cost) for key, cost in update.add],
+            )
+            conn.executemany(
+                "INSERT INTO trioserver_limits (key, until) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET until = max(until, excluded.until)",
+                update.raise_to,
+            )
+            conn.executemany(
+                "DELETE FROM trioserver_limits WHERE key = ?", [(k,) for k in update.delete]
+            )
+            touched = tuple(update.touched())
+            marks = ", ".join("?" * len(touched))
+            conn.execute(
+                "DELETE FROM trioserver_limits WHERE key IN (SELECT key FROM trioserver_limits "
+                f"WHERE until < ? AND key NOT IN ({marks}) LIMIT ?)",
+                (now, *touched, PRUNE),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+    finally:
+        conn.execute("PRAGMA synchronous=FULL")
 
 
 def _set_hash(conn: sqlite3.Connection, key: str, old: str, new: str) -> bool:
@@ -262,6 +321,19 @@ class SQLiteStore(AccountStore):
 
     async def set_password_hash(self, key: str, old: str, new: str) -> bool:
         return await self._run(_set_hash, key, old, new)
+
+    @property
+    def keeps_limits(self) -> bool:
+        return True
+
+    async def get_with_limits(
+        self, key: str, limit_keys: Sequence[str]
+    ) -> tuple[Account | None, dict[str, float]]:
+        return await self._run(_get_with_limits, key, limit_keys)
+
+    async def update_limits(self, update: LimitUpdate, now: float) -> None:
+        if update:
+            await self._run(_update_limits, update, now)
 
     async def aclose(self) -> None:
         self._closed = True

@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import abc
 import time
+from collections.abc import Sequence
 from typing import Final
 
 import attrs
 import trio
+
+from .shared_limits import LimitUpdate, MemoryLimits
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -32,7 +35,8 @@ __all__ = [
 ]
 
 #: The schema version this code writes; backends migrate older databases up to it at start.
-SCHEMA_VERSION: Final = 1
+#: 2 added the shared login limits (``trioserver_limits``).
+SCHEMA_VERSION: Final = 2
 
 
 class StoreUnavailable(Exception):
@@ -85,6 +89,21 @@ class AccountStore(abc.ABC):
     async def open(self) -> None:  # noqa: B027 - optional hook
         """Start connecting in the background (never fails: the store may come up later)."""
 
+    @property
+    def keeps_limits(self) -> bool:
+        """True if the store keeps login limits shared by its users (:mod:`.shared_limits`)."""
+        return False
+
+    async def get_with_limits(
+        self, key: str, limit_keys: Sequence[str]
+    ) -> tuple[Account | None, dict[str, float]]:
+        """The account and the ``until`` of each limit key that has one, in one store call."""
+        return await self.get(key), {}
+
+    async def update_limits(self, update: LimitUpdate, now: float) -> None:
+        """Apply ``update`` to the shared limits at ``now`` (wall-clock seconds)."""
+        await trio.lowlevel.checkpoint()
+
     @abc.abstractmethod
     async def aclose(self) -> None:
         """Release connections and threads."""
@@ -92,10 +111,32 @@ class AccountStore(abc.ABC):
 
 @attrs.define(eq=False)
 class MemoryStore(AccountStore):
-    """A store in a dict: nothing survives the process. For tests and embedding."""
+    """A store in a dict: nothing survives the process. For tests and embedding.
+
+    With ``limits``, the services that share this store also share login limits,
+    as workers sharing a database do; without (the default), each service counts
+    its own, as one worker does.
+    """
 
     description: str = "memory"
     accounts: dict[str, Account] = attrs.Factory(dict)
+    limits: MemoryLimits | None = None
+
+    @property
+    def keeps_limits(self) -> bool:
+        return self.limits is not None
+
+    async def get_with_limits(
+        self, key: str, limit_keys: Sequence[str]
+    ) -> tuple[Account | None, dict[str, float]]:
+        await trio.lowlevel.checkpoint()
+        untils = self.limits.read(limit_keys) if self.limits is not None else {}
+        return self.accounts.get(key), untils
+
+    async def update_limits(self, update: LimitUpdate, now: float) -> None:
+        await trio.lowlevel.checkpoint()
+        if self.limits is not None:
+            self.limits.apply(update, now)
 
     async def create(self, account: Account) -> bool:
         await trio.lowlevel.checkpoint()
