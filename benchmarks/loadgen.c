@@ -18,6 +18,14 @@
  *                   for a later login run), then stop; -t bounds it in time.
  *   -i idle:        open -c connections, hold them idle for -t s, then with -P
  *                   send one ping on each and check every one is answered.
+ *   -s storm:       a reconnect storm: open -c connections as fast as they can
+ *                   be opened, each sends one request (-m resume or login) as
+ *                   soon as it is up; the run ends when every one is answered
+ *                   (or after -t s). Reports the time from the first connect to
+ *                   the last answer, and the result codes.
+ *
+ * Resume (-m resume, code 1) needs -R FILE: records of 88 bytes, a username
+ * field (56 bytes, NUL-padded) and a 32-byte session token, used in turn.
  *
  * Server-side probes (-S PID): the server's CPU time (/proc/PID/stat) over
  * the measured window, and in idle mode its VmRSS and open fd count before
@@ -53,7 +61,9 @@
 #define MAX_KINDS 8
 #define CONNECT_INFLIGHT 256
 
-enum kind { K_PING = 0, K_REGISTER = 1, K_LOGIN = 2, K_CUSTOM = 3 };
+enum kind { K_PING = 0, K_REGISTER = 1, K_LOGIN = 2, K_CUSTOM = 3, K_RESUME = 4 };
+#define N_KINDS 5
+#define RESUME_BODY 88
 
 /* ------------------------------------------------------------------ CRC-32 */
 
@@ -304,7 +314,8 @@ typedef struct {
 
 /* options */
 static int opt_conns = 1, opt_depth = 1, opt_json = 0, opt_idle = 0, opt_idle_ping = 0;
-static int opt_verify = 0, opt_accounts = 0;
+static int opt_verify = 0, opt_accounts = 0, opt_storm = 0;
+static const char *opt_resume_file = NULL;
 static double opt_duration = 10, opt_warmup = 0, opt_connect_timeout = 10;
 static long opt_total = 0, opt_nusers = 1000;
 static int opt_port = 10000;
@@ -318,6 +329,8 @@ static uint32_t mix_cum[MAX_KINDS], mix_total = 0;
 static uint32_t custom_code = 7, custom_len = 0;
 static uint8_t *custom_pkt = NULL;
 static uint8_t *login_pkts = NULL; /* nusers x 104 */
+static uint8_t *resume_pkts = NULL; /* n_resume x 96 */
+static long n_resume = 0;
 static uint64_t rng = 0x9E3779B97F4A7C15ull;
 
 /* state */
@@ -326,14 +339,14 @@ static int epfd;
 static uint8_t *rbuf;
 static bool measuring = false, sending = true;
 static long sent_total = 0, replies_total = 0;
-static uint64_t reg_counter = 0, login_counter = 0;
+static uint64_t reg_counter = 0, login_counter = 0, resume_counter = 0;
 static int live_conns = 0;
 
 /* counters (measured window only, except connection events) */
 static uint64_t m_reads = 0, m_writes = 0;
 static uint64_t m_replies = 0, m_bad_reply = 0, m_unexpected = 0;
 static uint64_t m_result[6]; /* result codes 0..4, other */
-static uint64_t m_kind_replies[4];
+static uint64_t m_kind_replies[N_KINDS];
 static uint64_t closed_by_server = 0, reset_by_server = 0, connect_failed = 0, send_errors = 0;
 static hist_t hist;
 
@@ -368,7 +381,8 @@ static void parse_mix(const char *spec) {
             if (!strcmp(tok, "ping")) k = K_PING;
             else if (!strcmp(tok, "register")) k = K_REGISTER;
             else if (!strcmp(tok, "login")) k = K_LOGIN;
-            else die("unknown mix entry (ping, register, login, custom:CODE:BODYLEN)");
+            else if (!strcmp(tok, "resume")) k = K_RESUME;
+            else die("unknown mix entry (ping, register, login, resume, custom:CODE:BODYLEN)");
         }
         if (w == 0) continue;
         mix_kind[n_kinds] = k;
@@ -392,6 +406,25 @@ static void prepare_packets(void) {
             put16(custom_pkt, (uint16_t)(8 + custom_len));
             put16(custom_pkt + 2, (uint16_t)custom_code);
             put32(custom_pkt + 4, custom_len ? crc32_buf(custom_pkt + 8, custom_len) : 0);
+        }
+        if (mix_kind[i] == K_RESUME && !resume_pkts) {
+            if (!opt_resume_file) die("-m resume needs -R FILE");
+            FILE *f = fopen(opt_resume_file, "rb");
+            if (!f) die("cannot open the -R file");
+            fseek(f, 0, SEEK_END);
+            long size = ftell(f);
+            fseek(f, 0, SEEK_SET);
+            n_resume = size / RESUME_BODY;
+            if (n_resume < 1 || size % RESUME_BODY) die("-R file: not whole 88-byte records");
+            resume_pkts = xmalloc((size_t)n_resume * (8 + RESUME_BODY));
+            for (long u = 0; u < n_resume; u++) {
+                uint8_t *p = resume_pkts + (size_t)u * (8 + RESUME_BODY);
+                if (fread(p + 8, 1, RESUME_BODY, f) != RESUME_BODY) die("-R file: short read");
+                put16(p, 8 + RESUME_BODY);
+                put16(p + 2, 1);
+                put32(p + 4, crc32_buf(p + 8, RESUME_BODY));
+            }
+            fclose(f);
         }
         if (mix_kind[i] == K_LOGIN && !login_pkts) {
             login_pkts = xmalloc((size_t)opt_nusers * 104);
@@ -464,6 +497,13 @@ static void queue_request(conn_t *c, uint64_t t) {
                104);
         c->out_len += 104;
         break;
+    case K_RESUME:
+        out_reserve(c, 8 + RESUME_BODY);
+        memcpy(c->out + c->out_len,
+               resume_pkts + (size_t)(resume_counter++ % (uint64_t)n_resume) * (8 + RESUME_BODY),
+               8 + RESUME_BODY);
+        c->out_len += 8 + RESUME_BODY;
+        break;
     default:
         out_reserve(c, 8 + custom_len);
         memcpy(c->out + c->out_len, custom_pkt, 8 + custom_len);
@@ -519,8 +559,8 @@ static void flush(conn_t *c, int idx) {
     set_events(c, idx, false);
 }
 
-static const uint16_t expect_code[4] = {0, 5, 6, 0};
-static const uint16_t expect_len[4] = {8, 108, 104, 0};
+static const uint16_t expect_code[N_KINDS] = {0, 5, 6, 0, 1};
+static const uint16_t expect_len[N_KINDS] = {8, 108, 104, 0, 104};
 
 /* Handle every whole reply in rbuf[0, avail); keep the partial tail. Returns
  * false if the connection was closed. */
@@ -554,7 +594,7 @@ static bool parse_replies(conn_t *c, size_t avail, uint64_t t) {
                 m_replies++;
                 m_kind_replies[k]++;
                 if (!ok) m_bad_reply++;
-                if (ok && (k == K_REGISTER || k == K_LOGIN)) {
+                if (ok && (k == K_REGISTER || k == K_LOGIN || k == K_RESUME)) {
                     uint32_t r = get32(p + 8 + (k == K_REGISTER ? 0 : 56));
                     m_result[r < 5 ? r : 5]++;
                 }
@@ -649,7 +689,10 @@ static void on_connected(conn_t *c, int idx) {
     }
     c->state = C_UP;
     live_conns++;
-    (void)idx;
+    if (opt_storm && may_send()) { /* storm: the request leaves as soon as the connection is up */
+        queue_request(c, now_ns());
+        flush(c, idx);
+    }
 }
 
 /* One epoll_wait round; timeout_ms bounded by the caller. */
@@ -708,6 +751,9 @@ static void usage(void) {
             "  -A       register the NUSERS accounts login uses (PREFIXu0..), then stop\n"
             "  -i       idle mode: hold -c connections open for -t seconds\n"
             "  -P       idle mode: then send one ping per connection and count answers\n"
+            "  -s       storm mode: each connection sends one request once up; ends when all\n"
+            "           are answered (or after -t s)\n"
+            "  -R FILE  resume records (88 bytes: username[56] + token[32]) for -m resume\n"
             "  -S PIDS  measure the server's CPU (and RSS/fds in idle mode) from /proc,\n"
             "           summed over a comma-separated list of processes\n"
             "  -u       username prefix (register: PREFIXrN unique; login: PREFIXuK, K<NUSERS)\n"
@@ -719,7 +765,7 @@ static void usage(void) {
 
 int main(int argc, char **argv) {
     int opt;
-    while ((opt = getopt(argc, argv, "p:c:d:t:w:m:N:AiPS:u:n:T:Vjh")) != -1) {
+    while ((opt = getopt(argc, argv, "p:c:d:t:w:m:N:AiPsR:S:u:n:T:Vjh")) != -1) {
         switch (opt) {
         case 'p': opt_port = atoi(optarg); break;
         case 'c': opt_conns = atoi(optarg); break;
@@ -731,6 +777,8 @@ int main(int argc, char **argv) {
         case 'A': opt_accounts = 1; break;
         case 'i': opt_idle = 1; break;
         case 'P': opt_idle_ping = 1; break;
+        case 's': opt_storm = 1; break;
+        case 'R': opt_resume_file = optarg; break;
         case 'S': parse_pids(optarg); break;
         case 'u': opt_prefix = optarg; break;
         case 'n': opt_nusers = atol(optarg); break;
@@ -743,7 +791,8 @@ int main(int argc, char **argv) {
     if (opt_port <= 0 || opt_port > 65535 || opt_conns < 1 || opt_depth < 1 || opt_duration <= 0 ||
         opt_warmup < 0 || opt_nusers < 1 || opt_total < 0 || opt_connect_timeout <= 0)
         usage();
-    if (opt_idle) opt_depth = 1;
+    if (opt_idle || opt_storm) opt_depth = 1;
+    if (opt_storm) opt_total = opt_conns; /* one request per connection */
     if (opt_accounts) { /* register exactly the names login uses */
         opt_mix = "register";
         opt_total = opt_nusers;
@@ -795,7 +844,15 @@ int main(int argc, char **argv) {
     long rss_idle = -1, rss_after_ping = -1, fds_idle = -1;
     uint64_t idle_pinged = 0, idle_answered = 0, idle_closed_during_hold = 0;
 
+    double cpu0 = 0, cpu1 = 0, scpu0 = 0, scpu1 = 0;
+    uint64_t w0 = 0, w1 = 0;
+
     uint64_t t_connect0 = now_ns();
+    if (opt_storm) { /* measured from the first connect */
+        measuring = true;
+        cpu0 = cpu_seconds_self();
+        scpu0 = server_cpu_seconds();
+    }
     connect_all();
     double connect_s = (double)(now_ns() - t_connect0) / 1e9;
     int connected = live_conns;
@@ -805,10 +862,17 @@ int main(int argc, char **argv) {
         return 1;
     }
 
-    double cpu0, cpu1, scpu0, scpu1;
-    uint64_t w0, w1;
-
-    if (opt_idle) {
+    if (opt_storm) {
+        w0 = t_connect0;
+        uint64_t end = t_connect0 + (uint64_t)(opt_duration * 1e9);
+        while (now_ns() < end && (long)replies_total < connected && live_conns)
+            poll_once(ms_until(end));
+        w1 = now_ns();
+        cpu1 = cpu_seconds_self();
+        scpu1 = server_cpu_seconds();
+        measuring = false;
+        sending = false;
+    } else if (opt_idle) {
         /* Hold every connection open and idle for the duration. */
         sending = false;
         uint64_t kicks0 = closed_by_server + reset_by_server;
@@ -891,7 +955,7 @@ int main(int argc, char **argv) {
                "\"requests\":%" PRIu64 ",\"rps\":%.1f,"
                "\"latency_us\":{\"p50\":%.2f,\"p99\":%.2f,\"p999\":%.2f,\"mean\":%.2f,\"max\":%.2f},"
                "\"by_kind\":{\"ping\":%" PRIu64 ",\"register\":%" PRIu64 ",\"login\":%" PRIu64
-               ",\"custom\":%" PRIu64 "},"
+               ",\"custom\":%" PRIu64 ",\"resume\":%" PRIu64 "},"
                "\"result_codes\":{\"0\":%" PRIu64 ",\"1\":%" PRIu64 ",\"2\":%" PRIu64 ",\"3\":%" PRIu64
                ",\"4\":%" PRIu64 ",\"other\":%" PRIu64 "},"
                "\"errors\":%" PRIu64 ",\"kicks\":%" PRIu64 ",\"closed_by_server\":%" PRIu64
@@ -899,10 +963,10 @@ int main(int argc, char **argv) {
                ",\"bad_replies\":%" PRIu64 ",\"unexpected_replies\":%" PRIu64 ","
                "\"loadgen_cpu_pct\":%.1f,\"server_cpu_pct\":%.1f,"
                "\"loadgen_cpu_s\":%.3f,\"server_cpu_s\":%.3f,\"reads\":%" PRIu64 ",\"writes\":%" PRIu64 ",\"replies_per_read\":%.2f",
-               opt_idle ? "idle" : (opt_total ? "count" : "load"), opt_port, opt_conns, connected,
+               opt_idle ? "idle" : (opt_storm ? "storm" : (opt_total ? "count" : "load")), opt_port, opt_conns, connected,
                opt_depth, opt_idle ? "ping" : opt_mix, opt_idle ? 0.0 : opt_warmup, wall, connect_s,
                m_replies, rps, p50, p99, p999, mean, maxl, m_kind_replies[0], m_kind_replies[1],
-               m_kind_replies[2], m_kind_replies[3], m_result[0], m_result[1], m_result[2],
+               m_kind_replies[2], m_kind_replies[3], m_kind_replies[4], m_result[0], m_result[1], m_result[2],
                m_result[3], m_result[4], m_result[5], errors, kicks, closed_by_server,
                reset_by_server, connect_failed, send_errors, m_bad_reply, m_unexpected, lg_cpu,
                srv_cpu, cpu1 - cpu0, srv_cpu >= 0 ? scpu1 - scpu0 : -1.0, m_reads, m_writes, m_reads ? (double)m_replies / (double)m_reads : 0.0);
@@ -925,7 +989,7 @@ int main(int argc, char **argv) {
                "), connect failed %" PRIu64 ", bad replies %" PRIu64 ", unexpected %" PRIu64 "\n",
                errors, kicks, closed_by_server, reset_by_server, connect_failed, m_bad_reply,
                m_unexpected);
-        if (m_kind_replies[1] || m_kind_replies[2])
+        if (m_kind_replies[1] || m_kind_replies[2] || m_kind_replies[4])
             printf("  result codes: 0:%" PRIu64 " 1:%" PRIu64 " 2:%" PRIu64 " 3:%" PRIu64 " 4:%" PRIu64
                    " other:%" PRIu64 "\n",
                    m_result[0], m_result[1], m_result[2], m_result[3], m_result[4], m_result[5]);

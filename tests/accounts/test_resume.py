@@ -172,3 +172,33 @@ def test_the_secret_file_is_made_once_private_and_shared(tmp_path: Path) -> None
     assert len(key) == 32 and load_key(path) == key
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert list(path.parent.iterdir()) == [path]  # no temporary left behind
+
+
+async def test_resumes_that_arrive_while_the_key_is_read_wait_for_it(tmp_path: Path) -> None:
+    """A reconnect storm right after a start: the first resumes find the key file not yet
+    read; every one waits for that one read instead of being told 'unavailable'."""
+    store, path = MemoryStore(), tmp_path / "session_secret"
+    config = memory_config()
+
+    def fresh_service() -> AccountService:
+        return attrs.evolve(
+            AccountService.from_settings(config.accounts, store=store),
+            session_key=None,
+            session_secret_path=path,
+        )
+
+    before = fresh_service()
+    await before.open()
+    assert await before.register(b"alice", b"secret", 0, "203.0.113.9:1") == OK
+    token = (await before.login(b"alice", b"secret", "203.0.113.9:1")).token
+    after = fresh_service()  # the restarted worker: same key file, not read yet
+    await after.open()
+    results: list[ResultCode] = []
+
+    async def resume(i: int) -> None:  # from 20 networks: the per-pair cap is not tested here
+        results.append((await after.resume(b"alice", token, f"198.51.100.{i}:1")).code)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(20):
+            nursery.start_soon(resume, i)
+    assert results == [OK] * 20

@@ -149,6 +149,7 @@ class AccountService:
     wall_clock: Callable[[], float] = time.time
     max_known: int = 100_000
     _dummy_hash: str | None = attrs.field(init=False, default=None)
+    _key_read: trio.Event | None = attrs.field(init=False, default=None)
     _down: bool = attrs.field(init=False, default=False)
     _retry_at: float = attrs.field(init=False, default=float("-inf"))
     _failed_while_down: int = attrs.field(init=False, default=0)
@@ -549,14 +550,23 @@ class AccountService:
     async def _session_key(self) -> bytes | None:
         """The key that signs tokens: read (or created) on first use, like the store.
 
-        A key file that cannot be read or made turns sessions off (logged once).
+        Requests that come while it is being read wait for it (a reconnect storm
+        right after a start must not be told 'unavailable'). A key file that
+        cannot be read or made turns sessions off (logged once).
         """
         if self.session_key is None and self.session_secret_path is not None:
-            path, self.session_secret_path = self.session_secret_path, None
+            if self._key_read is not None:
+                await self._key_read.wait()
+                return self.session_key
+            self._key_read = trio.Event()
+            path = self.session_secret_path
             try:
                 self.session_key = await trio.to_thread.run_sync(load_key, path)
             except (OSError, ValueError) as exc:
                 log.error("session secret %s: %s; resume answers 'server unavailable'", path, exc)
+            finally:
+                self.session_secret_path = None
+                self._key_read.set()
         return self.session_key
 
     async def _token(self, account: Account) -> bytes:
