@@ -18,7 +18,7 @@ One worker (``master.workers=1``) pinned to CPU 0, the C load generator
    how many were OK, the worker's CPU, the load generator's CPU.
 4. The same storm with scrypt logins instead (server hash=scrypt), bounded to
    ``--scrypt-seconds``: with the bounded hash line most are answered 'busy'
-   (5) at once, so also the sustained scrypt login rate (8 connections, one login
+   (5) at once, so also the sustained scrypt login rate (2 connections, one login
    each outstanding), and from it the time 10,000 logins need (extrapolated).
 
 Benchmark-only settings, said so: no flood rule, heartbeat off, limits per
@@ -249,7 +249,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             )  # fmt: skip
             print(storm_line("scrypt login storm", report, clients))
             steady = loadgen(
-                ["-p", str(port), "-c", "8", "-d", "1", "-m", "login", "-u", SLOW,
+                ["-p", str(port), "-c", "2", "-d", "1", "-m", "login", "-u", SLOW,
                  "-n", str(clients), "-S", str(worker), "-w", "1",
                  "-t", str(args.scrypt_seconds)],
                 timeout=args.scrypt_seconds + 60,
@@ -257,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         ok = steady["result_codes"]["0"]
         rate = ok / steady["duration_s"]
         print(
-            f"scrypt logins, sustained (8 connections x 1): {rate:.1f} OK/s "
+            f"scrypt logins, sustained (2 connections x 1): {rate:.1f} OK/s "
             f"(result codes { {k: v for k, v in steady['result_codes'].items() if v} }, "
             f"worker CPU {steady['server_cpu_pct']:.0f} %); {clients:,} clients logging in "
             f"again with passwords would need at least {clients / rate:.0f} s "

@@ -9,8 +9,10 @@ needs FULL.)
 
 The cost of FULL is one fsync per commit, so registrations that arrive together
 share one: the first waiting task commits everything queued in one transaction
-(group commit), the others wait for it. Reads (logins) run alongside on their own
-connections, which WAL allows.
+(group commit), the others wait for it. Reads (logins, resumes) run alongside on
+their own connections, which WAL allows, and are grouped the same way: lookups
+that arrive while one is in a thread go together in the next thread call, so a
+reconnect storm of 10,000 resumes costs a few hundred thread hops, not 10,000.
 
 Calls run in threads (``trio.to_thread``) behind a capacity limiter of
 ``pool_size``; each thread borrows an idle connection, so a connection is used
@@ -71,6 +73,16 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
 }
 
 _COLUMNS: Final = "name_key, name, password_hash, itype, created_at"
+
+
+@attrs.define(eq=False)
+class _Read:
+    key: str
+    limit_keys: tuple[str, ...]
+    done: bool = False
+    account: Account | None = None
+    untils: dict[str, float] = attrs.Factory(dict)
+    error: StoreUnavailable | None = None
 
 
 @attrs.define(eq=False)
@@ -148,22 +160,23 @@ def _insert_many(conn: sqlite3.Connection, accounts: Sequence[Account]) -> list[
     return created
 
 
-def _get(conn: sqlite3.Connection, key: str) -> Account | None:
-    row = conn.execute(
-        f"SELECT {_COLUMNS} FROM trioserver_accounts WHERE name_key = ?", (key,)
-    ).fetchone()
-    return None if row is None else Account(*row)
-
-
-def _get_with_limits(
-    conn: sqlite3.Connection, key: str, limit_keys: Sequence[str]
-) -> tuple[Account | None, dict[str, float]]:
-    account = _get(conn, key)
-    marks = ", ".join("?" * len(limit_keys))
+def _read_many(
+    conn: sqlite3.Connection, reads: Sequence[tuple[str, tuple[str, ...]]]
+) -> tuple[dict[str, Account], dict[str, float]]:
+    """Every account and limit row the reads name: one SELECT for each kind."""
+    keys = list(dict.fromkeys(key for key, _ in reads))
+    marks = ", ".join("?" * len(keys))
     rows = conn.execute(
-        f"SELECT key, until FROM trioserver_limits WHERE key IN ({marks})", tuple(limit_keys)
+        f"SELECT {_COLUMNS} FROM trioserver_accounts WHERE name_key IN ({marks})", keys
     ).fetchall()
-    return account, dict(rows)
+    accounts = {row[0]: Account(*row) for row in rows}
+    limit_keys = list(dict.fromkeys(k for _, lk in reads for k in lk))
+    untils: dict[str, float] = {}
+    if limit_keys:
+        marks = ", ".join("?" * len(limit_keys))
+        query = f"SELECT key, until FROM trioserver_limits WHERE key IN ({marks})"
+        untils = dict(conn.execute(query, limit_keys).fetchall())
+    return accounts, untils
 
 
 def _update_limits(conn: sqlite3.Connection, update: LimitUpdate, now: float) -> None:
@@ -222,6 +235,9 @@ class SQLiteStore(AccountStore):
         self._queue: list[_Insert] = []
         self._committing = False
         self._committed = trio.Event()
+        self._reads: list[_Read] = []
+        self._reading = False
+        self._read_done = trio.Event()
         self._closed = False
 
     # -- threads ---------------------------------------------------------------------------
@@ -317,7 +333,47 @@ class SQLiteStore(AccountStore):
         return pending.created
 
     async def get(self, key: str) -> Account | None:
-        return await self._run(_get, key)
+        account, _ = await self._read(key, ())
+        return account
+
+    async def _read(
+        self, key: str, limit_keys: tuple[str, ...]
+    ) -> tuple[Account | None, dict[str, float]]:
+        """Queue a lookup for the next grouped read; return once it has run."""
+        pending = _Read(key, limit_keys)
+        self._reads.append(pending)
+        while not pending.done:
+            if self._reading:
+                await self._read_done.wait()
+                continue
+            batch = self._reads[:MAX_BATCH]
+            del self._reads[:MAX_BATCH]
+            self._reading = True
+            try:
+                accounts, untils = await self._run(
+                    _read_many, [(p.key, p.limit_keys) for p in batch]
+                )
+            except StoreUnavailable as exc:
+                for p in batch:
+                    p.error = exc
+            except BaseException:
+                error = StoreUnavailable("the read was abandoned")
+                for p in batch:
+                    p.error = error
+                raise
+            else:
+                for p in batch:
+                    p.account = accounts.get(p.key)
+                    p.untils = {k: untils[k] for k in p.limit_keys if k in untils}
+            finally:
+                for p in batch:
+                    p.done = True
+                self._reading = False
+                self._read_done.set()
+                self._read_done = trio.Event()
+        if pending.error is not None:
+            raise pending.error
+        return pending.account, pending.untils
 
     async def set_password_hash(self, key: str, old: str, new: str) -> bool:
         return await self._run(_set_hash, key, old, new)
@@ -329,7 +385,7 @@ class SQLiteStore(AccountStore):
     async def get_with_limits(
         self, key: str, limit_keys: Sequence[str]
     ) -> tuple[Account | None, dict[str, float]]:
-        return await self._run(_get_with_limits, key, limit_keys)
+        return await self._read(key, tuple(limit_keys))
 
     async def update_limits(self, update: LimitUpdate, now: float) -> None:
         if update:
