@@ -15,7 +15,9 @@ One worker (``master.workers=1``) pinned to CPU 0, the C load generator
 3. The storm: a new server (same data directory, same session secret) starts;
    all clients connect at once and send RESUME with their saved token as soon as
    their connection is up. Measured: from the first connect to the last answer,
-   how many were OK, the worker's CPU, the load generator's CPU.
+   how many were OK, the worker's CPU, the load generator's CPU. Before each, the
+   same storm with a ping instead of a resume on another fresh server: the floor
+   (accepting 10,000 connections and answering one packet on each).
 4. The same storm with scrypt logins instead (server hash=scrypt), bounded to
    ``--scrypt-seconds``: with the bounded hash line most are answered 'busy'
    (5) at once, so also the sustained scrypt login rate (2 connections, one login
@@ -227,7 +229,14 @@ def main(argv: Sequence[str] | None = None) -> None:
             start = time.perf_counter()
             tokens.write_bytes(trio.run(log_everyone_in, port, clients))
             print(f"before the restart: {clients:,} logins in {time.perf_counter() - start:.1f} s")
-        for run in range(args.runs):
+        for run in range(args.runs):  # a fresh server (a restart) for every storm
+            with server(workdir, clients, "insecure-fast") as (port, worker):
+                report = loadgen(
+                    ["-p", str(port), "-s", "-c", str(clients), "-m", "ping",
+                     "-S", str(worker), "-T", "60", "-t", "60"],
+                    timeout=150,
+                )  # fmt: skip
+            print(storm_line(f"ping storm {run + 1} (the floor)", report, clients))
             profile = args.profile if run == 0 else None
             with server(workdir, clients, "insecure-fast", profile) as (port, worker):
                 report = loadgen(

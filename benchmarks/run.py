@@ -276,6 +276,8 @@ HTTP_RATIOS: tuple[tuple[str, str], ...] = (
     ("bare-httptools", "nginx"),
 )
 WORKERS_RATIOS: tuple[tuple[str, str], ...] = (("trioserver-2w", "trioserver-1w"),)
+# Ratios across cases of one run, for one target: (case, against case, target).
+CASE_RATIOS: tuple[tuple[str, str, str], ...] = (("resume-100x1", "ping-100x1", "trioserver"),)
 
 # ---------------------------------------------------------------------------
 # Cases.
@@ -326,6 +328,17 @@ CASES: tuple[Case, ...] = (
         conns=100,
         depth=16,
         tags=frozenset({"accounts", "login"}),
+    ),
+    Case(
+        "resume-100x1",
+        "load",
+        f"resume (code 1) with the session tokens of {LOGIN_USERS} logins, 100x1 "
+        "(trioserver only; compare with ping-100x1 in the same run)",
+        mix="resume",
+        conns=100,
+        depth=1,
+        tags=frozenset({"accounts", "login", "resume"}),
+        targets=("trioserver",),
     ),
     Case(
         "idle-10k",
@@ -516,6 +529,7 @@ class Server:
     proc: subprocess.Popen[bytes]
     log: Path
     measured: tuple[int, ...] = ()  # the processes doing the work: the workers, if any
+    tokens: Path | None = None  # resume records (name field + token) from setup_tokens
 
     @property
     def pids_arg(self) -> str:
@@ -706,6 +720,10 @@ def run_load(case: Case, server: Server, cfg: Settings, rep: int) -> dict[str, A
     ]
     if "login" in case.tags:
         args += ["-u", ACCOUNT_PREFIX, "-n", str(LOGIN_USERS)]
+    if case.mix == "resume":
+        if server.tokens is None:
+            raise RuntimeError("no session tokens (account setup failed)")
+        args += ["-R", str(server.tokens)]
     pids = server.measured or (server.proc.pid,)
     ticks_before = [cpu_ticks(p) for p in pids]
     report = loadgen(
@@ -730,7 +748,7 @@ def run_load(case: Case, server: Server, cfg: Settings, rep: int) -> dict[str, A
         shares = [t / all_ticks for t in ticks]
         record["worker_cpu_share"] = shares
         record["worker_cpu_share_min"] = min(shares)
-    if case.mix in ("register", "login") and requests:
+    if case.mix in ("register", "login", "resume") and requests:
         ok = report["result_codes"]["0"]
         record["result_ok_fraction"] = ok / requests
     return record
@@ -1010,6 +1028,39 @@ def setup_accounts(server: Server, cfg: Settings) -> str | None:
     return None
 
 
+def setup_tokens(server: Server, path: Path) -> str | None:
+    """Log every setup account in once and keep its session token (for a resume case)."""
+    from trioserver.client import BlockingClient
+    from trioserver.messages import USERNAME_FIELD
+
+    records = []
+    with BlockingClient.connect(HOST, server.port, timeout=10) as client:
+        for u in range(LOGIN_USERS):
+            name = f"{ACCOUNT_PREFIX}u{u}"
+            reply = client.login(name, "benchpass")
+            if reply.result != 0 or not any(reply.token):
+                return f"needs tokens: login {name} answered {reply.result} without a token"
+            records.append(name.encode().ljust(USERNAME_FIELD, b"\0") + reply.token)
+    path.write_bytes(b"".join(records))
+    server.tokens = path
+    return None
+
+
+def case_ratio_lines(summary: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
+    """One line per CASE_RATIOS entry whose two cases ran for its target."""
+    lines = []
+    for case, other, target in CASE_RATIOS:
+        a, b = summary.get(case, {}).get(target, {}), summary.get(other, {}).get(target, {})
+        ra, rb = a.get("rps"), b.get("rps")
+        ca, cb = a.get("server_us_per_req"), b.get("server_us_per_req")
+        if ra and rb and ca and cb:
+            lines.append(
+                f"{case} / {other} ({target}): {ra / rb:.2f} of the req/s, {cb / ca:.2f} per "
+                f"server CPU-second ({ca:.1f} against {cb:.1f} µs of server CPU per request)"
+            )
+    return [*lines, ""] if lines else []
+
+
 # ---------------------------------------------------------------------------
 # Reporting.
 
@@ -1205,6 +1256,7 @@ def print_tables(
                 )
         lines += markdown_table(head, rows)
         lines.append("")
+    lines += case_ratio_lines(summary)
     for c in cases:
         for t, note in notes.get(c.name, {}).items():
             if c.name not in summary or t not in summary[c.name]:
@@ -1390,6 +1442,12 @@ def run_cases(
                                 note = setup_accounts(server, cfg)
                             except (RuntimeError, subprocess.TimeoutExpired) as exc:
                                 note = f"account setup failed: {str(exc).splitlines()[0]}"
+                            if note is None and "resume" in case.tags:
+                                try:
+                                    tokens = logdir / f"tokens-{server.port}.bin"
+                                    note = setup_tokens(server, tokens)
+                                except (OSError, ValueError) as exc:
+                                    note = f"token setup failed: {str(exc).splitlines()[0]}"
                             if note:
                                 add_note(notes, case.name, name, note)
                     server = live[name]
