@@ -83,6 +83,8 @@ class _Read:
     account: Account | None = None
     untils: dict[str, float] = attrs.Factory(dict)
     error: StoreUnavailable | None = None
+    #: Set when this read is done, or when it is first in line and nobody is reading.
+    wakeup: trio.Event = attrs.Factory(trio.Event)
 
 
 @attrs.define(eq=False)
@@ -237,7 +239,6 @@ class SQLiteStore(AccountStore):
         self._committed = trio.Event()
         self._reads: list[_Read] = []
         self._reading = False
-        self._read_done = trio.Event()
         self._closed = False
 
     # -- threads ---------------------------------------------------------------------------
@@ -339,13 +340,28 @@ class SQLiteStore(AccountStore):
     async def _read(
         self, key: str, limit_keys: tuple[str, ...]
     ) -> tuple[Account | None, dict[str, float]]:
-        """Queue a lookup for the next grouped read; return once it has run."""
+        """Queue a lookup for the next grouped read; return once it has run.
+
+        Whoever is first in line when no read is running takes the line (up to
+        ``MAX_BATCH``) to a thread; the others sleep on their own event, woken
+        once when their read is done or when they are first in a free line (not
+        all at every read: 10,000 waiters would each wake hundreds of times).
+        """
         pending = _Read(key, limit_keys)
         self._reads.append(pending)
+        if not self._reading and self._reads[0] is pending:
+            pending.wakeup.set()
         while not pending.done:
-            if self._reading:
-                await self._read_done.wait()
-                continue
+            try:
+                await pending.wakeup.wait()
+            except BaseException:
+                if not pending.done and pending in self._reads:
+                    self._reads.remove(pending)  # never taken: it leaves the line
+                self._wake_next_reader()
+                raise
+            if pending.done:
+                break
+            pending.wakeup = trio.Event()
             batch = self._reads[:MAX_BATCH]
             del self._reads[:MAX_BATCH]
             self._reading = True
@@ -368,12 +384,16 @@ class SQLiteStore(AccountStore):
             finally:
                 for p in batch:
                     p.done = True
+                    p.wakeup.set()
                 self._reading = False
-                self._read_done.set()
-                self._read_done = trio.Event()
+                self._wake_next_reader()
         if pending.error is not None:
             raise pending.error
         return pending.account, pending.untils
+
+    def _wake_next_reader(self) -> None:
+        if not self._reading and self._reads:
+            self._reads[0].wakeup.set()
 
     async def set_password_hash(self, key: str, old: str, new: str) -> bool:
         return await self._run(_set_hash, key, old, new)
