@@ -2,6 +2,7 @@
 
     python benchmarks/limits_costs.py                      # SQLite, 5 rounds of 2,000 each
     python benchmarks/limits_costs.py --postgres postgresql://user@127.0.0.1:5432/db
+    python benchmarks/limits_costs.py --postgres temp     # a throwaway server (initdb)
 
 The account service alone (no sockets), over a real store in a temporary
 directory (or the PostgreSQL database given), insecure-fast hash, limits high
@@ -14,9 +15,11 @@ Rounds interleave on and off, so machine noise falls on both alike; medians.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -86,9 +89,17 @@ def main() -> None:
         f"machine: {platform.node()} {platform.machine()} {os.cpu_count()} CPUs, "
         f"Python {platform.python_version()}, load average {os.getloadavg()[0]:.1f}"
     )
-    with tempfile.TemporaryDirectory() as tmp:
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory())
         urls = {"sqlite": f"sqlite:///{Path(tmp) / 'accounts.sqlite3'}"}
-        if args.postgres:
+        if args.postgres == "temp":  # the tests' throwaway cluster, on loopback
+            sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+            from tests.accounts.pgserver import PostgresServer
+
+            pg = PostgresServer.create()
+            stack.callback(pg.destroy)
+            urls["postgres"] = pg.url
+        elif args.postgres:
             urls["postgres"] = args.postgres
         for store, url in urls.items():
             rows: dict[tuple[str, bool], list[tuple[float, float]]] = {}
