@@ -201,6 +201,23 @@ TARGETS: dict[str, Target] = {
             "flood rule and heartbeat off, HTTP off",
         ),
         Target(
+            "trioserver-sqlite",
+            trioserver_command(
+                1,
+                *TRIOSERVER_BINARY,
+                "--set",
+                'accounts.url="sqlite:///{workdir}/accounts-{port}.sqlite3"',
+                "--set",
+                'accounts.session_secret="{workdir}/session-secret-{port}"',
+            ),
+            tag_args=TRIOSERVER_TAGS,
+            probe=TRIOSERVER_PROBE,
+            checks_accounts=True,
+            forks_workers=True,
+            description="trioserver as above with the default store, SQLite (a file in this "
+            "run's scratch directory), for the account cases",
+        ),
+        Target(
             "trioserver-1w",
             trioserver_command(1, *TRIOSERVER_BINARY),
             probe=TRIOSERVER_PROBE,
@@ -276,8 +293,11 @@ HTTP_RATIOS: tuple[tuple[str, str], ...] = (
     ("bare-httptools", "nginx"),
 )
 WORKERS_RATIOS: tuple[tuple[str, str], ...] = (("trioserver-2w", "trioserver-1w"),)
-# Ratios across cases of one run, for one target: (case, against case, target).
-CASE_RATIOS: tuple[tuple[str, str, str], ...] = (("resume-100x1", "ping-100x1", "trioserver"),)
+# Ratios across cases of one run: (case, its target, against case, its target).
+CASE_RATIOS: tuple[tuple[str, str, str, str], ...] = (
+    ("resume-100x1", "trioserver", "ping-100x1", "trioserver"),
+    ("resume-100x1", "trioserver-sqlite", "ping-100x1", "trioserver"),
+)
 
 # ---------------------------------------------------------------------------
 # Cases.
@@ -333,12 +353,13 @@ CASES: tuple[Case, ...] = (
         "resume-100x1",
         "load",
         f"resume (code 1) with the session tokens of {LOGIN_USERS} logins, 100x1 "
-        "(trioserver only; compare with ping-100x1 in the same run)",
+        "(compare with ping-100x1 in the same run; memory store and SQLite)",
         mix="resume",
         conns=100,
         depth=1,
         tags=frozenset({"accounts", "login", "resume"}),
-        targets=("trioserver",),
+        targets=("trioserver", "trioserver-sqlite"),
+        ratios=(("trioserver-sqlite", "trioserver"),),
     ),
     Case(
         "idle-10k",
@@ -1049,13 +1070,15 @@ def setup_tokens(server: Server, path: Path) -> str | None:
 def case_ratio_lines(summary: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
     """One line per CASE_RATIOS entry whose two cases ran for its target."""
     lines = []
-    for case, other, target in CASE_RATIOS:
-        a, b = summary.get(case, {}).get(target, {}), summary.get(other, {}).get(target, {})
+    for case, target, other, other_target in CASE_RATIOS:
+        a = summary.get(case, {}).get(target, {})
+        b = summary.get(other, {}).get(other_target, {})
         ra, rb = a.get("rps"), b.get("rps")
         ca, cb = a.get("server_us_per_req"), b.get("server_us_per_req")
         if ra and rb and ca and cb:
             lines.append(
-                f"{case} / {other} ({target}): {ra / rb:.2f} of the req/s, {cb / ca:.2f} per "
+                f"{case} ({target}) / {other} ({other_target}): {ra / rb:.2f} of the req/s, "
+                f"{cb / ca:.2f} per "
                 f"server CPU-second ({ca:.1f} against {cb:.1f} µs of server CPU per request)"
             )
     return [*lines, ""] if lines else []
