@@ -89,6 +89,18 @@ def peer_host(peer: str) -> str:
     return host if sep and host else peer
 
 
+def _shared_limits(settings: AccountsSettings) -> SharedLoginLimits | None:
+    """The login limits to count in the store too; None if off, or if every one is off."""
+    window = settings.failure_window
+    shared = SharedLoginLimits(
+        Limit(settings.max_failures_per_name, window),
+        Limit(settings.max_failures_per_address, window),
+        Limit(settings.max_failures_per_name_untrusted, window),
+    )
+    enabled = shared.name.enabled or shared.network.enabled or shared.untrusted.enabled
+    return shared if settings.shared_limits and enabled else None
+
+
 def default_hash_threads(workers: int) -> int:
     """The worker's share of the cores this process may run on (at least 1)."""
     try:
@@ -200,13 +212,7 @@ class AccountService:
             untrusted_name_failures=TokenBuckets(
                 settings.max_failures_per_name_untrusted, window, keys
             ),
-            shared_limits=SharedLoginLimits(
-                Limit(settings.max_failures_per_name, window),
-                Limit(settings.max_failures_per_address, window),
-                Limit(settings.max_failures_per_name_untrusted, window),
-            )
-            if settings.shared_limits
-            else None,
+            shared_limits=_shared_limits(settings),
             ipv4_prefix=settings.ipv4_prefix,
             ipv6_prefix=settings.ipv6_prefix,
             retry_interval=settings.retry_interval,

@@ -19,6 +19,7 @@ created by :func:`load_key`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import hmac
 import os
@@ -35,9 +36,14 @@ _HEAD: Final = struct.Struct(">II")
 _MAC_BYTES: Final = TOKEN_BYTES - _HEAD.size  # 24 bytes: 192 bits
 
 
+@functools.lru_cache(maxsize=4096)
+def _binding(password_hash: str) -> bytes:
+    """SHA-256 of the stored hash (kept: a resume checks a token, then makes one, with it)."""
+    return hashlib.sha256(password_hash.encode("utf-8")).digest()
+
+
 def _mac(key: bytes, name_key: str, head: bytes, password_hash: str) -> bytes:
-    binding = hashlib.sha256(password_hash.encode("utf-8")).digest()
-    message = b"".join((_LABEL, name_key.encode("utf-8"), b"\0", head, binding))
+    message = b"".join((_LABEL, name_key.encode("utf-8"), b"\0", head, _binding(password_hash)))
     return hmac.new(key, message, hashlib.sha256).digest()[:_MAC_BYTES]
 
 
