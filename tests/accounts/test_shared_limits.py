@@ -13,7 +13,7 @@ import trio
 
 from trioserver.accounts import AccountService, MemoryStore, open_store
 from trioserver.accounts.shared_limits import Limit, LimitUpdate, MemoryLimits, apply_update
-from trioserver.accounts.store import AccountStore
+from trioserver.accounts.store import AccountStore, StoreUnavailable
 from trioserver.client import Client
 from trioserver.config import Config
 from trioserver.handlers import Services
@@ -283,3 +283,24 @@ async def test_a_store_without_shared_limits_is_asked_nothing_more() -> None:
     store = open_store("memory:")
     assert not store.keeps_limits
     assert await store.get_with_limits("x", ["a"]) == (None, {})
+
+
+@attrs.define(eq=False)
+class WriteFailingStore(MemoryStore):
+    """Shared limits that can be read but not written (the store failed in between)."""
+
+    async def update_limits(self, update: LimitUpdate, now: float) -> None:
+        await trio.lowlevel.checkpoint()
+        raise StoreUnavailable("disk full")
+
+
+async def test_a_failure_that_cannot_be_written_is_still_counted_by_the_worker(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """The guess is answered (rejected) and the worker's own buckets keep the budget."""
+    async with worker(WriteFailingStore(limits=MemoryLimits()), accounts__retry_interval=0.0) as a:
+        owner = await a.connect(peer=OWNER)
+        assert (await owner.register("alice", "secret")).result == OK
+        guesser = await a.connect(peer=GUESSER)
+        results = [(await guesser.login("alice", "wrong")).result for _ in range(7)]
+        assert results == [REJECTED] * 5 + [LIMITED] * 2
