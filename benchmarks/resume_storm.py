@@ -62,6 +62,10 @@ PASSWORD = "benchpass"  # what the load generator's logins send
 FAST, SLOW = "fast_", "scrypt_"
 
 
+#: Extra ``--set`` arguments for every server (``--set KEY=VALUE`` on this script).
+EXTRA: list[str] = []
+
+
 def settings(port: int, clients: int, hash_name: str) -> list[str]:
     values = {
         "master.workers": "1",
@@ -78,7 +82,8 @@ def settings(port: int, clients: int, hash_name: str) -> list[str]:
         "accounts.max_failures_per_name_untrusted": "0",
         "logging.level": '"warning"',
     }
-    return [arg for key, value in values.items() for arg in ("--set", f"{key}={value}")]
+    pairs = [f"{key}={value}" for key, value in values.items()] + EXTRA
+    return [arg for pair in pairs for arg in ("--set", pair)]
 
 
 def free_port() -> int:
@@ -209,7 +214,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--runs", type=int, default=3, help="resume storms (a restart each)")
     parser.add_argument("--profile", type=Path, help="run the first resume storm's worker "
                         "under cProfile and write its stats here")  # fmt: skip
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a setting for every server started (repeatable)")  # fmt: skip
+    parser.add_argument("--no-scrypt", action="store_true", help="skip the scrypt storm")
     args = parser.parse_args(argv)
+    EXTRA.extend(args.set)
     if not LOADGEN.exists():
         sys.exit("build the load generator first: python benchmarks/run.py --list builds it, or "
                  "cc -O2 -o benchmarks/build/loadgen benchmarks/loadgen.c")  # fmt: skip
@@ -249,6 +258,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.profile:
             stats = pstats.Stats(str(args.profile))
             stats.sort_stats("tottime").print_stats(25)
+        if args.no_scrypt:
+            return
         with server(workdir, clients, "scrypt") as (port, worker):
             report = loadgen(
                 ["-p", str(port), "-s", "-c", str(clients), "-m", "login", "-u", SLOW,
