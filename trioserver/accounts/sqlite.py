@@ -362,6 +362,8 @@ class SQLiteStore(AccountStore):
             if pending.done:
                 break
             pending.wakeup = trio.Event()
+            if self._reading:  # someone else took the line first: wait for the next turn
+                continue
             batch = self._reads[:MAX_BATCH]
             del self._reads[:MAX_BATCH]
             self._reading = True
