@@ -51,9 +51,27 @@ def test_closing_only_leads_to_closed() -> None:
     assert reachable(State.CLOSING) == {State.CLOSED}
 
 
-@pytest.mark.parametrize("start", [State.FINISHING, State.LINGERING, State.CLOSING, State.CLOSED])
+@pytest.mark.parametrize(
+    "start",
+    [
+        State.FINISHING,
+        State.LINGERING,
+        State.CLOSING,
+        State.CLOSED,
+        State.HANDING_OFF,
+        State.MOVED,
+    ],
+)
 def test_nothing_reads_again_once_it_stopped_reading(start: State) -> None:
     assert not reachable(start) & {State.NEW, State.READING, State.IDLE}
+
+
+def test_a_moved_connection_only_closes_and_a_handoff_ends_moved_drained_or_closed() -> None:
+    assert TRANSITIONS[State.MOVED] == frozenset({State.CLOSING})
+    assert TRANSITIONS[State.HANDING_OFF] == frozenset(
+        {State.MOVED, State.FINISHING, State.CLOSING}
+    )
+    assert State.HANDING_OFF in TRANSITIONS[State.IDLE] & TRANSITIONS[State.READING]
 
 
 def test_no_state_moves_to_itself_or_back_to_new() -> None:

@@ -20,12 +20,30 @@ always allowed from there, and a table lookup per wake-up costs).
 ``reason`` says why it ended: a :class:`KickReason` is counted as a kick; a
 :class:`CloseReason` (the peer left, the drain closed it) is not; None means the
 peer closed it and got every answer.
+
+A reload hands a connection to a new worker (``Worker.hand_over``):
+``begin_handoff`` moves it to HANDING_OFF and wakes its reader, which stops at
+the next packet boundary. What it had read is handled here first (the packets
+it had decoded; handlers finish and their replies join the outbox); bytes not
+yet decoded move as bytes (a packet not yet whole, and whole ones the inbox
+limit had left undecoded). The outbox stops (a waiting writer puts back what
+did not go out) and only queues; the reader reports to ``shared.handoff`` and
+waits. The handoff then takes ``handoff_record`` (deadlines as remaining
+seconds, the flood state, the user, the groups, what is queued, ``ctx.state``
+pickled) and the socket, and ends it with ``moved`` (this worker forgets the
+connection without a word to the peer) or ``resume`` (it drains here). A new
+worker makes the connection again with ``adopt_record`` and
+``serve(adopted=record)``: the same id, user and groups, the queued bytes sent
+first, the carried bytes decoded first. ``ctx.state`` that does not pickle stays
+behind: this worker runs ``on_close`` (reason ``handed_off``) and the new one
+``on_connect``.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import pickle
 from collections.abc import Mapping
 from typing import Any, Final, Protocol
 
@@ -40,6 +58,7 @@ from .framer import (
     RemoteProtocolError,
     TruncatedPacketError,
 )
+from .handoff_record import ConnectionRecord
 from .lifecycle import State, check_move
 from .messages import MessageCode
 from .netcaps import NetworkCaps
@@ -47,13 +66,23 @@ from .nursery_pool import Slot
 from .outbox import DeferredFlusher, Outbox
 from .peer import Peer
 from .proxy_protocol import ProxyPolicy, ProxyProtocolError, read_proxy_header
-from .reasons import CloseReason, DropReason, KickReason
+from .reasons import CloseReason, DropReason, HandoffKept, KickReason
 from .stats import Counters
 from .timers import ConnectionRules, RecycleTimer
-from .transport import PeerProtocolError, Transport, linger
+from .transport import Movable, PeerProtocolError, Transport, linger
 from .wakeup import Wakeup
+from .ws_transport import WebSocketTransport
 
-__all__ = ["Checked", "Connection", "Dispatcher", "EventHooks", "HubHooks", "Shared", "Upgrade"]
+__all__ = [
+    "Checked",
+    "Connection",
+    "Dispatcher",
+    "EventHooks",
+    "HandoffPort",
+    "HubHooks",
+    "Shared",
+    "Upgrade",
+]
 
 log = logging.getLogger("trioserver.worker")
 
@@ -65,6 +94,8 @@ _IDLE: Final = State.IDLE
 _FINISHING: Final = State.FINISHING
 _CLOSING: Final = State.CLOSING
 _CLOSED: Final = State.CLOSED
+_HANDING_OFF: Final = State.HANDING_OFF
+_MOVED: Final = State.MOVED
 _PING: Final = int(MessageCode.PING)
 
 #: Seconds a draining worker waits for the first request of a connection that has
@@ -109,7 +140,25 @@ class HubHooks(Protocol):
 
     def opened(self, conn: Connection) -> None: ...
 
-    def closed(self, conn: Connection) -> None: ...
+    def closed(self, conn: Connection, *, moved: bool = False) -> None: ...
+
+    def join(self, conn: Connection, group: str) -> bool: ...
+
+    def groups_of(self, conn: Connection) -> frozenset[str]: ...
+
+
+class HandoffPort(Protocol):
+    """Where a connection that is being handed over reports (``handoff.HandoffSender``)."""
+
+    def ready(self, conn: Connection, partial: bytes, frames: bytes) -> None:
+        """``conn`` stopped, its outbox holds; it waits for ``moved()`` or ``resume()``.
+        ``partial``: the bytes read and not yet decoded; ``frames``: a WebSocket's raw
+        frame bytes still arriving."""
+        ...
+
+    def kept(self, conn: Connection, reason: HandoffKept) -> None:
+        """``conn`` will not move after all (it closed, finished, ...): it stays here."""
+        ...
 
 
 class EventHooks(Protocol):
@@ -149,6 +198,8 @@ class Shared:
     inbox_size: int = 1024
     max_pending_replies: int = 400
     max_pending_bytes: int = 4 << 20
+    #: Most payload bytes of one WebSocket message (``http.websocket_max_message``).
+    websocket_max_message: int = 262144
     #: The open connections by slot index.
     connections: dict[int, Connection] = attrs.Factory(dict)
     stopping: bool = False
@@ -159,6 +210,8 @@ class Shared:
     #: ``instance-worker.process-``: what makes ``Connection.global_id`` unique beyond
     #: this worker.
     id_prefix: str = "local-0.0-"
+    #: The handoff under way (set once, by ``Worker.hand_over``; the worker is stopping).
+    handoff: HandoffPort | None = None
     _nursery: trio.Nursery | None = None
 
     @property
@@ -185,6 +238,7 @@ class Connection:
         "inbox",
         "last_packet_at",
         "logged_drops",
+        "moved_id",
         "outbox",
         "peer",
         "prelogin",
@@ -245,6 +299,8 @@ class Connection:
         self.app_state: dict[str, Any] | None = None
         #: True once ``on_connect`` was fired: ``on_close`` then fires exactly once.
         self.announced = False
+        #: The ``global_id`` it had in the worker that handed it over (None: made here).
+        self.moved_id: str | None = None
 
     # -- what others ask -----------------------------------------------------------------------
 
@@ -256,7 +312,11 @@ class Connection:
     @property
     def global_id(self) -> str:
         """``instance-worker.process-slot-sequence``: unique across workers and instances (the hub's
-        address for ``send_to_connection``); ``id`` stays the short one for logs."""
+        address for ``send_to_connection``); ``id`` stays the short one for logs. A
+        connection handed over on a reload keeps the one it had."""
+        moved = self.moved_id
+        if moved is not None:
+            return moved
         return f"{self.shared.id_prefix}{self.slot.index}-{self.sequence}"
 
     @property
@@ -282,7 +342,7 @@ class Connection:
 
     def kick(self, reason: KickReason) -> None:
         """Close now, replies still queued unsent; the first kick's reason is counted."""
-        if self.closing:
+        if self.closing or self.state is _MOVED:
             return
         self.reason = reason
         self._move(_CLOSING)
@@ -295,7 +355,7 @@ class Connection:
 
     def peer_gone(self) -> None:
         """The peer reset or vanished: nothing more can be delivered (not a kick)."""
-        if self.closing:
+        if self.closing or self.state is _MOVED:
             return
         self.reason = CloseReason.PEER_GONE
         self._move(_CLOSING)
@@ -324,13 +384,170 @@ class Connection:
         check_move(self.state, state)
         self.state = state
 
+    # -- a reload's handoff (see the module docstring) -----------------------------------------
+
+    def handoff_reason(self) -> HandoffKept | None:
+        """Why this connection cannot move to another worker now; None: it can."""
+        transport = self.transport
+        if self.upgrade is not None or (
+            isinstance(transport, WebSocketTransport) and not isinstance(transport.lower, Movable)
+        ):
+            return HandoffKept.TLS  # the session's keys live in this process's ssl object
+        state = self.state
+        if state is not _READING and state is not _IDLE and state is not _NEW:
+            return HandoffKept.CLOSING
+        if not self.announced:
+            return HandoffKept.NEW  # its PROXY header or on_connect is still to come
+        if not isinstance(transport, Movable):
+            return HandoffKept.TRANSPORT
+        if transport.handoff_socket() is None:
+            return HandoffKept.WEBSOCKET  # wsproto parses it, or a frame is half sent
+        return None
+
+    def begin_handoff(self) -> bool:
+        """Stop reading at the next packet boundary, for ``shared.handoff``; False
+        (nothing changed) if :meth:`handoff_reason` says it cannot move."""
+        if self.handoff_reason() is not None:
+            return False
+        self._move(_HANDING_OFF)
+        transport = self.transport
+        assert isinstance(transport, Movable)
+        transport.interrupt()  # a reader or writer waiting on the socket wakes
+        return True
+
+    def handoff_record(self, partial: bytes, frames: bytes, now: float) -> ConnectionRecord:
+        """What the new worker needs to go on with this connection, as of now."""
+        hub = self.shared.hub
+        state: bytes | None = None
+        reannounce = False
+        if self.app_state is not None:
+            try:
+                state = pickle.dumps(self.app_state, pickle.HIGHEST_PROTOCOL)
+            except Exception:
+                reannounce = self.announced
+        transport = self.transport
+        websocket = isinstance(transport, WebSocketTransport)
+        subprotocol = transport.subprotocol if isinstance(transport, WebSocketTransport) else None
+        return ConnectionRecord(
+            connection_id=self.global_id,
+            peer=self.peer,
+            user=self.user,
+            heartbeat_remaining=self.scope.deadline - now,
+            flood_count=self.flood_count,
+            since_last_packet=now - self.last_packet_at,
+            partial=partial,
+            unsent=self.outbox.queued(),
+            groups=() if hub is None else tuple(sorted(hub.groups_of(self))),
+            hard_remaining=self.hard_deadline - now,
+            prelogin=self.prelogin,
+            state=state,
+            reannounce=reannounce,
+            websocket=websocket,
+            subprotocol=subprotocol,
+            frames=frames,
+        )
+
+    def moved(self, record: ConnectionRecord) -> None:
+        """The new worker acknowledged ``record``: forget this connection here."""
+        if record.reannounce:
+            self.reason = CloseReason.HANDED_OFF  # on_close runs; on_connect runs there
+        self._move(_MOVED)
+        self.wakeup.wake()
+
+    def resume(self) -> None:
+        """The handoff did not take this connection: it drains here."""
+        if self.state is _HANDING_OFF:
+            self._move(_FINISHING)
+            self.wakeup.wake()
+
+    def adopt_record(self, record: ConnectionRecord, now: float) -> ConnectionRecord:
+        """Take the state a handed-over connection had (before :meth:`serve`); the
+        record to serve it with (``ctx.state`` that does not unpickle here is dropped,
+        logged, and ``on_connect`` runs instead)."""
+        self.moved_id = record.connection_id
+        self.user = record.user
+        self.flood_count = record.flood_count
+        self.last_packet_at = now - record.since_last_packet
+        self.prelogin = record.prelogin
+        if record.hard_remaining < math.inf:
+            self.hard_deadline = now + record.hard_remaining
+        if record.heartbeat_remaining < math.inf:
+            self.scope.deadline = now + record.heartbeat_remaining
+        if record.state is not None:
+            try:
+                self.app_state = pickle.loads(record.state)
+            except Exception as exc:
+                log.warning(
+                    "conn %s: ctx.state did not unpickle (%s); on_connect runs again",
+                    record.connection_id,
+                    exc,
+                )
+                return attrs.evolve(record, state=None, reannounce=True)
+        return record
+
+    async def _adopt(self, record: ConnectionRecord) -> bytes | None:
+        """Open a handed-over connection: groups, the replies it was owed, on_connect if
+        its state stayed behind; the carried bytes to decode first (None: closed)."""
+        shared = self.shared
+        self._move(_READING)
+        self.announced = True
+        hub = shared.hub
+        if hub is not None:
+            hub.opened(self)  # with its user: send_to_user finds it
+            for group in record.groups:
+                hub.join(self, group)
+        if record.unsent:
+            self.outbox.send(record.unsent)  # before anything this worker answers
+        if record.reannounce and shared.events is not None and shared.events.any_connect:
+            await shared.events.connected(self)
+            if self.closing:
+                return None
+        return record.partial
+
+    async def _hand_off(self, decoder: FrameDecoder) -> bool:
+        """Finish what was read, stop the outbox and wait for the handoff: True once
+        moved; False when it is to drain here (the outbox sends again)."""
+        port = self.shared.handoff
+        assert port is not None
+        outbox = self.outbox
+        while self.scheduled or self.inbox or outbox.writing:
+            await self.wakeup.wait()  # handlers finish; a writer puts back what it did not send
+            if self.state is not _HANDING_OFF:
+                return False
+        transport = self.transport
+        assert isinstance(transport, Movable)
+        if transport.handoff_socket() is None:  # a WebSocket left the fast path meanwhile
+            port.kept(self, HandoffKept.WEBSOCKET)
+            self._move(_FINISHING)
+            return False
+        partial = decoder.buffered()
+        frames = b""
+        if isinstance(transport, WebSocketTransport):
+            payload, frames = transport.handoff_frames()
+            partial += payload
+        outbox.hold()
+        port.ready(self, partial, frames)
+        # The handoff always ends with moved() or resume(); until then nothing here may
+        # touch the socket (a deadline passing now is the new worker's to enforce).
+        with trio.CancelScope(shield=True):
+            while self.state is _HANDING_OFF:
+                await self.wakeup.wait()
+        if self.state is _MOVED:
+            return True
+        outbox.release()
+        return False
+
     # -- the reader ----------------------------------------------------------------------------
 
-    async def serve(self, *, proxy_header: bool = True) -> None:
+    async def serve(
+        self, *, proxy_header: bool = True, adopted: ConnectionRecord | None = None
+    ) -> None:
         """Read, check and hand over until the connection ends; then close it.
 
         ``proxy_header=False``: no PROXY header comes first, whatever ``[server]``
-        says (a WebSocket made on the HTTP port, which takes none).
+        says (a WebSocket made on the HTTP port, which takes none). ``adopted``:
+        another worker handed this connection over with this record (after
+        :meth:`adopt_record`).
 
         The reader is inline here rather than in coroutines of its own because an
         idle connection is this task's frame and little else: every nested frame
@@ -338,7 +555,8 @@ class Connection:
         """
         shared = self.shared
         transport = self.transport
-        shared.rules.open(self, trio.current_time())
+        if adopted is None:
+            shared.rules.open(self, trio.current_time())
         decoder = FrameDecoder(shared.max_packet_length)
         receive_size = shared.receive_size
         inbox_size = shared.inbox_size
@@ -352,21 +570,24 @@ class Connection:
         try:
             with self.scope:
                 early: bytes | None = b""
-                if shared.proxy is not None and proxy_header:
-                    early = await self._proxy_header(shared.proxy)
-                    if early is not None and shared.caps is not None:
-                        early = self._count_network(shared.caps, early)
-                if self.upgrade is not None and early is not None:
-                    early = await self._upgrade(self.upgrade, early)
-                    transport = self.transport
-                if early is not None:
-                    self.announced = True
-                    if shared.hub is not None:
-                        shared.hub.opened(self)
-                    if shared.events is not None and shared.events.any_connect:
-                        await shared.events.connected(self)
-                        if self.closing:
-                            early = None  # on_connect kicked it (or raised)
+                if adopted is not None:
+                    early = await self._adopt(adopted)
+                else:
+                    if shared.proxy is not None and proxy_header:
+                        early = await self._proxy_header(shared.proxy)
+                        if early is not None and shared.caps is not None:
+                            early = self._count_network(shared.caps, early)
+                    if self.upgrade is not None and early is not None:
+                        early = await self._upgrade(self.upgrade, early)
+                        transport = self.transport
+                    if early is not None:
+                        self.announced = True
+                        if shared.hub is not None:
+                            shared.hub.opened(self)
+                        if shared.events is not None and shared.events.any_connect:
+                            await shared.events.connected(self)
+                            if self.closing:
+                                early = None  # on_connect kicked it (or raised)
                 while early is not None:  # bytes → packets → checks → handlers
                     if early:  # bytes that arrived with the PROXY header come first
                         data, early = early, b""
@@ -392,6 +613,10 @@ class Connection:
                         except trio.BrokenResourceError:
                             self.peer_gone()  # reset by peer: nothing more to deliver
                             break
+                        except trio.ClosedResourceError:
+                            if shared.handoff is None:
+                                raise
+                            continue  # a handoff woke it: look again, then stop
                         if not data:
                             peer_eof = True
                             self._at_eof(decoder)
@@ -430,7 +655,12 @@ class Connection:
                     events = packets = None  # a waiting connection keeps no batch alive
                     if self.state is not _READING:
                         break
-                if not self.closing:
+                moved = False
+                if self.state is _HANDING_OFF and not peer_eof:
+                    moved = await self._hand_off(decoder)
+                if not self.closing and not moved:
+                    if shared.handoff is not None:
+                        shared.handoff.kept(self, HandoffKept.FINISHING)  # if it was to move
                     if self.state is not _FINISHING:
                         self._move(_FINISHING)
                     while self.busy:  # answer and send everything that was read
@@ -575,6 +805,11 @@ class Connection:
     async def _close(self, clean: bool) -> None:
         """Account for the end, release the slot (exactly once), close the transport."""
         shared = self.shared
+        if self.state is _MOVED:
+            await self._close_moved()
+            return
+        if shared.handoff is not None:
+            shared.handoff.kept(self, HandoffKept.CLOSED)  # if it was to move
         if not self.closing:
             reason = self.reason
             if not clean:
@@ -601,3 +836,25 @@ class Connection:
         self._move(_CLOSED)
         self.transport.closing(self._ending())
         await self.transport.aclose()
+
+    async def _close_moved(self) -> None:
+        """Forget a connection another worker now serves: no kick, no word to the peer;
+        ``on_close`` only if its state stayed behind (``reason`` is ``handed_off``)."""
+        shared = self.shared
+        self._move(_CLOSING)
+        events = shared.events
+        if self.reason is CloseReason.HANDED_OFF and events is not None and events.any_close:
+            await events.closed(self)
+        if shared.hub is not None:
+            shared.hub.closed(self, moved=True)
+        del shared.connections[self.slot.index]
+        if self.cap_key is not None:
+            assert shared.caps is not None
+            shared.caps.release(self.cap_key)
+            self.cap_key = None
+        shared.recycler.rest(self.slot)
+        self.outbox.close()
+        self._move(_CLOSED)
+        transport = self.transport
+        assert isinstance(transport, Movable)
+        await transport.forget()

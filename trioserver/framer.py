@@ -181,6 +181,11 @@ class FrameDecoder:
         """Bytes buffered that do not yet form a whole packet."""
         return len(self._buf) - self._pos
 
+    def buffered(self) -> bytes:
+        """The bytes buffered and not yet taken as events: a packet not yet whole, and
+        whole ones a ``limit`` left as bytes (what a handoff carries to a new decoder)."""
+        return bytes(self._buf[self._pos :])
+
     @property
     def they_are_done(self) -> bool:
         """True once EOF was received and every whole packet has been taken."""

@@ -7,7 +7,11 @@ since the two processes' monotonic clocks agree but the record may wait in
 between; the receiver adds them to its own ``now``.
 
 Wire form: a 4-byte big-endian length, a UTF-8 JSON header of that length, then
-the partial packet bytes and the unsent reply bytes, whose lengths the header gives.
+the partial packet bytes, the unsent reply bytes, the pickled application state
+and a WebSocket's raw frame bytes, whose lengths the header gives. Version 2 adds
+the hard deadline, the login rule, the application state and the WebSocket
+fields; a version-1 record still decodes (with their defaults), so a new worker
+reads what an older one sends during an upgrade.
 """
 
 from __future__ import annotations
@@ -26,7 +30,9 @@ __all__ = ["ConnectionRecord", "HandoffRecordError"]
 _LENGTH: Final = struct.Struct(">I")
 #: A header bigger than this is not a record (groups and ids are short).
 MAX_HEADER: Final = 1 << 20
-VERSION: Final = 1
+VERSION: Final = 2
+#: The versions :meth:`ConnectionRecord.decode` reads.
+READABLE: Final = frozenset({1, 2})
 
 
 class HandoffRecordError(ValueError):
@@ -57,6 +63,20 @@ class ConnectionRecord:
     unsent: bytes = b""
     #: The hub groups the connection is a member of.
     groups: tuple[str, ...] = ()
+    #: Seconds until the hard deadline (session lifetime, or login deadline while
+    #: ``prelogin``); inf: none.
+    hard_remaining: float = math.inf
+    prelogin: bool = False
+    #: ``ctx.state`` pickled (None: the application kept none, or it did not pickle).
+    state: bytes | None = None
+    #: The old worker ran the application's ``on_close`` (its state could not move):
+    #: the new one runs ``on_connect``.
+    reannounce: bool = False
+    #: A WebSocket connection: its subprotocol, and the raw bytes of a frame still
+    #: arriving (``partial`` then holds unframed payload).
+    websocket: bool = False
+    subprotocol: str | None = None
+    frames: bytes = b""
 
     def heartbeat_deadline(self, now: float) -> float:
         """The deadline on the receiver's clock."""
@@ -76,10 +96,18 @@ class ConnectionRecord:
                 "partial": len(self.partial),
                 "unsent": len(self.unsent),
                 "groups": list(self.groups),
+                "hard": _remaining(self.hard_remaining),
+                "prelogin": self.prelogin,
+                "state": None if self.state is None else len(self.state),
+                "reannounce": self.reannounce,
+                "ws": {"sub": self.subprotocol, "frames": len(self.frames)}
+                if self.websocket
+                else None,
             },
             separators=(",", ":"),
         ).encode()
-        return _LENGTH.pack(len(header)) + header + self.partial + self.unsent
+        state = self.state or b""
+        return _LENGTH.pack(len(header)) + header + self.partial + self.unsent + state + self.frames
 
     @classmethod
     def decode(cls, data: bytes) -> ConnectionRecord:
@@ -93,15 +121,23 @@ class ConnectionRecord:
             header = json.loads(data[_LENGTH.size : _LENGTH.size + size])
         except ValueError as exc:
             raise HandoffRecordError(f"header is not JSON: {exc}") from None
-        if not isinstance(header, dict) or header.get("v") != VERSION:
-            raise HandoffRecordError("not a version-1 record")
+        if not isinstance(header, dict) or header.get("v") not in READABLE:
+            raise HandoffRecordError(f"not a record of version {sorted(READABLE)}")
         body = data[_LENGTH.size + size :]
         partial_len = _count(header, "partial")
         unsent_len = _count(header, "unsent")
-        if partial_len + unsent_len != len(body):
+        state_len = None if header.get("state") is None else _count(header, "state")
+        ws = header.get("ws")
+        if ws is not None and not isinstance(ws, dict):
+            raise HandoffRecordError(f"ws must be an object, not {ws!r}")
+        frames_len = 0 if ws is None else _count(ws, "frames")
+        lengths = (partial_len, unsent_len, state_len or 0, frames_len)
+        if sum(lengths) != len(body):
             raise HandoffRecordError(
-                f"body is {len(body)} bytes, the header says {partial_len} + {unsent_len}"
+                f"body is {len(body)} bytes, the header says {' + '.join(map(str, lengths))}"
             )
+        at = partial_len + unsent_len
+        end = at + (state_len or 0)
         groups = header.get("groups")
         if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
             raise HandoffRecordError("groups must be a list of strings")
@@ -116,8 +152,15 @@ class ConnectionRecord:
             flood_count=_count(header, "flood"),
             since_last_packet=_seconds(header, "since"),
             partial=body[:partial_len],
-            unsent=body[partial_len:],
+            unsent=body[partial_len:at],
             groups=tuple(groups),
+            hard_remaining=_seconds(header, "hard"),
+            prelogin=_flag(header, "prelogin"),
+            state=None if state_len is None else body[at:end],
+            reannounce=_flag(header, "reannounce"),
+            websocket=ws is not None,
+            subprotocol=None if ws is None else _text(ws, "sub", optional=True),
+            frames=body[end:],
         )
 
 
@@ -135,6 +178,13 @@ def _seconds(header: dict[str, Any], key: str) -> float:
     if type(value) not in (int, float) or not math.isfinite(value):
         raise HandoffRecordError(f"{key} must be seconds, not {value!r}")
     return float(value)
+
+
+def _flag(header: dict[str, Any], key: str) -> bool:
+    value = header.get(key, False)
+    if type(value) is not bool:
+        raise HandoffRecordError(f"{key} must be true or false, not {value!r}")
+    return value
 
 
 def _text(header: dict[str, Any], key: str, *, optional: bool = False) -> Any:

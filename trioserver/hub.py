@@ -39,6 +39,9 @@ Delivery rules:
   the same bytes object in every member's outbox; it crosses to each other
   worker once, not once per member.
 - **A connection leaves every group when it closes** (after ``on_close``).
+- **A connection handed to a new worker on a reload keeps its id**: the new
+  worker's hub answers to it (``Connection.moved_id``), and the old one lets it
+  go without telling the remote it left its groups (it did not).
 
 A push is queued with ``Outbox.send``, like a reply: it is sent at once (a
 non-blocking send) unless that connection's outbox is holding a batch (its own
@@ -158,6 +161,8 @@ class Hub:
         self.prefix = f"{instance}-{worker}.{process:x}-"
         self.remote: Remote | None = None
         self._connections: dict[int, Connection] = {}  # slot index -> connection
+        #: Connections handed over from another worker, by the id they brought.
+        self._moved: dict[str, Connection] = {}
         self._groups: dict[str, dict[Connection, None]] = {}
         self._joined: dict[Connection, set[str]] = {}
         self._users: dict[str, dict[Connection, None]] = {}
@@ -185,15 +190,22 @@ class Hub:
     def opened(self, conn: Connection) -> None:
         """``conn`` is open (``on_connect`` is about to fire): it can be pushed to."""
         self._connections[conn.slot.index] = conn
+        if conn.moved_id is not None:
+            self._moved[conn.moved_id] = conn
         if conn.user is not None:
             self._add_user(conn, conn.user)
 
-    def closed(self, conn: Connection) -> None:
-        """``conn`` closed: it leaves its groups and its user; nothing reaches it any more."""
+    def closed(self, conn: Connection, *, moved: bool = False) -> None:
+        """``conn`` closed: it leaves its groups and its user; nothing reaches it any more.
+
+        ``moved``: it lives on in another worker under the same id, so the remote is
+        not told that id left its groups."""
         if self._connections.get(conn.slot.index) is conn:
             del self._connections[conn.slot.index]
+        if conn.moved_id is not None and self._moved.get(conn.moved_id) is conn:
+            del self._moved[conn.moved_id]
         for group in self._joined.pop(conn, ()):
-            self._remove(conn, group)
+            self._remove(conn, group, announce=not moved)
         if conn.user is not None:
             self._remove_user(conn, conn.user)
 
@@ -280,7 +292,7 @@ class Hub:
         """
         data = encode(code, body)
         self._published += 1
-        if connection_id.startswith(self.prefix):
+        if connection_id.startswith(self.prefix) or connection_id in self._moved:
             return self.deliver_connection(connection_id, data)
         remote = self.remote
         if remote is None or split_id(connection_id) is None:
@@ -364,7 +376,7 @@ class Hub:
     def _resolve(self, connection_id: str) -> Connection | None:
         """This worker's open connection with that id, if any."""
         if not connection_id.startswith(self.prefix):
-            return None
+            return self._moved.get(connection_id)
         parts = split_id(connection_id)
         if parts is None:
             return None
@@ -388,12 +400,12 @@ class Hub:
             )
         return False
 
-    def _remove(self, conn: Connection, group: str) -> None:
+    def _remove(self, conn: Connection, group: str, *, announce: bool = True) -> None:
         members = self._groups.get(group)
         if members is None:
             return
         members.pop(conn, None)
-        if self.remote is not None:
+        if self.remote is not None and announce:
             self.remote.member(group, conn.global_id, conn.user, False)
         if not members:
             del self._groups[group]

@@ -13,6 +13,9 @@ table is a bug in the server (never the peer's doing), raised as
      │               │               │                      ▼
      └── kick, reset, deadline ─────────────────────────▶ CLOSING ──▶ CLOSED
 
+    NEW, READING, IDLE ──reload──▶ HANDING_OFF ──acknowledged──▶ MOVED ──▶ CLOSING
+                                       └──refused, failed──▶ FINISHING
+
 - NEW: accepted, nothing received yet (a PROXY header may be on its way). A drain
   gives it a moment for its first request instead of closing it under the client.
 - READING / IDLE: open. A drain closes an IDLE connection with nothing in hand at
@@ -23,10 +26,20 @@ table is a bug in the server (never the peer's doing), raised as
   its EOF, so that closing does not reset replies it has not read yet.
 - CLOSING: closing now (a kick, a reset peer, a deadline); nothing more is sent.
 - CLOSED: the slot is released (exactly once) and the transport closed.
+- HANDING_OFF: a reload hands the connection to a new worker. The reader stopped
+  at a packet boundary (bytes of a packet not yet whole stay in the decoder), the
+  handlers finish what it read, and the outbox only queues. If the new worker
+  refuses it or its channel breaks, the connection drains (FINISHING) here.
+- MOVED: the new worker acknowledged it: this worker releases the slot and closes
+  its copy of the socket without a word to the peer (no FIN: the new worker holds
+  the socket too).
 
 Invariants the table keeps: nothing leaves CLOSED, so a slot is released once;
 CLOSING is reachable from every state before it and only CLOSED follows it, so
-a kick is final; nothing returns to READING once it stopped reading.
+a kick is final; nothing returns to READING once it stopped reading; MOVED
+leads only to CLOSING (where the slot is released, as for every connection),
+and a kick does not apply to it, so a moved connection is never also drained or
+kicked here.
 """
 
 from __future__ import annotations
@@ -48,17 +61,21 @@ class State(enum.Enum):
     LINGERING = "lingering"
     CLOSING = "closing"
     CLOSED = "closed"
+    HANDING_OFF = "handing_off"
+    MOVED = "moved"
 
 
 #: Every allowed move. Anything else is a bug in the server, raised as LifecycleError.
 TRANSITIONS: Final[Mapping[State, frozenset[State]]] = {
-    State.NEW: frozenset({State.READING, State.FINISHING, State.CLOSING}),
-    State.READING: frozenset({State.IDLE, State.FINISHING, State.CLOSING}),
-    State.IDLE: frozenset({State.READING, State.CLOSING}),
+    State.NEW: frozenset({State.READING, State.FINISHING, State.CLOSING, State.HANDING_OFF}),
+    State.READING: frozenset({State.IDLE, State.FINISHING, State.CLOSING, State.HANDING_OFF}),
+    State.IDLE: frozenset({State.READING, State.CLOSING, State.HANDING_OFF}),
     State.FINISHING: frozenset({State.LINGERING, State.CLOSING}),
     State.LINGERING: frozenset({State.CLOSING}),
     State.CLOSING: frozenset({State.CLOSED}),
     State.CLOSED: frozenset(),
+    State.HANDING_OFF: frozenset({State.MOVED, State.FINISHING, State.CLOSING}),
+    State.MOVED: frozenset({State.CLOSING}),
 }
 
 

@@ -12,6 +12,12 @@ The caps: a peer that lets more than ``max_pending_replies`` replies or
 ``max_pending_bytes`` bytes wait unread is kicked (the original treated more
 than 400 waiting replies as malicious); the reply that crossed the line is not
 queued. Memory per connection is therefore bounded however slowly it reads.
+
+A reload's handoff stops the outbox without losing a byte: the connection's
+``interrupt`` wakes a waiting writer, which puts back exactly what did not go
+out (:class:`~trioserver.transport.SendInterrupted`) and ends; ``hold`` then
+makes the outbox queue without sending, and ``queued`` is what moves to the new
+worker. If the handoff does not happen, ``release`` sends it here after all.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import trio
 
 from .lifecycle import State
 from .reasons import KickReason
-from .transport import Transport
+from .transport import SendInterrupted, Transport
 from .wakeup import Wakeup
 
 __all__ = ["DeferredFlusher", "Limits", "Outbox", "Owner"]
@@ -31,6 +37,7 @@ __all__ = ["DeferredFlusher", "Limits", "Outbox", "Owner"]
 # and hashing one (a set lookup) runs Python code.
 _CLOSING: Final = State.CLOSING
 _CLOSED: Final = State.CLOSED
+_HANDING_OFF: Final = State.HANDING_OFF
 
 
 class Limits(Protocol):
@@ -155,11 +162,31 @@ class Outbox:
             self.deferred = True
             self._conn.shared.flusher.add(self)
 
+    def hold(self) -> None:
+        """Queue only, send nothing, until :meth:`release` (a handoff takes what is
+        queued); called once no writer task runs."""
+        if self.writing:
+            raise RuntimeError("hold() while a writer task runs")
+        self.writing = True  # what keeps flush() from sending, as a writer's presence does
+
+    def release(self) -> None:
+        """Send again after :meth:`hold` (the handoff did not happen): from now on."""
+        self.writing = False
+        self.flush()
+
+    def queued(self) -> bytes:
+        """Everything queued and not yet sent, in order."""
+        items = self._items
+        return b"".join(items) if items else b""
+
     def close(self) -> None:
         """The connection closed: drop what is queued and stop the writer."""
         self._items = None
         if self._writer_scope is not None:
             self._writer_scope.cancel()
+
+    def _moving(self) -> bool:
+        return self._conn.state is _HANDING_OFF
 
     async def _write(self) -> None:
         """Send what is queued, waiting for the peer to make room, until nothing is left."""
@@ -167,7 +194,7 @@ class Outbox:
         transport = conn.transport
         try:
             with trio.CancelScope() as self._writer_scope:
-                if conn.stale:  # closed before this task first ran
+                if conn.stale or self._moving():  # closed or being handed over: send nothing
                     return
                 while items := self._items:
                     count = len(items)
@@ -175,6 +202,13 @@ class Outbox:
                     self._items = None
                     try:
                         await transport.send_all(data)
+                    except SendInterrupted as exc:
+                        if self._moving():  # what did not go out moves with the connection
+                            self._items = [exc.unsent, *(self._items or ())]
+                            self.pending_bytes -= len(data) - len(exc.unsent)
+                        else:
+                            conn.peer_gone()
+                        return
                     except (trio.BrokenResourceError, trio.ClosedResourceError):
                         conn.peer_gone()
                         return

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["CloseReason", "DropReason", "KickReason", "TlsFailure"]
+__all__ = ["CloseReason", "DropReason", "HandoffKept", "KickReason", "TlsFailure"]
 
 
 class KickReason(enum.Enum):
@@ -59,6 +59,7 @@ class CloseReason(enum.Enum):
     PROXY_REFUSED = "proxy_refused"
     NETWORK_CAP = "network_cap"
     TLS_FAILED = "tls_failed"
+    HANDED_OFF = "handed_off"
 
     def __str__(self) -> str:
         return _CLOSE_TEXT[self]
@@ -71,6 +72,8 @@ _CLOSE_TEXT = {
     CloseReason.NETWORK_CAP: "came from a network at server.max_connections_per_network "
     "(counted as network_cap)",
     CloseReason.TLS_FAILED: "did not complete its TLS handshake (counted by reason)",
+    CloseReason.HANDED_OFF: "was handed to a new worker on a reload, its ctx.state not "
+    "picklable (on_connect runs again there)",
 }
 
 
@@ -121,4 +124,37 @@ _FAILURE_TEXT = {
     TlsFailure.VERSION: "offered no TLS version the server accepts (tls.minimum_version)",
     TlsFailure.PEER_GONE: "closed or reset the connection during the handshake",
     TlsFailure.PROTOCOL: "broke the TLS handshake protocol",
+}
+
+
+class HandoffKept(enum.Enum):
+    """Why a reload's handoff left a connection with the old worker, which drains it."""
+
+    TLS = "tls"
+    HTTP = "http"
+    NEW = "new"
+    WEBSOCKET = "websocket"
+    CLOSING = "closing"
+    FINISHING = "finishing"
+    CLOSED = "closed"
+    TOO_BIG = "too_big"
+    REFUSED = "refused"
+    TRANSPORT = "transport"
+
+    def __str__(self) -> str:
+        return _KEPT_TEXT[self]
+
+
+_KEPT_TEXT = {
+    HandoffKept.TLS: "is TLS: its session lives in this process's ssl object",
+    HandoffKept.HTTP: "is an HTTP connection (a request in progress, or idle keep-alive)",
+    HandoffKept.NEW: "was still to send its PROXY header or to finish on_connect",
+    HandoffKept.WEBSOCKET: "is a WebSocket off the fast path (wsproto parses it, or a frame "
+    "is half sent)",
+    HandoffKept.CLOSING: "was already closing",
+    HandoffKept.FINISHING: "ended its reading while stopping (EOF, a rule)",
+    HandoffKept.CLOSED: "closed while stopping (a kick, a reset, a deadline)",
+    HandoffKept.TOO_BIG: "had more queued or carried than one handoff message holds",
+    HandoffKept.REFUSED: "was refused by the new worker (its pool or the network cap full)",
+    HandoffKept.TRANSPORT: "runs over a transport that cannot move (an in-memory link)",
 }

@@ -168,6 +168,14 @@ class WorkerStatistics:
     network_refused: int = 0
     #: Idle HTTP keep-alive connections closed because the pool ran low.
     http_given_up: int = 0
+    #: A reload's handoff (``Worker.hand_over`` / ``adopt_from``): connections moved to
+    #: a new worker, adopted from an old one, refused while adopting (pool full), failed
+    #: to move (the channel broke), and kept here to drain by reason (``HandoffKept``).
+    handoff_moved: int = 0
+    handoff_adopted: int = 0
+    handoff_refused: int = 0
+    handoff_failed: int = 0
+    handoff_kept_by_reason: Mapping[str, int] = attrs.field(factory=dict)
 
     def to_json(self) -> bytes:
         """The record as JSON (int keys become strings), for the pipe to the master."""
@@ -227,6 +235,11 @@ class WorkerStatistics:
             hub=strs("hub"),
             network_refused=int(raw.get("network_refused", 0)),
             http_given_up=int(raw.get("http_given_up", 0)),
+            handoff_moved=int(raw.get("handoff_moved", 0)),
+            handoff_adopted=int(raw.get("handoff_adopted", 0)),
+            handoff_refused=int(raw.get("handoff_refused", 0)),
+            handoff_failed=int(raw.get("handoff_failed", 0)),
+            handoff_kept_by_reason=strs("handoff_kept_by_reason"),
         )
 
 
@@ -268,6 +281,12 @@ class Counters:
     #: TLS handshakes completed, and failed ones by reason (counted by tls_transport).
     tls_handshakes: int = 0
     tls_failures: collections.Counter[str] = attrs.Factory(collections.Counter)
+    #: A reload's handoff (see :class:`WorkerStatistics`).
+    handoff_moved: int = 0
+    handoff_adopted: int = 0
+    handoff_refused: int = 0
+    handoff_failed: int = 0
+    handoff_kept: collections.Counter[str] = attrs.Factory(collections.Counter)
 
     def limit_connection_lines(self, settings: LoggingSettings) -> None:
         """Apply ``logging.connection_lines`` and ``connection_lines_interval``."""
@@ -410,6 +429,11 @@ class Counters:
             tls_failures_by_reason=dict(self.tls_failures),
             network_refused=self.network_refused,
             http_given_up=self.http_given_up,
+            handoff_moved=self.handoff_moved,
+            handoff_adopted=self.handoff_adopted,
+            handoff_refused=self.handoff_refused,
+            handoff_failed=self.handoff_failed,
+            handoff_kept_by_reason=dict(self.handoff_kept),
         )
 
 

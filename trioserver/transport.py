@@ -33,13 +33,19 @@ the peer breaks that framing; before closing, a connection tells its transport
 why (``closing``), so such a transport can say it to the peer (a close code).
 After a send that took only part of the bytes, the caller goes on with the rest
 (as the outbox does), so a transport may have framed them already.
+
+A transport whose connection can move to another process on a reload
+(:class:`Movable`: a plain socket, a WebSocket on one) can wake the tasks
+waiting on its socket without closing it (``interrupt``: a waiting ``send_all``
+then raises :class:`SendInterrupted`, which says exactly which bytes did not go
+out) and close its own copy without a word to the peer (``forget``).
 """
 
 from __future__ import annotations
 
 import socket
 from collections.abc import Awaitable
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, TypeAlias, runtime_checkable
 
 import trio
 
@@ -49,7 +55,9 @@ from .reasons import CloseReason, KickReason
 __all__ = [
     "LINGER_BYTES",
     "LINGER_TIMEOUT",
+    "Movable",
     "PeerProtocolError",
+    "SendInterrupted",
     "SocketTransport",
     "StreamTransport",
     "Transport",
@@ -78,6 +86,19 @@ class PeerProtocolError(trio.BrokenResourceError):
     def __init__(self, reason: KickReason, detail: str) -> None:
         super().__init__(detail)
         self.reason = reason
+
+
+#: The standard socket type (``socket`` is a property name in the classes below).
+StdSocket: TypeAlias = socket.socket
+
+
+class SendInterrupted(trio.ClosedResourceError):
+    """A ``send_all`` waiting for room was woken by ``notify_closing`` (a close, or a
+    handoff's ``interrupt``); ``unsent`` is what of its bytes did not go out."""
+
+    def __init__(self, unsent: bytes) -> None:
+        super().__init__("the send was interrupted")
+        self.unsent = unsent
 
 
 class Transport(Protocol):
@@ -123,6 +144,24 @@ class Transport(Protocol):
 
     async def aclose(self) -> None:
         """Close now, discarding anything unsent; never raises."""
+        ...
+
+
+@runtime_checkable
+class Movable(Protocol):
+    """A transport whose connection a reload can hand to another process."""
+
+    def handoff_socket(self) -> StdSocket | None:
+        """The socket to move, or None while the transport holds state that cannot."""
+        ...
+
+    def interrupt(self) -> None:
+        """Wake the tasks waiting on the socket (they see ``ClosedResourceError``) and
+        drop it from trio's I/O registrations; the socket stays open."""
+        ...
+
+    async def forget(self) -> None:
+        """Close this process's copy of the socket, sending nothing (it has moved)."""
         ...
 
 
@@ -181,7 +220,10 @@ class SocketTransport:
             if sent == len(data):
                 return
             data = memoryview(data)[sent:]
-            await trio.lowlevel.wait_writable(sock)
+            try:
+                await trio.lowlevel.wait_writable(sock)
+            except trio.ClosedResourceError:
+                raise SendInterrupted(bytes(data)) from None
 
     async def send_eof(self) -> None:
         try:
@@ -199,6 +241,17 @@ class SocketTransport:
         """Close at once (the socket's waiters are woken with ``ClosedResourceError``)."""
         trio.lowlevel.notify_closing(self.sock)
         self.sock.close()
+
+    def handoff_socket(self) -> StdSocket:
+        return self.sock
+
+    def interrupt(self) -> None:
+        trio.lowlevel.notify_closing(self.sock)
+
+    async def forget(self) -> None:
+        # Closing one of the socket's descriptors sends nothing while another process
+        # holds one: only the last close ends the TCP connection.
+        self.close()
 
 
 def _failed(

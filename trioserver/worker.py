@@ -30,6 +30,10 @@ The worker owns what is shared: the pool, the queue, the timers, the hub
 the statistics. Each connection owns its own life (``connection.Connection``)
 and reaches what it shares through one ``connection.Shared`` record.
 
+A reload can hand the connections to a new worker instead of draining them
+(``hand_over`` here, ``adopt_from`` there; :mod:`trioserver.handoff`): what
+cannot move drains as on a stop.
+
 Stopping (``stop()``, or cancelling ``serve``) drains: the accept loops end, every
 reader stops reading, handlers finish what was read, every reply is flushed and
 the connections close; what is still open after ``drain_timeout`` is closed. A
@@ -46,6 +50,7 @@ import logging
 import math
 import os
 import secrets
+import socket
 from collections.abc import Sequence
 
 import attrs
@@ -59,6 +64,7 @@ from .dispatch import MessageQueue
 from .events import Events, run_worker_tasks
 from .handlers import Services, default_router
 from .handlers.router import Router
+from .handoff import HandoffCounts, HandoffSender, adopt
 from .hub import Hub
 from .mesh import Mesh, mesh_supported
 from .messages import MessageCode
@@ -66,6 +72,7 @@ from .netcaps import NetworkCaps
 from .nursery_pool import ConnectionPool
 from .outbox import DeferredFlusher
 from .proxy_protocol import ProxyPolicy
+from .reasons import HandoffKept
 from .sockets import BoundListener, Listener, open_listeners
 from .stats import Counters, WorkerStatistics
 from .timers import ConnectionRules, RecycleTimer
@@ -177,6 +184,7 @@ class Worker:
             inbox_size=server.inbox_size,
             max_pending_replies=conn.max_pending_replies,
             max_pending_bytes=conn.max_pending_bytes,
+            websocket_max_message=config.http.websocket_max_message,
             events=events,
             hub=self.hub,
             id_prefix=self.hub.prefix,
@@ -284,23 +292,87 @@ class Worker:
         now = trio.current_time()
         shared = self.shared
         if not shared.stopping:
-            shared.stopping = True
             log.info(
                 "worker %d stopping: %d connections get %.1f s to finish",
                 self.index,
                 len(shared.connections) + len(self.acceptor.http_connections),
                 grace,
             )
-            self.acceptor.stop()  # no more accepting; idle HTTP connections close now
-            if self._app_scope is not None:
-                self._app_scope.cancel()  # application tasks (on_worker_start) end now
-            if self._mesh is not None:
-                self._mesh.stop_listening()  # the next worker of this slot takes the name
+            self._stop_serving()
             for conn in list(shared.connections.values()):
                 conn.drain(now)
         self._drain_deadline = min(self._drain_deadline, now + grace)
         if self.acceptor.nursery is not None:
             self.acceptor.nursery.cancel_scope.deadline = self._drain_deadline
+
+    def _stop_serving(self) -> None:
+        """What every stop begins with: no more accepting, no more application tasks."""
+        self.shared.stopping = True
+        self.acceptor.stop()  # no more accepting; idle HTTP connections close now
+        if self._app_scope is not None:
+            self._app_scope.cancel()  # application tasks (on_worker_start) end now
+        if self._mesh is not None:
+            self._mesh.stop_listening()  # the next worker of this slot takes the name
+
+    async def hand_over(self, channel: socket.socket) -> HandoffCounts:
+        """Stop, handing every connection that can move to the worker at the other end
+        of ``channel`` (which runs :meth:`adopt_from`); the rest drain as on ``stop()``.
+
+        Stops accepting first (the listeners are the new workers' now). Returns once
+        every connection is moved or draining (``wait_stopped`` waits for the drain);
+        cancelling it drains whatever has not been acknowledged yet. ``channel`` is a
+        non-blocking ``SOCK_SEQPACKET`` socket (``handoff_channel.channel_pair``); the
+        caller closes it afterwards. See :mod:`trioserver.handoff` for what moves.
+        """
+        shared = self.shared
+        if shared.stopping:
+            raise RuntimeError(f"worker {self.index} is already stopping: nothing to hand over")
+        start = trio.current_time()
+        sender = HandoffSender(channel)
+        shared.handoff = sender
+        self._stop_serving()
+        for _ in self.acceptor.http_connections:
+            sender.keep(HandoffKept.HTTP)
+        for conn in list(shared.connections.values()):
+            reason = conn.handoff_reason()
+            if reason is None and conn.begin_handoff():
+                sender.mark(conn)
+            else:
+                sender.keep(reason or HandoffKept.CLOSING)
+                conn.drain(start)
+        try:
+            await sender.run()
+        finally:
+            counts = sender.counts(trio.current_time() - start)
+            counters = self.counters
+            counters.handoff_moved += counts.moved
+            counters.handoff_failed += counts.failed
+            counters.handoff_kept.update(counts.kept)
+            self.stop()  # the drain deadline for what stays
+            log.info(
+                "worker %d handed over %d connections in %.3f s; %d drain here%s%s",
+                self.index,
+                counts.moved,
+                counts.seconds,
+                sum(counts.kept.values()) + counts.failed,
+                "".join(f", {n} {reason}" for reason, n in sorted(counts.kept.items())),
+                f", {counts.failed} failed (the channel ended)" if counts.failed else "",
+            )
+        return counts
+
+    async def adopt_from(self, channel: socket.socket) -> None:
+        """Serve the connections an old worker hands over on ``channel`` (its
+        :meth:`hand_over`) until the channel ends; run it as a task once this worker
+        serves. A connection that finds the pool full is refused (counted as
+        ``handoff_refused``) and drains in the old worker."""
+        await adopt(
+            channel,
+            shared=self.shared,
+            pool=self.pool,
+            recycler=self.recycler,
+            counters=self.counters,
+            caps=self.shared.caps,
+        )
 
     async def wait_stopped(self) -> None:
         """Wait until the worker has stopped: every connection closed and counted."""

@@ -58,6 +58,12 @@ outbox's writer, with the bytes not taken, as every caller of the seam does)
 continues that frame before it starts another. Control frames (pong, close) wait
 for such a frame to end; one that the socket cannot take at once goes out with
 the next send.
+
+A reload can move the connection to another worker while it is on the fast path
+in a clean state (no wsproto parser made, no frame half sent, no control frame
+waiting, no close begun): what moves is the payload not yet handed out and the
+raw bytes of a frame still arriving (``handoff_frames``); in any other state
+``handoff_socket`` says None and the connection drains instead.
 """
 
 from __future__ import annotations
@@ -72,7 +78,14 @@ from wsproto.connection import ConnectionState, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Ping, Pong
 
 from .reasons import CloseReason, KickReason
-from .transport import LINGER_TIMEOUT, PeerProtocolError, Transport
+from .transport import (
+    LINGER_TIMEOUT,
+    Movable,
+    PeerProtocolError,
+    SendInterrupted,
+    StdSocket,
+    Transport,
+)
 
 __all__ = ["CLOSE_CODES", "WebSocketTransport", "frame_header"]
 
@@ -190,6 +203,36 @@ class WebSocketTransport:
     def socket(self) -> None:
         """None: every byte is framed, never ``os.sendfile``."""
         return None
+
+    # -- moving to another worker --------------------------------------------------------
+
+    def handoff_socket(self) -> StdSocket | None:
+        """The socket under this WebSocket, if its state can move (see the module docstring)."""
+        lower = self.lower
+        clean = not (
+            self._ws is not None
+            or self._parsed
+            or self._eof
+            or self._error is not None
+            or self._control
+            or self._owed
+            or self._head_tail
+            or self._close_sent
+        )
+        return lower.handoff_socket() if clean and isinstance(lower, Movable) else None
+
+    def handoff_frames(self) -> tuple[bytes, bytes]:
+        """Payload decoded but not yet handed out, and the raw start of a frame still
+        arriving: what a new worker's WebSocketTransport starts from."""
+        return self._payload or b"", self._partial
+
+    def interrupt(self) -> None:
+        if isinstance(self.lower, Movable):
+            self.lower.interrupt()
+
+    async def forget(self) -> None:
+        lower = self.lower
+        await (lower.forget() if isinstance(lower, Movable) else lower.aclose())
 
     # -- receiving -----------------------------------------------------------------------
 
@@ -389,7 +432,10 @@ class WebSocketTransport:
             done = not view and not self._owed and not self._head_tail
             if done and (not self._control or self._flush_control()):
                 return
-            await self.lower.wait_writable()
+            try:
+                await self.lower.wait_writable()
+            except trio.ClosedResourceError:
+                raise SendInterrupted(bytes(view)) from None
 
     async def send_eof(self) -> None:
         """Send the close frame; the peer's close then reads as EOF (the linger waits)."""

@@ -43,7 +43,7 @@ from typing import Any, Final
 import attrs
 
 from ..messages import ResultCode
-from ..reasons import DropReason, KickReason, TlsFailure
+from ..reasons import DropReason, HandoffKept, KickReason, TlsFailure
 from ..stats import UNKNOWN_CODE, HistogramSnapshot, WorkerStatistics
 from .procstat import ProcessFigures
 
@@ -108,6 +108,11 @@ class Totals:
     hub: collections.Counter[str] = attrs.Factory(collections.Counter)
     network_refused: int = 0
     http_given_up: int = 0
+    handoff_moved: int = 0
+    handoff_adopted: int = 0
+    handoff_refused: int = 0
+    handoff_failed: int = 0
+    handoff_kept: collections.Counter[str] = attrs.Factory(collections.Counter)
 
     def add(self, stats: WorkerStatistics) -> None:
         self.accepted += stats.connections_accepted
@@ -128,6 +133,11 @@ class Totals:
         self.tls_failures.update(stats.tls_failures_by_reason)
         self.network_refused += stats.network_refused
         self.http_given_up += stats.http_given_up
+        self.handoff_moved += stats.handoff_moved
+        self.handoff_adopted += stats.handoff_adopted
+        self.handoff_refused += stats.handoff_refused
+        self.handoff_failed += stats.handoff_failed
+        self.handoff_kept.update(stats.handoff_kept_by_reason)
 
     def plus(self, other: Totals) -> Totals:
         out = self.copy()
@@ -146,6 +156,11 @@ class Totals:
         out.hub.update(other.hub)
         out.network_refused += other.network_refused
         out.http_given_up += other.http_given_up
+        out.handoff_moved += other.handoff_moved
+        out.handoff_adopted += other.handoff_adopted
+        out.handoff_refused += other.handoff_refused
+        out.handoff_failed += other.handoff_failed
+        out.handoff_kept.update(other.handoff_kept)
         for name in ("handler_latency", "loop_lag"):
             mine: dict[Any, _Hist] = getattr(out, name)
             for key, hist in getattr(other, name).items():
@@ -175,6 +190,11 @@ class Totals:
             collections.Counter(self.hub),
             self.network_refused,
             self.http_given_up,
+            self.handoff_moved,
+            self.handoff_adopted,
+            self.handoff_refused,
+            self.handoff_failed,
+            collections.Counter(self.handoff_kept),
         )
 
     def account_results(self, action: str) -> dict[str, int]:
@@ -597,6 +617,18 @@ _COUNTERS: Final = (
         "Idle HTTP keep-alive connections closed because the pool ran low.",
     ),
     ("tls_handshakes", "tls_handshakes", "TLS handshakes completed."),
+    ("handoff_moved", "handoff_moved", "Connections handed to a new worker on a reload."),
+    ("handoff_adopted", "handoff_adopted", "Connections adopted from an old worker on a reload."),
+    (
+        "handoff_refused",
+        "handoff_refused",
+        "Connections an old worker offered that this one refused (pool or network cap full).",
+    ),
+    (
+        "handoff_failed",
+        "handoff_failed",
+        "Connections that were to move on a reload but drained: the new worker's channel broke.",
+    ),
 )
 
 
@@ -644,6 +676,12 @@ def render_prometheus(
         ("drops_total", DropReason, "drops", "Packets dropped without a reply, by reason."),
         ("kicks_total", KickReason, "kicks", "Connections closed by the server, by reason."),
         ("tls_failures_total", TlsFailure, "tls_failures", "TLS handshakes failed, by reason."),
+        (
+            "handoff_kept_total",
+            HandoffKept,
+            "handoff_kept",
+            "Connections a reload's handoff left to drain in the old worker, by reason.",
+        ),
     ):
         page.family(name, "counter", text)
         for v in views:
