@@ -485,21 +485,27 @@ class Connection:
                 return attrs.evolve(record, state=None, reannounce=True)
         return record
 
-    async def _adopt(self, record: ConnectionRecord) -> bytes | None:
-        """Open a handed-over connection: groups, the replies it was owed, on_connect if
-        its state stayed behind; the carried bytes to decode first (None: closed)."""
-        shared = self.shared
+    def open_adopted(self, record: ConnectionRecord) -> None:
+        """Open a handed-over connection (after :meth:`adopt_record`, once the old
+        worker was told): its user and groups in the hub, the replies it was owed
+        queued before anything this worker answers. Movable again from here on,
+        even before its task first runs."""
         self._move(_READING)
         self.announced = True
-        hub = shared.hub
+        hub = self.shared.hub
         if hub is not None:
             hub.opened(self)  # with its user: send_to_user finds it
             for group in record.groups:
                 hub.join(self, group)
         if record.unsent:
-            self.outbox.send(record.unsent)  # before anything this worker answers
-        if record.reannounce and shared.events is not None and shared.events.any_connect:
-            await shared.events.connected(self)
+            self.outbox.send(record.unsent)
+
+    async def _adopt(self, record: ConnectionRecord) -> bytes | None:
+        """The bytes a handed-over connection carried, to decode first; ``on_connect``
+        first if its state stayed behind (None: that closed it)."""
+        events = self.shared.events
+        if record.reannounce and events is not None and events.any_connect:
+            await events.connected(self)
             if self.closing:
                 return None
         return record.partial

@@ -368,6 +368,7 @@ async def adopt(
             raise
         counters.handoff_adopted += 1
         shared.connections[slot.index] = conn
+        conn.open_adopted(record)
         nursery.start_soon(_serve_adopted, conn, record, name=_TASK_NAME)
 
 
