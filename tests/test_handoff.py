@@ -12,12 +12,14 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import attrs
 import pytest
 import trio
 import trio.testing
 
 from trioserver.client import Client, ConnectionClosed
 from trioserver.config import Address
+from trioserver.connection import Connection
 from trioserver.framer import PING, Packet, encode
 from trioserver.handlers import Context, default_router
 from trioserver.handlers.router import Router
@@ -29,6 +31,8 @@ from trioserver.handoff_channel import (
     send_ack,
     send_connection,
 )
+from trioserver.handoff_record import ConnectionRecord
+from trioserver.peer import Peer
 from trioserver.reasons import CloseReason, KickReason
 from trioserver.worker import Worker
 
@@ -396,3 +400,53 @@ async def test_a_websocket_connection_moves_and_http_connections_are_counted_as_
             assert await ws.receive_packet() == Packet(ECHO, b"half")
             assert await ws.request(ECHO, b"after") == Packet(ECHO, b"after")
             assert await http.receive_some(65536) == b""  # the idle keep-alive one closed
+
+
+class _NoSocket:
+    """A transport that is never used: the record round trip needs none."""
+
+    lingers = False
+
+
+def _connection(worker: Worker) -> Connection:
+    slot = worker.pool.acquire()
+    assert slot is not None
+    return Connection(slot, _NoSocket(), Peer("10.0.0.7", 5000), worker.shared)  # type: ignore[arg-type]
+
+
+def test_a_record_carries_times_as_remaining_seconds_and_state_pickled() -> None:
+    old, new = Worker(make_config(), instance="t"), Worker(make_config(), index=1, instance="t")
+    conn = _connection(old)
+    conn.user, conn.flood_count, conn.last_packet_at = "alice", 3, 99.5
+    conn.scope.deadline, conn.hard_deadline, conn.prelogin = 130.0, 400.0, False
+    conn.app_state = {"n": 2}
+    old.hub.opened(conn)
+    old.hub.join(conn, "lobby")
+    record = ConnectionRecord.decode(conn.handoff_record(b"\x00\x08", b"", now=100.0).encode())
+    assert (record.heartbeat_remaining, record.hard_remaining, record.since_last_packet) == (
+        30.0,
+        300.0,
+        0.5,
+    )
+    assert (record.user, record.groups, record.reannounce) == ("alice", ("lobby",), False)
+    adopted = _connection(new)
+    assert adopted.adopt_record(record, now=5000.0) is record
+    assert (adopted.scope.deadline, adopted.hard_deadline, adopted.last_packet_at) == (
+        5030.0,
+        5300.0,
+        4999.5,
+    )
+    assert (adopted.user, adopted.flood_count, adopted.app_state) == ("alice", 3, {"n": 2})
+    assert adopted.global_id == conn.global_id != _connection(new).global_id
+
+
+def test_state_that_does_not_pickle_or_unpickle_makes_on_connect_run_again() -> None:
+    worker = Worker(make_config(), instance="t")
+    conn = _connection(worker)
+    conn.announced = True
+    conn.app_state = {"rows": (row for row in ())}
+    record = conn.handoff_record(b"", b"", now=0.0)
+    assert (record.state, record.reannounce) == (None, True)
+    garbage = attrs.evolve(record, state=b"not a pickle", reannounce=False)
+    again = _connection(Worker(make_config(), index=1, instance="t")).adopt_record(garbage, 0.0)
+    assert (again.state, again.reannounce) == (None, True)

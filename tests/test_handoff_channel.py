@@ -10,8 +10,14 @@ import trio
 
 from trioserver.handoff_channel import (
     MAX_MESSAGE,
+    Ack,
     channel_pair,
+    decode_ack,
+    encode_ack,
+    receive_ack,
+    receive_ack_nowait,
     receive_connection,
+    send_ack,
     send_connection,
 )
 from trioserver.handoff_record import ConnectionRecord, HandoffRecordError
@@ -71,3 +77,39 @@ async def test_a_message_without_an_fd_is_refused() -> None:
         old_end.send(ConnectionRecord("x", Peer("h", 1)).encode())
         with pytest.raises(HandoffRecordError):
             await receive_connection(new_end)
+
+
+@pytest.mark.parametrize("ack", [Ack("t-0.1f-3-0", True), Ack("", False), Ack("ü", False)])
+def test_an_ack_survives_its_wire_form(ack: Ack) -> None:
+    assert decode_ack(encode_ack(ack)) == ack
+
+
+@pytest.mark.parametrize("data", [b"", b"?x", b"+\xff"])
+def test_anything_else_is_not_an_ack(data: bytes) -> None:
+    with pytest.raises(HandoffRecordError):
+        decode_ack(data)
+
+
+async def test_acks_travel_back_and_the_end_reads_as_none() -> None:
+    old_end, new_end = channel_pair()
+    with old_end, new_end:
+        await send_ack(new_end, Ack("a", True))
+        await send_ack(new_end, Ack("b", False))
+        new_end.close()
+        assert await receive_ack(old_end) == Ack("a", True)
+        assert await receive_ack(old_end) == Ack("b", False)
+        assert await receive_ack(old_end) is None
+
+
+async def test_once_the_sender_shuts_the_channel_the_receiver_cannot_ack() -> None:
+    """What the give-up rule rests on: acks sent before the shutdown are still read,
+    acks after it fail to send (so the receiver serves nothing it could not report)."""
+    old_end, new_end = channel_pair()
+    with old_end, new_end:
+        await send_ack(new_end, Ack("sent before", True))
+        old_end.shutdown(socket.SHUT_RDWR)
+        with pytest.raises(BrokenPipeError):
+            await send_ack(new_end, Ack("sent after", True))
+        assert receive_ack_nowait(old_end) == Ack("sent before", True)
+        with pytest.raises(EOFError):
+            receive_ack_nowait(old_end)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import attrs
 import pytest
 
 from trioserver.framer import encode
@@ -72,6 +73,52 @@ def test_anything_else_is_refused(data: bytes) -> None:
 )
 def test_a_bad_field_is_refused(key: bytes, value: bytes) -> None:
     data = FULL.encode()
+    assert key in data
+    header_len = int.from_bytes(data[:4], "big")
+    header = data[4 : 4 + header_len].replace(key, value)
+    with pytest.raises(HandoffRecordError):
+        ConnectionRecord.decode(len(header).to_bytes(4, "big") + header + data[4 + header_len :])
+
+
+V2 = attrs.evolve(
+    FULL,
+    hard_remaining=3600.0,
+    prelogin=True,
+    state=b"\x80\x05pickled",
+    reannounce=False,
+    websocket=True,
+    subprotocol="trioserver.v1",
+    frames=b"\x82\x85\x01\x02",  # a frame's header and mask, its payload still to come
+)
+
+
+def test_version_2_fields_survive_their_wire_form() -> None:
+    assert ConnectionRecord.decode(V2.encode()) == V2
+    unpicklable = attrs.evolve(FULL, state=None, reannounce=True)
+    assert ConnectionRecord.decode(unpicklable.encode()) == unpicklable
+
+
+def test_a_version_1_record_from_an_older_worker_still_decodes() -> None:
+    header = (
+        b'{"v":1,"id":"x","host":"h","port":1,"user":null,"heartbeat":null,"flood":0,'
+        b'"since":null,"partial":2,"unsent":1,"groups":[]}'
+    )
+    record = ConnectionRecord.decode(len(header).to_bytes(4, "big") + header + b"ab" + b"c")
+    assert record == ConnectionRecord("x", Peer("h", 1), partial=b"ab", unsent=b"c")
+    assert (record.state, record.websocket, record.hard_remaining) == (None, False, math.inf)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        (b'"prelogin":true', b'"prelogin":1'),
+        (b'"frames":4', b'"frames":5'),
+        (b'"state":9', b'"state":-1'),
+        (b'"v":2', b'"v":3'),
+    ],
+)
+def test_a_bad_version_2_field_is_refused(key: bytes, value: bytes) -> None:
+    data = V2.encode()
     assert key in data
     header_len = int.from_bytes(data[:4], "big")
     header = data[4 : 4 + header_len].replace(key, value)

@@ -622,7 +622,7 @@ class Connection:
                         except trio.ClosedResourceError:
                             if shared.handoff is None:
                                 raise
-                            continue  # a handoff woke it: look again, then stop
+                            break  # a handoff woke it; what came meanwhile moves unread
                         if not data:
                             peer_eof = True
                             self._at_eof(decoder)
