@@ -160,6 +160,11 @@ class HandoffPort(Protocol):
         """``conn`` will not move after all (it closed, finished, ...): it stays here."""
         ...
 
+    def holds(self, conn: Connection) -> bool:
+        """True from ``ready`` until ``moved()`` or ``resume()``: the connection's fate is
+        the handoff's (a kick then does not apply; the new worker has the rules)."""
+        ...
+
 
 class EventHooks(Protocol):
     """The router's connection events, as a connection runs them."""
@@ -341,8 +346,11 @@ class Connection:
     # -- what others tell it -------------------------------------------------------------------
 
     def kick(self, reason: KickReason) -> None:
-        """Close now, replies still queued unsent; the first kick's reason is counted."""
-        if self.closing or self.state is _MOVED:
+        """Close now, replies still queued unsent; the first kick's reason is counted.
+
+        Not while a handoff holds the connection (or after it moved): its socket may be
+        the new worker's already, and nothing here may close it."""
+        if self.closing or self.state is _MOVED or self._held():
             return
         self.reason = reason
         self._move(_CLOSING)
@@ -355,7 +363,7 @@ class Connection:
 
     def peer_gone(self) -> None:
         """The peer reset or vanished: nothing more can be delivered (not a kick)."""
-        if self.closing or self.state is _MOVED:
+        if self.closing or self.state is _MOVED or self._held():
             return
         self.reason = CloseReason.PEER_GONE
         self._move(_CLOSING)
@@ -383,6 +391,10 @@ class Connection:
     def _move(self, state: State) -> None:
         check_move(self.state, state)
         self.state = state
+
+    def _held(self) -> bool:
+        port = self.shared.handoff
+        return self.state is _HANDING_OFF and port is not None and port.holds(self)
 
     # -- a reload's handoff (see the module docstring) -----------------------------------------
 

@@ -119,6 +119,8 @@ class HandoffSender:
         self._window = window
         #: Marked and not yet ready.
         self._pending: set[Connection] = set()
+        #: Ready or in flight: until the outcome, their fate is the hand over's.
+        self._held: set[Connection] = set()
         self._ready: collections.deque[_Ready] = collections.deque()
         #: Sent, in the order sent (the receiver acks in that order), with their record.
         self._in_flight: collections.deque[tuple[Connection, ConnectionRecord]] = (
@@ -148,6 +150,7 @@ class HandoffSender:
             self.failed += 1
             conn.resume()
             return
+        self._held.add(conn)
         self._ready.append(_Ready(conn, partial, frames))
         self._wakeup.wake()
 
@@ -156,6 +159,18 @@ class HandoffSender:
             self._pending.discard(conn)
             self.kept_by_reason[reason.value] += 1
             self._wakeup.wake()
+
+    def holds(self, conn: Connection) -> bool:
+        return conn in self._held
+
+    def _moved(self, conn: Connection, record: ConnectionRecord) -> None:
+        self._held.discard(conn)
+        self.moved += 1
+        conn.moved(record)
+
+    def _resume(self, conn: Connection) -> None:
+        self._held.discard(conn)
+        conn.resume()
 
     @property
     def done(self) -> bool:
@@ -202,7 +217,7 @@ class HandoffSender:
             except ValueError:
                 self._ready.popleft()
                 self.kept_by_reason[HandoffKept.TOO_BIG.value] += 1
-                conn.resume()
+                self._resume(conn)
                 continue
             except OSError as exc:
                 log.warning("handoff channel broke while sending: %s", exc)
@@ -244,11 +259,10 @@ class HandoffSender:
             return False
         self._in_flight.popleft()
         if ack.adopted:
-            self.moved += 1
-            conn.moved(record)
+            self._moved(conn, record)
         else:
             self.kept_by_reason[HandoffKept.REFUSED.value] += 1
-            conn.resume()
+            self._resume(conn)
         self._wakeup.wake()
         return True
 
@@ -274,7 +288,7 @@ class HandoffSender:
             self._pending.clear()
             self.failed += len(unresolved)
             for conn in unresolved:
-                conn.resume()
+                self._resume(conn)
         else:
             with contextlib.suppress(OSError):
                 channel.shutdown(socket.SHUT_WR)  # the receiver reads the end
