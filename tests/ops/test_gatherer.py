@@ -320,3 +320,28 @@ def test_tls_counters_reach_the_page_and_survive_the_pipe() -> None:
     assert total(text, "trioserver_tls_handshakes_total") == 4
     assert total(text, "trioserver_tls_failures_total", reason="not_tls") == 2
     assert total(text, "trioserver_tls_failures_total", reason="timeout") == 0
+
+
+def test_handoff_counts_reach_the_metrics_page() -> None:
+    counters = Counters()
+    counters.handoff_moved, counters.handoff_adopted = 7, 3
+    counters.handoff_refused, counters.handoff_failed = 2, 1
+    counters.handoff_kept.update({"tls": 4, "http": 5})
+    from trioserver.nursery_pool import PoolStatistics
+
+    report = counters.snapshot(
+        PoolStatistics(100, 0, 0, 100, 0, 0), 0, 1024,
+        inbox_packets=0, outbox_replies=0, outbox_bytes=0,
+    )  # fmt: skip
+    assert WorkerStatistics.from_json(report.to_json()) == report
+    g = Gatherer()
+    g.started(101, 1, 0)
+    g.report(101, report.to_json())
+    text = g.render()
+    assert total(text, "trioserver_handoff_moved_total") == 7
+    assert total(text, "trioserver_handoff_adopted_total") == 3
+    assert total(text, "trioserver_handoff_refused_total") == 2
+    assert total(text, "trioserver_handoff_failed_total") == 1
+    assert total(text, "trioserver_handoff_kept_total", reason="tls") == 4
+    assert total(text, "trioserver_handoff_kept_total", reason="http") == 5
+    assert total(text, "trioserver_handoff_kept_total", reason="refused") == 0  # shown
