@@ -487,3 +487,33 @@ async def test_a_connection_in_flight_cannot_be_kicked_by_the_old_worker() -> No
         assert (counts.moved, counts.failed) == (1, 0)
         await client.ping()  # the new worker's pong, and no push before it
         assert old.statistics().kicks_by_reason == {}
+
+
+async def test_a_cancelled_handoff_gives_up_and_a_late_receiver_serves_nothing() -> None:
+    """The old worker gives up with every connection sent and none acknowledged: it
+    shuts the channel, so a receiver that reads the messages only now can ack none of
+    them, serves none, and the old worker drains them all."""
+    async with reloads() as r:
+        clients = [await connect(r.port) for _ in range(3)]
+        for client in clients:
+            await client.ping()
+        old = r.current
+        new = await r.start()
+        old_end, new_end = channel_pair()
+        with old_end, trio.CancelScope() as scope:
+
+            async def give_up() -> None:
+                await trio.testing.wait_all_tasks_blocked(0.01)  # all sent, no ack
+                scope.cancel()
+
+            r.nursery.start_soon(give_up)
+            await old.hand_over(old_end)
+        assert scope.cancelled_caught
+        with new_end:
+            await new.adopt_from(new_end)
+        assert (old.statistics().handoff_failed, new.statistics().handoff_adopted) == (3, 0)
+        assert new.statistics().connections_open == 0
+        for client in clients:
+            with pytest.raises(ConnectionClosed):
+                await client.ping()
+            await client.aclose()
