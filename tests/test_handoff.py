@@ -16,6 +16,7 @@ import attrs
 import pytest
 import trio
 import trio.testing
+from wsproto.events import BytesMessage
 
 from trioserver.client import Client, ConnectionClosed
 from trioserver.config import Address
@@ -393,10 +394,14 @@ async def test_a_websocket_connection_moves_and_http_connections_are_counted_as_
             await http.send_all(b"GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n")
             assert (await http.receive_some(65536)).startswith(b"HTTP/1.1 404")
             assert await ws.request(ECHO, b"before") == Packet(ECHO, b"before")
-            await ws.send_raw(encode(ECHO, b"half")[:5])
+            packet = encode(ECHO, b"half")
+            await ws.send_raw(packet[:5])  # half a packet, in a whole message
+            frame = stream.ws.send(BytesMessage(packet[5:]))
+            await stream.stream.send_all(frame[:4])  # the rest in a frame sent in half
+            await trio.testing.wait_all_tasks_blocked(0.01)  # the old worker has read both
             counts = await r.reload()
             assert (counts.moved, dict(counts.kept)) == (1, {"http": 1})
-            await ws.send_raw(encode(ECHO, b"half")[5:])
+            await stream.stream.send_all(frame[4:])
             assert await ws.receive_packet() == Packet(ECHO, b"half")
             assert await ws.request(ECHO, b"after") == Packet(ECHO, b"after")
             assert await http.receive_some(65536) == b""  # the idle keep-alive one closed
