@@ -342,6 +342,7 @@ async def adopt(
         sock, record = got
         slot = None
         key = None
+        gate = _Gate()
         try:
             if shared.stopping:
                 raise _Refused("this worker is stopping")
@@ -358,6 +359,13 @@ async def adopt(
             conn = Connection(slot, _transport_for(sock, record, shared), record.peer, shared)
             conn.cap_key = key
             record = conn.adopt_record(record, trio.current_time())
+            # Its task starts first and waits for the gate: once the ack is out, the
+            # connection must be served, and a nursery that has closed (the worker
+            # stopped) can take no new task; it is refused while that can still be said.
+            try:
+                nursery.start_soon(_serve_adopted, conn, record, gate, name=_TASK_NAME)
+            except RuntimeError:
+                raise _Refused("this worker has stopped") from None
             await send_ack(channel, Ack(record.connection_id, True))
         except _Refused as why:
             counters.handoff_refused += 1
@@ -376,6 +384,7 @@ async def adopt(
             if key is not None and caps is not None:
                 caps.release(key)
             sock.close()
+            gate.open(adopted=False)
             if isinstance(exc, OSError):
                 log.warning("handoff: no ack for %s: %s", record.connection_id, exc)
                 return
@@ -383,11 +392,26 @@ async def adopt(
         counters.handoff_adopted += 1
         shared.connections[slot.index] = conn
         conn.open_adopted(record)
-        nursery.start_soon(_serve_adopted, conn, record, name=_TASK_NAME)
+        gate.open(adopted=True)
 
 
-async def _serve_adopted(conn: Connection, record: ConnectionRecord) -> None:
-    await conn.serve(adopted=record)
+@attrs.define(eq=False)
+class _Gate:
+    """Whether an adopted connection's task is to serve it, once the ack is sent (or not)."""
+
+    event: trio.Event = attrs.Factory(trio.Event)
+    adopted: bool = False
+
+    def open(self, *, adopted: bool) -> None:
+        self.adopted = adopted
+        self.event.set()
+
+
+async def _serve_adopted(conn: Connection, record: ConnectionRecord, gate: _Gate) -> None:
+    with trio.CancelScope(shield=True):  # the gate opens right after one send
+        await gate.event.wait()
+    if gate.adopted:
+        await conn.serve(adopted=record)
 
 
 class _Refused(Exception):
