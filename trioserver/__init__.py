@@ -20,9 +20,10 @@ from .config import Address, Config, ConfigError, load_config
 from .framer import NEED_DATA, FrameDecoder, Packet, encode
 from .handlers import Context, Services, default_router
 from .handlers.router import Router
+from .handoff import HandoffCounts
 from .hub import Hub, Member
 from .messages import ResultCode
-from .reasons import CloseReason, DropReason, KickReason
+from .reasons import CloseReason, DropReason, HandoffKept, KickReason
 from .stats import WorkerStatistics
 from .worker import Worker, run_worker, serve_until_signalled
 
@@ -40,6 +41,8 @@ __all__ = [
     "Context",
     "DropReason",
     "FrameDecoder",
+    "HandoffCounts",
+    "HandoffKept",
     "Hub",
     "KickReason",
     "Member",
