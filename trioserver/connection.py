@@ -69,7 +69,7 @@ from .proxy_protocol import ProxyPolicy, ProxyProtocolError, read_proxy_header
 from .reasons import CloseReason, DropReason, HandoffKept, KickReason
 from .stats import Counters
 from .timers import ConnectionRules, RecycleTimer
-from .transport import Movable, PeerProtocolError, Transport, linger
+from .transport import PeerProtocolError, Transport, linger, movable
 from .wakeup import Wakeup
 from .ws_transport import WebSocketTransport
 
@@ -402,17 +402,18 @@ class Connection:
         """Why this connection cannot move to another worker now; None: it can."""
         transport = self.transport
         if self.upgrade is not None or (
-            isinstance(transport, WebSocketTransport) and not isinstance(transport.lower, Movable)
+            isinstance(transport, WebSocketTransport) and movable(transport.lower) is None
         ):
             return HandoffKept.TLS  # the session's keys live in this process's ssl object
         state = self.state
         if state is not _READING and state is not _IDLE and state is not _NEW:
-            return HandoffKept.CLOSING
+            return HandoffKept.CLOSED if state is _CLOSED else HandoffKept.CLOSING
         if not self.announced:
             return HandoffKept.NEW  # its PROXY header or on_connect is still to come
-        if not isinstance(transport, Movable):
+        moving = movable(transport)
+        if moving is None:
             return HandoffKept.TRANSPORT
-        if transport.handoff_socket() is None:
+        if moving.handoff_socket() is None:
             return HandoffKept.WEBSOCKET  # wsproto parses it, or a frame is half sent
         return None
 
@@ -422,8 +423,8 @@ class Connection:
         if self.handoff_reason() is not None:
             return False
         self._move(_HANDING_OFF)
-        transport = self.transport
-        assert isinstance(transport, Movable)
+        transport = movable(self.transport)
+        assert transport is not None
         transport.interrupt()  # a reader or writer waiting on the socket wakes
         return True
 
@@ -532,8 +533,8 @@ class Connection:
             await self.wakeup.wait()  # handlers finish; a writer puts back what it did not send
             if self.state is not _HANDING_OFF:
                 return False
-        transport = self.transport
-        assert isinstance(transport, Movable)
+        transport = movable(self.transport)
+        assert transport is not None
         if transport.handoff_socket() is None:  # a WebSocket left the fast path meanwhile
             port.kept(self, HandoffKept.WEBSOCKET)
             self._move(_FINISHING)
@@ -613,10 +614,15 @@ class Connection:
                         try:
                             data = transport.receive_nowait(receive_size)
                             if data is None:
-                                if shared.stopping and self.state is not _NEW:
-                                    break  # draining: all that had arrived is read; no more
+                                # Draining or handing over: all that had arrived is read.
                                 if self.state is _READING:
+                                    if shared.stopping:
+                                        break
                                     self.state = _IDLE
+                                elif self.state is _HANDING_OFF or (
+                                    shared.stopping and self.state is not _NEW
+                                ):
+                                    break
                                 await transport.wait_readable()
                                 if self.state is _IDLE:
                                     self.state = _READING
@@ -873,6 +879,6 @@ class Connection:
         shared.recycler.rest(self.slot)
         self.outbox.close()
         self._move(_CLOSED)
-        transport = self.transport
-        assert isinstance(transport, Movable)
+        transport = movable(self.transport)
+        assert transport is not None
         await transport.forget()

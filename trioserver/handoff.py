@@ -42,7 +42,7 @@ import collections
 import contextlib
 import logging
 import socket
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Final
 
 import attrs
@@ -58,7 +58,7 @@ from .handoff_channel import (
 )
 from .handoff_record import ConnectionRecord, HandoffRecordError
 from .reasons import HandoffKept
-from .transport import Movable, SocketTransport, Transport
+from .transport import SocketTransport, Transport, movable
 from .wakeup import Wakeup
 from .ws_transport import WebSocketTransport
 
@@ -108,16 +108,26 @@ class _Ready:
 class HandoffSender:
     """The old worker's side of one hand over (see the module docstring).
 
-    ``mark`` the connections that are to move, then ``run``; the connections
-    report through ``ready`` and ``kept`` (``connection.HandoffPort``).
+    ``offer`` the connections that are to move, then ``run``. They are stopped a
+    few at a time (``at_once``, twice the window by default), the next as each is
+    moved or kept: the others go on being served here meanwhile, so no connection
+    waits longer than its own turn, however many there are. The stopped ones report
+    through ``ready`` and ``kept`` (``connection.HandoffPort``).
     """
 
-    def __init__(self, channel: socket.socket, *, window: int = WINDOW) -> None:
+    def __init__(
+        self, channel: socket.socket, *, window: int = WINDOW, at_once: int | None = None
+    ) -> None:
         if window < 1:
             raise ValueError(f"window must be at least 1, got {window!r}")
         self._channel = channel
         self._window = window
-        #: Marked and not yet ready.
+        self._at_once = 2 * window if at_once is None else at_once
+        if self._at_once < 1:
+            raise ValueError(f"at_once must be at least 1, got {at_once!r}")
+        #: Offered and not yet stopped, in the order offered.
+        self._waiting: collections.deque[Connection] = collections.deque()
+        #: Told to stop and not yet ready.
         self._pending: set[Connection] = set()
         #: Ready or in flight: until the outcome, their fate is the hand over's.
         self._held: set[Connection] = set()
@@ -134,9 +144,20 @@ class HandoffSender:
 
     # -- what the worker and the connections tell it ---------------------------------------
 
-    def mark(self, conn: Connection) -> None:
-        """``conn`` was told to stop (``begin_handoff``): wait for its report."""
-        self._pending.add(conn)
+    def offer(self, conns: Iterable[Connection]) -> None:
+        """Move these connections, if they still can when their turn comes."""
+        self._waiting.extend(conns)
+
+    def _stop_more(self) -> None:
+        """Tell the next connections to stop, up to ``at_once`` stopped and unresolved."""
+        waiting = self._waiting
+        while waiting and len(self._pending) + len(self._held) < self._at_once:
+            conn = waiting.popleft()
+            reason = conn.handoff_reason()
+            if reason is None and conn.begin_handoff():
+                self._pending.add(conn)
+            else:
+                self.keep(reason or HandoffKept.CLOSING)
 
     def keep(self, reason: HandoffKept) -> None:
         """Count a connection that stays here for ``reason`` (never marked)."""
@@ -174,8 +195,8 @@ class HandoffSender:
 
     @property
     def done(self) -> bool:
-        """Every marked connection is moved or draining."""
-        return not (self._pending or self._ready or self._in_flight)
+        """Every offered connection is moved or draining."""
+        return not (self._waiting or self._pending or self._ready or self._in_flight)
 
     def counts(self, seconds: float) -> HandoffCounts:
         return HandoffCounts(self.moved, dict(self.kept_by_reason), self.failed, seconds)
@@ -199,14 +220,17 @@ class HandoffSender:
 
     async def _send_all(self) -> None:
         channel = self._channel
-        while not self.done and not self._over:
+        while True:
+            self._stop_more()
+            if self.done or self._over:
+                return
             if not self._ready or len(self._in_flight) >= self._window:
                 await self._wakeup.wait()
                 continue
             item = self._ready[0]
             conn = item.conn
-            transport = conn.transport
-            assert isinstance(transport, Movable)
+            transport = movable(conn.transport)
+            assert transport is not None
             sock = transport.handoff_socket()
             assert sock is not None  # checked when it stopped; nothing changes it since
             # Taken right before the send, without a checkpoint between: what the
@@ -286,7 +310,8 @@ class HandoffSender:
             self._in_flight.clear()
             self._ready.clear()
             self._pending.clear()
-            self.failed += len(unresolved)
+            self.failed += len(unresolved) + len(self._waiting)
+            self._waiting.clear()  # never stopped: they drain with the rest
             for conn in unresolved:
                 self._resume(conn)
         else:

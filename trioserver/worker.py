@@ -325,21 +325,21 @@ class Worker:
         caller closes it afterwards. See :mod:`trioserver.handoff` for what moves.
         """
         shared = self.shared
-        if shared.stopping:
+        if shared.stopping or shared.handoff is not None:
             raise RuntimeError(f"worker {self.index} is already stopping: nothing to hand over")
         start = trio.current_time()
         sender = HandoffSender(channel)
         shared.handoff = sender
-        self._stop_serving()
+        # No new connection, no more application tasks; the open connections go on
+        # being served until their turn to move (``stopping`` is set at the end).
+        self.acceptor.stop()
+        if self._app_scope is not None:
+            self._app_scope.cancel()
+        if self._mesh is not None:
+            self._mesh.stop_listening()
         for _ in self.acceptor.http_connections:
             sender.keep(HandoffKept.HTTP)
-        for conn in list(shared.connections.values()):
-            reason = conn.handoff_reason()
-            if reason is None and conn.begin_handoff():
-                sender.mark(conn)
-            else:
-                sender.keep(reason or HandoffKept.CLOSING)
-                conn.drain(start)
+        sender.offer(list(shared.connections.values()))
         try:
             await sender.run()
         finally:
@@ -348,7 +348,7 @@ class Worker:
             counters.handoff_moved += counts.moved
             counters.handoff_failed += counts.failed
             counters.handoff_kept.update(counts.kept)
-            self.stop()  # the drain deadline for what stays
+            self.stop()  # what stays drains
             log.info(
                 "worker %d handed over %d connections in %.3f s; %d drain here%s%s",
                 self.index,

@@ -80,11 +80,11 @@ from wsproto.events import BytesMessage, CloseConnection, Ping, Pong
 from .reasons import CloseReason, KickReason
 from .transport import (
     LINGER_TIMEOUT,
-    Movable,
     PeerProtocolError,
     SendInterrupted,
     StdSocket,
     Transport,
+    movable,
 )
 
 __all__ = ["CLOSE_CODES", "WebSocketTransport", "frame_header"]
@@ -219,7 +219,8 @@ class WebSocketTransport:
             or self._head_tail
             or self._close_sent
         )
-        return lower.handoff_socket() if clean and isinstance(lower, Movable) else None
+        below = movable(lower)
+        return below.handoff_socket() if clean and below is not None else None
 
     def handoff_frames(self) -> tuple[bytes, bytes]:
         """Payload decoded but not yet handed out, and the raw start of a frame still
@@ -227,12 +228,13 @@ class WebSocketTransport:
         return self._payload or b"", self._partial
 
     def interrupt(self) -> None:
-        if isinstance(self.lower, Movable):
-            self.lower.interrupt()
+        below = movable(self.lower)
+        if below is not None:
+            below.interrupt()
 
     async def forget(self) -> None:
-        lower = self.lower
-        await (lower.forget() if isinstance(lower, Movable) else lower.aclose())
+        below = movable(self.lower)
+        await (self.lower.aclose() if below is None else below.forget())
 
     # -- receiving -----------------------------------------------------------------------
 
