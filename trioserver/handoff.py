@@ -5,10 +5,10 @@
     counts = await old_worker.hand_over(channel)      # stops accepting, moves, drains the rest
     nursery.start_soon(new_worker.adopt_from, channel) # in the new worker: serves what comes
 
-The old worker's side is a :class:`HandoffSender`: every connection that can move
-is told to stop (``Connection.begin_handoff``); each reports back when it has
-stopped at a packet boundary with its handlers done (``ready``) or when it will
-not move after all (``kept``). The sender sends the ready ones over the channel
+The old worker's side is a :class:`HandoffSender`: the connections are told to
+stop (``Connection.begin_handoff``) a few at a time, the others served as usual
+until their turn; each reports back when it has stopped at a packet boundary with
+its handlers done (``ready``) or when it will not move after all (``kept``). The sender sends the ready ones over the channel
 (:mod:`trioserver.handoff_channel`: the socket and its
 :class:`~trioserver.handoff_record.ConnectionRecord`), up to ``window`` awaiting
 their acks at once, and ends each with the receiver's answer:
