@@ -160,7 +160,7 @@ class HandoffSender:
                 self.keep(reason or HandoffKept.CLOSING)
 
     def keep(self, reason: HandoffKept) -> None:
-        """Count a connection that stays here for ``reason`` (never marked)."""
+        """Count a connection that stays here for ``reason`` (never told to stop)."""
         self.kept_by_reason[reason.value] += 1
 
     def ready(self, conn: Connection, partial: bytes, frames: bytes) -> None:
@@ -204,7 +204,7 @@ class HandoffSender:
     # -- the hand over -----------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Move every marked connection; returns once each is moved or draining.
+        """Move every offered connection; returns once each is moved or draining.
 
         On return, and if cancelled, whatever is unresolved drains here (see the
         module docstring); the channel is shut for writing either way, so that the
