@@ -8,10 +8,10 @@
 The old worker's side is a :class:`HandoffSender`: the connections are told to
 stop (``Connection.begin_handoff``) a few at a time, the others served as usual
 until their turn; each reports back when it has stopped at a packet boundary with
-its handlers done (``ready``) or when it will not move after all (``kept``). The sender sends the ready ones over the channel
-(:mod:`trioserver.handoff_channel`: the socket and its
-:class:`~trioserver.handoff_record.ConnectionRecord`), up to ``window`` awaiting
-their acks at once, and ends each with the receiver's answer:
+its handlers done (``ready``) or when it will not move after all (``kept``). The
+sender sends the ready ones over the channel (:mod:`trioserver.handoff_channel`:
+the socket and its :class:`~trioserver.handoff_record.ConnectionRecord`), up to
+``window`` awaiting their acks at once, and ends each with the receiver's answer:
 
 - ``+`` ack: the new worker serves it; here it is forgotten (``moved``).
 - ``-`` ack (the new worker's pool is full, or its network at its cap): it drains
