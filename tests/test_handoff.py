@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import pickle
+import re
 import socket
 import struct
 import sys
@@ -522,3 +524,41 @@ async def test_a_cancelled_handoff_gives_up_and_a_late_receiver_serves_nothing()
             with pytest.raises(ConnectionClosed):
                 await client.ping()
             await client.aclose()
+
+
+def _epoll_entries() -> set[tuple[int, int]]:
+    """(fd, inode) of every file this process's epoll sets watch (Linux's fdinfo)."""
+    entries = set()
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{name}") != "anon_inode:[eventpoll]":
+                continue
+            with open(f"/proc/self/fdinfo/{name}") as info:
+                lines = info.read().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            found = re.match(r"tfd:\s*(\d+).*\bino:([0-9a-f]+)", line)
+            if found:
+                entries.add((int(found[1]), int(found[2], 16)))
+    return entries
+
+
+async def test_the_old_worker_leaves_no_epoll_registration_for_a_moved_socket() -> None:
+    """Closing one of two descriptors of a socket does not take it out of an epoll set
+    (the kernel drops an entry only with the last one): the old worker must unregister
+    it itself before it lets go."""
+    async with reloads() as r, await connect(r.port) as client:
+        await client.ping()
+        (conn,) = r.current.connections()
+        sock = conn.transport.socket
+        assert isinstance(sock, socket.socket)
+        old = (sock.fileno(), os.fstat(sock.fileno()).st_ino)
+        assert old in _epoll_entries()  # its reader waits on it
+        await r.reload()
+        await client.ping()
+        (moved,) = r.current.connections()
+        new_sock = moved.transport.socket
+        assert isinstance(new_sock, socket.socket)
+        assert (new_sock.fileno(), old[1]) in _epoll_entries()  # the new worker's
+        assert old not in _epoll_entries()
