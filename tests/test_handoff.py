@@ -26,7 +26,7 @@ from trioserver.connection import Connection
 from trioserver.framer import PING, Packet, encode
 from trioserver.handlers import Context, default_router
 from trioserver.handlers.router import Router
-from trioserver.handoff import HandoffCounts
+from trioserver.handoff import HandoffCounts, HandoffSender
 from trioserver.handoff_channel import (
     channel_pair,
     receive_ack,
@@ -36,7 +36,7 @@ from trioserver.handoff_channel import (
 )
 from trioserver.handoff_record import ConnectionRecord
 from trioserver.peer import Peer
-from trioserver.reasons import CloseReason, KickReason
+from trioserver.reasons import CloseReason, HandoffKept, KickReason
 from trioserver.worker import Worker
 
 from .conftest import make_config
@@ -562,3 +562,53 @@ async def test_the_old_worker_leaves_no_epoll_registration_for_a_moved_socket() 
         assert isinstance(new_sock, socket.socket)
         assert (new_sock.fileno(), old[1]) in _epoll_entries()  # the new worker's
         assert old not in _epoll_entries()
+
+
+class _Stoppable:
+    """What the sender asks of a connection when its turn comes (no socket, no worker)."""
+
+    def __init__(self, reason: HandoffKept | None = None) -> None:
+        self.reason = reason
+        self.stopped = False
+        self.resumed = False
+
+    def handoff_reason(self) -> HandoffKept | None:
+        return self.reason
+
+    def begin_handoff(self) -> bool:
+        self.stopped = True
+        return True
+
+    def resume(self) -> None:
+        self.resumed = True
+
+
+class _GoneChannel:
+    """A channel whose other end has gone: nothing is sent in this test."""
+
+    def shutdown(self, how: int) -> None:
+        raise OSError("gone")
+
+
+def test_the_sender_stops_connections_in_turns_and_counts_what_stays() -> None:
+    sender = HandoffSender(_GoneChannel(), at_once=2)  # type: ignore[arg-type]
+    conns = [_Stoppable() for _ in range(4)] + [_Stoppable(HandoffKept.NEW)]
+    sender.offer(conns)  # type: ignore[arg-type]
+    sender._stop_more()
+    assert [c.stopped for c in conns] == [True, True, False, False, False]
+    sender.kept(conns[0], HandoffKept.FINISHING)  # type: ignore[arg-type]  # it ended
+    sender.ready(conns[1], b"", b"")  # type: ignore[arg-type]  # ready: held, still a turn
+    sender._stop_more()
+    assert [c.stopped for c in conns] == [True, True, True, False, False]
+    assert sender.holds(conns[1]) and not sender.holds(conns[2])  # type: ignore[arg-type]
+    sender.kept(conns[2], HandoffKept.CLOSED)  # type: ignore[arg-type]
+    sender._stop_more()  # the fourth's turn
+    assert [c.stopped for c in conns] == [True, True, True, True, False]
+    assert sender.counts(0.0).kept == {"finishing": 1, "closed": 1}
+    sender.kept(conns[3], HandoffKept.FINISHING)  # type: ignore[arg-type]
+    sender._stop_more()  # the fifth's turn: it cannot move, and is counted
+    assert sender.counts(0.0).kept == {"finishing": 2, "closed": 1, "new": 1}
+    assert not conns[4].stopped and not sender.done
+    sender._finish()  # given up: the ready one drains here
+    assert [c.resumed for c in conns] == [False, True, False, False, False]
+    assert sender.counts(0.0).failed == 1 and sender.done
