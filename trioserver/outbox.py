@@ -194,9 +194,11 @@ class Outbox:
         transport = conn.transport
         try:
             with trio.CancelScope() as self._writer_scope:
-                if conn.stale or self._moving():  # closed or being handed over: send nothing
+                if conn.stale:  # closed before this task first ran
                     return
                 while items := self._items:
+                    if self._moving():  # being handed over: what is queued moves with it
+                        return
                     count = len(items)
                     data = items[0] if count == 1 else b"".join(items)
                     self._items = None
