@@ -439,8 +439,7 @@ class Connection:
             except Exception:
                 reannounce = self.announced
         transport = self.transport
-        websocket = isinstance(transport, WebSocketTransport)
-        subprotocol = transport.subprotocol if isinstance(transport, WebSocketTransport) else None
+        ws = transport if isinstance(transport, WebSocketTransport) else None
         return ConnectionRecord(
             connection_id=self.global_id,
             peer=self.peer,
@@ -455,8 +454,8 @@ class Connection:
             prelogin=self.prelogin,
             state=state,
             reannounce=reannounce,
-            websocket=websocket,
-            subprotocol=subprotocol,
+            websocket=ws is not None,
+            subprotocol=None if ws is None else ws.subprotocol,
             frames=frames,
         )
 
