@@ -318,7 +318,9 @@ class Worker:
         """Stop, handing every connection that can move to the worker at the other end
         of ``channel`` (which runs :meth:`adopt_from`); the rest drain as on ``stop()``.
 
-        Stops accepting first (the listeners are the new workers' now). Returns once
+        Stops accepting first and closes its copies of the listening sockets: they are
+        to be shared with the new workers (the master's), which accept what their queues
+        hold (sockets this worker bound itself reset it when they close). Returns once
         every connection is moved or draining (``wait_stopped`` waits for the drain);
         cancelling it drains whatever has not been acknowledged yet. ``channel`` is a
         non-blocking ``SOCK_SEQPACKET`` socket (``handoff_channel.channel_pair``); the
