@@ -18,7 +18,7 @@ import attrs
 import pytest
 import trio
 import trio.testing
-from wsproto.events import BytesMessage
+from wsproto.events import BytesMessage, Ping
 
 from trioserver.client import Client, ConnectionClosed
 from trioserver.config import Address
@@ -612,3 +612,18 @@ def test_the_sender_stops_connections_in_turns_and_counts_what_stays() -> None:
     sender._finish()  # given up: the ready one drains here
     assert [c.resumed for c in conns] == [False, True, False, False, False]
     assert sender.counts(0.0).failed == 1 and sender.done
+
+
+async def test_a_websocket_that_left_the_fast_path_is_kept_and_drained_with_1001() -> None:
+    async with reloads(http__listen=LOOPBACK) as r:
+        http_port = r.workers[0].http_addresses[0][1]
+        stream = await WebSocketStream.connect(
+            "127.0.0.1", http_port, origin=f"http://127.0.0.1:{http_port}"
+        )
+        async with Client(stream) as ws:
+            await stream.stream.send_all(stream.ws.send(Ping(b"hi")))  # wsproto parses now
+            assert await ws.request(ECHO, b"x") == Packet(ECHO, b"x")
+            counts = await r.reload()
+            assert (counts.moved, dict(counts.kept)) == (0, {"websocket": 1})
+            assert await stream.receive_some() == b""
+            assert stream.close is not None and stream.close.code == 1001  # the drain's
