@@ -130,7 +130,9 @@ class Reloads:
     async def reload(self, **settings: Any) -> HandoffCounts:
         """Start the next worker and hand the current one's connections to it."""
         old = self.current
-        new = await self.start(**settings)
+        return await self.hand_over(old, await self.start(**settings))
+
+    async def hand_over(self, old: Worker, new: Worker) -> HandoffCounts:
         old_end, new_end = channel_pair()
 
         async def adopt() -> None:
@@ -627,3 +629,34 @@ async def test_a_websocket_that_left_the_fast_path_is_kept_and_drained_with_1001
             assert (counts.moved, dict(counts.kept)) == (0, {"websocket": 1})
             assert await stream.receive_some() == b""
             assert stream.close is not None and stream.close.code == 1001  # the drain's
+
+
+async def test_a_request_still_in_its_handler_is_answered_before_the_connection_moves() -> None:
+    router = app_router()
+    gate = trio.Event()
+
+    @router.route(300)
+    async def slow(ctx: Context, packet: Packet) -> None:
+        await gate.wait()
+        ctx.reply(300, b"done")
+
+    async with reloads(router) as r, await connect(r.port) as client:
+        await client.send(300)
+        await client.send_raw(PING)  # read behind it, answered in order
+        await trio.testing.wait_all_tasks_blocked(0.01)
+        done: list[HandoffCounts] = []
+        old, new = r.current, await r.start()
+
+        async def reload() -> None:
+            done.append(await r.hand_over(old, new))
+
+        r.nursery.start_soon(reload)
+        await trio.testing.wait_all_tasks_blocked(0.01)
+        assert not done  # the handler holds it
+        gate.set()
+        assert await client.receive_packet() == Packet(300, b"done")
+        assert await client.receive_packet() == Packet(0, b"")
+        await client.ping()
+        await trio.testing.wait_all_tasks_blocked(0.01)  # the hand over has returned
+        assert done[0].moved == 1
+        assert r.current.statistics().packets_by_code[0] == 1
