@@ -367,14 +367,26 @@ class Worker:
         :meth:`hand_over`) until the channel ends; run it as a task once this worker
         serves. A connection that finds the pool full is refused (counted as
         ``handoff_refused``) and drains in the old worker."""
-        await adopt(
-            channel,
-            shared=self.shared,
-            pool=self.pool,
-            recycler=self.recycler,
-            counters=self.counters,
-            caps=self.shared.caps,
-        )
+        counters = self.counters
+        adopted, refused = counters.handoff_adopted, counters.handoff_refused
+        start = trio.current_time()
+        try:
+            await adopt(
+                channel,
+                shared=self.shared,
+                pool=self.pool,
+                recycler=self.recycler,
+                counters=counters,
+                caps=self.shared.caps,
+            )
+        finally:
+            log.info(
+                "worker %d adopted %d connections in %.3f s (%d refused)",
+                self.index,
+                counters.handoff_adopted - adopted,
+                trio.current_time() - start,
+                counters.handoff_refused - refused,
+            )
 
     async def wait_stopped(self) -> None:
         """Wait until the worker has stopped: every connection closed and counted."""
