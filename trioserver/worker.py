@@ -322,14 +322,16 @@ class Worker:
         to be shared with the new workers (the master's), which accept what their queues
         hold (sockets this worker bound itself reset it when they close). Returns once
         every connection is moved or draining (``wait_stopped`` waits for the drain);
-        cancelling it drains whatever has not been acknowledged yet. ``channel`` is a
-        non-blocking ``SOCK_SEQPACKET`` socket (``handoff_channel.channel_pair``); the
-        caller closes it afterwards. See :mod:`trioserver.handoff` for what moves.
+        cancelling it drains whatever has not been acknowledged yet. ``channel`` is one
+        end of a ``SOCK_SEQPACKET`` socketpair (``handoff_channel.channel_pair``), made
+        non-blocking here; the caller closes it afterwards. See :mod:`trioserver.handoff`
+        for what moves.
         """
         shared = self.shared
         if shared.stopping or shared.handoff is not None:
             raise RuntimeError(f"worker {self.index} is already stopping: nothing to hand over")
         start = trio.current_time()
+        channel.setblocking(False)  # one inherited over fork may not be
         sender = HandoffSender(channel)
         shared.handoff = sender
         # No new connection, no more application tasks; the open connections go on
@@ -367,6 +369,7 @@ class Worker:
         :meth:`hand_over`) until the channel ends; run it as a task once this worker
         serves. A connection that finds the pool full is refused (counted as
         ``handoff_refused``) and drains in the old worker."""
+        channel.setblocking(False)
         counters = self.counters
         adopted, refused = counters.handoff_adopted, counters.handoff_refused
         start = trio.current_time()
