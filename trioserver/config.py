@@ -895,6 +895,16 @@ class MasterSettings:
         why="A backstop: the worker itself closes what is left after server.drain_timeout; "
         "this only catches a worker that cannot finish (gunicorn's default).",
     )
+    handoff: bool = setting(
+        True,
+        "On a reload (SIGHUP), old workers hand their binary and WebSocket connections, "
+        "live, to the new workers instead of draining them; TLS connections and HTTP "
+        "requests still drain. Off: every old connection drains and closes.",
+        _bool,
+        why="A reload then disconnects nobody who can be moved: for game, chat and device "
+        "clients a drain is a reconnect storm and a login paid again on every deploy. "
+        "The new config's value decides for the reload that reads it.",
+    )
     stop_delay: float = setting(
         0.0,
         "Seconds a graceful stop (SIGTERM) keeps serving, with /healthz already answering "

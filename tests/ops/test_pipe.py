@@ -13,6 +13,7 @@ from trioserver.prefork.pipe import (
     MasterPipe,
     PipeDecoder,
     PipeProtocolError,
+    encode_handed_over,
     encode_report,
 )
 
@@ -94,3 +95,15 @@ def test_writer_reports_a_gone_master() -> None:
         assert not MasterPipe(write_fd, -1).send(HEARTBEAT)  # re-parented
     finally:
         os.close(write_fd)
+
+
+def test_a_handoff_result_is_its_own_record() -> None:
+    stream = encode_report(b"{}") + encode_handed_over(b'{"moved":3}') + HEARTBEAT
+    decoder = PipeDecoder()
+    handoffs: list[bytes] = []
+    reports: list[bytes] = []
+    for i in range(len(stream)):
+        decoded = decoder.feed(stream[i : i + 1])
+        handoffs.extend(decoded.handoffs)
+        reports.extend(decoded.reports)
+    assert handoffs == [b'{"moved":3}'] and reports == [b"{}"]

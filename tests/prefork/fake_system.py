@@ -19,6 +19,7 @@ from trioserver.prefork.procs import (
     READY,
     Event,
     Exited,
+    HandoffReport,
     SignalReceived,
     WorkerMessage,
     WorkerSpec,
@@ -43,6 +44,11 @@ class FakeSystem:
         self.fail_spawn: OSError | None = None
         #: The clock each time the master stopped the listening sockets queueing.
         self.stopped_queueing: list[float] = []
+        #: (old pid, new pid) for each HAND_OVER the master sent, and the channels it closed.
+        self.handovers: list[tuple[int, int]] = []
+        self.closed_channels: list[int] = []
+        #: Old pids whose control socket is gone: hand_over answers False.
+        self.unreachable: set[int] = set()
         self._events: collections.deque[Event] = collections.deque()
         self._exits: list[Exited] = []
         self._next_pid = 100
@@ -73,6 +79,17 @@ class FakeSystem:
     def kill(self, pid: int, signum: int) -> None:
         self.kills.append((pid, signal.Signals(signum)))
 
+    def hand_over(self, old: int, new: int) -> bool:
+        spawned = {child.pid: child for child in self.spawned}
+        if old in self.unreachable or not spawned[new].spec.handoff:
+            return False
+        assert new not in self.closed_channels, "the channel was already closed"
+        self.handovers.append((old, new))
+        return True
+
+    def close_channel(self, new: int) -> None:
+        self.closed_channels.append(new)
+
     def reap(self) -> list[Exited]:
         exits, self._exits = self._exits, []
         return exits
@@ -97,11 +114,16 @@ class FakeSystem:
     def beat(self, pid: int) -> None:
         self._events.append(WorkerMessage(pid, HEARTBEAT))
 
-    def exit(self, pid: int, returncode: int, unread: bytes = b"") -> None:
+    def handed_over(self, pid: int, payload: bytes) -> None:
+        self._events.append(HandoffReport(pid, payload))
+
+    def exit(
+        self, pid: int, returncode: int, unread: bytes = b"", handoffs: tuple[bytes, ...] = ()
+    ) -> None:
         for child in self.spawned:
             if child.pid == pid:
                 child.alive = False
-        self._exits.append(Exited(pid, returncode, unread))
+        self._exits.append(Exited(pid, returncode, unread, handoffs=handoffs))
         self._events.append(SignalReceived(signal.SIGCHLD))
 
     def alive(self) -> list[Spawned]:

@@ -315,16 +315,17 @@ def test_a_fast_stop_overtakes_a_graceful_one(h: Harness) -> None:
 
 
 def test_reload_starts_new_workers_before_retiring_the_old(h: Harness) -> None:
+    """With master.handoff off, the old workers retire by draining (SIGTERM)."""
     old = h.boot()
-    new_config = make_config(workers=3, graceful_timeout=5.0)
+    new_config = make_config(workers=3, graceful_timeout=5.0, handoff=False)
     h.next_config = new_config
     h.fake.signal(signal.SIGHUP)
     h.step()
     new = [c for c in h.fake.spawned if c.spec.generation == 1]
-    assert [(c.spec.index, c.spec.workers, c.spec.config) for c in new] == [
-        (1, 3, new_config),
-        (2, 3, new_config),
-        (3, 3, new_config),
+    assert [(c.spec.index, c.spec.workers, c.spec.config, c.spec.handoff) for c in new] == [
+        (1, 3, new_config, False),
+        (2, 3, new_config, False),
+        (3, 3, new_config, False),
     ]
     assert h.fake.prepared == [(new_config, 3)]
     for child in new[:2]:
@@ -404,8 +405,9 @@ def test_an_old_worker_dying_during_a_reload_is_replaced_then_retired(h: Harness
     assert stand_in.spec.generation == 0 and stand_in.spec.index == 1
     h.fake.ready(new)
     h.step()
-    assert h.fake.kills_of(stand_in.pid) == [signal.SIGTERM]
-    assert h.fake.kills_of(old[1]) == [signal.SIGTERM]
+    assert h.fake.kills_of(stand_in.pid) == [signal.SIGTERM]  # not serving yet: nothing to move
+    assert h.fake.kills_of(old[1]) == []
+    assert h.fake.handovers == [(old[1], new)]
 
 
 def test_a_second_sighup_during_a_reload_reloads_again(h: Harness) -> None:

@@ -24,6 +24,9 @@ handles as the reset it is (``trioserver_master_start_time_seconds`` shows it).
 Gauges (open connections, queue depth, outbox bytes, recent loop lag) are the
 live processes' latest values, summed per slot (max for the lag).
 
+Reload handoffs are the master's own series (``trioserver_handoff_*``): each old worker
+reports once what it moved, drained and failed to move, and the master times the whole.
+
 The page is the Prometheus text exposition format 0.0.4, written here to the
 spec so the master needs no client library; the tests parse it with
 ``prometheus_client``.
@@ -43,11 +46,12 @@ from typing import Any, Final
 import attrs
 
 from ..messages import ResultCode
+from ..prefork.handoff import HandoffResult
 from ..reasons import DropReason, HandoffKept, KickReason, TlsFailure
 from ..stats import UNKNOWN_CODE, HistogramSnapshot, WorkerStatistics
 from .procstat import ProcessFigures
 
-__all__ = ["Gatherer", "SlotView", "Totals", "format_bytes", "format_seconds"]
+__all__ = ["Gatherer", "HandoffTotals", "SlotView", "Totals", "format_bytes", "format_seconds"]
 
 log = logging.getLogger("trioserver.metrics")
 
@@ -250,6 +254,30 @@ REFUSALS: Final[tuple[tuple[str, str, Callable[[Totals], int]], ...]] = (
 
 
 @attrs.define(eq=False)
+class HandoffTotals:
+    """Every reload's handoff since the master started: old workers' results, summed."""
+
+    moved: int = 0
+    drained: collections.Counter[str] = attrs.Factory(collections.Counter)
+    failed: int = 0
+    #: Old workers that reported a result.
+    workers: int = 0
+    #: Reloads whose handoff ended, and how long the latest one took.
+    handoffs: int = 0
+    last_seconds: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "moved": self.moved,
+            "drained": dict(sorted(self.drained.items())),
+            "failed": self.failed,
+            "workers": self.workers,
+            "handoffs": self.handoffs,
+            "last_seconds": self.last_seconds,
+        }
+
+
+@attrs.define(eq=False)
 class _Live:
     index: int
     pid: int
@@ -347,6 +375,8 @@ class Gatherer:
         self._bad_reports = 0
         self._next_summary: float | None = None
         self._last_summary: tuple[float, int, int] | None = None  # (time, packets, http)
+        #: Reload handoffs (the master's own figures, not a slot's).
+        self.handoffs = HandoffTotals()
 
     # -- events from the master ------------------------------------------------------------
 
@@ -384,6 +414,19 @@ class Gatherer:
             cpu_seconds = last.cpu_seconds  # the most we know it used
         if cpu_seconds is not None:
             self._retired_cpu[live.index] += cpu_seconds
+
+    def handoff(self, result: HandoffResult) -> None:
+        """An old worker's handoff result."""
+        totals = self.handoffs
+        totals.moved += result.moved
+        totals.drained.update(result.drained)
+        totals.failed += result.failed
+        totals.workers += 1
+
+    def handoff_done(self, seconds: float) -> None:
+        """A reload's handoff ended after ``seconds`` (every old worker reported or exited)."""
+        self.handoffs.handoffs += 1
+        self.handoffs.last_seconds = seconds
 
     def _figures(self, pid: int) -> ProcessFigures | None:
         if self._process_figures is None:
@@ -463,7 +506,12 @@ class Gatherer:
     def render(self, *, health: str = "serving") -> str:
         """The Prometheus text page (format 0.0.4)."""
         return render_prometheus(
-            self.slots(), self.started_at, health, len(self._live), self.master_figures()
+            self.slots(),
+            self.started_at,
+            health,
+            len(self._live),
+            self.master_figures(),
+            self.handoffs,
         )
 
     def status_json(self, *, health: str, master_pid: int) -> bytes:
@@ -476,6 +524,7 @@ class Gatherer:
                 "time": self._clock(),
                 "master": {"pid": master_pid, **(master.to_json() if master else {})},
                 "workers": [view.to_json() for view in self.slots()],
+                "handoff": self.handoffs.to_json(),
             }
         ).encode()
 
@@ -638,9 +687,12 @@ def render_prometheus(
     health: str,
     processes: int,
     master: ProcessFigures | None = None,
+    handoff: HandoffTotals | None = None,
 ) -> str:
     """Every metric, one series per worker slot (see the module docstring)."""
     page = _Page()
+    if handoff is not None:
+        _handoff_families(page, handoff)
     _process_families(page, views, master)
     page.family("master_start_time_seconds", "gauge", "When the master started (Unix time).")
     page.sample("master_start_time_seconds", {}, started_at)
@@ -735,6 +787,30 @@ def render_prometheus(
         for hist in v.totals.loop_lag.values():
             page.histogram("event_loop_lag_seconds", {"worker": v.index}, hist)
     return "\n".join(page.lines) + "\n"
+
+
+def _handoff_families(page: _Page, totals: HandoffTotals) -> None:
+    page.family("handoff_moved_total", "counter", "Connections old workers moved live to new ones.")
+    page.sample("handoff_moved_total", {}, totals.moved)
+    page.family(
+        "handoff_drained_total",
+        "counter",
+        "Connections old workers could not move and drained on a reload, by reason.",
+    )
+    for reason, count in sorted(totals.drained.items()):
+        page.sample("handoff_drained_total", {"reason": reason}, count)
+    page.family("handoff_failed_total", "counter", "Connections whose move failed (then drained).")
+    page.sample("handoff_failed_total", {}, totals.failed)
+    page.family("handoffs_total", "counter", "Reloads whose handoff ended.")
+    page.sample("handoffs_total", {}, totals.handoffs)
+    if totals.last_seconds is not None:
+        page.family(
+            "handoff_last_seconds",
+            "gauge",
+            "How long the latest reload's handoff took, from the master's command to the "
+            "last old worker's report.",
+        )
+        page.sample("handoff_last_seconds", {}, totals.last_seconds)
 
 
 def _code_label(code: int) -> str:

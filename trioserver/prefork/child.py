@@ -5,9 +5,12 @@
     after fork: title, log role, parent-death signal, load the application
     trio.run
     └─ nursery
-       ├─ signals: TERM → retire (hand over, then drain)   USR2 → final stop (take the
-       │  queue, then drain)   INT/QUIT → stop now   USR1 → reopen logs
+       ├─ signals: TERM → retire (drain)   USR2 → final stop (take the queue, then
+       │  drain)   INT/QUIT → stop now   USR1 → reopen logs
        ├─ worker.serve                              (READY goes to the master once it serves)
+       ├─ control: the master's commands with an fd: HAND_OVER + a handoff channel →
+       │  retire by handing the connections over (Worker.hand_over), then report
+       ├─ adopt: on a reload, the connections an old worker hands over (Worker.adopt_from)
        ├─ heartbeat: a byte to the master every liveness_timeout / 2
        ├─ connection log: the summary of suppressed drop/kick lines each interval
        ├─ reports: the worker's statistics to the master every metrics.interval
@@ -25,6 +28,11 @@ closes this process's copy of the slot's listening sockets, which stay open in
 the master and in the new worker of the slot (see :mod:`trioserver.prefork.procs`), so
 connections the kernel queued there are accepted by the new worker, not reset.
 
+Retiring by handoff (``HAND_OVER`` on the control socket, a reload with
+``master.handoff``) is the same retire, except that the connections that can move go,
+live, to the slot's new worker first; the worker then sends the master a
+:class:`~trioserver.prefork.handoff.HandoffResult` on the pipe.
+
 The final stop (SIGUSR2, ``FINAL_STOP_SIGNAL``) has no next worker: the master has
 made the sockets start no new handshake, and the worker accepts what is queued
 before it closes them, so that too is answered in the drain rather than reset.
@@ -38,8 +46,10 @@ import os
 import signal
 import socket
 import sys
-from typing import Final
+from collections.abc import Awaitable, Callable
+from typing import Final, cast
 
+import attrs
 import trio
 
 from ..config import Config
@@ -49,7 +59,8 @@ from ..sockets import BoundListener
 from ..stats import watch_loop_lag
 from ..worker import Worker
 from .app import AppError, load_router
-from .pipe import MasterPipe, encode_report
+from .handoff import HAND_OVER, HandoffResult
+from .pipe import MasterPipe, encode_handed_over, encode_report
 from .procs import HEARTBEAT, READY, ChildSetup, set_title
 
 __all__ = ["load_router", "run_child"]
@@ -99,6 +110,10 @@ class _WorkerProcess:
         async with trio.open_nursery() as nursery:
             await nursery.start(self._signals)
             await nursery.start(self._serve, nursery.cancel_scope)
+            if self.setup.handoff is not None:
+                nursery.start_soon(self._adopt, self.setup.handoff)
+            if self.setup.control is not None:
+                nursery.start_soon(self._control, self.setup.control, nursery)
             self.ready = True
             log.info(
                 "worker %d ready on %s",
@@ -162,6 +177,61 @@ class _WorkerProcess:
         log.info("%s: draining (up to %.1f s)", why, grace)
         self.worker.stop(grace=grace)
 
+    async def _control(self, control: socket.socket, nursery: trio.Nursery) -> None:
+        """The master's commands that carry an fd: ``HAND_OVER`` with a handoff channel."""
+        with control:
+            while True:
+                try:
+                    data, fds, _, _ = socket.recv_fds(control, 64, 1)
+                except BlockingIOError:
+                    await trio.lowlevel.wait_readable(control)
+                    continue
+                except OSError:
+                    return
+                socks = [socket.socket(fileno=fd) for fd in fds]
+                if not data and not socks:
+                    return  # the master is gone; the heartbeat and the pipe notice
+                if data == HAND_OVER and len(socks) == 1:
+                    nursery.start_soon(self.hand_over, socks[0])
+                    continue
+                log.error("worker %d: unknown command %r from the master", self.index, data)
+                for sock in socks:
+                    sock.close()
+
+    async def hand_over(self, channel: socket.socket) -> None:
+        """Retire by moving what can move over ``channel``, then drain; report the counts."""
+        if self._retiring:
+            channel.close()  # already draining (a signal came first): nothing left to move
+            return
+        self._retiring = True
+        set_title(f"trioserver: worker {self.index} (handing over)")
+        started = trio.current_time()
+        log.info("worker %d: handing its connections to the slot's new worker", self.index)
+        counts: object = None
+        # Shielded: the drain it ends with ends serve too, which cancels this nursery.
+        with channel, trio.CancelScope(shield=True):
+            try:
+                counts = await _worker_hand_over(self.worker, channel)
+            except Exception:
+                log.exception("worker %d: the handoff failed; draining instead", self.index)
+        result = handoff_result(counts, trio.current_time() - started)
+        log.info(
+            "worker %d handed over in %.3f s: %s", self.index, result.seconds, result.describe()
+        )
+        self.pipe.send(encode_handed_over(result.to_json()))
+        # Whatever is still here drains as on any retire (a no-op once it has).
+        self.worker.stop(
+            grace=min(self.config.server.drain_timeout, self.config.master.graceful_timeout)
+        )
+
+    async def _adopt(self, channel: socket.socket) -> None:
+        """Serve the connections an old worker hands over, until its channel ends."""
+        with channel:
+            try:
+                await _worker_adopt_from(self.worker, channel)
+            except Exception:
+                log.exception("worker %d: adopting handed-over connections failed", self.index)
+
     async def _heartbeat(self, nursery: trio.Nursery) -> None:
         interval = self.config.master.liveness_timeout / 2
         while True:
@@ -182,6 +252,32 @@ class _WorkerProcess:
     def _master_gone(self, nursery: trio.Nursery) -> None:
         log.warning("worker %d: the master is gone; draining and exiting", self.index)
         nursery.start_soon(self.retire, "master gone")
+
+
+def _worker_hand_over(worker: Worker, channel: socket.socket) -> Awaitable[object]:
+    call = cast(Callable[[socket.socket], Awaitable[object]], getattr(worker, "hand_over"))  # noqa: B009
+    return call(channel)
+
+
+def _worker_adopt_from(worker: Worker, channel: socket.socket) -> Awaitable[object]:
+    call = cast(Callable[[socket.socket], Awaitable[object]], getattr(worker, "adopt_from"))  # noqa: B009
+    return call(channel)
+
+
+def handoff_result(counts: object, seconds: float) -> HandoffResult:
+    """The master's record of a handoff from the worker's counts (None: nothing moved)."""
+    if counts is None:
+        return HandoffResult(seconds=seconds)
+    fields = attrs.asdict(counts) if attrs.has(type(counts)) else dict(vars(counts))  # type: ignore[arg-type]
+    moved = int(fields.pop("moved", 0))
+    failed = int(fields.pop("failed", 0))
+    drained: dict[str, int] = {}
+    for name, value in fields.items():
+        if isinstance(value, dict):
+            drained.update({str(k): int(v) for k, v in value.items()})
+        elif isinstance(value, int) and value:
+            drained[name.removeprefix("drained_")] = value
+    return HandoffResult(moved, drained, failed, seconds)
 
 
 def _bound(sock: socket.socket) -> BoundListener:

@@ -26,6 +26,16 @@ Rules (after gunicorn's arbiter, but typed and testable):
   connection is refused or reset.
 - Retiring a worker on a reload (or an aborted reload) is SIGTERM: it drains its
   connections and leaves the queued ones to the slot's new worker.
+- Handoff (``master.handoff``, the new config's value): the new workers of a reload are
+  forked with a handoff channel each; once all serve, each ready old worker is sent the
+  channel of its slot's new worker (:func:`~trioserver.prefork.handoff.handoff_targets`)
+  instead of SIGTERM. It moves what can move, drains the rest, reports a
+  :class:`~trioserver.prefork.handoff.HandoffResult` on its pipe and exits; the master
+  logs each result and the reload's totals once every old worker has reported or exited,
+  and counts them in the metrics. An old worker the command cannot reach is sent SIGTERM.
+  A new worker that dies during the handoff is a ready worker of the running generation:
+  it is replaced at once (its replacement adopts nothing), and the old worker drains what
+  it could not move. The reload itself is not undone.
 - Stop: the listening sockets first stop queueing new connections
   (:meth:`~trioserver.prefork.procs.System.stop_queueing`; the last close of a
   listening socket would reset whatever is still queued), then ``FINAL_STOP_SIGNAL``
@@ -54,11 +64,13 @@ import attrs
 
 from ..config import Address, Config, ConfigError, LoggingSettings, worker_count
 from ..ops.metrics import Gatherer
+from .handoff import HandoffResult, HandoffRun, handoff_targets
 from .procs import (
     READY,
     ConfigListeners,
     Event,
     Exited,
+    HandoffReport,
     OsSystem,
     System,
     WorkerMessage,
@@ -140,6 +152,8 @@ class WorkerProcess:
     kill_at: float = math.inf
     #: Why the master SIGKILLed it, for the exit log line.
     killed: str | None = None
+    #: Retiring by handing its connections to a new worker (not SIGTERM).
+    handing_over: bool = False
 
     @property
     def name(self) -> str:
@@ -151,6 +165,8 @@ class _Reload:
     generation: int
     config: Config
     workers: int
+    #: When the reload began (the master's clock).
+    started: float = 0.0
 
 
 def _nothing(*args: object) -> None:
@@ -194,6 +210,8 @@ class Master:
         self._final_code = ExitCode.STOPPED
         self._crashes: collections.deque[float] = collections.deque()
         self._fork_retry_at = -math.inf
+        #: Handoffs under way: the old workers each still waits for.
+        self._handoffs: list[HandoffRun] = []
 
     # -- the loop -----------------------------------------------------------------------
 
@@ -217,6 +235,9 @@ class Master:
     def handle(self, event: Event) -> None:
         if isinstance(event, WorkerMessage):
             self._message(event.pid, event.data)
+            return
+        if isinstance(event, HandoffReport):
+            self._handed_over(event.pid, event.payload)
             return
         if isinstance(event, WorkerReport):
             worker = self.workers.get(event.pid)
@@ -384,7 +405,7 @@ class Master:
         except OSError as exc:
             log.error("reload: %s; the workers keep running on %s", exc, self.config.source)
             return
-        self._reload = _Reload(self._next_generation, new, count)
+        self._reload = _Reload(self._next_generation, new, count, self.system.now())
         self._next_generation += 1
         log.info(
             "reload: %s read; starting %d new workers before retiring the %d running",
@@ -406,9 +427,45 @@ class Master:
             log.info("%s ready after %.2f s", worker.name, worker.last_beat - worker.started)
             self._progress()
 
+    def _handed_over(self, pid: int, payload: bytes) -> None:
+        """An old worker's handoff result: log it, count it, finish its reload's totals."""
+        run = next((r for r in self._handoffs if pid in r.pending), None)
+        if run is None:
+            return
+        worker = self.workers.get(pid)
+        name = worker.name if worker is not None else f"pid {pid}"
+        try:
+            result = HandoffResult.from_json(payload)
+        except ValueError as exc:
+            log.error("%s sent a malformed handoff result (%s); not counted", name, exc)
+            run.gone(pid)
+        else:
+            log.info("%s handed over in %.3f s: %s", name, result.seconds, result.describe())
+            run.reported(pid, result)
+            if self.gatherer is not None:
+                self.gatherer.handoff(result)
+        self._handoff_progress(run)
+
+    def _handoff_progress(self, run: HandoffRun) -> None:
+        if not run.done:
+            return
+        self._handoffs.remove(run)
+        seconds = self.system.now() - run.started
+        missing = (
+            f"; {run.unreported} old workers exited without a report" if run.unreported else ""
+        )
+        log.info("reload: handoff done in %.3f s: %s%s", seconds, run.total.describe(), missing)
+        if self.gatherer is not None:
+            self.gatherer.handoff_done(seconds)
+
     def _exited(self, exited: Exited) -> None:
         if self.gatherer is not None:
             self.gatherer.exited(exited.pid, exited.reports, exited.cpu_seconds)
+        for payload in exited.handoffs:
+            self._handed_over(exited.pid, payload)
+        for run in [r for r in self._handoffs if exited.pid in r.pending]:
+            run.gone(exited.pid)
+            self._handoff_progress(run)
         worker = self.workers.pop(exited.pid, None)
         if worker is None:
             return
@@ -454,10 +511,12 @@ class Master:
         """Start a worker for every index of the running (and reloading) config that has none."""
         if self._stopping is not None or self.system.now() < self._fork_retry_at:
             return
-        wanted = [(self._generation, self.config, self._count)]
+        wanted = [(self._generation, self.config, self._count, False)]
         if self._reload is not None:
-            wanted.append((self._reload.generation, self._reload.config, self._reload.workers))
-        for generation, config, count in wanted:
+            reload = self._reload
+            handoff = reload.config.master.handoff
+            wanted.append((reload.generation, reload.config, reload.workers, handoff))
+        for generation, config, count, handoff in wanted:
             present = {
                 w.index
                 for w in self.workers.values()
@@ -467,7 +526,7 @@ class Master:
                 if index in present:
                     continue
                 try:
-                    pid = self.system.spawn(WorkerSpec(index, count, generation, config))
+                    pid = self.system.spawn(WorkerSpec(index, count, generation, config, handoff))
                 except OSError as exc:
                     log.error(
                         "cannot start worker %d: %s; trying again in %.0f s", index, exc, FORK_RETRY
@@ -496,16 +555,41 @@ class Master:
         self._count = reload.workers
         self._apply_config(reload.config)
         now = self.system.now()
+        log.info(
+            "reload: %d new workers ready on %s after %.3f s; retiring %d old ones",
+            reload.workers,
+            reload.config.source,
+            now - reload.started,
+            len(old),
+        )
+        if reload.config.master.handoff:
+            self._hand_over(old, reload, now)
         for worker in old:
             self._retire(worker, now)
         self.system.release(self.config)
-        log.info(
-            "reload: %d new workers ready on %s; retiring %d old ones",
-            reload.workers,
-            reload.config.source,
-            len(old),
-        )
         self._again()
+
+    def _hand_over(self, old: list[WorkerProcess], reload: _Reload, now: float) -> None:
+        """Send each ready old worker its slot's new channel; close the master's copies."""
+        new = {
+            w.index: w.pid
+            for w in self.workers.values()
+            if w.generation == reload.generation and not w.retiring
+        }
+        by_pid = {w.pid: w for w in old if w.ready and not w.retiring}
+        pending = set()
+        for old_pid, new_pid in handoff_targets(((w.index, w.pid) for w in by_pid.values()), new):
+            worker = by_pid[old_pid]
+            if not self.system.hand_over(old_pid, new_pid):
+                continue  # retired with SIGTERM by the caller
+            worker.retiring = worker.handing_over = True
+            worker.kill_at = now + worker.config.master.graceful_timeout
+            pending.add(old_pid)
+        for pid in new.values():
+            self.system.close_channel(pid)
+        if pending:
+            self._handoffs.append(HandoffRun(reload.generation, now, pending))
+            log.info("reload: %d old workers hand their connections to the new ones", len(pending))
 
     def _all_ready(self, generation: int, count: int) -> bool:
         ready = {
@@ -525,6 +609,7 @@ class Master:
         now = self.system.now()
         for worker in list(self.workers.values()):
             if worker.generation == reload.generation:
+                self.system.close_channel(worker.pid)
                 self._retire(worker, now)
         self.system.release(self.config)
         self._again()

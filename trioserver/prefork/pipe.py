@@ -5,6 +5,8 @@ Each record starts with one tag byte::
     b"R"                        READY: the worker serves (once)
     b"H"                        HEARTBEAT: its event loop is alive (periodic)
     b"S" + u32 length + JSON    a statistics report (``WorkerStatistics.to_json``)
+    b"O" + u32 length + JSON    a retiring worker handed its connections over (once;
+                                ``HandoffResult.to_json`` in :mod:`trioserver.prefork.handoff`)
 
 READY and HEARTBEAT are the single bytes the pipe always carried, so they stay
 one-byte records; a report is length-prefixed because it is larger than a pipe
@@ -27,6 +29,7 @@ from typing import Final
 import attrs
 
 __all__ = [
+    "HANDED_OVER",
     "HEARTBEAT",
     "MAX_REPORT",
     "READY",
@@ -35,12 +38,14 @@ __all__ = [
     "MasterPipe",
     "PipeDecoder",
     "PipeProtocolError",
+    "encode_handed_over",
     "encode_report",
 ]
 
 READY: Final = b"R"
 HEARTBEAT: Final = b"H"
 REPORT: Final = b"S"
+HANDED_OVER: Final = b"O"
 #: Largest report payload accepted; a worker's snapshot is a few KiB.
 MAX_REPORT: Final = 4 * 1024 * 1024
 #: Most bytes a worker keeps waiting for a master that does not read.
@@ -60,12 +65,21 @@ def encode_report(payload: bytes) -> bytes:
     return REPORT + _LENGTH.pack(len(payload)) + payload
 
 
+def encode_handed_over(payload: bytes) -> bytes:
+    """The record a retiring worker sends once it has handed its connections over."""
+    if len(payload) > MAX_REPORT:
+        raise ValueError(f"report of {len(payload)} bytes exceeds MAX_REPORT ({MAX_REPORT})")
+    return HANDED_OVER + _LENGTH.pack(len(payload)) + payload
+
+
 @attrs.frozen
 class Decoded:
     """What one chunk of pipe bytes held: control bytes in order, and whole reports."""
 
     control: bytes
     reports: tuple[bytes, ...]
+    #: Handoff results (``HANDED_OVER`` payloads), in order.
+    handoffs: tuple[bytes, ...] = ()
 
 
 class PipeDecoder:
@@ -79,6 +93,7 @@ class PipeDecoder:
         buf += data
         control = bytearray()
         reports: list[bytes] = []
+        handoffs: list[bytes] = []
         pos = 0
         end = len(buf)
         while pos < end:
@@ -87,7 +102,7 @@ class PipeDecoder:
                 control.append(tag)
                 pos += 1
                 continue
-            if tag != REPORT[0]:
+            if tag not in (REPORT[0], HANDED_OVER[0]):
                 del buf[:]
                 raise PipeProtocolError(f"unknown record tag {bytes([tag])!r} on a worker pipe")
             if end - pos < 1 + _LENGTH.size:
@@ -99,10 +114,10 @@ class PipeDecoder:
             start = pos + 1 + _LENGTH.size
             if end - start < length:
                 break
-            reports.append(bytes(buf[start : start + length]))
+            (reports if tag == REPORT[0] else handoffs).append(bytes(buf[start : start + length]))
             pos = start + length
         del buf[:pos]
-        return Decoded(bytes(control), tuple(reports))
+        return Decoded(bytes(control), tuple(reports), tuple(handoffs))
 
     @property
     def pending(self) -> int:
@@ -114,7 +129,7 @@ class MasterPipe:
     """The worker's write end: never blocks; a record is written whole or kept for later.
 
     A report that cannot start because earlier bytes still wait is dropped (the
-    next one supersedes it); READY and HEARTBEAT are always kept. ``send``
+    next one supersedes it); READY, HEARTBEAT and the handoff result are always kept. ``send``
     returns False once the master is gone (EPIPE, or we were re-parented).
     """
 

@@ -43,6 +43,7 @@ import attrs
 from ..config import Address, Config
 from ..sockets import bind_listener, stop_queueing
 from ..tls import ServerTls, load_config_tls
+from .handoff import HAND_OVER
 from .pipe import HEARTBEAT, READY, PipeDecoder, PipeProtocolError
 
 __all__ = [
@@ -52,6 +53,7 @@ __all__ = [
     "ConfigListeners",
     "Exited",
     "FileOwner",
+    "HandoffReport",
     "ListenerKey",
     "ListeningSockets",
     "OsSystem",
@@ -89,6 +91,8 @@ class WorkerSpec:
     workers: int
     generation: int
     config: Config
+    #: Give it a handoff channel to adopt an old worker's connections from (a reload).
+    handoff: bool = False
 
 
 @attrs.frozen
@@ -115,6 +119,14 @@ class WorkerReport:
 
 
 @attrs.frozen
+class HandoffReport:
+    """What a retiring worker did with its connections (``HandoffResult.to_json`` bytes)."""
+
+    pid: int
+    payload: bytes
+
+
+@attrs.frozen
 class Exited:
     """A reaped child: its subprocess-style return code (negative: killed by that signal).
 
@@ -129,9 +141,11 @@ class Exited:
     reports: tuple[bytes, ...] = ()
     #: User plus system CPU seconds it used in all (``wait4``'s rusage), if known.
     cpu_seconds: float | None = None
+    #: Handoff results that were still in its pipe.
+    handoffs: tuple[bytes, ...] = ()
 
 
-Event = SignalReceived | WorkerMessage | WorkerReport
+Event = SignalReceived | WorkerMessage | WorkerReport | HandoffReport
 
 
 class System(Protocol):
@@ -160,6 +174,17 @@ class System(Protocol):
 
     def kill(self, pid: int, signum: int) -> None:
         """Send ``signum`` to ``pid``; a process already gone is not an error."""
+        ...
+
+    def hand_over(self, old: int, new: int) -> bool:
+        """Tell worker ``old`` to hand its connections to worker ``new`` (which was spawned
+        with ``handoff``) over ``new``'s channel; False if that cannot be sent (no such
+        channel, or ``old``'s control socket is gone): retire ``old`` the plain way then."""
+        ...
+
+    def close_channel(self, new: int) -> None:
+        """Close the master's copy of worker ``new``'s handoff channel: the channel ends
+        once the old workers it was sent to close theirs (a no-op if it has none)."""
         ...
 
     def reap(self) -> list[Exited]:
@@ -401,6 +426,11 @@ class ChildSetup:
     tls: ServerTls | None = None
     #: This server's name, the same in all its workers (the hub's connection ids).
     instance: str = ""
+    #: The worker's end of its control socket (``SOCK_SEQPACKET``): the master's
+    #: commands that carry an fd, such as ``HAND_OVER`` with a handoff channel.
+    control: socket.socket | None = None
+    #: On a reload with ``master.handoff``: the channel to adopt connections from.
+    handoff: socket.socket | None = None
 
 
 ChildMain = Callable[[ChildSetup], int]
@@ -449,6 +479,10 @@ class OsSystem:
         self._poll = select.poll()
         self._poll.register(self._wake_r, select.POLLIN)
         self._pipes: dict[int, int] = {}  # read fd -> worker pid
+        #: The master's end of each worker's control socket, by pid.
+        self._controls: dict[int, socket.socket] = {}
+        #: The master's end of each new worker's handoff channel, by pid (until sent).
+        self._channels: dict[int, socket.socket] = {}
         self._pipe_of: dict[int, int] = {}  # worker pid -> read fd
         self._decoders: dict[int, PipeDecoder | None] = {}  # read fd -> its records
         self._watchers: list[Watcher] = []
@@ -493,6 +527,10 @@ class OsSystem:
             self._handled = ()
         for fd in [self._wake_r, self._wake_w, *self._pipes]:
             _close_quietly(fd)
+        for sock in [*self._controls.values(), *self._channels.values()]:
+            sock.close()
+        self._controls.clear()
+        self._channels.clear()
         self._pipes.clear()
         self._pipe_of.clear()
         self._decoders.clear()
@@ -533,6 +571,8 @@ class OsSystem:
         server_tls = self._tls.get(config)
         if server_tls is None and (tls or https):
             server_tls = self._tls[config] = load_config_tls(config)
+        control, child_control = _seqpacket_pair()
+        channel, child_channel = _seqpacket_pair() if spec.handoff else (None, None)
         read_fd, write_fd = os.pipe()
         master_pid = os.getpid()
         for stream in (sys.stdout, sys.stderr):
@@ -543,6 +583,9 @@ class OsSystem:
             try:
                 self._become_child(keep=[*listeners, *http, *tls, *https])
                 os.close(read_fd)
+                control.close()
+                if channel is not None:
+                    channel.close()
                 setup = ChildSetup(
                     spec,
                     listeners,
@@ -553,6 +596,8 @@ class OsSystem:
                     https,
                     server_tls,
                     self.instance,
+                    child_control,
+                    child_channel,
                 )
                 code = self._child_main(setup)
             except BaseException:
@@ -560,6 +605,11 @@ class OsSystem:
             finally:
                 os._exit(code)
         os.close(write_fd)
+        child_control.close()
+        self._controls[pid] = control
+        if channel is not None and child_channel is not None:
+            child_channel.close()
+            self._channels[pid] = channel
         os.set_blocking(read_fd, False)
         self._pipes[read_fd] = pid
         self._pipe_of[pid] = read_fd
@@ -575,6 +625,8 @@ class OsSystem:
         owned = [owner.fileno() for owner in self._child_closes]
         for fd in [self._wake_r, self._wake_w, *self._pipes, *(fd for fd in owned if fd >= 0)]:
             _close_quietly(fd)
+        for sock in [*self._controls.values(), *self._channels.values()]:
+            sock.close()  # another worker's: its channel must end when its holders close it
         for sock in self.listeners.all():
             if sock not in keep:
                 sock.close()
@@ -584,6 +636,23 @@ class OsSystem:
     def kill(self, pid: int, signum: int) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signum)
+
+    def hand_over(self, old: int, new: int) -> bool:
+        channel = self._channels.get(new)
+        control = self._controls.get(old)
+        if channel is None or control is None:
+            return False
+        try:
+            socket.send_fds(control, [HAND_OVER], [channel.fileno()])
+        except OSError as exc:  # gone (EPIPE), or its buffer full of unread commands
+            log.warning("cannot send worker pid %d its handoff channel: %s", old, exc)
+            return False
+        return True
+
+    def close_channel(self, new: int) -> None:
+        channel = self._channels.pop(new, None)
+        if channel is not None:
+            channel.close()
 
     def reap(self) -> list[Exited]:
         exited = []
@@ -596,13 +665,18 @@ class OsSystem:
                 break
             unread = b""
             reports: tuple[bytes, ...] = ()
+            handoffs: tuple[bytes, ...] = ()
             fd = self._pipe_of.pop(pid, None)
             if fd is not None:
                 data, _ = _read_all(fd)
-                unread, reports = self._decode(fd, pid, data)
+                unread, reports, handoffs = self._decode(fd, pid, data)
                 self._forget(fd)
+            for sock in (self._controls.pop(pid, None), self._channels.pop(pid, None)):
+                if sock is not None:
+                    sock.close()
             cpu = usage.ru_utime + usage.ru_stime
-            exited.append(Exited(pid, os.waitstatus_to_exitcode(status), unread, reports, cpu))
+            code = os.waitstatus_to_exitcode(status)
+            exited.append(Exited(pid, code, unread, reports, cpu, handoffs))
         return exited
 
     def wait(self, timeout: float | None) -> list[Event]:
@@ -627,10 +701,11 @@ class OsSystem:
                     continue
                 data, eof = _read_all(fd)
                 if data:
-                    control, reports = self._decode(fd, pid, data)
+                    control, reports, handoffs = self._decode(fd, pid, data)
                     if control:
                         events.append(WorkerMessage(pid, control))
                     events.extend(WorkerReport(pid, report) for report in reports)
+                    events.extend(HandoffReport(pid, result) for result in handoffs)
                 if eof:  # the worker is gone; SIGCHLD follows and reap() reports it
                     self._pipe_of.pop(pid, None)
                     self._forget(fd)
@@ -665,18 +740,21 @@ class OsSystem:
         self._watched = wanted
         return timeout
 
-    def _decode(self, fd: int, pid: int, data: bytes) -> tuple[bytes, tuple[bytes, ...]]:
-        """A pipe's bytes as (control bytes, reports); a broken stream counts as beats only."""
+    def _decode(
+        self, fd: int, pid: int, data: bytes
+    ) -> tuple[bytes, tuple[bytes, ...], tuple[bytes, ...]]:
+        """A pipe's bytes as (control bytes, reports, handoff results); a broken stream
+        counts as beats only."""
         decoder = self._decoders.get(fd)
         if decoder is None:
-            return HEARTBEAT, ()
+            return HEARTBEAT, (), ()
         try:
             decoded = decoder.feed(data)
         except PipeProtocolError as exc:
             log.error("worker pid %d: %s; ignoring its statistics from now on", pid, exc)
             self._decoders[fd] = None
-            return HEARTBEAT, ()
-        return decoded.control, decoded.reports
+            return HEARTBEAT, (), ()
+        return decoded.control, decoded.reports, decoded.handoffs
 
     def _forget(self, fd: int) -> None:
         self._pipes.pop(fd, None)
@@ -705,6 +783,14 @@ def _read_all(fd: int) -> tuple[bytes, bool]:
             break
         chunks.append(data)
     return b"".join(chunks), eof
+
+
+def _seqpacket_pair() -> tuple[socket.socket, socket.socket]:
+    """(master's end, worker's end) of a control socket or handoff channel, non-blocking."""
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    a.setblocking(False)
+    b.setblocking(False)
+    return a, b
 
 
 def _close_quietly(fd: int) -> None:
