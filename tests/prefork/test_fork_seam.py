@@ -15,7 +15,7 @@ import trustme
 
 from trioserver.config import Address, Config
 from trioserver.prefork.daemon import Readiness
-from trioserver.prefork.handoff import HAND_OVER
+from trioserver.prefork.handoff import ADOPT, HAND_OVER
 from trioserver.prefork.pipe import READY
 from trioserver.prefork.procs import ChildSetup, Exited, OsSystem, WorkerMessage, WorkerSpec
 
@@ -123,50 +123,49 @@ def test_each_port_0_listener_gets_a_socket_of_its_own(tmp_path: Path) -> None:
 
 
 def handoff_child(setup: ChildSetup) -> int:
-    """Old worker: take the channel from the control socket, send on it. New worker: read
-    it to its end (which needs every other copy closed), then say READY. Bystander: wait."""
+    """Old worker (slot 1): take HAND_OVER's channel, send on it, answer the ack. New
+    worker (slot 2): take ADOPT's channel, ack, read it to its end (which needs every
+    other copy closed), exit. Bystander (slot 3): wait to be killed."""
     assert setup.control is not None
     setup.control.setblocking(True)
-    if setup.spec.index == 1:
-        data, fds, _, _ = socket.recv_fds(setup.control, 64, 1)
-        with socket.socket(fileno=fds[0]) as channel:
-            channel.setblocking(True)
-            channel.send(b"a connection")
-        return 0 if data == HAND_OVER else 6
-    if setup.handoff is None:
-        setup.control.recv(64)  # until the test kills it
+    if setup.spec.index == 3:
+        setup.control.recv(64)
         return 0
-    setup.handoff.setblocking(True)
-    got = [setup.handoff.recv(100), setup.handoff.recv(100)]
-    os.write(setup.pipe, READY)
-    return 0 if got == [b"a connection", b""] else 7
+    data, fds, _, _ = socket.recv_fds(setup.control, 64, 1)
+    with socket.socket(fileno=fds[0]) as channel:
+        channel.setblocking(True)
+        if setup.spec.index == 1:
+            channel.send(b"a connection")
+            return 0 if data == HAND_OVER and channel.recv(100) == b"+ack" else 6
+        got = channel.recv(100)
+        channel.send(b"+ack")
+        return 0 if data == ADOPT and got == b"a connection" and channel.recv(100) == b"" else 7
 
 
-def test_the_master_sends_the_new_workers_channel_to_the_old_one() -> None:
-    """The channel's fd reaches the old worker over its control socket, and the channel
-    ends once the old worker closes its copy: no other process (the master after
-    close_channel, a worker forked later) holds one."""
+def test_the_master_gives_an_old_and_a_new_worker_a_channel_of_their_own() -> None:
+    """The two ends reach the two workers over their control sockets, messages go both
+    ways, and the channel ends once the old worker closes its end: no one else (the
+    master, a worker forked later) holds a copy."""
     system = OsSystem(handoff_child)
     system.prepare(CONFIG, 2)
     try:
         old = system.spawn(WorkerSpec(1, 2, 0, CONFIG))
-        new = system.spawn(WorkerSpec(2, 2, 1, CONFIG, handoff=True))
+        new = system.spawn(WorkerSpec(2, 2, 1, CONFIG))
         bystander = system.spawn(WorkerSpec(3, 3, 1, CONFIG))
-        assert not system.hand_over(new, old)  # old was forked without a channel
+        assert not system.hand_over(old, 12345)  # not a worker of this master
         assert system.hand_over(old, new)
-        system.close_channel(new)
         exits: dict[int, Exited] = {}
         deadline = time.monotonic() + 10
-        while new not in exits:
-            assert time.monotonic() < deadline, "the new worker's channel did not end"
+        while new not in exits or old not in exits:
+            assert time.monotonic() < deadline, f"the handoff did not end: {exits}"
             system.wait(0.05)
             exits.update((e.pid, e) for e in system.reap())
-        assert exits[new].returncode == 0  # 7: it did not read the message, then the end
+        assert exits[old].returncode == 0  # 6: no ack
+        assert exits[new].returncode == 0  # 7: no message, or no end of the channel
         os.kill(bystander, signal.SIGKILL)
-        while len(exits) < 3:
+        while bystander not in exits:
             assert time.monotonic() < deadline
             system.wait(0.05)
             exits.update((e.pid, e) for e in system.reap())
-        assert exits[old].returncode == 0
     finally:
         system.close()

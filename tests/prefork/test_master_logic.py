@@ -322,10 +322,10 @@ def test_reload_starts_new_workers_before_retiring_the_old(h: Harness) -> None:
     h.fake.signal(signal.SIGHUP)
     h.step()
     new = [c for c in h.fake.spawned if c.spec.generation == 1]
-    assert [(c.spec.index, c.spec.workers, c.spec.config, c.spec.handoff) for c in new] == [
-        (1, 3, new_config, False),
-        (2, 3, new_config, False),
-        (3, 3, new_config, False),
+    assert [(c.spec.index, c.spec.workers, c.spec.config) for c in new] == [
+        (1, 3, new_config),
+        (2, 3, new_config),
+        (3, 3, new_config),
     ]
     assert h.fake.prepared == [(new_config, 3)]
     for child in new[:2]:

@@ -8,9 +8,9 @@
        ├─ signals: TERM → retire (drain)   USR2 → final stop (take the queue, then
        │  drain)   INT/QUIT → stop now   USR1 → reopen logs
        ├─ worker.serve                              (READY goes to the master once it serves)
-       ├─ control: the master's commands with an fd: HAND_OVER + a handoff channel →
-       │  retire by handing the connections over (Worker.hand_over), then report
-       ├─ adopt: on a reload, the connections an old worker hands over (Worker.adopt_from)
+       ├─ control: the master's commands with a handoff channel beside them:
+       │  ADOPT → serve what an old worker hands over on it (Worker.adopt_from)
+       │  HAND_OVER → retire by handing the connections over it (Worker.hand_over)
        ├─ heartbeat: a byte to the master every liveness_timeout / 2
        ├─ connection log: the summary of suppressed drop/kick lines each interval
        ├─ reports: the worker's statistics to the master every metrics.interval
@@ -59,7 +59,7 @@ from ..sockets import BoundListener
 from ..stats import watch_loop_lag
 from ..worker import Worker
 from .app import AppError, load_router
-from .handoff import HAND_OVER, HandoffResult
+from .handoff import ADOPT, HAND_OVER, HandoffResult
 from .pipe import MasterPipe, encode_handed_over, encode_report
 from .procs import HEARTBEAT, READY, ChildSetup, set_title
 
@@ -110,8 +110,6 @@ class _WorkerProcess:
         async with trio.open_nursery() as nursery:
             await nursery.start(self._signals)
             await nursery.start(self._serve, nursery.cancel_scope)
-            if self.setup.handoff is not None:
-                nursery.start_soon(self._adopt, self.setup.handoff)
             if self.setup.control is not None:
                 nursery.start_soon(self._control, self.setup.control, nursery)
             self.ready = True
@@ -178,7 +176,7 @@ class _WorkerProcess:
         self.worker.stop(grace=grace)
 
     async def _control(self, control: socket.socket, nursery: trio.Nursery) -> None:
-        """The master's commands that carry an fd: ``HAND_OVER`` with a handoff channel."""
+        """The master's commands, each with a handoff channel: ``ADOPT``, ``HAND_OVER``."""
         with control:
             while True:
                 try:
@@ -191,8 +189,10 @@ class _WorkerProcess:
                 socks = [socket.socket(fileno=fd) for fd in fds]
                 if not data and not socks:
                     return  # the master is gone; the heartbeat and the pipe notice
-                if data == HAND_OVER and len(socks) == 1:
-                    nursery.start_soon(self.hand_over, socks[0])
+                if data in (ADOPT, HAND_OVER) and len(socks) == 1:
+                    nursery.start_soon(
+                        self.hand_over if data == HAND_OVER else self._adopt, socks[0]
+                    )
                     continue
                 log.error("worker %d: unknown command %r from the master", self.index, data)
                 for sock in socks:

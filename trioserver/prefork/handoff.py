@@ -1,14 +1,15 @@
 """The master's side of handing live connections over on a reload: who hands to whom, what
 the old worker reports, and the reload's totals. Pure: no sockets, no clock.
 
-On a reload with ``master.handoff`` on, every new worker is forked holding one end of a
-handoff channel (a ``SOCK_SEQPACKET`` socketpair, :mod:`trioserver.handoff_channel`) and
-adopts whatever arrives on it. Once every new worker serves, the master sends the other
-end to the old worker of the same slot (:func:`handoff_targets`), which moves its movable
-connections over it, drains the rest, reports a :class:`HandoffResult` on its pipe and
-exits. A channel ends when every old worker that holds it has closed it, so more old
-workers than new ones simply share a channel: a ``SOCK_SEQPACKET`` message is never split
-or interleaved.
+On a reload with ``master.handoff`` on, once every new worker serves, the master makes
+one handoff channel (a ``SOCK_SEQPACKET`` socketpair, :mod:`trioserver.handoff_channel`)
+per old worker and sends its ends over the workers' control sockets: ``ADOPT`` to the new
+worker of the same slot (:func:`handoff_targets`), which serves whatever arrives on it,
+and ``HAND_OVER`` to the old one, which moves its movable connections over it, drains the
+rest, reports a :class:`HandoffResult` on its pipe and exits. One channel per old worker,
+not one per new worker: the new worker acks each connection on the channel it came by,
+and an ack must reach the old worker that sent it. The master keeps no copy, so a
+channel ends as soon as either of its two workers closes it or dies.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ from typing import Any, Final
 
 import attrs
 
-__all__ = ["HAND_OVER", "HandoffResult", "HandoffRun", "handoff_targets"]
+__all__ = ["ADOPT", "HAND_OVER", "HandoffResult", "HandoffRun", "handoff_targets"]
 
-#: The master's command on a worker's control socket, with the channel's fd beside it.
+#: The master's commands on a worker's control socket, each with a channel's fd beside it:
+#: serve the connections that arrive on it / move your connections over it, then retire.
+ADOPT: Final = b"adopt"
 HAND_OVER: Final = b"hand over"
 
 

@@ -26,10 +26,10 @@ Rules (after gunicorn's arbiter, but typed and testable):
   connection is refused or reset.
 - Retiring a worker on a reload (or an aborted reload) is SIGTERM: it drains its
   connections and leaves the queued ones to the slot's new worker.
-- Handoff (``master.handoff``, the new config's value): the new workers of a reload are
-  forked with a handoff channel each; once all serve, each ready old worker is sent the
-  channel of its slot's new worker (:func:`~trioserver.prefork.handoff.handoff_targets`)
-  instead of SIGTERM. It moves what can move, drains the rest, reports a
+- Handoff (``master.handoff``, the new config's value): once every new worker of a
+  reload serves, each ready old worker and its slot's new worker
+  (:func:`~trioserver.prefork.handoff.handoff_targets`) get the two ends of a handoff
+  channel, and the old one is not sent SIGTERM. It moves what can move, drains the rest, reports a
   :class:`~trioserver.prefork.handoff.HandoffResult` on its pipe and exits; the master
   logs each result and the reload's totals once every old worker has reported or exited,
   and counts them in the metrics. An old worker the command cannot reach is sent SIGTERM.
@@ -511,12 +511,10 @@ class Master:
         """Start a worker for every index of the running (and reloading) config that has none."""
         if self._stopping is not None or self.system.now() < self._fork_retry_at:
             return
-        wanted = [(self._generation, self.config, self._count, False)]
+        wanted = [(self._generation, self.config, self._count)]
         if self._reload is not None:
-            reload = self._reload
-            handoff = reload.config.master.handoff
-            wanted.append((reload.generation, reload.config, reload.workers, handoff))
-        for generation, config, count, handoff in wanted:
+            wanted.append((self._reload.generation, self._reload.config, self._reload.workers))
+        for generation, config, count in wanted:
             present = {
                 w.index
                 for w in self.workers.values()
@@ -526,7 +524,7 @@ class Master:
                 if index in present:
                     continue
                 try:
-                    pid = self.system.spawn(WorkerSpec(index, count, generation, config, handoff))
+                    pid = self.system.spawn(WorkerSpec(index, count, generation, config))
                 except OSError as exc:
                     log.error(
                         "cannot start worker %d: %s; trying again in %.0f s", index, exc, FORK_RETRY
@@ -570,11 +568,11 @@ class Master:
         self._again()
 
     def _hand_over(self, old: list[WorkerProcess], reload: _Reload, now: float) -> None:
-        """Send each ready old worker its slot's new channel; close the master's copies."""
+        """Give each ready old worker and its slot's new worker a handoff channel."""
         new = {
             w.index: w.pid
             for w in self.workers.values()
-            if w.generation == reload.generation and not w.retiring
+            if w.generation == reload.generation and w.ready and not w.retiring
         }
         by_pid = {w.pid: w for w in old if w.ready and not w.retiring}
         pending = set()
@@ -585,8 +583,6 @@ class Master:
             worker.retiring = worker.handing_over = True
             worker.kill_at = now + worker.config.master.graceful_timeout
             pending.add(old_pid)
-        for pid in new.values():
-            self.system.close_channel(pid)
         if pending:
             self._handoffs.append(HandoffRun(reload.generation, now, pending))
             log.info("reload: %d old workers hand their connections to the new ones", len(pending))
@@ -609,7 +605,6 @@ class Master:
         now = self.system.now()
         for worker in list(self.workers.values()):
             if worker.generation == reload.generation:
-                self.system.close_channel(worker.pid)
                 self._retire(worker, now)
         self.system.release(self.config)
         self._again()

@@ -43,7 +43,7 @@ import attrs
 from ..config import Address, Config
 from ..sockets import bind_listener, stop_queueing
 from ..tls import ServerTls, load_config_tls
-from .handoff import HAND_OVER
+from .handoff import ADOPT, HAND_OVER
 from .pipe import HEARTBEAT, READY, PipeDecoder, PipeProtocolError
 
 __all__ = [
@@ -91,8 +91,6 @@ class WorkerSpec:
     workers: int
     generation: int
     config: Config
-    #: Give it a handoff channel to adopt an old worker's connections from (a reload).
-    handoff: bool = False
 
 
 @attrs.frozen
@@ -177,14 +175,9 @@ class System(Protocol):
         ...
 
     def hand_over(self, old: int, new: int) -> bool:
-        """Tell worker ``old`` to hand its connections to worker ``new`` (which was spawned
-        with ``handoff``) over ``new``'s channel; False if that cannot be sent (no such
-        channel, or ``old``'s control socket is gone): retire ``old`` the plain way then."""
-        ...
-
-    def close_channel(self, new: int) -> None:
-        """Close the master's copy of worker ``new``'s handoff channel: the channel ends
-        once the old workers it was sent to close theirs (a no-op if it has none)."""
+        """Give workers ``old`` and ``new`` the two ends of a new handoff channel: ``new``
+        adopts what arrives on it, ``old`` hands its connections over it. False if that
+        cannot be sent (a control socket gone): retire ``old`` the plain way then."""
         ...
 
     def reap(self) -> list[Exited]:
@@ -427,10 +420,8 @@ class ChildSetup:
     #: This server's name, the same in all its workers (the hub's connection ids).
     instance: str = ""
     #: The worker's end of its control socket (``SOCK_SEQPACKET``): the master's
-    #: commands that carry an fd, such as ``HAND_OVER`` with a handoff channel.
+    #: commands that carry an fd, ``ADOPT`` and ``HAND_OVER`` with a handoff channel.
     control: socket.socket | None = None
-    #: On a reload with ``master.handoff``: the channel to adopt connections from.
-    handoff: socket.socket | None = None
 
 
 ChildMain = Callable[[ChildSetup], int]
@@ -481,8 +472,6 @@ class OsSystem:
         self._pipes: dict[int, int] = {}  # read fd -> worker pid
         #: The master's end of each worker's control socket, by pid.
         self._controls: dict[int, socket.socket] = {}
-        #: The master's end of each new worker's handoff channel, by pid (until sent).
-        self._channels: dict[int, socket.socket] = {}
         self._pipe_of: dict[int, int] = {}  # worker pid -> read fd
         self._decoders: dict[int, PipeDecoder | None] = {}  # read fd -> its records
         self._watchers: list[Watcher] = []
@@ -527,10 +516,9 @@ class OsSystem:
             self._handled = ()
         for fd in [self._wake_r, self._wake_w, *self._pipes]:
             _close_quietly(fd)
-        for sock in [*self._controls.values(), *self._channels.values()]:
+        for sock in self._controls.values():
             sock.close()
         self._controls.clear()
-        self._channels.clear()
         self._pipes.clear()
         self._pipe_of.clear()
         self._decoders.clear()
@@ -572,7 +560,6 @@ class OsSystem:
         if server_tls is None and (tls or https):
             server_tls = self._tls[config] = load_config_tls(config)
         control, child_control = _seqpacket_pair()
-        channel, child_channel = _seqpacket_pair() if spec.handoff else (None, None)
         read_fd, write_fd = os.pipe()
         master_pid = os.getpid()
         for stream in (sys.stdout, sys.stderr):
@@ -584,8 +571,6 @@ class OsSystem:
                 self._become_child(keep=[*listeners, *http, *tls, *https])
                 os.close(read_fd)
                 control.close()
-                if channel is not None:
-                    channel.close()
                 setup = ChildSetup(
                     spec,
                     listeners,
@@ -597,7 +582,6 @@ class OsSystem:
                     server_tls,
                     self.instance,
                     child_control,
-                    child_channel,
                 )
                 code = self._child_main(setup)
             except BaseException:
@@ -607,9 +591,6 @@ class OsSystem:
         os.close(write_fd)
         child_control.close()
         self._controls[pid] = control
-        if channel is not None and child_channel is not None:
-            child_channel.close()
-            self._channels[pid] = channel
         os.set_blocking(read_fd, False)
         self._pipes[read_fd] = pid
         self._pipe_of[pid] = read_fd
@@ -625,8 +606,8 @@ class OsSystem:
         owned = [owner.fileno() for owner in self._child_closes]
         for fd in [self._wake_r, self._wake_w, *self._pipes, *(fd for fd in owned if fd >= 0)]:
             _close_quietly(fd)
-        for sock in [*self._controls.values(), *self._channels.values()]:
-            sock.close()  # another worker's: its channel must end when its holders close it
+        for sock in self._controls.values():
+            sock.close()  # other workers': a worker's commands come from the master only
         for sock in self.listeners.all():
             if sock not in keep:
                 sock.close()
@@ -638,21 +619,19 @@ class OsSystem:
             os.kill(pid, signum)
 
     def hand_over(self, old: int, new: int) -> bool:
-        channel = self._channels.get(new)
-        control = self._controls.get(old)
-        if channel is None or control is None:
+        to_old, to_new = self._controls.get(old), self._controls.get(new)
+        if to_old is None or to_new is None:
             return False
-        try:
-            socket.send_fds(control, [HAND_OVER], [channel.fileno()])
-        except OSError as exc:  # gone (EPIPE), or its buffer full of unread commands
-            log.warning("cannot send worker pid %d its handoff channel: %s", old, exc)
-            return False
+        old_end, new_end = _seqpacket_pair()
+        with old_end, new_end:  # the master keeps no copy: the channel is theirs alone
+            for pid, control, command, end in ((new, to_new, ADOPT, new_end),
+                                               (old, to_old, HAND_OVER, old_end)):  # fmt: skip
+                try:
+                    socket.send_fds(control, [command], [end.fileno()])
+                except OSError as exc:  # gone (EPIPE), or its buffer full of unread commands
+                    log.warning("cannot send worker pid %d its handoff channel: %s", pid, exc)
+                    return False  # a new end without its old end: its adopt ends at once
         return True
-
-    def close_channel(self, new: int) -> None:
-        channel = self._channels.pop(new, None)
-        if channel is not None:
-            channel.close()
 
     def reap(self) -> list[Exited]:
         exited = []
@@ -671,9 +650,9 @@ class OsSystem:
                 data, _ = _read_all(fd)
                 unread, reports, handoffs = self._decode(fd, pid, data)
                 self._forget(fd)
-            for sock in (self._controls.pop(pid, None), self._channels.pop(pid, None)):
-                if sock is not None:
-                    sock.close()
+            control = self._controls.pop(pid, None)
+            if control is not None:
+                control.close()
             cpu = usage.ru_utime + usage.ru_stime
             code = os.waitstatus_to_exitcode(status)
             exited.append(Exited(pid, code, unread, reports, cpu, handoffs))
