@@ -145,9 +145,9 @@ def test_the_results_are_logged_and_counted(records: list[logging.LogRecord]) ->
     assert gatherer.handoffs.drained == {"tls": 12, "http": 8}
     assert gatherer.handoffs.handoffs == 1 and gatherer.handoffs.last_seconds == 0.75
     page = gatherer.render()
-    assert "trioserver_handoff_moved_total 980" in page
-    assert 'trioserver_handoff_drained_total{reason="tls"} 12' in page
-    assert "trioserver_handoff_last_seconds 0.75" in page
+    assert "trioserver_reload_handoffs_total 1" in page
+    assert "trioserver_reload_handoff_last_seconds 0.75" in page
+    assert '"moved": 980' in gatherer.status_json(health="serving", master_pid=1).decode()
 
 
 def test_an_old_worker_that_dies_without_a_report_ends_the_handoff_too(

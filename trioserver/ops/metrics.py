@@ -24,8 +24,9 @@ handles as the reset it is (``trioserver_master_start_time_seconds`` shows it).
 Gauges (open connections, queue depth, outbox bytes, recent loop lag) are the
 live processes' latest values, summed per slot (max for the lag).
 
-Reload handoffs are the master's own series (``trioserver_handoff_*``): each old worker
-reports once what it moved, drained and failed to move, and the master times the whole.
+A reload's handoff as a whole is the master's own (``trioserver_reload_handoff*``): each
+old worker reports once what it moved, drained and failed to move, and the master times
+the whole from its command to the last report.
 
 The page is the Prometheus text exposition format 0.0.4, written here to the
 spec so the master needs no client library; the tests parse it with
@@ -790,27 +791,18 @@ def render_prometheus(
 
 
 def _handoff_families(page: _Page, totals: HandoffTotals) -> None:
-    page.family("handoff_moved_total", "counter", "Connections old workers moved live to new ones.")
-    page.sample("handoff_moved_total", {}, totals.moved)
-    page.family(
-        "handoff_drained_total",
-        "counter",
-        "Connections old workers could not move and drained on a reload, by reason.",
-    )
-    for reason, count in sorted(totals.drained.items()):
-        page.sample("handoff_drained_total", {"reason": reason}, count)
-    page.family("handoff_failed_total", "counter", "Connections whose move failed (then drained).")
-    page.sample("handoff_failed_total", {}, totals.failed)
-    page.family("handoffs_total", "counter", "Reloads whose handoff ended.")
-    page.sample("handoffs_total", {}, totals.handoffs)
+    """The reloads' handoffs as a whole (what each slot moved, kept and failed to move
+    are the slots' own counters)."""
+    page.family("reload_handoffs_total", "counter", "Reloads whose handoff ended.")
+    page.sample("reload_handoffs_total", {}, totals.handoffs)
     if totals.last_seconds is not None:
         page.family(
-            "handoff_last_seconds",
+            "reload_handoff_last_seconds",
             "gauge",
             "How long the latest reload's handoff took, from the master's command to the "
             "last old worker's report.",
         )
-        page.sample("handoff_last_seconds", {}, totals.last_seconds)
+        page.sample("reload_handoff_last_seconds", {}, totals.last_seconds)
 
 
 def _code_label(code: int) -> str:
