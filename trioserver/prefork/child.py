@@ -46,8 +46,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Awaitable, Callable
-from typing import Final, cast
+from typing import Final
 
 import attrs
 import trio
@@ -105,6 +104,8 @@ class _WorkerProcess:
             self.worker.counters.time_handlers(metrics.handler_timing)
         self.ready = False
         self._retiring = False
+        #: The handoff under way, which only a stop-now signal may cut short.
+        self._handoff_scope: trio.CancelScope | None = None
 
     async def main(self) -> None:
         async with trio.open_nursery() as nursery:
@@ -161,6 +162,8 @@ class _WorkerProcess:
                             nursery.start_soon(self.retire, "SIGUSR2 (final stop)")
                     else:
                         log.info("%s: stopping now", signal.Signals(signum).name)
+                        if self._handoff_scope is not None:
+                            self._handoff_scope.cancel()  # what is unacknowledged closes too
                         self.worker.stop(grace=0)
 
     async def retire(self, why: str) -> None:
@@ -207,17 +210,19 @@ class _WorkerProcess:
         set_title(f"trioserver: worker {self.index} (handing over)")
         started = trio.current_time()
         log.info("worker %d: handing its connections to the slot's new worker", self.index)
-        counts: object = None
-        # Shielded: the drain it ends with ends serve too, which cancels this nursery.
-        with channel, trio.CancelScope(shield=True):
+        result = HandoffResult()
+        # Shielded: its drain ends serve, which cancels this nursery, and the report
+        # must still go out; a stop-now signal cancels it on purpose.
+        self._handoff_scope = trio.CancelScope(shield=True)
+        with channel, self._handoff_scope:
             try:
-                counts = await _worker_hand_over(self.worker, channel)
+                counts = await self.worker.hand_over(channel)
+                result = HandoffResult(counts.moved, counts.kept, counts.failed, counts.seconds)
             except Exception:
                 log.exception("worker %d: the handoff failed; draining instead", self.index)
-        result = handoff_result(counts, trio.current_time() - started)
-        log.info(
-            "worker %d handed over in %.3f s: %s", self.index, result.seconds, result.describe()
-        )
+        self._handoff_scope = None
+        if result.seconds == 0:
+            result = attrs.evolve(result, seconds=trio.current_time() - started)
         self.pipe.send(encode_handed_over(result.to_json()))
         # Whatever is still here drains as on any retire (a no-op once it has).
         self.worker.stop(
@@ -228,7 +233,7 @@ class _WorkerProcess:
         """Serve the connections an old worker hands over, until its channel ends."""
         with channel:
             try:
-                await _worker_adopt_from(self.worker, channel)
+                await self.worker.adopt_from(channel)
             except Exception:
                 log.exception("worker %d: adopting handed-over connections failed", self.index)
 
@@ -252,32 +257,6 @@ class _WorkerProcess:
     def _master_gone(self, nursery: trio.Nursery) -> None:
         log.warning("worker %d: the master is gone; draining and exiting", self.index)
         nursery.start_soon(self.retire, "master gone")
-
-
-def _worker_hand_over(worker: Worker, channel: socket.socket) -> Awaitable[object]:
-    call = cast(Callable[[socket.socket], Awaitable[object]], getattr(worker, "hand_over"))  # noqa: B009
-    return call(channel)
-
-
-def _worker_adopt_from(worker: Worker, channel: socket.socket) -> Awaitable[object]:
-    call = cast(Callable[[socket.socket], Awaitable[object]], getattr(worker, "adopt_from"))  # noqa: B009
-    return call(channel)
-
-
-def handoff_result(counts: object, seconds: float) -> HandoffResult:
-    """The master's record of a handoff from the worker's counts (None: nothing moved)."""
-    if counts is None:
-        return HandoffResult(seconds=seconds)
-    fields = attrs.asdict(counts) if attrs.has(type(counts)) else dict(vars(counts))  # type: ignore[arg-type]
-    moved = int(fields.pop("moved", 0))
-    failed = int(fields.pop("failed", 0))
-    drained: dict[str, int] = {}
-    for name, value in fields.items():
-        if isinstance(value, dict):
-            drained.update({str(k): int(v) for k, v in value.items()})
-        elif isinstance(value, int) and value:
-            drained[name.removeprefix("drained_")] = value
-    return HandoffResult(moved, drained, failed, seconds)
 
 
 def _bound(sock: socket.socket) -> BoundListener:
