@@ -123,7 +123,10 @@ class Pingers:
         self.longest = max(self.longest, now - self._sent_at[i])
         self._due.append((now + self.pace, i))
 
-    def run_until(self, done: Callable[[], object], timeout: float, what: str = "") -> None:
+    def run_until(
+        self, done: Callable[[], object], timeout: float, what: str = "", every: float = 0.05
+    ) -> None:
+        """Serve the connections until ``done()`` (asked every ``every`` seconds)."""
         deadline = time.monotonic() + timeout
         next_check = 0.0
         while True:
@@ -131,7 +134,7 @@ class Pingers:
             if now >= next_check:
                 if done():
                     return
-                next_check = now + 0.05
+                next_check = now + every
             assert now < deadline, f"timed out after {timeout} s waiting for {what or done}"
             while self._due and self._due[0][0] <= now:
                 _, i = self._due.popleft()
@@ -254,10 +257,11 @@ def test_a_new_worker_killed_mid_handoff_loses_nothing_acknowledged(
     with Pingers(port, 1000, pace=0.0) as pingers:
         pingers.run_until(lambda: min(pingers.replies) >= 1, 30, "a reply on every connection")
         os.kill(server.pid, signal.SIGHUP)
-        pingers.run_until(lambda: "hand their connections" in server.text(), 30, "the handoff")
-        new = [pid for pid in server.workers() if pid != old]
-        for pid in new:
-            os.kill(pid, signal.SIGKILL)
+        started = server.wait_log(r"worker 1 started \(pid (\d+)\)", count=2, timeout=30)
+        new = int(started[1].group(1))  # not a child that checks the application
+        # Kill it as soon as a first connection it adopted answers: mid-handoff.
+        pingers.run_until(lambda: new in pingers.last_pid, 30, "a first move", every=0.0)
+        os.kill(new, signal.SIGKILL)
         mark = list(pingers.replies)
         pingers.run_until(lambda: handoffs(server), 30, "the handoff's end")
         pingers.run_until(lambda: pingers.all_replied_since(mark), 30, "every connection")
@@ -267,6 +271,8 @@ def test_a_new_worker_killed_mid_handoff_loses_nothing_acknowledged(
     assert all(why == "EOF" or "reset" in why for why in pingers.closed.values()), set(
         pingers.closed.values()
     )
+    ((moved, drained, failed),) = handoffs(server)
+    assert moved >= 1 and moved + drained + failed == 1000
     server.wait_log(r"was killed by SIGKILL")
     wait_for("a replacement", lambda: len(server.workers()) == 1 and old not in server.workers())
     with BlockingClient.connect("127.0.0.1", port, timeout=10) as client:
