@@ -215,6 +215,7 @@ def one(tmp: Path, handoff: bool, connections: int, pace: float) -> None:
             clients.close()
     figures = re.findall(r"new workers ready on .* after ([\d.]+) s", text)
     handed = re.findall(r"reload: handoff done in ([\d.]+) s: (.*)", text)
+    workers = re.findall(r"(worker \d+) \(pid \d+\) handed over in ([\d.]+) s: (\d+) moved", text)
     took = f"{ended - hup:.2f} s" if ended is not None else "over 60 s"
     during.sort()
     p99 = during[int(len(during) * 0.99)] if during else 0.0
@@ -222,6 +223,7 @@ def one(tmp: Path, handoff: bool, connections: int, pace: float) -> None:
         f"{mode}: reload {took} (new workers ready after {figures[-1] if figures else '?'} s"
         + (f", handoff done in {handed[-1][0]} s: {handed[-1][1]}" if handed else "")
         + ")"
+        + "".join(f"; {name}: {moved} in {secs} s" for name, secs, moved in workers)
     )
     print(
         f"{mode}: longest pause {max(during, default=0.0) * 1e3:.0f} ms (before the reload: "
