@@ -227,3 +227,17 @@ def test_fake_system_is_a_system() -> None:
 
     system: System = FakeSystem()
     assert system.hand_over
+
+
+def test_a_sighup_during_a_handoff_reloads_once_it_has_ended(h: Harness) -> None:
+    old = h.boot()
+    reload_to(h, 2)
+    h.fake.signal(signal.SIGHUP)
+    h.step()
+    assert len(h.fake.spawned) == 4  # the new workers are still adopting
+    h.fake.handed_over(old[0], result(1))
+    h.step()
+    assert len(h.fake.spawned) == 4
+    h.fake.exit(old[1], 0, handoffs=(result(1),))
+    h.step()
+    assert [c.spec.generation for c in h.fake.spawned] == [0, 0, 1, 1, 2, 2]

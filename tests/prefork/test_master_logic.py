@@ -412,7 +412,7 @@ def test_an_old_worker_dying_during_a_reload_is_replaced_then_retired(h: Harness
 
 def test_a_second_sighup_during_a_reload_reloads_again(h: Harness) -> None:
     h.boot()
-    h.next_config = make_config(workers=1)
+    h.next_config = make_config(workers=1, handoff=False)  # with it: test_master_handoff.py
     h.fake.signal(signal.SIGHUP)
     h.step()
     h.fake.signal(signal.SIGHUP)

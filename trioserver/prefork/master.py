@@ -35,7 +35,8 @@ Rules (after gunicorn's arbiter, but typed and testable):
   and counts them in the metrics. An old worker the command cannot reach is sent SIGTERM.
   A new worker that dies during the handoff is a ready worker of the running generation:
   it is replaced at once (its replacement adopts nothing), and the old worker drains what
-  it could not move. The reload itself is not undone.
+  it could not move. The reload itself is not undone. A SIGHUP during a handoff reloads
+  once it has ended, as one during a reload does.
 - Stop: the listening sockets first stop queueing new connections
   (:meth:`~trioserver.prefork.procs.System.stop_queueing`; the last close of a
   listening socket would reset whatever is still queued), then ``FINAL_STOP_SIGNAL``
@@ -383,7 +384,9 @@ class Master:
         """Read the config again and replace every worker, new ones first."""
         if self._stopping is not None:
             return
-        if self._reload is not None:
+        if self._reload is not None or self._handoffs:
+            # During a handoff the new workers are still adopting: ones they would have to
+            # hand over again at once would refuse what arrives, and it would drain.
             log.info("a reload is in progress; reloading again once it ends")
             self._reload_again = True
             return
@@ -457,6 +460,8 @@ class Master:
         log.info("reload: handoff done in %.3f s: %s%s", seconds, run.total.describe(), missing)
         if self.gatherer is not None:
             self.gatherer.handoff_done(seconds)
+        if not self._handoffs:
+            self._again()
 
     def _exited(self, exited: Exited) -> None:
         if self.gatherer is not None:
