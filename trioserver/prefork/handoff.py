@@ -59,7 +59,7 @@ class HandoffResult:
     drained: Mapping[str, int] = attrs.field(factory=dict, converter=_counts)
     #: Connections whose move failed (the new worker gone, say) and that were drained.
     failed: int = 0
-    #: Seconds from the command to the last connection moved or drained.
+    #: Seconds from the command until every connection was moved or draining.
     seconds: float = 0.0
 
     @property
