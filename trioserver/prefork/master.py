@@ -29,8 +29,9 @@ Rules (after gunicorn's arbiter, but typed and testable):
 - Handoff (``master.handoff``, the new config's value): once every new worker of a
   reload serves, each ready old worker and its slot's new worker
   (:func:`~trioserver.prefork.handoff.handoff_targets`) get the two ends of a handoff
-  channel, and the old one is not sent SIGTERM. It moves what can move, drains the rest, reports a
-  :class:`~trioserver.prefork.handoff.HandoffResult` on its pipe and exits; the master
+  channel, and the old one is not sent SIGTERM. It moves what can move, drains the
+  rest, reports a :class:`~trioserver.prefork.handoff.HandoffResult` on its pipe and
+  exits; the master
   logs each result and the reload's totals once every old worker has reported or exited,
   and counts them in the metrics. An old worker the command cannot reach is sent SIGTERM.
   A new worker that dies during the handoff is a ready worker of the running generation:
@@ -153,8 +154,6 @@ class WorkerProcess:
     kill_at: float = math.inf
     #: Why the master SIGKILLed it, for the exit log line.
     killed: str | None = None
-    #: Retiring by handing its connections to a new worker (not SIGTERM).
-    handing_over: bool = False
 
     @property
     def name(self) -> str:
@@ -585,7 +584,7 @@ class Master:
             worker = by_pid[old_pid]
             if not self.system.hand_over(old_pid, new_pid):
                 continue  # retired with SIGTERM by the caller
-            worker.retiring = worker.handing_over = True
+            worker.retiring = True  # by handing over, not by SIGTERM
             worker.kill_at = now + worker.config.master.graceful_timeout
             pending.add(old_pid)
         if pending:
