@@ -280,6 +280,30 @@ def test_a_new_worker_killed_mid_handoff_loses_nothing_acknowledged(
     print(f"handoff (moved, drained, failed): {handoffs(server)}; closed {len(pingers.closed)}")
 
 
+def test_a_reload_to_fewer_then_more_workers_moves_every_connection(
+    servers: list[Server], tmp_path: Path
+) -> None:
+    """2 → 1: both old workers hand to the one new worker; 1 → 3: it hands to the new
+    slot 1, and slots 2 and 3 take only new connections."""
+    server = Server(tmp_path, BASE, config=CONFIG + "[master]\nworkers = 2\n")
+    servers.append(server.start())
+    port = server.wait_ready(2)
+    with Pingers(port, 300) as pingers:
+        pingers.run_until(lambda: min(pingers.replies) >= 1, 30, "a reply on every connection")
+        assert len(set(pingers.last_pid)) == 2
+        for n, workers in enumerate((1, 3), start=1):
+            server.config.write_text(CONFIG + f"[master]\nworkers = {workers}\n")
+            os.kill(server.pid, signal.SIGHUP)
+            pingers.run_until(lambda n=n: len(handoffs(server)) >= n, 30, f"handoff {n}")  # type: ignore[misc]
+            mark = list(pingers.replies)
+            pingers.run_until(lambda m=mark: pingers.all_replied_since(m), 30, "a reply after")  # type: ignore[misc]
+            assert len(set(pingers.last_pid)) == 1  # all on one worker, the new slot 1
+            assert set(pingers.last_pid) <= set(server.workers())
+        assert pingers.errors == [] and pingers.closed == {}
+    assert [moved for moved, _, _ in handoffs(server)] == [300, 300]
+    wait_for("the old worker gone", lambda: len(server.workers()) == 3)
+
+
 def test_handoff_off_drains_as_before(servers: list[Server], tmp_path: Path) -> None:
     server = start(servers, tmp_path, 1, config=CONFIG + "[master]\nhandoff = false\n")
     port = server.wait_ready(1)
