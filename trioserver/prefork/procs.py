@@ -1,7 +1,7 @@
 """The master's seam to the operating system: fork, kill, waitpid, clocks, signals, sockets.
 
 :class:`~trioserver.prefork.master.Master` holds every rule (respawn, crash loop, boot
-failure, reload order, stop deadlines) and touches the OS only through a
+failure, reload order, handoff, stop deadlines) and touches the OS only through a
 :class:`System`. :class:`OsSystem` is the real one; the master's unit tests pass
 a fake that records spawns and kills and plays exits and heartbeats, so the rules
 are tested without processes, sleeps or monkeypatching.
@@ -18,6 +18,11 @@ share its socket while they overlap; the old one merely stops calling accept.
 The final stop has no next worker: :meth:`OsSystem.stop_queueing` first makes the
 sockets start no new handshake, so the workers can empty the queues before the
 sockets close.
+
+Each worker also gets a ``SOCK_SEQPACKET`` control socket at the fork, for the
+master's commands that carry an fd. :meth:`OsSystem.hand_over` makes a handoff
+channel for a reload and sends one end to the old worker (``HAND_OVER``) and one to
+the new (``ADOPT``), keeping no copy (see :mod:`trioserver.prefork.handoff`).
 """
 
 from __future__ import annotations
