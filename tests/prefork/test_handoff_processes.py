@@ -304,6 +304,23 @@ def test_a_reload_to_fewer_then_more_workers_moves_every_connection(
     wait_for("the old worker gone", lambda: len(server.workers()) == 3)
 
 
+def test_a_stop_during_a_handoff_ends_cleanly(servers: list[Server], tmp_path: Path) -> None:
+    """SIGTERM while the old worker hands over: the new worker stops adopting, the old one
+    drains what it still holds, every reply is in order, the master exits 0."""
+    raise_open_files(4096)
+    server = start(servers, tmp_path, 1)
+    port = server.wait_ready(1)
+    with Pingers(port, 1000, pace=0.0) as pingers:
+        pingers.run_until(lambda: min(pingers.replies) >= 1, 30, "a reply on every connection")
+        os.kill(server.pid, signal.SIGHUP)
+        pingers.run_until(lambda: "hand their connections" in server.text(), 30, "the handoff")
+        os.kill(server.pid, signal.SIGTERM)
+        pingers.run_until(lambda: len(pingers.closed) == 1000, 30, "every connection closed")
+    assert pingers.errors == []
+    assert server.wait_exit(30) == 0
+    assert "master exiting with code 0" in server.text()
+
+
 def test_handoff_off_drains_as_before(servers: list[Server], tmp_path: Path) -> None:
     server = start(servers, tmp_path, 1, config=CONFIG + "[master]\nhandoff = false\n")
     port = server.wait_ready(1)
