@@ -321,6 +321,28 @@ def test_a_stop_during_a_handoff_ends_cleanly(servers: list[Server], tmp_path: P
     assert "master exiting with code 0" in server.text()
 
 
+def test_a_handoff_out_of_time_drains_instead_of_being_killed(
+    servers: list[Server], tmp_path: Path
+) -> None:
+    """master.graceful_timeout = 1: the handoff's budget (what the timeout leaves after
+    the drain's share) is spent at once; what has not moved drains, answered and closed
+    with EOF, and the old worker exits before the master would kill it."""
+    config = CONFIG + "[master]\ngraceful_timeout = 1.0\n"
+    server = start(servers, tmp_path, 1, config=config)
+    port = server.wait_ready(1)
+    with Pingers(port, 200) as pingers:
+        pingers.run_until(lambda: min(pingers.replies) >= 1, 30, "a reply on every connection")
+        os.kill(server.pid, signal.SIGHUP)
+        pingers.run_until(lambda: handoffs(server), 30, "the handoff's end")
+        server.wait_log(r"stopped: exited with code 0")
+        mark = list(pingers.replies)
+        pingers.run_until(lambda: pingers.all_replied_since(mark), 30, "a reply or the end")
+    assert pingers.errors == []
+    assert set(pingers.closed.values()) <= {"EOF"}
+    assert "killing it" not in server.text() and "SIGKILL" not in server.text()
+    assert "the handoff is not done after 0.0 s" in server.text()
+
+
 def test_handoff_off_drains_as_before(servers: list[Server], tmp_path: Path) -> None:
     server = start(servers, tmp_path, 1, config=CONFIG + "[master]\nhandoff = false\n")
     port = server.wait_ready(1)

@@ -241,3 +241,17 @@ def test_a_sighup_during_a_handoff_reloads_once_it_has_ended(h: Harness) -> None
     h.fake.exit(old[1], 0, handoffs=(result(1),))
     h.step()
     assert [c.spec.generation for c in h.fake.spawned] == [0, 0, 1, 1, 2, 2]
+
+
+@pytest.mark.parametrize(
+    ("graceful", "drain", "expected"),
+    [(30.0, 10.0, (19.5, 10.0)), (10.0, 10.0, (4.5, 5.0)), (1.0, 10.0, (0.0, 0.5))],
+)
+def test_a_handoff_and_its_drain_fit_in_graceful_timeout(
+    graceful: float, drain: float, expected: tuple[float, float]
+) -> None:
+    from trioserver.config import Config
+    from trioserver.prefork.child import handoff_budget
+
+    config = Config().replace(master__graceful_timeout=graceful, server__drain_timeout=drain)
+    assert handoff_budget(config) == expected

@@ -48,7 +48,6 @@ import socket
 import sys
 from typing import Final
 
-import attrs
 import trio
 
 from ..config import Config
@@ -209,25 +208,42 @@ class _WorkerProcess:
         self._retiring = True
         set_title(f"trioserver: worker {self.index} (handing over)")
         started = trio.current_time()
-        log.info("worker %d: handing its connections to the slot's new worker", self.index)
-        result = HandoffResult()
+        budget, grace = handoff_budget(self.config)
+        log.info(
+            "worker %d: handing its connections to the slot's new worker (up to %.1f s)",
+            self.index,
+            budget,
+        )
         # Shielded: its drain ends serve, which cancels this nursery, and the report
-        # must still go out; a stop-now signal cancels it on purpose.
-        self._handoff_scope = trio.CancelScope(shield=True)
+        # must still go out; a stop-now signal or the budget's end cancels it on purpose.
+        self._handoff_scope = trio.CancelScope(shield=True, deadline=started + budget)
         with channel, self._handoff_scope:
             try:
-                counts = await self.worker.hand_over(channel)
-                result = HandoffResult(counts.moved, counts.kept, counts.failed, counts.seconds)
+                await self.worker.hand_over(channel)
             except Exception:
                 log.exception("worker %d: the handoff failed; draining instead", self.index)
+        if self._handoff_scope.cancelled_caught and trio.current_time() >= started + budget:
+            log.warning(
+                "worker %d: the handoff is not done after %.1f s; what has not moved drains "
+                "here within %.1f s, before master.graceful_timeout",
+                self.index,
+                budget,
+                grace,
+            )
         self._handoff_scope = None
-        if result.seconds == 0:
-            result = attrs.evolve(result, seconds=trio.current_time() - started)
-        self.pipe.send(encode_handed_over(result.to_json()))
-        # Whatever is still here drains as on any retire (a no-op once it has).
-        self.worker.stop(
-            grace=min(self.config.server.drain_timeout, self.config.master.graceful_timeout)
+        # From the counters, which hand_over updates even when it is cut short; a worker
+        # hands over once in its life, so they hold this handoff alone.
+        counters = self.worker.counters
+        result = HandoffResult(
+            counters.handoff_moved,
+            counters.handoff_kept,
+            counters.handoff_failed,
+            trio.current_time() - started,
         )
+        self.pipe.send(encode_handed_over(result.to_json()))
+        # Whatever is still here drains as on any retire (a no-op once it has), so that
+        # the worker exits before the master's graceful_timeout kills it.
+        self.worker.stop(grace=grace)
 
     async def _adopt(self, channel: socket.socket) -> None:
         """Serve the connections an old worker hands over, until its channel ends."""
@@ -257,6 +273,19 @@ class _WorkerProcess:
     def _master_gone(self, nursery: trio.Nursery) -> None:
         log.warning("worker %d: the master is gone; draining and exiting", self.index)
         nursery.start_soon(self.retire, "master gone")
+
+
+def handoff_budget(config: Config) -> tuple[float, float]:
+    """(seconds a retiring worker may spend handing over, seconds then left to drain).
+
+    Both fit in ``master.graceful_timeout``, after which the master kills the worker and
+    every connection still there with it: a handoff that runs long (a loaded machine)
+    stops in time for the rest to drain, answered and closed, not reset. The drain gets
+    ``server.drain_timeout`` but at most half of the timeout.
+    """
+    total = config.master.graceful_timeout
+    grace = min(config.server.drain_timeout, total / 2)
+    return max(0.0, total - grace - 0.5), grace
 
 
 def _bound(sock: socket.socket) -> BoundListener:
