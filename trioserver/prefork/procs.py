@@ -564,8 +564,10 @@ class OsSystem:
         server_tls = self._tls.get(config)
         if server_tls is None and (tls or https):
             server_tls = self._tls[config] = load_config_tls(config)
-        control, child_control = _seqpacket_pair()
+        # The pipe first: it takes the lowest free fd numbers, as it always did
+        # (tests/prefork/test_fork_seam.py pins reuse of a just-closed number).
         read_fd, write_fd = os.pipe()
+        control, child_control = _seqpacket_pair()
         master_pid = os.getpid()
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
