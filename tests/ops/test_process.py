@@ -262,10 +262,15 @@ def test_session_counts_exactly_and_survive_a_kill(server: Running) -> None:
 
 
 def test_healthz_turns_503_while_draining(server: Running) -> None:
-    # A connection that stays open keeps its worker draining for a while.
-    client = BlockingClient.connect("127.0.0.1", server.port)
+    # A response still being sent keeps its worker draining (an idle connection would
+    # close at once): a file far larger than the socket buffers, and a client that
+    # does not read it.
+    with open(server.tmp / "site" / "big.bin", "wb") as big:
+        big.truncate(256 * 1024 * 1024)
+    client = socket.create_connection(("127.0.0.1", server.http), timeout=5)
     try:
-        client.ping()
+        client.sendall(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert client.recv(12) == b"HTTP/1.1 200"  # the response has begun
         os.kill(server.proc.pid, signal.SIGTERM)
         wait_for("503 from /healthz", lambda: server.get("/healthz") == (503, b"draining\n"))
         assert server.page()[("trioserver_healthy", ())] == 0
