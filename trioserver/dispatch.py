@@ -14,6 +14,19 @@ makes readers wait, which stops them reading: TCP backpressure, nothing dropped.
 Stale check: a connection carries the sequence its slot had when it opened;
 once it closes the slot's sequence moves on, and whatever remained in its
 inbox is dropped and counted as stale.
+
+Batches: a route with a ``batch`` handler (the account requests) takes a
+connection's run of consecutive requests of its code, whether the reader or a
+handler task meets it, into the handler's pending batch; the connection is then
+*held* (``scheduled``, so its later packets wait in its inbox and nobody else
+drains it) until the batch is answered. One task per batch handler starts a batch
+whenever requests are pending, with every run gathered since the last one (from
+every connection, across the readers of one scheduler pass, and while earlier
+batches were in hand), each batch in a task of its own. A connection's replies are
+held while its batch runs and leave in one send when it ends; then the rest of
+its inbox is handled as the reader would. A connection brings one run of one code
+to a batch, so the requests of one connection stay in order, and a ping after a
+login is answered after the login's reply.
 """
 
 from __future__ import annotations
@@ -26,12 +39,13 @@ import trio
 
 from .connection import Connection
 from .framer import Packet
-from .handlers.context import Context, LoginHook, Services
+from .handlers.context import BatchHandler, BatchRun, Context, LoginHook, Services
 from .handlers.router import Route, Router
 from .hub import Hub
 from .lifecycle import State
 from .reasons import DropReason, KickReason
 from .stats import Counters
+from .wakeup import Wakeup
 
 __all__ = ["MessageQueue", "Route", "Router"]
 
@@ -76,6 +90,10 @@ class MessageQueue:
         self._handler_tasks = handler_tasks
         self._send, self._receive = trio.open_memory_channel[Connection](size)
         self.busy = 0
+        #: Runs waiting for their batch handler's next batch.
+        self._pending: dict[BatchHandler, list[BatchRun]] = {}
+        self._pending_wakeup = Wakeup()
+        self._nursery: trio.Nursery | None = None
 
     @property
     def depth(self) -> int:
@@ -110,6 +128,10 @@ class MessageQueue:
                 if route is None:  # removed since the reader checked it
                     self._counters.drop(conn, DropReason.UNKNOWN_CODE, packet.code)
                     continue
+                if route.batch is not None and (taken := self._join_batch(ctx, route, packets, i)):
+                    inbox.extend(packets[i + taken :])  # they wait for the batch's answers
+                    conn.scheduled = True  # held by the batch
+                    return False
                 if route.is_async:
                     inbox.extend(packets[i:])
                     return True
@@ -149,6 +171,8 @@ class MessageQueue:
         async with trio.open_nursery() as nursery:
             for _ in range(self._handler_tasks):
                 nursery.start_soon(self._handler_task)
+            self._nursery = nursery
+            nursery.start_soon(self._start_batches, nursery)
             task_status.started()
 
     def close(self) -> None:
@@ -193,7 +217,7 @@ class MessageQueue:
         Replies of plain handlers leave together when the run of them ends; an
         async handler's replies leave once it waits (see ``Context.flush``).
         """
-        requeued = False
+        requeued = held = False
         try:
             if conn.stale:
                 self._drop_stale(conn, conn.inbox)
@@ -214,6 +238,12 @@ class MessageQueue:
                     if route is None:  # removed since the reader checked it
                         self._counters.drop(conn, DropReason.UNKNOWN_CODE, packet.code)
                         continue
+                    if route.batch is not None and (
+                        taken := self._join_batch(ctx, route, batch, i)
+                    ):
+                        conn.inbox = batch[i + taken :] + conn.inbox
+                        held = True  # the batch answers it, then handles the rest
+                        return
                     try:
                         if route.is_async:
                             outbox.defer()  # earlier replies leave once we wait
@@ -246,10 +276,89 @@ class MessageQueue:
                     requeued = True
                     return
         finally:
-            if not requeued:
+            if not (requeued or held):
                 conn.scheduled = False
             conn.outbox.flush()
             conn.settle()
+
+    # -- batches ---------------------------------------------------------------------------
+
+    def _join_batch(self, ctx: Context, route: Route, packets: list[Packet], i: int) -> int:
+        """Add the run of ``route``'s code starting at ``packets[i]`` to its pending batch.
+
+        Returns how many packets it took (0: the batch handler takes none of them).
+        """
+        batch = route.batch
+        assert batch is not None
+        code = route.code
+        limit = batch.run_limit(ctx, code)
+        if limit <= 0:
+            return 0
+        end = min(len(packets), i + limit)
+        j = i + 1
+        while j < end and packets[j].code == code:
+            j += 1
+        runs = self._pending.get(batch)
+        if runs is None:
+            runs = self._pending[batch] = []
+        runs.append((ctx, packets[i:j] if i or j < len(packets) else packets))
+        self._pending_wakeup.wake()
+        return j - i
+
+    async def _start_batches(self, nursery: trio.Nursery) -> None:
+        """Start a batch, in a task of its own, for every handler with runs pending."""
+        while True:
+            await self._pending_wakeup.wait()
+            pending, self._pending = self._pending, {}
+            for batch, runs in pending.items():
+                nursery.start_soon(self._run_batch, batch, runs)
+
+    async def _run_batch(self, batch: BatchHandler, runs: list[BatchRun]) -> None:
+        """Answer one batch; then let each of its connections go on with its inbox."""
+        for ctx, _ in runs:
+            ctx._conn.outbox.batching = True  # its replies leave together, at the end
+        counters = self._counters
+        start = perf_counter()
+        try:
+            await batch.handle_batch(runs)
+        except Exception:
+            self._counters.handler_errors += 1
+            log.exception(
+                "batch handler %r raised on a batch of %d connections; closing them",
+                batch,
+                len(runs),
+            )
+            for ctx, _ in runs:
+                ctx._conn.kick(KickReason.HANDLER_ERROR)
+        finally:
+            if counters.timing_every:  # always timed when metrics are on: each its share
+                share = (perf_counter() - start) / sum(len(packets) for _, packets in runs)
+                for _, packets in runs:
+                    for packet in packets:
+                        counters.observe_handler(packet.code, share)
+            for ctx, _ in runs:
+                self._release(ctx._conn)
+
+    def _release(self, conn: Connection) -> None:
+        """A batch answered ``conn``: send its replies, then handle the rest of its inbox."""
+        conn.outbox.batching = False
+        conn.scheduled = False
+        if conn.stale or conn.closing:
+            self._drop_stale(conn, conn.inbox)
+        elif conn.inbox:
+            packets, conn.inbox = conn.inbox, []
+            if self.submit(conn, packets):  # an async handler's turn: through the queue
+                conn.scheduled = True
+                try:
+                    self._send.send_nowait(conn)
+                except trio.WouldBlock:
+                    assert self._nursery is not None
+                    self._nursery.start_soon(self._send.send, conn)
+                except trio.ClosedResourceError:
+                    conn.scheduled = False
+                    self._drop_stale(conn, conn.inbox)
+        conn.outbox.flush()
+        conn.settle()
 
     def _handler_failed(self, conn: Connection, route: Route, packet: Packet) -> None:
         self._counters.handler_errors += 1

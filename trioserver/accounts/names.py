@@ -36,6 +36,7 @@ __all__ = [
     "InvalidInput",
     "ValidCredentials",
     "name_key",
+    "normalised",
     "validate",
 ]
 
@@ -92,6 +93,11 @@ def _has(text: str, forbidden: frozenset[str]) -> bool:
 
 def validate(username: bytes, password: bytes) -> ValidCredentials:
     """Check both fields and normalise them; ``InvalidInput`` names the broken rule."""
+    return ValidCredentials(*normalised(username, password))
+
+
+def normalised(username: bytes, password: bytes) -> tuple[str, str, bytes]:
+    """``validate`` as a plain tuple (name, key, password): the batched path's, no record."""
     name = _decode(username, "name", MAX_NAME_BYTES)
     if _has(name, _NAME_FORBIDDEN):
         raise InvalidInput("name contains a control, format or separator character")
@@ -100,6 +106,5 @@ def validate(username: bytes, password: bytes) -> ValidCredentials:
     text = _decode(password, "password", MAX_PASSWORD_BYTES)
     if _has(text, _PASSWORD_FORBIDDEN):
         raise InvalidInput("password contains a control character")
-    encoded = text.encode("utf-8")
     # NFC can lengthen text (rarely); the wire limit applies to what was sent, not this.
-    return ValidCredentials(name, name_key(name), encoded)
+    return name, name_key(name), text.encode("utf-8")

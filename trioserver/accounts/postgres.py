@@ -11,7 +11,10 @@ request gets a fresh connection instead of an error.
 Durability is PostgreSQL's: ``create`` is one autocommitted INSERT, acknowledged
 after the commit (with the server's default ``synchronous_commit = on``, that is
 after its WAL flush). Concurrent commits from many connections share WAL flushes
-inside PostgreSQL, so no group commit is needed here.
+inside PostgreSQL, so no group commit is needed here. A batch of registrations
+(``create_many``) is one autocommitted ``INSERT ... SELECT FROM unnest(...)``:
+one round trip, one commit; a batch of logins (``get_many``) one
+``SELECT ... = ANY(...)``.
 
 The schema is created or migrated on the first successful connection, under a
 transaction-level advisory lock so that workers starting together migrate once.
@@ -99,6 +102,17 @@ _RAISE_LIMIT: Final = (
     "ON CONFLICT (key) DO UPDATE SET until = greatest(l.until, excluded.until)"
 )
 _DELETE_LIMITS: Final = "DELETE FROM trioserver_limits WHERE key = ANY(%s)"
+_SELECT_MANY: Final = (
+    "SELECT name_key, name, password_hash, itype, extract(epoch FROM created_at)::float8 "
+    "FROM trioserver_accounts WHERE name_key = ANY(%s)"
+)
+_INSERT_MANY: Final = (
+    "INSERT INTO trioserver_accounts (name_key, name, password_hash, itype, created_at) "
+    "SELECT k, n, h, i, to_timestamp(c) "
+    "FROM unnest(%s::text[], %s::text[], %s::text[], %s::integer[], %s::float8[]) "
+    "AS batch (k, n, h, i, c) "
+    "ON CONFLICT (name_key) DO NOTHING RETURNING name_key"
+)
 _UPDATE: Final = (
     "UPDATE trioserver_accounts SET password_hash = %s WHERE name_key = %s AND password_hash = %s"
 )
@@ -150,6 +164,34 @@ def _insert(conn: psycopg.Connection[Any], account: Account) -> bool:
     a = account
     cursor = conn.execute(_INSERT, (a.key, a.name, a.password_hash, a.itype, a.created_at))
     return cursor.rowcount == 1
+
+
+def _get_many(conn: psycopg.Connection[Any], keys: list[str]) -> dict[str, Account]:
+    rows = conn.execute(_SELECT_MANY, (keys,)).fetchall()
+    return {row[0]: Account(row[0], row[1], row[2], row[3], row[4]) for row in rows}
+
+
+def _insert_many(conn: psycopg.Connection[Any], accounts: Sequence[Account]) -> list[bool]:
+    """One statement for all of ``accounts``; a key repeated among them is inserted once,
+    for its first account (the later ones are False, as if taken)."""
+    first: dict[str, Account] = {}
+    for a in accounts:
+        first.setdefault(a.key, a)
+    rows = list(first.values())
+    inserted = {
+        row[0]
+        for row in conn.execute(
+            _INSERT_MANY,
+            (
+                [a.key for a in rows],
+                [a.name for a in rows],
+                [a.password_hash for a in rows],
+                [a.itype for a in rows],
+                [a.created_at for a in rows],
+            ),
+        ).fetchall()
+    }
+    return [a.key in inserted and first[a.key] is a for a in accounts]
 
 
 def _set_hash(conn: psycopg.Connection[Any], key: str, old: str, new: str) -> bool:
@@ -206,6 +248,18 @@ class PostgresStore(AccountStore):
 
     async def get(self, key: str) -> Account | None:
         return await self._run(_get, key)
+
+    async def create_many(self, accounts: Sequence[Account]) -> list[bool]:
+        if not accounts:
+            await trio.lowlevel.checkpoint()
+            return []
+        return await self._run(_insert_many, accounts)
+
+    async def get_many(self, keys: Sequence[str]) -> dict[str, Account]:
+        if not keys:
+            await trio.lowlevel.checkpoint()
+            return {}
+        return await self._run(_get_many, list(keys))
 
     async def set_password_hash(self, key: str, old: str, new: str) -> bool:
         return await self._run(_set_hash, key, old, new)

@@ -42,7 +42,7 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -56,7 +56,7 @@ from .backends import open_store
 from .confusables import skeleton
 from .hashqueue import CLEAN, SUSPECT, Busy, HashPool
 from .limiter import TokenBuckets
-from .names import InvalidInput, ValidCredentials, name_key, validate
+from .names import InvalidInput, ValidCredentials, name_key, normalised, validate
 from .passwords import Hasher, hasher_for, is_cheap, verify
 from .sessions import load_key, make_token, token_valid
 from .shared_limits import Limit, SharedLoginLimits, Verdict
@@ -65,7 +65,9 @@ from .store import Account, AccountStore, StoreUnavailable
 __all__ = [
     "AccountService",
     "AccountStatistics",
+    "LoginRequest",
     "LoginResult",
+    "RegisterRequest",
     "default_hash_threads",
     "open_accounts",
     "peer_host",
@@ -81,6 +83,12 @@ RESERVED_HASH: Final = "!reserved look-alike"
 _CLEAN_HASHES: Final = 30
 _HASH_WINDOW: Final = 60.0
 _DUMMY_PASSWORD: Final = b"never anybody's password"
+
+
+#: One register request of a batch: username, password, iType, peer (fields as received).
+RegisterRequest = tuple[bytes, bytes, int, "Peer | str"]
+#: One login (password) or resume (token) request of a batch: username, secret, peer.
+LoginRequest = tuple[bytes, bytes, "Peer | str"]
 
 
 def peer_host(peer: str) -> str:
@@ -285,6 +293,12 @@ class AccountService:
             self._count("rate_limited")
             log.info("register %r from %s: rate limited", creds.name, peer)
             return ResultCode.RATE_LIMITED
+        return await self._register_checked(creds, itype, network, lane)
+
+    async def _register_checked(
+        self, creds: ValidCredentials, itype: int, network: str, lane: int
+    ) -> ResultCode:
+        """The rest of a register whose input and limits passed: look-alikes, hash, insert."""
         try:
             if self.confusables and not await self._reserve_skeleton(creds):
                 self._count("register_rejected")
@@ -383,6 +397,244 @@ class AccountService:
         await self._record_shared(verdict, key, network, success=True)
         self._count("resumed")
         return LoginResult(ResultCode.OK, account.name, await self._token(account))
+
+    # -- batches ---------------------------------------------------------------------------
+    #
+    # The batched path (the default router's, while hashes are cheap): the same steps,
+    # limits and results per request as the methods above, in request order, but one
+    # store call for the whole batch (one commit and fsync for every registration,
+    # one query for every lookup) and no scheduler pass per request.
+
+    @property
+    def batches(self) -> bool:
+        """True if requests may take the batched path: the hash is cheap (no thread).
+
+        With scrypt each request goes through the hash pool on its own (its fair line
+        and 'busy' answers are per request).
+        """
+        return self.hasher.inline
+
+    async def register_many(self, requests: Sequence[RegisterRequest]) -> list[ResultCode]:
+        """``register`` for each request, in order, with one store call for all of them.
+
+        Two requests for one name: the first one's result, the later ones REJECTED
+        (exactly one OK). Every OK is durable before this returns.
+        """
+        results: list[ResultCode] = [ResultCode.OK] * len(requests)
+        todo: list[tuple[int, str, str, bytes, int, str, int]] = []
+        for i, (username, password, itype, peer) in enumerate(requests):
+            try:
+                name, key, secret = normalised(username, password)
+            except InvalidInput as exc:
+                self._count("invalid_input")
+                log.debug("register from %s: invalid input: %s", peer, exc)
+                results[i] = ResultCode.INVALID_INPUT
+                continue
+            if self._store_resting():
+                results[i] = ResultCode.SERVER_UNAVAILABLE
+                continue
+            network = self.network(peer)
+            lane = CLEAN if self.hasher.inline else self._lane(network)
+            if self._busy_now(lane):
+                results[i] = ResultCode.BUSY
+                continue
+            if not self.registrations.try_take([network], self.clock()):
+                self._count("rate_limited")
+                log.info("register %r from %s: rate limited", name, peer)
+                results[i] = ResultCode.RATE_LIMITED
+                continue
+            todo.append((i, name, key, secret, itype, network, lane))
+        if not todo:
+            return results
+        if self.confusables or not self.hasher.inline:
+            # Look-alike reservations read and write the store per name: one by one.
+            for i, name, key, secret, itype, network, lane in todo:
+                creds = ValidCredentials(name, key, secret)
+                results[i] = await self._register_checked(creds, itype, network, lane)
+            return results
+        hash_password = self.hasher.hash
+        accounts: list[Account] = []
+        firsts: dict[str, int] = {}  # key -> the index of its account in ``accounts``
+        slots: list[tuple[int, int | None]] = []  # request -> its account (None: a repeat)
+        for i, name, key, secret, itype, _, _ in todo:
+            self._count("hashes")
+            stored = hash_password(secret)
+            if key in firsts:
+                slots.append((i, None))
+                continue
+            firsts[key] = len(accounts)
+            slots.append((i, len(accounts)))
+            accounts.append(Account(key, name, stored, itype))
+        try:
+            created = await self._store(self.store.create_many, accounts)
+        except StoreUnavailable:
+            for i, _ in slots:
+                results[i] = ResultCode.SERVER_UNAVAILABLE
+            return results
+        for i, slot in slots:
+            if slot is not None and created[slot]:
+                self._count("registered")
+            else:
+                self._count("register_rejected")
+                results[i] = ResultCode.REJECTED
+        return results
+
+    async def login_many(self, requests: Sequence[LoginRequest]) -> list[LoginResult]:
+        """``login`` for each (username, password, peer), in order, with one store lookup.
+
+        The lookup of every valid name comes first; then each request in turn is
+        checked, takes its tokens, is verified and gives them back, as ``login`` does.
+        While verifying is cheap (no thread) nothing waits between taking and giving
+        back, so the limits see the requests one after the other, exactly as if each
+        had been answered before the next arrived.
+        """
+        valid: list[tuple[str, str, bytes] | None] = []
+        keys: dict[str, None] = {}
+        for username, password, peer in requests:
+            try:
+                fields = normalised(username, password)
+            except InvalidInput as exc:
+                self._count("invalid_input")
+                log.debug("login from %s: invalid input: %s", peer, exc)
+                valid.append(None)
+                continue
+            keys[fields[1]] = None
+            valid.append(fields)
+        found, failed = await self._lookup(list(keys))
+        session_key = await self._session_key() if found else None
+        results: list[LoginResult] = []
+        for (_, _, peer), creds in zip(requests, valid, strict=True):
+            if creds is None:
+                results.append(LoginResult(ResultCode.INVALID_INPUT))
+                continue
+            if not failed and self._store_resting():
+                results.append(LoginResult(ResultCode.SERVER_UNAVAILABLE))
+                continue
+            name, key, secret = creds
+            network = self.network(peer)
+            lane = CLEAN
+            if not self.hasher.inline:
+                lane = self._lane(network)
+                if self._busy_now(lane):
+                    results.append(LoginResult(ResultCode.BUSY))
+                    continue
+            taken = self._take_login_tokens(key, network, self.clock())
+            if taken is None:
+                self._count("rate_limited")
+                log.info("login %r from %s: rate limited", name, peer)
+                results.append(LoginResult(ResultCode.RATE_LIMITED))
+                continue
+            if found is None:  # this request meets the failure the lookup counted
+                failed = False
+                self._give_back(taken, success=False)
+                results.append(LoginResult(ResultCode.SERVER_UNAVAILABLE))
+                continue
+            account = found.get(key)
+            stored = account.password_hash if account is not None else await self._dummy()
+            if is_cheap(stored):
+                self._count("hashes")
+                matches = verify(secret, stored)
+            else:
+                lane = self._lane(network) if self.hasher.inline else lane
+                try:
+                    matches = await self._verify(secret, stored, network, lane)
+                except Busy:
+                    self._give_back(taken, success=False)
+                    self._count("busy")
+                    results.append(LoginResult(ResultCode.BUSY))
+                    continue
+            if account is None or not matches:
+                self._count("login_rejected")
+                log.info("login %r from %s: wrong name or password", name, peer)
+                results.append(LoginResult(ResultCode.REJECTED))
+                continue
+            self._give_back(taken, success=True)
+            self._count("logins")
+            if not self.hasher.is_current(stored):
+                creds_record = ValidCredentials(name, key, secret)
+                account = found[key] = await self._rehash(account, creds_record, network, lane)
+            if session_key is None:
+                session_key = await self._session_key()
+            results.append(
+                LoginResult(ResultCode.OK, account.name, self._make_token(session_key, account))
+            )
+        return results
+
+    async def resume_many(self, requests: Sequence[LoginRequest]) -> list[LoginResult]:
+        """``resume`` for each (username, token, peer), in order, with one store lookup."""
+        keys: list[str | None] = []
+        for username, _, peer in requests:
+            try:
+                name = validate(username, b"-").name
+            except InvalidInput as exc:
+                self._count("invalid_input")
+                log.debug("resume from %s: invalid input: %s", peer, exc)
+                keys.append(None)
+                continue
+            keys.append(name_key(name))
+        session_key = await self._session_key()
+        wanted = list(dict.fromkeys(k for k in keys if k is not None))
+        found, failed = await self._lookup(wanted if session_key is not None else [])
+        now = self.wall_clock()
+        results: list[LoginResult] = []
+        for (_, token, peer), key in zip(requests, keys, strict=True):
+            if key is None:
+                results.append(LoginResult(ResultCode.INVALID_INPUT))
+                continue
+            if session_key is None or (not failed and self._store_resting()):
+                results.append(LoginResult(ResultCode.SERVER_UNAVAILABLE))
+                continue
+            network = self.network(peer)
+            taken = self._take_login_tokens(key, network, self.clock())
+            if taken is None:
+                self._count("rate_limited")
+                log.info("resume %r from %s: rate limited", key, peer)
+                results.append(LoginResult(ResultCode.RATE_LIMITED))
+                continue
+            if found is None:
+                failed = False
+                self._give_back(taken, success=False)
+                results.append(LoginResult(ResultCode.SERVER_UNAVAILABLE))
+                continue
+            account = found.get(key)
+            if account is None or not token_valid(
+                session_key, token, key, account.password_hash, now
+            ):
+                self._count("resume_rejected")
+                log.info("resume %r from %s: bad or expired token", key, peer)
+                results.append(LoginResult(ResultCode.REJECTED))
+                continue
+            self._give_back(taken, success=True)
+            self._count("resumed")
+            results.append(
+                LoginResult(ResultCode.OK, account.name, self._make_token(session_key, account))
+            )
+        return results
+
+    async def _lookup(self, keys: list[str]) -> tuple[dict[str, Account] | None, bool]:
+        """The accounts with ``keys`` in one store call: (found, failed now).
+
+        ``found`` is None when the store rests or failed; ``failed`` is True when it
+        failed in this call (counted once, here: the first request that reaches the
+        store step answers for it, as the request that called it would have).
+        """
+        if not keys:
+            await trio.lowlevel.checkpoint()
+            return {}, False
+        if self._down and self.clock() < self._retry_at:
+            await trio.lowlevel.checkpoint()
+            return None, False
+        try:
+            found: dict[str, Account] = await self._store(self.store.get_many, keys)
+        except StoreUnavailable:
+            return None, True
+        return found, False
+
+    def _make_token(self, key: bytes | None, account: Account) -> bytes:
+        if key is None:
+            return b""
+        expiry = self.wall_clock() + self.session_lifetime
+        return make_token(key, account.key, account.password_hash, expiry, next(self._nonces))
 
     # -- steps -----------------------------------------------------------------------------
 

@@ -9,10 +9,13 @@ needs FULL.)
 
 The cost of FULL is one fsync per commit, so registrations that arrive together
 share one: the first waiting task commits everything queued in one transaction
-(group commit), the others wait for it. Reads (logins, resumes) run alongside on
-their own connections, which WAL allows, and are grouped the same way: lookups
+(group commit), the others wait for it. A batch of registrations
+(``create_many``) joins the queue as one entry, so a batch is one commit, one
+fsync, and its callers reply only after it. Reads (logins, resumes) run alongside
+on their own connections, which WAL allows, and are grouped the same way: lookups
 that arrive while one is in a thread go together in the next thread call, so a
-reconnect storm of 10,000 resumes costs a few hundred thread hops, not 10,000.
+reconnect storm of 10,000 resumes costs a few hundred thread hops, not 10,000; a
+batch of logins is one query (``get_many``).
 
 Calls run in threads (``trio.to_thread``) behind a capacity limiter of
 ``pool_size``; each thread borrows an idle connection, so a connection is used
@@ -49,8 +52,10 @@ log = logging.getLogger("trioserver.accounts")
 
 T = TypeVar("T")
 
-#: Most registrations one group commit takes.
-MAX_BATCH: Final = 256
+#: Most registrations one group commit takes (a bigger batch is committed alone).
+MAX_BATCH: Final = 4096
+#: Most keys in one ``IN (...)`` of a batched lookup (SQLite's limit on parameters).
+_MAX_PARAMETERS: Final = 500
 
 #: Schema version → the statements that bring the previous version up to it.
 MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
@@ -89,9 +94,9 @@ class _Read:
 
 @attrs.define(eq=False)
 class _Insert:
-    account: Account
+    accounts: Sequence[Account]
     done: bool = False
-    created: bool = False
+    created: list[bool] = attrs.Factory(list)
     error: StoreUnavailable | None = None
 
 
@@ -215,6 +220,18 @@ def _update_limits(conn: sqlite3.Connection, update: LimitUpdate, now: float) ->
         conn.execute("PRAGMA synchronous=FULL")
 
 
+def _get_many(conn: sqlite3.Connection, keys: Sequence[str]) -> dict[str, Account]:
+    found: dict[str, Account] = {}
+    for start in range(0, len(keys), _MAX_PARAMETERS):
+        chunk = keys[start : start + _MAX_PARAMETERS]
+        marks = ", ".join("?" * len(chunk))
+        for row in conn.execute(
+            f"SELECT {_COLUMNS} FROM trioserver_accounts WHERE name_key IN ({marks})", chunk
+        ):
+            found[row[0]] = Account(*row)
+    return found
+
+
 def _set_hash(conn: sqlite3.Connection, key: str, old: str, new: str) -> bool:
     cursor = conn.execute(
         "UPDATE trioserver_accounts SET password_hash = ? WHERE name_key = ? AND password_hash = ?",
@@ -300,17 +317,22 @@ class SQLiteStore(AccountStore):
 
     async def create(self, account: Account) -> bool:
         """Queue ``account`` for the next group commit; return once that commit is durable."""
-        pending = _Insert(account)
+        (created,) = await self.create_many([account])
+        return created
+
+    async def create_many(self, accounts: Sequence[Account]) -> list[bool]:
+        """Queue ``accounts`` for the next group commit (as one entry); return once it is
+        durable."""
+        pending = _Insert(accounts)
         self._queue.append(pending)
         while not pending.done:
             if self._committing:
                 await self._committed.wait()
                 continue
-            batch = self._queue[:MAX_BATCH]
-            del self._queue[:MAX_BATCH]
+            batch = self._take_batch()
             self._committing = True
             try:
-                created = await self._run(_insert_many, [p.account for p in batch])
+                created = await self._run(_insert_many, [a for p in batch for a in p.accounts])
             except StoreUnavailable as exc:
                 for p in batch:
                     p.error = exc
@@ -321,8 +343,10 @@ class SQLiteStore(AccountStore):
                     p.error = error
                 raise
             else:
-                for p, ok in zip(batch, created, strict=True):
-                    p.created = ok
+                start = 0
+                for p in batch:
+                    p.created = created[start : start + len(p.accounts)]
+                    start += len(p.accounts)
             finally:
                 for p in batch:
                     p.done = True
@@ -332,6 +356,20 @@ class SQLiteStore(AccountStore):
         if pending.error is not None:
             raise pending.error
         return pending.created
+
+    def _take_batch(self) -> list[_Insert]:
+        """The queued entries the next commit takes: up to MAX_BATCH accounts, at least one."""
+        queue = self._queue
+        count, size = 0, 0
+        while count < len(queue) and (count == 0 or size + len(queue[count].accounts) <= MAX_BATCH):
+            size += len(queue[count].accounts)
+            count += 1
+        batch = queue[:count]
+        del queue[:count]
+        return batch
+
+    async def get_many(self, keys: Sequence[str]) -> dict[str, Account]:
+        return await self._run(_get_many, list(keys))
 
     async def get(self, key: str) -> Account | None:
         account, _ = await self._read(key, ())

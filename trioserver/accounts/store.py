@@ -86,6 +86,29 @@ class AccountStore(abc.ABC):
     async def set_password_hash(self, key: str, old: str, new: str) -> bool:
         """Replace the hash if it is still ``old`` (re-hashing on login); False otherwise."""
 
+    async def create_many(self, accounts: Sequence[Account]) -> list[bool]:
+        """Insert each of ``accounts`` durably, in order; for each, False if its key was taken
+        (also by an earlier one of them). Returns once all are durable.
+
+        The batched register path calls this once per batch; backends override it to
+        do it in one transaction (one commit, one fsync). This default is one
+        ``create`` after the other.
+        """
+        return [await self.create(account) for account in accounts]
+
+    async def get_many(self, keys: Sequence[str]) -> dict[str, Account]:
+        """The accounts with these keys (keys without one are absent from the result).
+
+        The batched login path calls this once per batch; backends override it with
+        one query. This default is one ``get`` after the other.
+        """
+        found: dict[str, Account] = {}
+        for key in keys:
+            account = await self.get(key)
+            if account is not None:
+                found[key] = account
+        return found
+
     async def open(self) -> None:  # noqa: B027 - optional hook
         """Start connecting in the background (never fails: the store may come up later)."""
 
@@ -148,6 +171,22 @@ class MemoryStore(AccountStore):
     async def get(self, key: str) -> Account | None:
         await trio.lowlevel.checkpoint()
         return self.accounts.get(key)
+
+    async def create_many(self, accounts: Sequence[Account]) -> list[bool]:
+        await trio.lowlevel.checkpoint()  # one scheduler pass for the whole batch
+        stored = self.accounts
+        created = []
+        for account in accounts:
+            new = account.key not in stored
+            if new:
+                stored[account.key] = account
+            created.append(new)
+        return created
+
+    async def get_many(self, keys: Sequence[str]) -> dict[str, Account]:
+        await trio.lowlevel.checkpoint()
+        stored = self.accounts
+        return {key: stored[key] for key in keys if key in stored}
 
     async def set_password_hash(self, key: str, old: str, new: str) -> bool:
         await trio.lowlevel.checkpoint()

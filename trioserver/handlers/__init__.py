@@ -12,12 +12,13 @@ An application serves its own message codes (7 and up) like this::
 from __future__ import annotations
 
 from ..messages import LOGIN_BODY_SIZE, REGISTER_BODY_SIZE, RESUME_BODY_SIZE, MessageCode
-from .accounts import handle_login, handle_register, handle_resume
+from .accounts import AccountBatches, handle_login, handle_register, handle_resume
 from .context import Context, Handler, Services
 from .ping import handle_ping
 from .router import Router
 
 __all__ = [
+    "AccountBatches",
     "Context",
     "Handler",
     "Services",
@@ -36,8 +37,19 @@ def default_router() -> Router:
     ``[accounts]`` unless given one; without it they answer "server unavailable".
     """
     router = Router()
+    accounts = AccountBatches()  # while hashes are cheap, a batch at a time
     router.add(MessageCode.PING, handle_ping, body_size=0, name="ping")
-    router.add(MessageCode.REGISTER, handle_register, body_size=REGISTER_BODY_SIZE, name="register")
-    router.add(MessageCode.LOGIN, handle_login, body_size=LOGIN_BODY_SIZE, name="login")
-    router.add(MessageCode.RESUME, handle_resume, body_size=RESUME_BODY_SIZE, name="resume")
+    router.add(
+        MessageCode.REGISTER,
+        handle_register,
+        body_size=REGISTER_BODY_SIZE,
+        name="register",
+        batch=accounts,
+    )
+    router.add(
+        MessageCode.LOGIN, handle_login, body_size=LOGIN_BODY_SIZE, name="login", batch=accounts
+    )
+    router.add(
+        MessageCode.RESUME, handle_resume, body_size=RESUME_BODY_SIZE, name="resume", batch=accounts
+    )
     return router

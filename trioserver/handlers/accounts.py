@@ -15,13 +15,17 @@ a login::
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
+
+import attrs
+import trio
 
 from ..accounts.names import InvalidInput, validate
-from ..accounts.service import LoginResult
+from ..accounts.service import LoginRequest, LoginResult, RegisterRequest
 from ..framer import Packet
 from ..messages import (
     PASSWORD_FIELD,
+    TOKEN_FIELD,
     USERNAME_FIELD,
     MessageCode,
     ResultCode,
@@ -31,12 +35,19 @@ from ..messages import (
     encode_login_reply,
     encode_register_reply,
 )
-from .context import Context
+from .context import BatchRun, Context
 
 if TYPE_CHECKING:
     from ..accounts import AccountService
 
-__all__ = ["handle_login", "handle_register", "handle_resume"]
+__all__ = ["AccountBatches", "handle_login", "handle_register", "handle_resume"]
+
+_REGISTER: Final = int(MessageCode.REGISTER)
+_LOGIN: Final = int(MessageCode.LOGIN)
+_RESUME: Final = int(MessageCode.RESUME)
+#: Most requests of one connection in one batch (a reader's inbox holds 1024 by default).
+_MAX_RUN: Final = 1024
+_PASSWORD_AT: Final = 4 + USERNAME_FIELD  # register: iType, name, password
 
 
 def _overflows(body: bytes, offset: int) -> bool:
@@ -118,3 +129,121 @@ async def _logged_in(
     ctx.user = outcome.user
     ctx.send(encode_login_reply(outcome.code, username, outcome.token, code))
     await ctx.logged_in()  # after the reply: a welcome push follows it
+
+
+# -- batches ------------------------------------------------------------------------------
+
+
+def _text(body: bytes, start: int, size: int) -> bytes:
+    """The NUL-terminated field at ``start`` (its last byte never counts), as bytes."""
+    last = start + size - 1
+    end = body.find(0, start, last)
+    return body[start : end if end >= 0 else last]
+
+
+@attrs.define(eq=False)
+class AccountBatches:
+    """Register (5), login (6) and resume (1) a batch at a time: the default router's.
+
+    Every request gets what its handler above would answer, with the same limits,
+    counters and replies; the account service does a batch's store work in one call
+    (:meth:`~trioserver.accounts.AccountService.register_many` and friends). Takes
+    requests only while the service hashes cheaply (``AccountService.batches``);
+    with scrypt the handlers above serve them one by one, through the hash pool.
+    """
+
+    def run_limit(self, ctx: Context, code: int) -> int:
+        service = _service(ctx)
+        if service is None or not service.batches:
+            return 0
+        if code != _REGISTER and ctx._login is not None:
+            return 1  # its on_login handlers run after each login's reply, before the next
+        return _MAX_RUN
+
+    async def handle_batch(self, runs: list[BatchRun]) -> None:
+        by_code: dict[int, list[BatchRun]] = {}
+        for run in runs:
+            by_code.setdefault(run[1][0].code, []).append(run)
+        if len(by_code) == 1:
+            ((code, same),) = by_code.items()
+            await self._handle(code, same)
+            return
+        async with trio.open_nursery() as nursery:  # registers commit while logins read
+            for code, same in by_code.items():
+                nursery.start_soon(self._handle, code, same)
+
+    async def _handle(self, code: int, runs: list[BatchRun]) -> None:
+        if code == _REGISTER:
+            await self._register(runs)
+        else:
+            await self._login(code, runs)
+
+    async def _register(self, runs: list[BatchRun]) -> None:
+        requests: list[RegisterRequest] = []
+        replies: list[tuple[Context, bytes, int]] = []  # (ctx, username, request or -1)
+        for ctx, packets in runs:
+            peer = ctx.peer
+            for packet in packets:
+                body = packet.body
+                username = _text(body, 4, USERNAME_FIELD)
+                if _overflows(body, 4):
+                    replies.append((ctx, username, -1))
+                    continue
+                replies.append((ctx, username, len(requests)))
+                password = _text(body, _PASSWORD_AT, PASSWORD_FIELD)
+                itype = int.from_bytes(body[:4], "big", signed=True)
+                requests.append((username, password, itype, peer))
+        service = _service(runs[0][0])
+        if service is None:
+            results = [_without_service(r[0], r[1]) for r in requests]
+        else:
+            results = await service.register_many(requests)
+        for ctx, username, index in replies:
+            result = ResultCode.INVALID_INPUT if index < 0 else results[index]
+            _counted(ctx, "register", result)
+            ctx.send(encode_register_reply(result, username))
+
+    async def _login(self, code: int, runs: list[BatchRun]) -> None:
+        resume = code == _RESUME
+        secret_at, secret_size = (
+            (USERNAME_FIELD, TOKEN_FIELD) if resume else (USERNAME_FIELD, PASSWORD_FIELD)
+        )
+        requests: list[LoginRequest] = []
+        replies: list[tuple[Context, bytes, int]] = []
+        for ctx, packets in runs:
+            peer = ctx.peer
+            for packet in packets:
+                body = packet.body
+                username = _text(body, 0, USERNAME_FIELD)
+                if body[USERNAME_FIELD - 1] or (not resume and body[-1]):
+                    replies.append((ctx, username, -1))
+                    continue
+                replies.append((ctx, username, len(requests)))
+                secret = (
+                    body[secret_at : secret_at + secret_size]
+                    if resume
+                    else _text(body, secret_at, secret_size)
+                )
+                requests.append((username, secret, peer))
+        service = _service(runs[0][0])
+        if service is None:
+            password = b"-" if resume else None
+            results = [LoginResult(_without_service(r[0], password or r[1])) for r in requests]
+        elif resume:
+            results = await service.resume_many(requests)
+        else:
+            results = await service.login_many(requests)
+        action = "resume" if resume else "login"
+        welcome: list[Context] = []
+        for ctx, username, index in replies:
+            outcome = LoginResult(ResultCode.INVALID_INPUT) if index < 0 else results[index]
+            _counted(ctx, action, outcome.code)
+            if outcome.user is None:
+                ctx.send(encode_login_reply(outcome.code, username, code=code))
+                continue
+            ctx.user = outcome.user
+            ctx.send(encode_login_reply(outcome.code, username, outcome.token, code))
+            if ctx._login is not None:
+                welcome.append(ctx)
+        for ctx in welcome:  # after the replies: a welcome push follows its login's reply
+            await ctx.logged_in()

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from ..hub import Hub
 
 __all__ = [
+    "BatchHandler",
     "CloseHandler",
     "ConnectionHandler",
     "Context",
@@ -190,6 +191,34 @@ class Context:
 
 
 Handler: TypeAlias = Callable[[Context, Packet], Awaitable[None] | None]
+#: One connection's consecutive requests of one message code within a batch.
+BatchRun: TypeAlias = tuple[Context, list[Packet]]
+
+
+class BatchHandler(Protocol):
+    """Serves requests of its message codes many at a time (the account requests).
+
+    The message queue gathers, from every connection, the runs of consecutive
+    requests of one code that arrived while the previous batch was in hand, and
+    passes them to ``handle_batch`` together, in a task of their own; each
+    connection waits (its later packets in its inbox) until its run is answered.
+    """
+
+    def run_limit(self, ctx: Context, code: int) -> int:
+        """Most consecutive ``code`` requests of ``ctx``'s connection one batch may take.
+
+        0: none (the route's own handler serves them one at a time).
+        """
+        ...
+
+    async def handle_batch(self, runs: list[BatchRun]) -> None:
+        """Answer every request of ``runs`` through its context, in order per connection.
+
+        Replies are held while it runs and leave in one send per connection after it.
+        """
+        ...
+
+
 #: ``on_connect`` and ``on_login`` handlers: ``(ctx)``, plain or async.
 ConnectionHandler: TypeAlias = Callable[[Context], Awaitable[None] | None]
 #: ``on_close`` handlers: ``(ctx, reason)``, plain or async.

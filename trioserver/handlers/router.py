@@ -29,7 +29,7 @@ from typing import TypeVar
 import attrs
 
 from ..messages import RESERVED_CODES
-from .context import CloseHandler, ConnectionHandler, Handler, WorkerTask
+from .context import BatchHandler, CloseHandler, ConnectionHandler, Handler, WorkerTask
 
 __all__ = ["Route", "Router"]
 
@@ -51,6 +51,8 @@ class Route:
     body_size: int | None
     is_async: bool
     name: str
+    #: Serves this code a batch at a time when it takes the request (else ``handler`` does).
+    batch: BatchHandler | None = None
 
 
 class Router:
@@ -96,8 +98,13 @@ class Router:
         body_size: int | None = None,
         name: str | None = None,
         replace: bool = False,
+        batch: BatchHandler | None = None,
     ) -> Route:
-        """Serve ``code`` with ``handler`` (a plain or an async function)."""
+        """Serve ``code`` with ``handler`` (a plain or an async function).
+
+        ``batch``: a :class:`~.context.BatchHandler` that serves the requests it takes
+        many at a time (``handler`` serves the others, one by one).
+        """
         if isinstance(code, bool) or not isinstance(code, int) or not 0 <= code <= 0xFFFF:
             raise ValueError(f"message code must be an int in 0..65535, got {code!r}")
         if code in RESERVED_CODES:
@@ -117,6 +124,7 @@ class Router:
             body_size=body_size,
             is_async=inspect.iscoroutinefunction(handler),
             name=name or str(getattr(handler, "__qualname__", None) or repr(handler)),
+            batch=batch,
         )
         self._routes[code] = route
         return route
