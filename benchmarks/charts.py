@@ -112,8 +112,8 @@ def group(case: str, bars: Sequence[Bar]) -> Group:
 def suite_charts(doc: Mapping[str, Any]) -> list[Chart]:
     """The ratio tables of a run.py result, as ``run.py --report`` prints them."""
     targets = list(doc["targets"])
-    if suite.BEFORE in targets:  # a run with --before: its before/after ratio too
-        suite.add_before_target(None)
+    if any(name in targets for name, _ in suite.BEFORE_TARGETS.values()):
+        suite.add_before_target(None)  # a run with --before: its before/after ratios too
     summary = suite.summarise_runs(doc["runs"])
     charts = []
     for kind in ("load", "workers", "http"):
@@ -121,7 +121,8 @@ def suite_charts(doc: Mapping[str, Any]) -> list[Chart]:
         if not cases:
             continue
         shown = [t for t in dict.fromkeys(t for c in cases for t in c.targets) if t in targets]
-        pairs = [(a, b) for a, b in cases[0].ratios if a in shown and b in shown]
+        ratios = dict.fromkeys(r for c in cases for r in c.ratios)
+        pairs = [(a, b) for a, b in ratios if a in shown and b in shown]
         groups = []
         for c in cases:
             s = summary[c.name]

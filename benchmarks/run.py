@@ -215,7 +215,8 @@ TARGETS: dict[str, Target] = {
             checks_accounts=True,
             forks_workers=True,
             description="trioserver as above with the default store, SQLite (a file in this "
-            "run's scratch directory), for the account cases",
+            "run's scratch directory; WAL, synchronous=FULL: a reply only after its commit's "
+            "fsync), for the account cases",
         ),
         Target(
             "trioserver-1w",
@@ -280,6 +281,7 @@ TARGETS: dict[str, Target] = {
 }
 
 BINARY_TARGETS = ("bare-trio", "uvloop", "trioserver")
+ACCOUNT_TARGETS = (*BINARY_TARGETS, "trioserver-sqlite")
 HTTP_TARGETS = ("nginx", "trioserver-http", "bare-httptools")
 # Ratios printed for a case (numerator, denominator), when both ran.
 RATIOS: tuple[tuple[str, str], ...] = (
@@ -293,6 +295,12 @@ HTTP_RATIOS: tuple[tuple[str, str], ...] = (
     ("bare-httptools", "nginx"),
 )
 WORKERS_RATIOS: tuple[tuple[str, str], ...] = (("trioserver-2w", "trioserver-1w"),)
+ACCOUNT_RATIOS: tuple[tuple[str, str], ...] = (
+    ("trioserver", "bare-trio"),
+    ("trioserver-sqlite", "bare-trio"),
+    ("trioserver-sqlite", "trioserver"),
+    ("trioserver", "uvloop"),
+)
 # Ratios across cases of one run: (case, its target, against case, its target).
 CASE_RATIOS: tuple[tuple[str, str, str, str], ...] = (
     ("resume-100x1", "trioserver", "ping-100x1", "trioserver"),
@@ -339,6 +347,8 @@ CASES: tuple[Case, ...] = (
         conns=100,
         depth=16,
         tags=frozenset({"accounts"}),
+        targets=ACCOUNT_TARGETS,
+        ratios=ACCOUNT_RATIOS,
     ),
     Case(
         "login-100x16",
@@ -348,6 +358,8 @@ CASES: tuple[Case, ...] = (
         conns=100,
         depth=16,
         tags=frozenset({"accounts", "login"}),
+        targets=ACCOUNT_TARGETS,
+        ratios=ACCOUNT_RATIOS,
     ),
     Case(
         "resume-100x1",
@@ -1232,7 +1244,8 @@ def print_tables(
         if not group:
             continue
         shown = [t for t in dict.fromkeys(t for c in group for t in c.targets) if t in targets]
-        ratio_cols = [(a, b) for a, b in group[0].ratios if a in shown and b in shown]
+        ratios = dict.fromkeys(r for c in group for r in c.ratios)  # every case's, in order
+        ratio_cols = [(a, b) for a, b in ratios if a in shown and b in shown]
         lines += ratio_table(summary, group, shown, ratio_cols)
         lines.append("")
         if kind == "workers":
@@ -1521,7 +1534,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--targets",
         nargs="+",
         metavar="TARGET",
-        choices=[*TARGETS, "trioserver-http-before"],  # the last one with --before
+        # the -before ones with --before
+        choices=[*TARGETS, *(name for name, _ in BEFORE_TARGETS.values())],
         help="run only these targets (default: every case's own targets)",
     )
     ap.add_argument("--runs", type=int, help="runs per case (default 3, quick 1)")
@@ -1546,9 +1560,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--before",
         type=Path,
         metavar="DIR",
-        help="also run trioserver-http from DIR (a checkout of an earlier commit, e.g. from "
-        "`git archive C trioserver | tar -x -C DIR`) as trioserver-http-before in every "
-        "HTTP case: a before/after in the same run",
+        help="also run trioserver-http, trioserver and trioserver-sqlite from DIR (a checkout "
+        "of an earlier commit, e.g. from `git archive C trioserver | tar -x -C DIR`) as "
+        "trioserver-http-before in every HTTP case and trioserver-before and "
+        "trioserver-sqlite-before in the account cases: a before/after in the same run",
     )
     args = ap.parse_args(argv)
     if args.before:
@@ -1561,7 +1576,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{doc['started']}: {m['cpu_model']}, {m['cores']} cores, kernel {m['kernel']}, "
             f"python {m['python']}; settings {doc['settings']}"
         )
-        if BEFORE in doc["targets"]:
+        if any(name in doc["targets"] for name, _ in BEFORE_TARGETS.values()):
             add_before_target(None)
         summary = summarise_runs(doc["runs"])  # recomputed, so new columns apply to old files
         shown = [c for c in CASES if c.name in summary]
@@ -1715,33 +1730,40 @@ def draw_charts(results: Path, required: bool = False) -> bool:
 
 
 BEFORE = "trioserver-http-before"
+#: The targets ``--before`` adds, by the target they copy, and the cases they join.
+BEFORE_TARGETS = {
+    "trioserver-http": (BEFORE, lambda c: c.kind == "http"),
+    "trioserver": ("trioserver-before", lambda c: "accounts" in c.tags),
+    "trioserver-sqlite": ("trioserver-sqlite-before", lambda c: "accounts" in c.tags),
+}
 
 
 def add_before_target(tree: Path | None) -> None:
-    """trioserver-http run from `tree`, beside this checkout's, in every HTTP case (None:
-    only the cases' targets and ratios, to report a run made with ``--before``)."""
+    """trioserver-http, trioserver and trioserver-sqlite run from `tree`, beside this
+    checkout's, in every HTTP case and every account case (None: only the cases' targets
+    and ratios, to report a run made with ``--before``)."""
     global CASES
     if tree is not None and not (tree / "trioserver" / "__init__.py").is_file():
         sys.exit(f"--before {tree}: no trioserver/ package there")
-    name = BEFORE
-    if any(name in c.targets for c in CASES):
-        return
-    TARGETS[name] = replace(
-        TARGETS["trioserver-http"],
-        name=name,
-        cwd=tree,
-        description=f"trioserver-http as above, its package from {tree or 'an earlier tree'}",
-    )
-    CASES = tuple(
-        replace(
-            c,
-            targets=(*c.targets, name),
-            ratios=(*c.ratios, ("trioserver-http", name)),
+    for original, (name, joins) in BEFORE_TARGETS.items():
+        if any(name in c.targets for c in CASES):
+            continue
+        TARGETS[name] = replace(
+            TARGETS[original],
+            name=name,
+            cwd=tree,
+            description=f"{original} as above, its package from {tree or 'an earlier tree'}",
         )
-        if c.kind == "http"
-        else c
-        for c in CASES
-    )
+        CASES = tuple(
+            replace(
+                c,
+                targets=(*c.targets, name),
+                ratios=(*c.ratios, (original, name)),
+            )
+            if joins(c) and original in c.targets
+            else c
+            for c in CASES
+        )
 
 
 def progress(case: Case, rec: dict[str, Any]) -> str:

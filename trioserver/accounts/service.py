@@ -91,6 +91,11 @@ RegisterRequest = tuple[bytes, bytes, int, "Peer | str"]
 LoginRequest = tuple[bytes, bytes, "Peer | str"]
 
 
+#: A batch's registration that passed the checks: request index, name, key, password,
+#: iType, network, hash lane.
+_Registration = tuple[int, str, str, bytes, int, str, int]
+
+
 def peer_host(peer: str) -> str:
     """The address part of ``host:port`` / ``[v6]:port``."""
     host, sep, _ = peer.rpartition(":")
@@ -421,7 +426,7 @@ class AccountService:
         (exactly one OK). Every OK is durable before this returns.
         """
         results: list[ResultCode] = [ResultCode.OK] * len(requests)
-        todo: list[tuple[int, str, str, bytes, int, str, int]] = []
+        todo: list[_Registration] = []
         for i, (username, password, itype, peer) in enumerate(requests):
             try:
                 name, key, secret = normalised(username, password)
@@ -446,38 +451,81 @@ class AccountService:
             todo.append((i, name, key, secret, itype, network, lane))
         if not todo:
             return results
-        if self.confusables or not self.hasher.inline:
-            # Look-alike reservations read and write the store per name: one by one.
+        if not self.hasher.inline:
+            # Each hash goes through the pool on its own (its line, its 'busy').
             for i, name, key, secret, itype, network, lane in todo:
                 creds = ValidCredentials(name, key, secret)
                 results[i] = await self._register_checked(creds, itype, network, lane)
             return results
+        try:
+            todo = await self._claim_names(todo, results)
+        except StoreUnavailable:
+            for i, *_ in todo:
+                results[i] = ResultCode.SERVER_UNAVAILABLE
+            return results
         hash_password = self.hasher.hash
         accounts: list[Account] = []
-        firsts: dict[str, int] = {}  # key -> the index of its account in ``accounts``
-        slots: list[tuple[int, int | None]] = []  # request -> its account (None: a repeat)
-        for i, name, key, secret, itype, _, _ in todo:
+        for _, name, key, secret, itype, _, _ in todo:
             self._count("hashes")
-            stored = hash_password(secret)
-            if key in firsts:
-                slots.append((i, None))
-                continue
-            firsts[key] = len(accounts)
-            slots.append((i, len(accounts)))
-            accounts.append(Account(key, name, stored, itype))
+            accounts.append(Account(key, name, hash_password(secret), itype))
         try:
             created = await self._store(self.store.create_many, accounts)
         except StoreUnavailable:
-            for i, _ in slots:
+            for i, *_ in todo:
                 results[i] = ResultCode.SERVER_UNAVAILABLE
             return results
-        for i, slot in slots:
-            if slot is not None and created[slot]:
+        for (i, *_), ok in zip(todo, created, strict=True):
+            if ok:
                 self._count("registered")
             else:
                 self._count("register_rejected")
                 results[i] = ResultCode.REJECTED
         return results
+
+    async def _claim_names(
+        self, todo: list[_Registration], results: list[ResultCode]
+    ) -> list[_Registration]:
+        """The registrations of a batch that may go on to the insert; the others REJECTED.
+
+        Decided in request order, as one registration after the other would be: a
+        name (or, with look-alike checks, its skeleton) that an earlier request of
+        the batch claimed is taken; a look-alike of a stored name is refused, and
+        the skeletons of the others are reserved first (one store call for the
+        lookup, one for the reservations; none when every name is its own skeleton).
+        """
+        skeletons = [skeleton(t[2]) if self.confusables else t[2] for t in todo]
+        wanted = [sk for sk, t in zip(skeletons, todo, strict=True) if sk != t[2]]
+        existing = await self._store(self.store.get_many, wanted) if wanted else {}
+        claimed: set[str] = set()
+        going: list[tuple[_Registration, Account | None]] = []
+        for t, sk in zip(todo, skeletons, strict=True):
+            i, name, key = t[0], t[1], t[2]
+            reservation = None
+            refused = key in claimed or sk in claimed
+            if not refused and sk != key:
+                row = existing.get(sk)
+                if row is None:
+                    reservation = Account(sk, name, RESERVED_HASH)
+                else:  # only our own earlier, unfinished reservation may be reused
+                    refused = not (row.password_hash == RESERVED_HASH and name_key(row.name) == key)
+            if refused:
+                self._count("register_rejected")
+                results[i] = ResultCode.REJECTED
+                continue
+            claimed.update((key, sk))
+            going.append((t, reservation))
+        reservations = [r for _, r in going if r is not None]
+        if not reservations:
+            return [t for t, _ in going]
+        reserved = iter(await self._store(self.store.create_many, reservations))
+        kept = []
+        for t, reservation in going:
+            if reservation is not None and not next(reserved):
+                self._count("register_rejected")  # a look-alike registered meanwhile
+                results[t[0]] = ResultCode.REJECTED
+            else:
+                kept.append(t)
+        return kept
 
     async def login_many(self, requests: Sequence[LoginRequest]) -> list[LoginResult]:
         """``login`` for each (username, password, peer), in order, with one store lookup.
