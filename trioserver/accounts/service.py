@@ -269,8 +269,8 @@ class AccountService:
             store_up=not self._down,
         )
 
-    def _count(self, what: str) -> None:
-        self._counts[what] = self._counts.get(what, 0) + 1
+    def _count(self, what: str, n: int = 1) -> None:
+        self._counts[what] = self._counts.get(what, 0) + n
 
     def network(self, peer: Peer | str) -> str:
         """The client network ``peer`` counts as for the limits."""
@@ -427,6 +427,10 @@ class AccountService:
         """
         results: list[ResultCode] = [ResultCode.OK] * len(requests)
         todo: list[_Registration] = []
+        now = self.clock()  # one instant for the batch: it is answered within it
+        limited = self.registrations.enabled
+        last_peer: Peer | str | None = None
+        network = ""
         for i, (username, password, itype, peer) in enumerate(requests):
             try:
                 name, key, secret = normalised(username, password)
@@ -438,12 +442,13 @@ class AccountService:
             if self._store_resting():
                 results[i] = ResultCode.SERVER_UNAVAILABLE
                 continue
-            network = self.network(peer)
+            if peer is not last_peer:  # a connection's requests come one after the other
+                last_peer, network = peer, self.network(peer)
             lane = CLEAN if self.hasher.inline else self._lane(network)
             if self._busy_now(lane):
                 results[i] = ResultCode.BUSY
                 continue
-            if not self.registrations.try_take([network], self.clock()):
+            if limited and not self.registrations.try_take([network], now):
                 self._count("rate_limited")
                 log.info("register %r from %s: rate limited", name, peer)
                 results[i] = ResultCode.RATE_LIMITED
@@ -464,22 +469,25 @@ class AccountService:
                 results[i] = ResultCode.SERVER_UNAVAILABLE
             return results
         hash_password = self.hasher.hash
-        accounts: list[Account] = []
-        for _, name, key, secret, itype, _, _ in todo:
-            self._count("hashes")
-            accounts.append(Account(key, name, hash_password(secret), itype))
+        created_at = time.time()
+        accounts = [
+            Account(key, name, hash_password(secret), itype, created_at)
+            for _, name, key, secret, itype, _, _ in todo
+        ]
+        self._count("hashes", len(accounts))
         try:
             created = await self._store(self.store.create_many, accounts)
         except StoreUnavailable:
             for i, *_ in todo:
                 results[i] = ResultCode.SERVER_UNAVAILABLE
             return results
+        rejected = 0
         for (i, *_), ok in zip(todo, created, strict=True):
-            if ok:
-                self._count("registered")
-            else:
-                self._count("register_rejected")
+            if not ok:
+                rejected += 1
                 results[i] = ResultCode.REJECTED
+        self._count("registered", len(todo) - rejected)
+        self._count("register_rejected", rejected)
         return results
 
     async def _claim_names(
@@ -551,6 +559,10 @@ class AccountService:
         found, failed = await self._lookup(list(keys))
         session_key = await self._session_key() if found else None
         results: list[LoginResult] = []
+        now = self.clock()  # one instant for the batch: it is answered within it
+        last_peer: Peer | str | None = None
+        network = ""
+        hashes = logins = 0
         for (_, _, peer), creds in zip(requests, valid, strict=True):
             if creds is None:
                 results.append(LoginResult(ResultCode.INVALID_INPUT))
@@ -559,14 +571,15 @@ class AccountService:
                 results.append(LoginResult(ResultCode.SERVER_UNAVAILABLE))
                 continue
             name, key, secret = creds
-            network = self.network(peer)
+            if peer is not last_peer:
+                last_peer, network = peer, self.network(peer)
             lane = CLEAN
             if not self.hasher.inline:
                 lane = self._lane(network)
                 if self._busy_now(lane):
                     results.append(LoginResult(ResultCode.BUSY))
                     continue
-            taken = self._take_login_tokens(key, network, self.clock())
+            taken = self._take_login_tokens(key, network, now)
             if taken is None:
                 self._count("rate_limited")
                 log.info("login %r from %s: rate limited", name, peer)
@@ -580,7 +593,7 @@ class AccountService:
             account = found.get(key)
             stored = account.password_hash if account is not None else await self._dummy()
             if is_cheap(stored):
-                self._count("hashes")
+                hashes += 1
                 matches = verify(secret, stored)
             else:
                 lane = self._lane(network) if self.hasher.inline else lane
@@ -597,7 +610,7 @@ class AccountService:
                 results.append(LoginResult(ResultCode.REJECTED))
                 continue
             self._give_back(taken, success=True)
-            self._count("logins")
+            logins += 1
             if not self.hasher.is_current(stored):
                 creds_record = ValidCredentials(name, key, secret)
                 account = found[key] = await self._rehash(account, creds_record, network, lane)
@@ -606,6 +619,8 @@ class AccountService:
             results.append(
                 LoginResult(ResultCode.OK, account.name, self._make_token(session_key, account))
             )
+        self._count("hashes", hashes)
+        self._count("logins", logins)
         return results
 
     async def resume_many(self, requests: Sequence[LoginRequest]) -> list[LoginResult]:
