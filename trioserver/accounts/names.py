@@ -96,8 +96,35 @@ def validate(username: bytes, password: bytes) -> ValidCredentials:
     return ValidCredentials(*normalised(username, password))
 
 
+#: The printable ASCII bytes: what is left of an ASCII field without them is a control.
+_PRINTABLE: Final = bytes(range(0x20, 0x7F))
+
+
+def _ascii_fields(username: bytes, password: bytes) -> tuple[str, str, bytes] | None:
+    """The common case on bytes, with the same rules: printable ASCII name and password.
+
+    None when a field is not that (or breaks a rule): the general path then decides.
+    """
+    if not (
+        0 < len(username) <= MAX_NAME_BYTES
+        and 0 < len(password) <= MAX_PASSWORD_BYTES
+        and username.isascii()
+        and password.isascii()
+        and not username.translate(None, _PRINTABLE)
+        and not password.translate(None, _PRINTABLE)
+        and username[0] != 0x20  # a space is ASCII's only printable white space
+        and username[-1] != 0x20
+    ):
+        return None
+    name = username.decode("ascii")
+    return name, name.lower(), password
+
+
 def normalised(username: bytes, password: bytes) -> tuple[str, str, bytes]:
     """``validate`` as a plain tuple (name, key, password): the batched path's, no record."""
+    fields = _ascii_fields(username, password)
+    if fields is not None:
+        return fields
     name = _decode(username, "name", MAX_NAME_BYTES)
     if _has(name, _NAME_FORBIDDEN):
         raise InvalidInput("name contains a control, format or separator character")
