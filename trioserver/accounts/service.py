@@ -563,12 +563,9 @@ class AccountService:
         last_peer: Peer | str | None = None
         network = ""
         hashes = logins = 0
-        # With every login limit off there are no tokens to take or give back.
-        limited = (
-            self.name_failures.enabled
-            or self.address_failures.enabled
-            or self.untrusted_name_failures.enabled
-        )
+        # With the per-name and per-network limits off there are no tokens to take or
+        # give back (the untrusted-name limit applies only with the per-network one).
+        limited = self.name_failures.enabled or self.address_failures.enabled
         unlimited: tuple[str, str, str | None] = ("", "", None)
         for (_, _, peer), creds in zip(requests, valid, strict=True):
             if creds is None:
