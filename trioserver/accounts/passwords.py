@@ -121,8 +121,24 @@ def is_cheap(stored: str) -> bool:
     return stored.startswith("$sha256-insecure$")
 
 
+_FAST_PREFIX: Final = "$sha256-insecure$"
+_FAST_SALT_END: Final = len(_FAST_PREFIX) + 2 * SALT_BYTES
+_FAST_LENGTH: Final = _FAST_SALT_END + 1 + 2 * KEY_BYTES
+
+
 def verify(password: bytes, stored: str) -> bool:
     """True if ``password`` matches ``stored`` (any scheme); constant-time in the hash bytes."""
+    if (
+        len(stored) == _FAST_LENGTH
+        and stored.startswith(_FAST_PREFIX)
+        and stored[_FAST_SALT_END] == "$"
+    ):  # the insecure-fast hash as made now: fixed places, no split
+        try:
+            salt = bytes.fromhex(stored[len(_FAST_PREFIX) : _FAST_SALT_END])
+            expected = bytes.fromhex(stored[_FAST_SALT_END + 1 :])
+        except ValueError:
+            return False
+        return hmac.compare_digest(hashlib.sha256(salt + password).digest(), expected)
     try:
         _, scheme, *fields = stored.split("$")
         if scheme == "scrypt" and len(fields) == 3:

@@ -25,7 +25,7 @@ import hmac
 import os
 import struct
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 __all__ = ["KEY_BYTES", "TOKEN_BYTES", "load_key", "make_token", "token_valid"]
 
@@ -34,6 +34,20 @@ KEY_BYTES: Final = 32
 _LABEL: Final = b"trioserver session v1\0"
 _HEAD: Final = struct.Struct(">II")
 _MAC_BYTES: Final = TOKEN_BYTES - _HEAD.size  # 24 bytes: 192 bits
+_BLOCK: Final = 64  # SHA-256's block size, as HMAC pads the key to it
+
+
+@functools.lru_cache(maxsize=8)
+def _pads(key: bytes) -> tuple[Any, Any]:
+    """HMAC-SHA256's inner and outer hash states for ``key`` (RFC 2104), made once per key:
+    a MAC then costs two state copies instead of two key setups."""
+    if len(key) > _BLOCK:
+        key = hashlib.sha256(key).digest()
+    key = key.ljust(_BLOCK, b"\0")
+    return (
+        hashlib.sha256(bytes(b ^ 0x36 for b in key)),
+        hashlib.sha256(bytes(b ^ 0x5C for b in key)),
+    )
 
 
 @functools.lru_cache(maxsize=4096)
@@ -43,8 +57,12 @@ def _binding(password_hash: str) -> bytes:
 
 
 def _mac(key: bytes, name_key: str, head: bytes, password_hash: str) -> bytes:
-    message = b"".join((_LABEL, name_key.encode("utf-8"), b"\0", head, _binding(password_hash)))
-    return hmac.digest(key, message, "sha256")[:_MAC_BYTES]  # one C call, no HMAC object
+    inner, outer = _pads(key)
+    inner = inner.copy()
+    inner.update(b"".join((_LABEL, name_key.encode("utf-8"), b"\0", head, _binding(password_hash))))
+    outer = outer.copy()
+    outer.update(inner.digest())
+    return outer.digest()[:_MAC_BYTES]  # = HMAC-SHA256(key, message)
 
 
 def make_token(key: bytes, name_key: str, password_hash: str, expiry: float, nonce: int) -> bytes:
