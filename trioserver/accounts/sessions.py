@@ -62,7 +62,8 @@ def _mac(key: bytes, name_key: str, head: bytes, password_hash: str) -> bytes:
     inner.update(b"".join((_LABEL, name_key.encode("utf-8"), b"\0", head, _binding(password_hash))))
     outer = outer.copy()
     outer.update(inner.digest())
-    return outer.digest()[:_MAC_BYTES]  # = HMAC-SHA256(key, message)
+    mac: bytes = outer.digest()  # = HMAC-SHA256(key, message)
+    return mac[:_MAC_BYTES]
 
 
 def make_token(key: bytes, name_key: str, password_hash: str, expiry: float, nonce: int) -> bytes:
