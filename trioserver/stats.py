@@ -330,9 +330,9 @@ class Counters:
         """A batch was timed: count down to the next one again."""
         self.until_timed = self.timing_every if self.timing_every > 0 else _NEVER
 
-    def account_result(self, action: str, code: int) -> None:
-        """Count one ``register`` or ``login`` reply with result ``code`` (a ResultCode)."""
-        self.account_results[f"{action}:{int(code)}"] += 1
+    def account_result(self, action: str, code: int, count: int = 1) -> None:
+        """Count ``count`` ``register`` or ``login`` replies with result ``code`` (a ResultCode)."""
+        self.account_results[f"{action}:{int(code)}"] += count
 
     def observe_lag(self, seconds: float) -> None:
         self.loop_lag.observe(seconds)

@@ -290,3 +290,17 @@ async def test_store_batches_keep_request_order(store_url: str) -> None:
         assert await store.get_many([]) == {}
     finally:
         await store.aclose()
+
+
+def test_the_batched_replies_are_the_encoders_bytes() -> None:
+    from trioserver.handlers.accounts import _login_reply, _register_reply
+    from trioserver.messages import encode_login_reply, encode_register_reply
+
+    for name in (b"a", b"alice", "é".encode() * 27, b"x" * 55):
+        for result in ResultCode:
+            assert _register_reply(result, name) == encode_register_reply(result, name)
+            for code in (MessageCode.LOGIN, MessageCode.RESUME):
+                for token in (b"", bytes(range(32))):
+                    assert _login_reply(code, result, name, token) == encode_login_reply(
+                        result, name, token, code
+                    )

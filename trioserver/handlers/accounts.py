@@ -15,6 +15,9 @@ a login::
 
 from __future__ import annotations
 
+import struct
+import zlib
+from collections import Counter
 from typing import TYPE_CHECKING, Final
 
 import attrs
@@ -48,6 +51,22 @@ _RESUME: Final = int(MessageCode.RESUME)
 #: Most requests of one connection in one batch (a reader's inbox holds 1024 by default).
 _MAX_RUN: Final = 1024
 _PASSWORD_AT: Final = 4 + USERNAME_FIELD  # register: iType, name, password
+_HEADER: Final = struct.Struct(">HHI").pack  # pkgLen, msgCode, CRC-32 of the body
+_RESULT: Final = struct.Struct(">i").pack
+_REGISTER_TAIL: Final = bytes(PASSWORD_FIELD)
+_LOGIN_TAIL: Final = PASSWORD_FIELD - 4  # the token and zeros after the result
+
+
+def _register_reply(result: int, username: bytes) -> bytes:
+    """``encode_register_reply`` for a name of at most 55 bytes (as ``_text`` cuts it)."""
+    body = _RESULT(result) + username.ljust(USERNAME_FIELD, b"\0") + _REGISTER_TAIL
+    return _HEADER(8 + len(body), _REGISTER, zlib.crc32(body)) + body
+
+
+def _login_reply(code: int, result: int, username: bytes, token: bytes = b"") -> bytes:
+    """``encode_login_reply`` for a name of at most 55 bytes and a token of at most 32."""
+    body = username.ljust(USERNAME_FIELD, b"\0") + _RESULT(result) + token.ljust(_LOGIN_TAIL, b"\0")
+    return _HEADER(8 + len(body), code, zlib.crc32(body)) + body
 
 
 def _overflows(body: bytes, offset: int) -> bool:
@@ -141,6 +160,12 @@ def _text(body: bytes, start: int, size: int) -> bytes:
     return body[start : end if end >= 0 else last]
 
 
+def _count_results(runs: list[BatchRun], action: str, counted: Counter[int]) -> None:
+    counters = runs[0][0]._conn.shared.counters
+    for result, count in counted.items():
+        counters.account_result(action, result, count)
+
+
 @attrs.define(eq=False)
 class AccountBatches:
     """Register (5), login (6) and resume (1) a batch at a time: the default router's.
@@ -198,10 +223,12 @@ class AccountBatches:
             results = [_without_service(r[0], r[1]) for r in requests]
         else:
             results = await service.register_many(requests)
+        counted: Counter[int] = Counter()
         for ctx, username, index in replies:
             result = ResultCode.INVALID_INPUT if index < 0 else results[index]
-            _counted(ctx, "register", result)
-            ctx.send(encode_register_reply(result, username))
+            counted[result] += 1
+            ctx.send(_register_reply(result, username))
+        _count_results(runs, "register", counted)
 
     async def _login(self, code: int, runs: list[BatchRun]) -> None:
         resume = code == _RESUME
@@ -233,17 +260,22 @@ class AccountBatches:
             results = await service.resume_many(requests)
         else:
             results = await service.login_many(requests)
-        action = "resume" if resume else "login"
+        counted: Counter[int] = Counter()
         welcome: list[Context] = []
         for ctx, username, index in replies:
-            outcome = LoginResult(ResultCode.INVALID_INPUT) if index < 0 else results[index]
-            _counted(ctx, action, outcome.code)
+            if index < 0:
+                counted[ResultCode.INVALID_INPUT] += 1
+                ctx.send(_login_reply(code, ResultCode.INVALID_INPUT, username))
+                continue
+            outcome = results[index]
+            counted[outcome.code] += 1
             if outcome.user is None:
-                ctx.send(encode_login_reply(outcome.code, username, code=code))
+                ctx.send(_login_reply(code, outcome.code, username))
                 continue
             ctx.user = outcome.user
-            ctx.send(encode_login_reply(outcome.code, username, outcome.token, code))
+            ctx.send(_login_reply(code, outcome.code, username, outcome.token))
             if ctx._login is not None:
                 welcome.append(ctx)
+        _count_results(runs, "resume" if resume else "login", counted)
         for ctx in welcome:  # after the replies: a welcome push follows its login's reply
             await ctx.logged_in()
