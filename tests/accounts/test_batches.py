@@ -13,15 +13,17 @@ from pathlib import Path
 from typing import TypeVar
 
 import attrs
+import pytest
 import trio
+import trio.testing
 
 from trioserver.accounts import Account, AccountService, MemoryStore, open_store
 from trioserver.accounts.sqlite import SQLiteStore, _insert_many
 from trioserver.client import Client
 from trioserver.config import Config
-from trioserver.framer import PING
-from trioserver.handlers import Services, default_router
-from trioserver.handlers.context import Context
+from trioserver.framer import PING, Packet, encode
+from trioserver.handlers import AccountBatches, Services, default_router, handle_register
+from trioserver.handlers.context import BatchRun, Context
 from trioserver.messages import (
     MessageCode,
     ResultCode,
@@ -304,3 +306,104 @@ def test_the_batched_replies_are_the_encoders_bytes() -> None:
                     assert _login_reply(code, result, name, token) == encode_login_reply(
                         result, name, token, code
                     )
+
+
+@attrs.define(eq=False)
+class GatedCreates(MemoryStore):
+    """A memory store whose batched inserts wait until the test opens the gate."""
+
+    gate: trio.Event = attrs.Factory(trio.Event)
+    waiting: int = 0
+
+    async def create_many(self, accounts: Sequence[Account]) -> list[bool]:
+        self.waiting += 1
+        await self.gate.wait()
+        return await super().create_many(accounts)
+
+
+async def test_a_drain_waits_for_the_batch_in_hand(autojump_clock: trio.abc.Clock) -> None:
+    """The worker stops while a batch's insert is in progress: the registrations are
+    answered (OK, after the insert), the ping behind them too, then the connection closes."""
+    store = GatedCreates()
+    config = fast_config()
+    service = AccountService.from_settings(config.accounts, store=store)
+    async with serve_in_memory(config, services=Services(config=config, accounts=service)) as srv:
+        client = await srv.connect()
+        await client.send_raw(encode_register("a", "pw") + encode_register("b", "pw") + PING)
+        await trio.testing.wait_all_tasks_blocked()
+        assert store.waiting == 1
+        srv.worker.stop(grace=30)
+        await trio.sleep(5)
+        store.gate.set()
+        codes = [(await client.receive_packet()).code for _ in range(3)]
+        assert codes == [REGISTER, REGISTER, PING_CODE]
+        assert await client.at_eof()
+        assert trio.current_time() == 5  # closed once answered, not at the grace's end
+    assert sorted(store.accounts) == ["a", "b"]
+
+
+async def test_a_connection_gone_during_its_batch_is_dropped_cleanly(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """The client goes away while its registration is being stored: it is still stored
+    (the insert was under way), the connection closes once the batch let it go, and the
+    worker goes on serving others."""
+    store = GatedCreates()
+    config = fast_config()
+    service = AccountService.from_settings(config.accounts, store=store)
+    async with serve_in_memory(config, services=Services(config=config, accounts=service)) as srv:
+        client = await srv.connect()
+        await client.send_raw(encode_register("gone", "pw") + PING + PING)
+        await trio.testing.wait_all_tasks_blocked()
+        assert store.waiting == 1
+        await client.aclose()
+        await trio.testing.wait_all_tasks_blocked()
+        store.gate.set()
+        other = await srv.connect()
+        assert (await other.login("gone", "pw")).result == OK
+        assert await other.ping() == 0.0
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(srv.worker.connections()) == 1  # only the other one is left
+
+
+async def test_after_its_batch_a_connection_goes_on_to_async_handlers(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """Requests behind an account run go on as the reader would take them: an async
+    application handler through the handler tasks, then a plain one, in order."""
+    router = default_router()
+
+    @router.route(100)
+    async def slow_echo(ctx: Context, packet: Packet) -> None:
+        await trio.sleep(1)
+        ctx.reply(100, packet.body)
+
+    config = fast_config()
+    async with serve_in_memory(config, router) as srv:
+        client = await srv.connect()
+        await client.send_raw(
+            encode_register("carol", "pw") + encode(100, b"x") + PING + encode_login("carol", "pw")
+        )
+        codes = [(await client.receive_packet()).code for _ in range(4)]
+        assert codes == [REGISTER, 100, PING_CODE, LOGIN]
+        assert trio.current_time() == 1
+
+
+async def test_a_failing_batch_handler_closes_its_connections(
+    autojump_clock: trio.abc.Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Broken(AccountBatches):
+        async def handle_batch(self, runs: list[BatchRun]) -> None:
+            await trio.lowlevel.checkpoint()
+            raise RuntimeError("a bug in a batch handler")
+
+    router = default_router()
+    router.add(MessageCode.REGISTER, handle_register, body_size=100, replace=True, batch=Broken())
+    async with serve_in_memory(fast_config(), router) as srv:
+        client = await srv.connect()
+        await client.send_raw(encode_register("dave", "pw") + PING)
+        assert await client.at_eof()
+        assert srv.worker.counters.handler_errors == 1
+        other = await srv.connect()
+        assert await other.ping() == 0.0
+    assert "a bug in a batch handler" in caplog.text
