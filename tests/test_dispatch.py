@@ -286,3 +286,12 @@ async def test_in_a_handler_task_plain_replies_after_an_async_one_leave_together
 def test_at_least_one_handler_task() -> None:
     with pytest.raises(ValueError, match="handler_tasks must be at least 1, got 0"):
         MessageQueue(Router(), Services(), Counters(), size=1, handler_tasks=0)
+
+
+async def test_a_closed_queue_ends_its_tasks(autojump_clock: trio.abc.Clock) -> None:
+    """After close() the handler tasks and the batch starter end: run() returns."""
+    queue = MessageQueue(Router(), Services(), Counters(), size=4, handler_tasks=2)
+    with trio.fail_after(1):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(queue.run)
+            queue.close()

@@ -19,8 +19,8 @@ Batches: a route with a ``batch`` handler (the account requests) takes a
 connection's run of consecutive requests of its code, whether the reader or a
 handler task meets it, into the handler's pending batch; the connection is then
 *held* (``scheduled``, so its later packets wait in its inbox and nobody else
-drains it) until the batch is answered. One task per batch handler starts a batch
-whenever requests are pending, with every run gathered since the last one (from
+drains it) until the batch is answered. One task starts a batch for each batch
+handler with requests pending, with every run gathered since the last one (from
 every connection, across the readers of one scheduler pass, and while earlier
 batches were in hand), each batch in a task of its own. A connection's replies are
 held while its batch runs and leave in one send when it ends; then the rest of
@@ -94,6 +94,7 @@ class MessageQueue:
         self._pending: dict[BatchHandler, list[BatchRun]] = {}
         self._pending_wakeup = Wakeup()
         self._nursery: trio.Nursery | None = None
+        self._closed = False
 
     @property
     def depth(self) -> int:
@@ -176,8 +177,11 @@ class MessageQueue:
             task_status.started()
 
     def close(self) -> None:
-        """No more connections will be scheduled: handler tasks end once the queue is empty."""
+        """No more connections will be scheduled: handler tasks end once the queue is empty
+        (and the batch starter once it started what is pending)."""
         self._send.close()
+        self._closed = True
+        self._pending_wakeup.wake()
 
     async def _handler_task(self) -> None:
         receive_nowait = self._receive.receive_nowait
@@ -307,7 +311,7 @@ class MessageQueue:
 
     async def _start_batches(self, nursery: trio.Nursery) -> None:
         """Start a batch, in a task of its own, for every handler with runs pending."""
-        while True:
+        while not self._closed:
             await self._pending_wakeup.wait()
             pending, self._pending = self._pending, {}
             for batch, runs in pending.items():
