@@ -28,6 +28,10 @@ one HMAC, no hash; a bad or expired token is a failure for the limits.
 register: invalid input → rate limited (per network) → look-alike check
 (:mod:`.confusables`) → hash → durable insert → ok or rejected (name taken).
 
+In batches (``register_many``, ``login_many``, ``resume_many``: the default router's
+path while the hash is cheap): the same steps per request, in request order, with one
+store call for the whole batch; see "batches" below.
+
 When the store fails, the failure is logged once (and its recovery once), and for
 ``retry_interval`` seconds requests get "server unavailable" at once; then one
 request probes the store again. Passwords and tokens are never logged: only
@@ -65,9 +69,9 @@ from .store import Account, AccountStore, StoreUnavailable
 __all__ = [
     "AccountService",
     "AccountStatistics",
-    "LoginRequest",
+    "LoginFields",
     "LoginResult",
-    "RegisterRequest",
+    "RegisterFields",
     "default_hash_threads",
     "open_accounts",
     "peer_host",
@@ -86,9 +90,9 @@ _DUMMY_PASSWORD: Final = b"never anybody's password"
 
 
 #: One register request of a batch: username, password, iType, peer (fields as received).
-RegisterRequest = tuple[bytes, bytes, int, "Peer | str"]
+RegisterFields = tuple[bytes, bytes, int, "Peer | str"]
 #: One login (password) or resume (token) request of a batch: username, secret, peer.
-LoginRequest = tuple[bytes, bytes, "Peer | str"]
+LoginFields = tuple[bytes, bytes, "Peer | str"]
 
 
 #: A batch's registration that passed the checks: request index, name, key, password,
@@ -419,7 +423,7 @@ class AccountService:
         """
         return self.hasher.inline
 
-    async def register_many(self, requests: Sequence[RegisterRequest]) -> list[ResultCode]:
+    async def register_many(self, requests: Sequence[RegisterFields]) -> list[ResultCode]:
         """``register`` for each request, in order, with one store call for all of them.
 
         Two requests for one name: the first one's result, the later ones REJECTED
@@ -535,7 +539,7 @@ class AccountService:
                 kept.append(t)
         return kept
 
-    async def login_many(self, requests: Sequence[LoginRequest]) -> list[LoginResult]:
+    async def login_many(self, requests: Sequence[LoginFields]) -> list[LoginResult]:
         """``login`` for each (username, password, peer), in order, with one store lookup.
 
         The lookup of every valid name comes first; then each request in turn is
@@ -628,7 +632,7 @@ class AccountService:
         self._count("logins", logins)
         return results
 
-    async def resume_many(self, requests: Sequence[LoginRequest]) -> list[LoginResult]:
+    async def resume_many(self, requests: Sequence[LoginFields]) -> list[LoginResult]:
         """``resume`` for each (username, token, peer), in order, with one store lookup."""
         keys: list[str | None] = []
         for username, _, peer in requests:

@@ -24,7 +24,7 @@ import attrs
 import trio
 
 from ..accounts.names import InvalidInput, validate
-from ..accounts.service import LoginRequest, LoginResult, RegisterRequest
+from ..accounts.service import LoginFields, LoginResult, RegisterFields
 from ..framer import Packet
 from ..messages import (
     PASSWORD_FIELD,
@@ -204,7 +204,7 @@ class AccountBatches:
             await self._login(code, runs)
 
     async def _register(self, runs: list[BatchRun]) -> None:
-        requests: list[RegisterRequest] = []
+        requests: list[RegisterFields] = []
         replies: list[tuple[Context, bytes, int]] = []  # (ctx, username, request or -1)
         for ctx, packets in runs:
             peer = ctx.peer
@@ -235,7 +235,7 @@ class AccountBatches:
         secret_at, secret_size = (
             (USERNAME_FIELD, TOKEN_FIELD) if resume else (USERNAME_FIELD, PASSWORD_FIELD)
         )
-        requests: list[LoginRequest] = []
+        requests: list[LoginFields] = []
         replies: list[tuple[Context, bytes, int]] = []
         for ctx, packets in runs:
             peer = ctx.peer
