@@ -407,3 +407,56 @@ async def test_a_failing_batch_handler_closes_its_connections(
         other = await srv.connect()
         assert await other.ping() == 0.0
     assert "a bug in a batch handler" in caplog.text
+
+
+async def test_resumes_in_a_batch(autojump_clock: trio.abc.Clock) -> None:
+    """Pipelined resumes from many connections: a good token logs in (a fresh token each
+    time), a forged one is rejected and counts as a failure (the limit then applies), a bad
+    name is invalid input; each connection's replies come in its own order."""
+    from trioserver.messages import encode_resume
+
+    config = fast_config(accounts__max_failures_per_name=2)
+    async with serve_in_memory(config) as srv:
+        setup = await srv.connect()
+        assert (await setup.register("erin", "pw")).result == OK
+        token = (await setup.login("erin", "pw")).token
+        forged = bytes(32)
+        clients = [await srv.connect(peer=f"10.1.{c}.1:9") for c in range(8)]
+        got: dict[int, list[tuple[int, int, bytes]]] = {}
+
+        async def resume(c: int, client: Client) -> None:
+            await client.send_raw(
+                encode_resume("erin", token)
+                + PING
+                + encode_resume("ERIN", token)
+                + encode_resume("erin", forged)
+                + encode_resume("erin", forged)
+                + encode_resume("erin", forged)
+                + encode_resume("bad\x01", token)
+            )
+            replies = []
+            for _ in range(7):
+                packet = await client.receive_packet()
+                if packet.code == PING_CODE:
+                    replies.append((0, -1, b""))
+                else:
+                    reply = decode_login_reply(packet.body)
+                    replies.append((packet.code, reply.result, reply.token))
+            got[c] = replies
+
+        async with trio.open_nursery() as nursery:
+            for c, client in enumerate(clients):
+                nursery.start_soon(resume, c, client)
+    resume_code = int(MessageCode.RESUME)
+    for replies in got.values():
+        assert [(code, result) for code, result, _ in replies] == [
+            (resume_code, OK),
+            (0, -1),
+            (resume_code, OK),
+            (resume_code, REJECTED),
+            (resume_code, REJECTED),
+            (resume_code, LIMITED),  # 2 failures per (name, network)
+            (resume_code, INVALID),
+        ]
+        fresh = {replies[0][2], replies[2][2]}
+        assert len(fresh) == 2 and token not in fresh and bytes(32) not in fresh
