@@ -96,12 +96,8 @@ def validate(username: bytes, password: bytes) -> ValidCredentials:
     return ValidCredentials(*normalised(username, password))
 
 
-#: The printable ASCII bytes: what is left of an ASCII field without them is a control.
-_PRINTABLE: Final = bytes(range(0x20, 0x7F))
-
-
 def _ascii_fields(username: bytes, password: bytes) -> tuple[str, str, bytes] | None:
-    """The common case on bytes, with the same rules: printable ASCII name and password.
+    """The common case, with the same rules: printable ASCII name and password.
 
     None when a field is not that (or breaks a rule): the general path then decides.
     """
@@ -110,13 +106,16 @@ def _ascii_fields(username: bytes, password: bytes) -> tuple[str, str, bytes] | 
         and 0 < len(password) <= MAX_PASSWORD_BYTES
         and username.isascii()
         and password.isascii()
-        and not username.translate(None, _PRINTABLE)
-        and not password.translate(None, _PRINTABLE)
-        and username[0] != 0x20  # a space is ASCII's only printable white space
-        and username[-1] != 0x20
     ):
         return None
     name = username.decode("ascii")
+    if (
+        not name.isprintable()  # in ASCII: anything but the controls
+        or not password.decode("ascii").isprintable()
+        or name[0] == " "  # a space is ASCII's only printable white space
+        or name[-1] == " "
+    ):
+        return None
     return name, name.lower(), password
 
 

@@ -135,10 +135,11 @@ def verify(password: bytes, stored: str) -> bool:
     ):  # the insecure-fast hash as made now: fixed places, no split
         try:
             salt = bytes.fromhex(stored[len(_FAST_PREFIX) : _FAST_SALT_END])
-            expected = bytes.fromhex(stored[_FAST_SALT_END + 1 :])
         except ValueError:
             return False
-        return hmac.compare_digest(hashlib.sha256(salt + password).digest(), expected)
+        digest = hashlib.sha256(salt + password).hexdigest()  # lower-case hex, as stored
+        tail = stored[_FAST_SALT_END + 1 :]
+        return tail.isascii() and hmac.compare_digest(digest, tail)
     try:
         _, scheme, *fields = stored.split("$")
         if scheme == "scrypt" and len(fields) == 3:

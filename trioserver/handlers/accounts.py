@@ -155,9 +155,7 @@ async def _logged_in(
 
 def _text(body: bytes, start: int, size: int) -> bytes:
     """The NUL-terminated field at ``start`` (its last byte never counts), as bytes."""
-    last = start + size - 1
-    end = body.find(0, start, last)
-    return body[start : end if end >= 0 else last]
+    return body[start : start + size - 1].partition(b"\0")[0]
 
 
 def _count_results(runs: list[BatchRun], action: str, counted: Counter[int]) -> None:
