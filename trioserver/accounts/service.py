@@ -423,6 +423,17 @@ class AccountService:
         """
         return self.hasher.inline
 
+    @property
+    def batches_logins(self) -> bool:
+        """True if logins and resumes may take the batched path too: ``batches``, and no
+        login limits shared through the store (each attempt reads and writes those on
+        its own, as ``login`` and ``resume`` do)."""
+        return self.hasher.inline and not self._shares_limits
+
+    @property
+    def _shares_limits(self) -> bool:
+        return self.shared_limits is not None and self.store.keeps_limits
+
     async def register_many(self, requests: Sequence[RegisterFields]) -> list[ResultCode]:
         """``register`` for each request, in order, with one store call for all of them.
 
@@ -546,8 +557,11 @@ class AccountService:
         checked, takes its tokens, is verified and gives them back, as ``login`` does.
         While verifying is cheap (no thread) nothing waits between taking and giving
         back, so the limits see the requests one after the other, exactly as if each
-        had been answered before the next arrived.
+        had been answered before the next arrived. With login limits shared through the
+        store, each request is ``login`` on its own.
         """
+        if self._shares_limits:
+            return [await self.login(u, p, peer) for u, p, peer in requests]
         valid: list[tuple[str, str, bytes] | None] = []
         keys: dict[str, None] = {}
         for username, password, peer in requests:
@@ -560,7 +574,7 @@ class AccountService:
                 continue
             keys[fields[1]] = None
             valid.append(fields)
-        found, failed = await self._lookup(list(keys))
+        found, failed = await self._lookup_many(list(keys))
         session_key = await self._session_key() if found else None
         results: list[LoginResult] = []
         now = self.clock()  # one instant for the batch: it is answered within it
@@ -633,7 +647,10 @@ class AccountService:
         return results
 
     async def resume_many(self, requests: Sequence[LoginFields]) -> list[LoginResult]:
-        """``resume`` for each (username, token, peer), in order, with one store lookup."""
+        """``resume`` for each (username, token, peer), in order, with one store lookup
+        (each on its own with login limits shared through the store)."""
+        if self._shares_limits:
+            return [await self.resume(u, t, peer) for u, t, peer in requests]
         keys: list[str | None] = []
         for username, _, peer in requests:
             try:
@@ -646,7 +663,7 @@ class AccountService:
             keys.append(name_key(name))
         session_key = await self._session_key()
         wanted = list(dict.fromkeys(k for k in keys if k is not None))
-        found, failed = await self._lookup(wanted if session_key is not None else [])
+        found, failed = await self._lookup_many(wanted if session_key is not None else [])
         now = self.wall_clock()
         results: list[LoginResult] = []
         for (_, token, peer), key in zip(requests, keys, strict=True):
@@ -683,7 +700,7 @@ class AccountService:
             )
         return results
 
-    async def _lookup(self, keys: list[str]) -> tuple[dict[str, Account] | None, bool]:
+    async def _lookup_many(self, keys: list[str]) -> tuple[dict[str, Account] | None, bool]:
         """The accounts with ``keys`` in one store call: (found, failed now).
 
         ``found`` is None when the store rests or failed; ``failed`` is True when it

@@ -171,16 +171,20 @@ class AccountBatches:
     Every request gets what its handler above would answer, with the same limits,
     counters and replies; the account service does a batch's store work in one call
     (:meth:`~trioserver.accounts.AccountService.register_many` and friends). Takes
-    requests only while the service hashes cheaply (``AccountService.batches``);
-    with scrypt the handlers above serve them one by one, through the hash pool.
+    requests only while the service hashes cheaply (``AccountService.batches``), and
+    logins and resumes only without login limits shared through the store
+    (``batches_logins``); the handlers above serve the others one by one.
     """
 
     def run_limit(self, ctx: Context, code: int) -> int:
         service = _service(ctx)
         if service is None or not service.batches:
             return 0
-        if code != _REGISTER and ctx._login is not None:
-            return 1  # its on_login handlers run after each login's reply, before the next
+        if code != _REGISTER:
+            if not service.batches_logins:
+                return 0  # shared login limits: each attempt reads and writes its own
+            if ctx._login is not None:
+                return 1  # its on_login handlers run after each login's reply, before the next
         return _MAX_RUN
 
     async def handle_batch(self, runs: list[BatchRun]) -> None:
