@@ -460,3 +460,29 @@ async def test_resumes_in_a_batch(autojump_clock: trio.abc.Clock) -> None:
         ]
         fresh = {replies[0][2], replies[2][2]}
         assert len(fresh) == 2 and token not in fresh and bytes(32) not in fresh
+
+
+async def test_shared_login_limits_keep_logins_one_by_one(autojump_clock: trio.abc.Clock) -> None:
+    """With login limits shared through the store, logins and resumes take the one-by-one
+    path (each reads and writes its limits); registrations are still batched, and a
+    pipelined mix is answered in order with the shared limit applied."""
+    from trioserver.accounts.shared_limits import MemoryLimits
+
+    store = CountingStore(limits=MemoryLimits())
+    config = fast_config(accounts__max_failures_per_name=2, accounts__shared_limits=True)
+    service = AccountService.from_settings(config.accounts, store=store)
+    assert service.batches and not service.batches_logins
+    async with serve_in_memory(config, services=Services(config=config, accounts=service)) as srv:
+        client = await srv.connect()
+        await client.send_raw(
+            b"".join(encode_register(f"f{i}", "pw") for i in range(4))
+            + encode_login("f0", "wrong") * 3
+            + PING
+            + encode_login("f1", "pw")
+        )
+        results = [
+            result_of(p.code, p.body) for p in [await client.receive_packet() for _ in range(9)]
+        ]
+        assert results == [OK] * 4 + [REJECTED, REJECTED, LIMITED, None, OK]
+        assert store.creates == [4]  # the registrations: one batch
+        assert store.lookups == []  # the logins: one by one, with their limits
