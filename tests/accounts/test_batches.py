@@ -486,3 +486,53 @@ async def test_shared_login_limits_keep_logins_one_by_one(autojump_clock: trio.a
         assert results == [OK] * 4 + [REJECTED, REJECTED, LIMITED, None, OK]
         assert store.creates == [4]  # the registrations: one batch
         assert store.lookups == []  # the logins: one by one, with their limits
+
+
+async def test_a_connection_held_by_a_batch_moves_after_its_answers() -> None:
+    """A reload's handoff waits for a connection whose registration is in a batch: the
+    reply (after its insert) and the ping behind it come from the old worker, the next
+    login from the new one, on the same socket."""
+    from trioserver.config import Address
+    from trioserver.handoff_channel import channel_pair
+    from trioserver.worker import Worker
+
+    store = GatedCreates()
+    config = fast_config(server__listen=(Address("127.0.0.1", 0),))
+    service = AccountService.from_settings(config.accounts, store=store)
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            old, new = (
+                Worker(config, services=Services(config=config, accounts=service), index=i)
+                for i in (0, 1)
+            )
+            await nursery.start(old.serve)
+            await nursery.start(new.serve)
+            client = await Client.connect("127.0.0.1", old.addresses[0][1])
+            await client.send_raw(encode_register("moved", "pw") + PING)
+            await trio.testing.wait_all_tasks_blocked(0.01)
+            assert store.waiting == 1
+            old_end, new_end = channel_pair()
+            moved: list[int] = []
+
+            async def adopt() -> None:
+                with new_end:
+                    await new.adopt_from(new_end)
+
+            async def hand_over() -> None:
+                with old_end:
+                    moved.append((await old.hand_over(old_end)).moved)
+
+            nursery.start_soon(adopt)
+            nursery.start_soon(hand_over)
+            await trio.testing.wait_all_tasks_blocked(0.01)
+            assert not moved  # the batch holds it
+            store.gate.set()
+            assert decode_register_reply((await client.receive_packet()).body).result == OK
+            assert (await client.receive_packet()).code == PING_CODE
+            assert (await client.login("moved", "pw")).result == OK
+            assert moved == [1]
+            assert new.statistics().packets_by_code[LOGIN] == 1  # the login went to the new
+            assert old.statistics().packets_by_code.get(LOGIN, 0) == 0
+            await client.aclose()
+            old.stop(grace=0)
+            new.stop(grace=0)
