@@ -42,7 +42,7 @@ import collections
 import contextlib
 import logging
 import socket
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Final
 
 import attrs
@@ -56,6 +56,7 @@ from .handoff_channel import (
     send_ack,
     try_send_connection,
 )
+from .handoff_counts import HandoffCounts
 from .handoff_record import ConnectionRecord, HandoffRecordError
 from .reasons import HandoffKept
 from .transport import SocketTransport, Transport, movable
@@ -77,25 +78,6 @@ log = logging.getLogger("trioserver.worker")
 #: busy, few enough that a broken channel leaves little to sort out.
 WINDOW: Final = 64
 _TASK_NAME: Final = "trioserver.connection"
-
-
-@attrs.frozen
-class HandoffCounts:
-    """What one ``hand_over`` did."""
-
-    #: Connections the new worker acknowledged: it serves them now.
-    moved: int
-    #: Connections that stayed here to drain, by reason (see the module docstring).
-    kept: Mapping[str, int]
-    #: Connections that were to move but drain here because the channel ended or broke
-    #: (or the hand over was cancelled) before their ack.
-    failed: int
-    #: From the start of the hand over until every connection was moved or draining.
-    seconds: float
-
-    @property
-    def total(self) -> int:
-        return self.moved + sum(self.kept.values()) + self.failed
 
 
 @attrs.define(eq=False)

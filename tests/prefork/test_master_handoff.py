@@ -11,8 +11,9 @@ import pytest
 from fake_system import FakeSystem
 from test_master_logic import Harness, make_config, messages
 
+from trioserver.handoff_counts import HandoffCounts
 from trioserver.ops.metrics import Gatherer
-from trioserver.prefork.handoff import HandoffResult, HandoffRun, handoff_targets
+from trioserver.prefork.handoff import HandoffRun, handoff_targets
 from trioserver.prefork.master import Master
 
 
@@ -52,7 +53,7 @@ def reload_to(h: Harness, workers: int, **master: object) -> list[int]:
 
 
 def result(moved: int, seconds: float = 0.25, **drained: int) -> bytes:
-    return HandoffResult(moved, drained, 0, seconds).to_json()
+    return HandoffCounts(moved, drained, 0, seconds).to_json()
 
 
 @pytest.mark.parametrize(
@@ -205,21 +206,21 @@ def test_an_aborted_reload_hands_nothing_over(h: Harness) -> None:
 
 def test_handoff_run_counts_each_old_worker_once() -> None:
     run = HandoffRun(1, 0.0, {1, 2})
-    run.reported(1, HandoffResult(3, {"tls": 1}))
-    run.reported(1, HandoffResult(3))
+    run.reported(1, HandoffCounts(3, {"tls": 1}))
+    run.reported(1, HandoffCounts(3))
     run.gone(1)
-    assert run.total == HandoffResult(3, {"tls": 1}) and not run.done
+    assert run.total == HandoffCounts(3, {"tls": 1}) and not run.done
     run.gone(2)
     assert run.done and run.unreported == 1
 
 
-def test_handoff_result_round_trips_and_refuses_garbage() -> None:
-    r = HandoffResult(5, {"tls": 2}, 1, 0.125)
-    assert HandoffResult.from_json(r.to_json()) == r
-    for bad in (b"[]", b'{"moved": "5", "seconds": 0}', b'{"drained": {"tls": -1}, "seconds": 0}',
+def test_handoff_counts_round_trip_and_refuse_garbage() -> None:
+    r = HandoffCounts(5, {"tls": 2}, 1, 0.125)
+    assert HandoffCounts.from_json(r.to_json()) == r
+    for bad in (b"[]", b'{"moved": "5", "seconds": 0}', b'{"kept": {"tls": -1}, "seconds": 0}',
                 b'{"seconds": true}', b"{}"):  # fmt: skip
         with pytest.raises(ValueError):
-            HandoffResult.from_json(bad)
+            HandoffCounts.from_json(bad)
 
 
 def test_fake_system_is_a_system() -> None:

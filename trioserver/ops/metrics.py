@@ -46,8 +46,8 @@ from typing import Any, Final
 
 import attrs
 
+from ..handoff_counts import HandoffCounts
 from ..messages import ResultCode
-from ..prefork.handoff import HandoffResult
 from ..reasons import DropReason, HandoffKept, KickReason, TlsFailure
 from ..stats import UNKNOWN_CODE, HistogramSnapshot, WorkerStatistics
 from .procstat import ProcessFigures
@@ -416,11 +416,11 @@ class Gatherer:
         if cpu_seconds is not None:
             self._retired_cpu[live.index] += cpu_seconds
 
-    def handoff(self, result: HandoffResult) -> None:
+    def handoff(self, result: HandoffCounts) -> None:
         """An old worker's handoff result."""
         totals = self.handoffs
         totals.moved += result.moved
-        totals.drained.update(result.drained)
+        totals.drained.update(result.kept)
         totals.failed += result.failed
         totals.workers += 1
 

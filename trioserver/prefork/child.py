@@ -31,7 +31,7 @@ connections the kernel queued there are accepted by the new worker, not reset.
 Retiring by handoff (``HAND_OVER`` on the control socket, a reload with
 ``master.handoff``) is the same retire, except that the connections that can move go,
 live, to the slot's new worker first; the worker then sends the master a
-:class:`~trioserver.prefork.handoff.HandoffResult` on the pipe.
+:class:`~trioserver.handoff_counts.HandoffCounts` on the pipe.
 
 The final stop (SIGUSR2, ``FINAL_STOP_SIGNAL``) has no next worker: the master has
 made the sockets start no new handshake, and the worker accepts what is queued
@@ -52,12 +52,13 @@ import trio
 
 from ..config import Config
 from ..handlers.router import Router
+from ..handoff_counts import HandoffCounts
 from ..ops.logs import configure_logging, reopen_logs, set_role
 from ..sockets import BoundListener
 from ..stats import watch_loop_lag
 from ..worker import Worker
 from .app import AppError, load_router
-from .handoff import ADOPT, HAND_OVER, HandoffResult
+from .handoff import ADOPT, HAND_OVER
 from .pipe import MasterPipe, encode_handed_over, encode_report
 from .procs import HEARTBEAT, READY, ChildSetup, set_title
 
@@ -234,7 +235,7 @@ class _WorkerProcess:
         # From the counters, which hand_over updates even when it is cut short; a worker
         # hands over once in its life, so they hold this handoff alone.
         counters = self.worker.counters
-        result = HandoffResult(
+        result = HandoffCounts(
             counters.handoff_moved,
             counters.handoff_kept,
             counters.handoff_failed,

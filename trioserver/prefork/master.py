@@ -30,7 +30,7 @@ Rules (after gunicorn's arbiter, but typed and testable):
   reload serves, each ready old worker and its slot's new worker
   (:func:`~trioserver.prefork.handoff.handoff_targets`) get the two ends of a handoff
   channel, and the old one is not sent SIGTERM. It moves what can move, drains the
-  rest, reports a :class:`~trioserver.prefork.handoff.HandoffResult` on its pipe and
+  rest, reports a :class:`~trioserver.handoff_counts.HandoffCounts` on its pipe and
   exits; the master
   logs each result and the reload's totals once every old worker has reported or exited,
   and counts them in the metrics. An old worker the command cannot reach is sent SIGTERM.
@@ -65,8 +65,9 @@ from typing import Final
 import attrs
 
 from ..config import Address, Config, ConfigError, LoggingSettings, worker_count
+from ..handoff_counts import HandoffCounts
 from ..ops.metrics import Gatherer
-from .handoff import HandoffResult, HandoffRun, handoff_targets
+from .handoff import HandoffRun, handoff_targets
 from .procs import (
     READY,
     ConfigListeners,
@@ -437,7 +438,7 @@ class Master:
         worker = self.workers.get(pid)
         name = worker.name if worker is not None else f"pid {pid}"
         try:
-            result = HandoffResult.from_json(payload)
+            result = HandoffCounts.from_json(payload)
         except ValueError as exc:
             log.error("%s sent a malformed handoff result (%s); not counted", name, exc)
             run.gone(pid)

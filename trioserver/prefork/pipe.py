@@ -6,7 +6,7 @@ Each record starts with one tag byte::
     b"H"                        HEARTBEAT: its event loop is alive (periodic)
     b"S" + u32 length + JSON    a statistics report (``WorkerStatistics.to_json``)
     b"O" + u32 length + JSON    a retiring worker handed its connections over (once;
-                                ``HandoffResult.to_json`` in :mod:`trioserver.prefork.handoff`)
+                                ``HandoffCounts.to_json`` in :mod:`trioserver.handoff_counts`)
 
 READY and HEARTBEAT are the single bytes the pipe always carried, so they stay
 one-byte records; a report is length-prefixed because it is larger than a pipe

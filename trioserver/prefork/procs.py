@@ -123,7 +123,7 @@ class WorkerReport:
 
 @attrs.frozen
 class HandoffReport:
-    """What a retiring worker did with its connections (``HandoffResult.to_json`` bytes)."""
+    """What a retiring worker did with its connections (``HandoffCounts.to_json`` bytes)."""
 
     pid: int
     payload: bytes
