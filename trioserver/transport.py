@@ -49,6 +49,7 @@ from typing import Any, Final, Protocol, TypeAlias, cast
 
 import trio
 
+from .parking import ReadParking
 from .peer import Peer
 from .reasons import CloseReason, KickReason
 
@@ -172,14 +173,20 @@ def movable(transport: object) -> Movable | None:
 
 
 class SocketTransport:
-    """A connected, non-blocking standard socket (the worker's fast path)."""
+    """A connected, non-blocking standard socket (the worker's fast path).
 
-    __slots__ = ("sock",)
+    With ``parking`` (the worker's :class:`~trioserver.parking.ReadParking`) its
+    reader waits there instead of in trio's ``wait_readable``: far less memory per
+    idle connection.
+    """
+
+    __slots__ = ("parking", "sock")
 
     lingers = True
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, parking: ReadParking | None = None) -> None:
         self.sock = sock
+        self.parking = parking
 
     @property
     def socket(self) -> socket.socket:
@@ -200,6 +207,9 @@ class SocketTransport:
 
     def wait_readable(self) -> Awaitable[None]:
         # A plain function returning trio's coroutine: no frame of ours while parked.
+        parking = self.parking
+        if parking is not None:
+            return parking.wait_readable(self.sock)
         return trio.lowlevel.wait_readable(self.sock)  # noqa: ASYNC105 (the caller awaits)
 
     def send_nowait(self, data: bytes | memoryview) -> int:
@@ -245,6 +255,8 @@ class SocketTransport:
 
     def close(self) -> None:
         """Close at once (the socket's waiters are woken with ``ClosedResourceError``)."""
+        if self.parking is not None:
+            self.parking.notify_closing(self.sock)
         trio.lowlevel.notify_closing(self.sock)
         self.sock.close()
 
