@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import socket
+import time
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -171,10 +173,31 @@ async def test_socket_transport_waits_in_the_parking_and_close_wakes_it(
             await transport.wait_readable()
         closed.set()
 
+    transport.waited_at = -math.inf  # quiet since long ago
     async with trio.open_nursery() as nursery:
         nursery.start_soon(reader)
         await trio.testing.wait_all_tasks_blocked()
         assert len(parking) == 1
         transport.close()
         await closed.wait()
+    assert len(parking) == 0
+
+
+@pytest.mark.parametrize("busy", [False, True])
+async def test_a_busy_reader_keeps_trios_wait(
+    parking: ReadParking, pair: tuple[socket.socket, socket.socket], busy: bool
+) -> None:
+    ours, theirs = pair
+    transport = SocketTransport(ours, parking)
+    # Its previous wait was a moment ago (busy) or long ago (quiet).
+    transport.waited_at = time.monotonic() + 3600 if busy else -math.inf
+
+    async def reader() -> None:
+        await transport.wait_readable()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(reader)
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(parking) == (0 if busy else 1)
+        theirs.send(b"x")
     assert len(parking) == 0
