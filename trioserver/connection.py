@@ -97,6 +97,8 @@ _CLOSED: Final = State.CLOSED
 _HANDING_OFF: Final = State.HANDING_OFF
 _MOVED: Final = State.MOVED
 _PING: Final = int(MessageCode.PING)
+#: One shared float: a connection made a float of its own for ``-math.inf`` otherwise.
+_NEVER: Final = -math.inf
 
 #: Seconds a draining worker waits for the first request of a connection that has
 #: sent nothing yet (accepted just before the drain began) before closing it.
@@ -285,10 +287,10 @@ class Connection:
         #: True while the connection sits in the message queue or a handler drains it.
         self.scheduled = False
         self.outbox = Outbox(self)
-        #: Wakes the reader: inbox space, or work finished.
-        self.wakeup = Wakeup()
+        #: Wakes the reader (inbox space, or work finished); made when it first waits.
+        self.wakeup: Wakeup | None = None
         #: Flood rule: arrival time of the previous packet and the fast-packet run length.
-        self.last_packet_at = -math.inf
+        self.last_packet_at = _NEVER
         self.flood_count = 0
         #: Hard session-lifetime deadline (inf when off); the heartbeat never extends past it.
         self.hard_deadline = math.inf
@@ -372,7 +374,8 @@ class Connection:
     def settle(self) -> None:
         """Some work for this connection finished: wake its reader, and during a drain
         close it once it is idle with nothing in hand (a busy reader stops by itself)."""
-        self.wakeup.wake()
+        if self.wakeup is not None:
+            self.wakeup.wake()
         if self.shared.stopping and self.state is _IDLE and not self.busy:
             self.reason = CloseReason.DRAINED
             self._move(_CLOSING)
@@ -650,6 +653,7 @@ class Connection:
                     if self.state is _NEW:
                         self._move(_READING)
                     decoder.receive_data(data)
+                    data = None  # the decoder holds what it still needs; a parked reader, nothing
                     # Take at most what the inbox has room for; the rest stays as bytes.
                     while True:
                         room = inbox_size - len(self.inbox)
@@ -670,7 +674,7 @@ class Connection:
                                 self._finish(KickReason.BAD_LENGTH)
                             break  # the buffer holds no further whole packet
                         while len(self.inbox) >= inbox_size:
-                            await self.wakeup.wait()
+                            await self._wakeup().wait()
                         if self.outbox.writing:
                             # Let the writer run between batches: replies pile up only
                             # while the peer really does not read (then it is kicked).
@@ -687,7 +691,7 @@ class Connection:
                     if self.state is not _FINISHING:
                         self._move(_FINISHING)
                     while self.busy:  # answer and send everything that was read
-                        await self.wakeup.wait()
+                        await self._wakeup().wait()
                     if transport.lingers and not peer_eof:
                         self._move(State.LINGERING)
                         transport.closing(self._ending())
@@ -698,6 +702,12 @@ class Connection:
             clean = True
         finally:
             await self._close(clean)
+
+    def _wakeup(self) -> Wakeup:
+        """The reader's wakeup, made the first time it waits for one (most never do)."""
+        if self.wakeup is None:
+            self.wakeup = Wakeup()
+        return self.wakeup
 
     def _ending(self) -> KickReason | CloseReason | None:
         """Why it ends, as the transport is told: a drain's end is the drain's."""
