@@ -38,6 +38,7 @@ import selectors
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import tracemalloc
 from collections.abc import Callable, Iterator
@@ -55,8 +56,14 @@ RUN_PY_SETTINGS = ("connection.flood_check=false", "connection.heartbeat=false")
 # -- the client (a subprocess: its sockets are not the server's memory) ----------------------
 
 
-def client(port: int) -> None:
-    """On "open K" open K more connections; on "ping" ping each once and read every reply."""
+#: The HTTP case's file and request: the reply ends with the file's last byte.
+BODY = b"x" * 1023 + b"!"
+REQUEST = b"GET /index.html HTTP/1.1\r\nHost: bench\r\n\r\n"
+
+
+def client(port: int, http: bool) -> None:
+    """On "open K" open K more connections; on "ping" ping each once (HTTP: one
+    keep-alive request) and read every reply; then hold them until told."""
     socks: list[socket.socket] = []
     while (line := sys.stdin.readline().split()) and line[0] == "open":
         socks += [socket.create_connection(("127.0.0.1", port)) for _ in range(int(line[1]))]
@@ -65,7 +72,7 @@ def client(port: int) -> None:
         return
     count = len(socks)
     for s in socks:
-        s.sendall(PING)
+        s.sendall(REQUEST if http else PING)
     selector = selectors.DefaultSelector()
     for s in socks:
         s.setblocking(False)
@@ -75,7 +82,7 @@ def client(port: int) -> None:
         for key, _ in selector.select(timeout=30):
             got: bytearray = key.data
             got += key.fileobj.recv(64)  # type: ignore[union-attr]
-            if len(got) >= len(PING):
+            if got.endswith(b"!") if http else len(got) >= len(PING):
                 selector.unregister(key.fileobj)
                 waiting -= 1
     print("pinged", flush=True)
@@ -126,6 +133,33 @@ async def _serve(kind: str, count: int, settings: list[str], trace: bool, nframe
                 return _bare_objects(handle)
 
             worker = None
+        elif kind == "http":
+            from trioserver.config import Address
+            from trioserver.testing import memory_config
+            from trioserver.worker import Worker
+
+            docroot = Path(tempfile.mkdtemp(prefix="connection-memory-"))
+            (docroot / "index.html").write_bytes(BODY)
+            worker = Worker(
+                memory_config(
+                    server__listen=(),
+                    http__listen=(Address("127.0.0.1", 0),),
+                    http__document_root=docroot,
+                    # A traced server is slow: no connection times out while measured.
+                    http__header_timeout=3600.0,
+                    http__keep_alive_timeout=3600.0,
+                    server__max_connections=max(count + 100, 10_000),
+                )
+            )
+            await nursery.start(worker.serve)
+            port = worker.http_addresses[0][1]
+
+            def connections() -> int:
+                return worker.http_connection_count
+
+            def pick() -> list[tuple[str, int, str]]:
+                return []
+
         else:
             from trioserver.config import Address
             from trioserver.testing import memory_config
@@ -156,7 +190,13 @@ async def _serve(kind: str, count: int, settings: list[str], trace: bool, nframe
         snaps = [tracemalloc.take_snapshot()] if trace else []
         rss = [rss_bytes()]
         proc = await trio.lowlevel.open_process(
-            [sys.executable, __file__, "--client", str(port)],
+            [
+                sys.executable,
+                __file__,
+                "--client",
+                str(port),
+                *(["--http"] if kind == "http" else []),
+            ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )
@@ -484,7 +524,12 @@ def _print_lines(kind: str, lines: list[dict[str, Any]], top: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--server", choices=["trioserver", "bare", "both"], default="both")
+    parser.add_argument(
+        "--server",
+        choices=["trioserver", "bare", "both", "http"],
+        default="both",
+        help="http: trioserver's HTTP connections after one keep-alive request each",
+    )
     parser.add_argument("--connections", type=int, default=10_000)
     parser.add_argument("--top", type=int, default=20, help="tracemalloc lines to print")
     parser.add_argument("--nframes", type=int, default=8)
@@ -495,9 +540,10 @@ def main() -> None:
     parser.add_argument("--client", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--trace", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--http", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.client:
-        client(args.client)
+        client(args.client, args.http)
         return
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

@@ -37,8 +37,8 @@ import os
 import re
 import shutil
 import subprocess
-from functools import partial
 import sys
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
