@@ -201,3 +201,27 @@ async def test_a_busy_reader_keeps_trios_wait(
         assert len(parking) == (0 if busy else 1)
         theirs.send(b"x")
     assert len(parking) == 0
+
+
+async def test_forget_wakes_the_reader_and_leaves_the_socket_open(
+    parking: ReadParking, pair: tuple[socket.socket, socket.socket]
+) -> None:
+    """A handoff moves the socket elsewhere: the reader wakes, the socket still works."""
+    ours, theirs = pair
+    woken = trio.Event()
+
+    async def reader() -> None:
+        with pytest.raises(trio.ClosedResourceError):
+            await parking.wait_readable(ours)
+        woken.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(reader)
+        await trio.testing.wait_all_tasks_blocked()
+        parking.forget(ours)
+        await woken.wait()
+    assert len(parking) == 0 and ours.fileno() >= 0
+    theirs.send(b"x")
+    with trio.fail_after(5):
+        await parking.wait_readable(ours)  # registered anew
+    assert ours.recv(10) == b"x"

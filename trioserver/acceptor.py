@@ -91,8 +91,6 @@ class Acceptor:
         self.https_listeners: list[Listener] = []
         #: Where connection tasks run (the worker's connection nursery, once it serves).
         self.nursery: trio.Nursery | None = None
-        #: Where the readers of accepted sockets wait (set by the worker as it serves).
-        self.parking: ReadParking | None = None
         self.site: StaticSite | None = None
         #: What makes a request on the HTTP port a WebSocket (None: WebSocket is off).
         self.websocket: WebSocketPolicy | None = None
@@ -227,7 +225,7 @@ class Acceptor:
                             burst = 0
                             await trio.lowlevel.wait_readable(listener.sock)
                             continue
-                        transport: Transport = _socket_transport(raw, self.parking)
+                        transport: Transport = _socket_transport(raw, self.shared.parking)
                         peer = Peer.from_sockaddr(address)
                         burst += 1
                     else:
@@ -276,7 +274,10 @@ class Acceptor:
             except OSError:  # BlockingIOError: the queue is empty
                 break
             self._admit(
-                _socket_transport(raw, self.parking), Peer.from_sockaddr(address), http, upgrade
+                _socket_transport(raw, self.shared.parking),
+                Peer.from_sockaddr(address),
+                http,
+                upgrade,
             )
             taken += 1
         if taken:

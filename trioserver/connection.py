@@ -64,6 +64,7 @@ from .messages import MessageCode
 from .netcaps import NetworkCaps
 from .nursery_pool import Slot
 from .outbox import DeferredFlusher, Outbox
+from .parking import ReadParking
 from .peer import Peer
 from .proxy_protocol import ProxyPolicy, ProxyProtocolError, read_proxy_header
 from .reasons import CloseReason, DropReason, HandoffKept, KickReason
@@ -219,6 +220,9 @@ class Shared:
     id_prefix: str = "local-0.0-"
     #: The handoff under way (set once, by ``Worker.hand_over``; the worker is stopping).
     handoff: HandoffPort | None = None
+    #: Where quiet readers of the worker's sockets wait (set as the worker serves; None:
+    #: trio's own wait, as on a platform without epoll).
+    parking: ReadParking | None = None
     _nursery: trio.Nursery | None = None
 
     @property
@@ -374,8 +378,7 @@ class Connection:
     def settle(self) -> None:
         """Some work for this connection finished: wake its reader, and during a drain
         close it once it is idle with nothing in hand (a busy reader stops by itself)."""
-        if self.wakeup is not None:
-            self.wakeup.wake()
+        self._wake()
         if self.shared.stopping and self.state is _IDLE and not self.busy:
             self.reason = CloseReason.DRAINED
             self._move(_CLOSING)
@@ -467,13 +470,13 @@ class Connection:
         if record.reannounce:
             self.reason = CloseReason.HANDED_OFF  # on_close runs; on_connect runs there
         self._move(_MOVED)
-        self.wakeup.wake()
+        self._wake()
 
     def resume(self) -> None:
         """The handoff did not take this connection: it drains here."""
         if self.state is _HANDING_OFF:
             self._move(_FINISHING)
-            self.wakeup.wake()
+            self._wake()
 
     def adopt_record(self, record: ConnectionRecord, now: float) -> ConnectionRecord:
         """Take the state a handed-over connection had (before :meth:`serve`); the
@@ -532,7 +535,7 @@ class Connection:
         assert port is not None
         outbox = self.outbox
         while self.scheduled or self.inbox or outbox.writing:
-            await self.wakeup.wait()  # handlers finish; a writer puts back what it did not send
+            await self._wakeup().wait()  # handlers finish; a writer puts back what it did not send
             if self.state is not _HANDING_OFF:
                 return False
         transport = movable(self.transport)
@@ -552,7 +555,7 @@ class Connection:
         # touch the socket (a deadline passing now is the new worker's to enforce).
         with trio.CancelScope(shield=True):
             while self.state is _HANDING_OFF:
-                await self.wakeup.wait()
+                await self._wakeup().wait()
         if self.state is _MOVED:
             return True
         outbox.release()
@@ -708,6 +711,11 @@ class Connection:
         if self.wakeup is None:
             self.wakeup = Wakeup()
         return self.wakeup
+
+    def _wake(self) -> None:
+        """Wake the reader if it waits for its wakeup (no wakeup yet: it never waited)."""
+        if self.wakeup is not None:
+            self.wakeup.wake()
 
     def _ending(self) -> KickReason | CloseReason | None:
         """Why it ends, as the transport is told: a drain's end is the drain's."""

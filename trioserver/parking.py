@@ -88,6 +88,14 @@ class ReadParking:
             error = trio.ClosedResourceError("another task closed this socket")
             trio.lowlevel.reschedule(task, outcome.Error(error))
 
+    def forget(self, sock: socket.socket) -> None:
+        """``sock`` leaves this process open (a handoff): wake its parked reader as
+        :meth:`notify_closing` does, and drop its registration, which would otherwise
+        outlive this process's copy of the socket."""
+        self.notify_closing(sock)
+        with contextlib.suppress(OSError):  # never registered here
+            self._epoll.unregister(sock.fileno())
+
     def _abort(self, fd: int) -> trio.lowlevel.Abort:
         """The parked reader was cancelled: forget it and disarm its registration."""
         del self._parked[fd]

@@ -282,6 +282,8 @@ class SocketTransport:
         return self.sock
 
     def interrupt(self) -> None:
+        if self.parking is not None:
+            self.parking.forget(self.sock)
         trio.lowlevel.notify_closing(self.sock)
 
     async def forget(self) -> None:

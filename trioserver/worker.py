@@ -441,7 +441,7 @@ class Worker:
                     services.start_soon(self.recycler.run)
                     services.start_soon(self._flusher.run)
                     if parking_supported():
-                        self.acceptor.parking = parking = ReadParking()
+                        self.shared.parking = parking = ReadParking()
                         services.start_soon(parking.run)
                     services.start_soon(self.counters.connection_log.run)
                     await services.start(self.queue.run)
