@@ -511,6 +511,60 @@ def _print_objects(kind: str, rows: list[tuple[str, int, str]]) -> None:
     print(f"  {sum(r[1] for r in rows):6,} B  sum")
 
 
+#: What each traced line is, by where it was allocated (first match wins).
+_KINDS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    (
+        "the wait for bytes (trio's wait_readable chain, or the read parking)",
+        (
+            "_io_epoll.py",
+            "wait_readable(",
+            "_traps.py",
+            "parking.py",
+            "_monotonic()",
+            "trio/_socket.py",
+            "_highlevel_socket.py:14",
+            "contextlib.py",
+        ),
+    ),
+    (
+        "the cancel scope (CancelScope, CancelStatus and its two sets, the with)",
+        ("CancelStatus", "CancelScope(", "with self.scope", "_children.add(self)"),
+    ),
+    (
+        "the task's coroutine, and the frame object trio makes of it at spawn",
+        ("coro = async_fn(*args)", "cr_frame"),
+    ),
+    (
+        "trio's Task, its context, its entries in trio's sets",
+        ("_util.py:291", "Task>", "copy_context", "self.tasks.add", "nursery._children.add"),
+    ),
+    ("the decoder", ("framer.py", "FrameDecoder(")),
+    ("the outbox", ("Outbox(",)),
+    ("the Connection object", ("Connection(",)),
+    ("the pool slot", ("Slot(", "_slots.append")),
+    ("the socket and its transport", ("socket.py", "SocketTransport(", "SocketStream(")),
+    ("the peer", ("peer.py",)),
+)
+
+
+def _kind(line: dict[str, Any]) -> str:
+    text = " ".join(line["where"]) + " " + line["code"]
+    for kind, marks in _KINDS:
+        if any(mark in text for mark in marks):
+            return kind
+    return "the rest"
+
+
+def _print_kinds(kind: str, lines: list[dict[str, Any]]) -> None:
+    totals: dict[str, float] = {}
+    for line in lines:
+        totals[_kind(line)] = totals.get(_kind(line), 0.0) + line["bytes"]
+    print(f"\n{kind}: live allocations per connection after the ping, by what they are")
+    for name, size in sorted(totals.items(), key=lambda item: -item[1]):
+        print(f"  {size:6,.0f} B  {name}")
+    print(f"  {sum(totals.values()):6,.0f} B  traced in all")
+
+
 def _print_lines(kind: str, lines: list[dict[str, Any]], top: int) -> None:
     print(f"\n{kind}: live allocations per connection after the ping, by traceback")
     print("   bytes  blocks  where (innermost last) / line")
@@ -582,6 +636,7 @@ def main() -> None:
         )
     for kind, r in results.items():
         _print_objects(kind, r["objects"])
+        _print_kinds(kind, r["lines"])
         _print_lines(kind, r["lines"], args.top)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
