@@ -225,3 +225,34 @@ async def test_forget_wakes_the_reader_and_leaves_the_socket_open(
     with trio.fail_after(5):
         await parking.wait_readable(ours)  # registered anew
     assert ours.recv(10) == b"x"
+
+
+async def test_a_worker_parks_its_idle_readers_and_drains_them() -> None:
+    """Real loopback: a connection that has sent nothing waits in the worker's parking,
+    is answered when it pings, and the drain closes it from there."""
+    from trioserver.config import Address
+    from trioserver.framer import PING
+    from trioserver.testing import memory_config
+    from trioserver.worker import Worker
+
+    worker = Worker(memory_config(server__listen=(Address("127.0.0.1", 0),), http__listen=()))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(worker.serve)
+        parking = worker.shared.parking
+        assert parking is not None
+        client = await trio.open_tcp_stream(*worker.addresses[0])
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(worker.connections()) == 1 and len(parking) == 1
+        await client.send_all(PING)
+        with trio.fail_after(5):
+            reply = b""
+            while len(reply) < len(PING):
+                reply += await client.receive_some(64)
+        assert reply == PING
+        worker.stop()
+        with trio.fail_after(5):
+            while await client.receive_some(64):
+                pass  # the drain closed it: EOF
+        await worker.wait_stopped()
+        assert len(parking) == 0
+        await client.aclose()
