@@ -14,6 +14,13 @@ checkout measured, so a change in the count is the server's.
     python benchmarks/instructions.py                 # batches of 16 and of 1
     python benchmarks/instructions.py --batch 16 --rounds 200 1200
     python benchmarks/instructions.py --server bare   # the bare trio baseline instead
+    python benchmarks/instructions.py --readers parked   # every wait in the worker's parking
+
+A reader waits in trio's ``wait_readable`` when it is back within
+``transport.BUSY_WAIT`` (10 ms) of its previous wait, else in the worker's read
+parking. Under callgrind a round trip takes longer than that, so ``--readers``
+says which path to count: ``busy`` (the default: a client pinging back to back,
+as on real hardware) or ``parked`` (a reader quiet between packets).
 
 With ``--server bare`` the same client talks to ``baselines/bare_trio.py``'s handler
 served by ``trio.serve_tcp`` in the same process: the difference between the two
@@ -25,12 +32,13 @@ Compare two checkouts by running it in each (a worktree per commit).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import shutil
 import subprocess
-from functools import partial
 import sys
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,8 +60,13 @@ async def _ping(host: str, port: int, rounds: int, batch: int) -> None:
     sock.close()
 
 
-async def _serve_and_ping(rounds: int, batch: int, server: str) -> None:
+async def _serve_and_ping(rounds: int, batch: int, server: str, readers: str) -> None:
     import trio
+
+    from trioserver import transport
+
+    # Which wait a reader takes (see the module docstring): the module's global.
+    transport.BUSY_WAIT = math.inf if readers == "busy" else 0.0  # type: ignore[misc]
 
     if server == "bare":
         sys.path.insert(0, str(ROOT / "benchmarks" / "baselines"))
@@ -84,7 +97,7 @@ async def _serve_and_ping(rounds: int, batch: int, server: str) -> None:
         worker.stop(grace=0)
 
 
-def _count(rounds: int, batch: int, server: str) -> int:
+def _count(rounds: int, batch: int, server: str, readers: str) -> int:
     out = subprocess.run(
         [
             "valgrind",
@@ -97,6 +110,8 @@ def _count(rounds: int, batch: int, server: str) -> int:
             str(batch),
             "--server",
             server,
+            "--readers",
+            readers,
         ],
         capture_output=True,
         text=True,
@@ -116,27 +131,29 @@ def main() -> None:
     parser.add_argument("--batch", type=int, nargs="*", default=[16, 1])
     parser.add_argument("--rounds", type=int, nargs=2, default=[200, 1200])
     parser.add_argument("--server", choices=["trioserver", "bare", "both"], default="trioserver")
+    parser.add_argument("--readers", choices=["busy", "parked"], default="busy")
     parser.add_argument("--child", nargs=2, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         import trio
 
-        trio.run(_serve_and_ping, *args.child, args.server)
+        trio.run(_serve_and_ping, *args.child, args.server, args.readers)
         return
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed (Debian package valgrind)")
     commit = subprocess.run(
         ["git", "-C", str(ROOT), "log", "-1", "--format=%h %s"], capture_output=True, text=True
     ).stdout.strip()
-    print(f"code: {commit}")
+    print(f"code: {commit}; readers: {args.readers}")
     short, long = args.rounds
     servers = ["bare", "trioserver"] if args.server == "both" else [args.server]
     for batch in args.batch:
         counts = {}
         for server in servers:
-            per_round = (_count(long, batch, server) - _count(short, batch, server)) / (
-                long - short
-            )
+            readers = args.readers
+            per_round = (
+                _count(long, batch, server, readers) - _count(short, batch, server, readers)
+            ) / (long - short)
             counts[server] = per_round
             print(
                 f"{server:>10} batch {batch:>3}: {per_round:,.0f} instructions per round trip, "

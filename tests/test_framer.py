@@ -171,10 +171,50 @@ def test_a_drained_decoder_keeps_no_buffer() -> None:
     decoder = FrameDecoder()
     decoder.receive_data(PING * 3 + PING[:5])
     assert decoder.next_packets() == [Packet(0)] * 3
-    assert decoder.pending == 5 and len(decoder._buf) == len(PING) * 3 + 5  # a partial packet waits
+    assert decoder.pending == 5 and len(decoder._buf) == 5  # only the unfinished packet waits
     decoder.receive_data(PING[5:])
     assert decoder.next_packets() == [Packet(0)]
     assert decoder.pending == 0 and len(decoder._buf) == 0
+
+
+def test_after_a_large_packet_the_buffer_is_released_and_decoding_goes_on() -> None:
+    """A packet that grew the buffer across reads leaves none behind; the next packet,
+    split across reads again, still decodes."""
+    big = encode(7, bytes(range(256)) * 100)  # 25,608 bytes
+    decoder = FrameDecoder()
+    for start in range(0, len(big), 4096):
+        decoder.receive_data(big[start : start + 4096])
+        events = decoder.next_packets()
+    assert events == [Packet(7, bytes(range(256)) * 100)]
+    assert decoder.pending == 0 and decoder._buf == b""
+    after = encode(3, b"after") + PING
+    decoder.receive_data(after[:3])
+    assert decoder.next_packets() == [] and len(decoder._buf) == 3
+    decoder.receive_data(after[3:9])
+    assert decoder.next_packets() == []
+    decoder.receive_data(after[9:])
+    assert decoder.next_packets() == [Packet(3, b"after"), Packet(0)]
+    assert decoder._buf == b""
+
+
+def test_a_reused_receive_buffer_does_not_change_what_was_buffered() -> None:
+    """A caller may refill the bytearray it handed over: the decoder copied it."""
+    decoder = FrameDecoder()
+    chunk = bytearray(encode(4, b"abc")[:6])
+    decoder.receive_data(chunk)
+    chunk[:] = b"\xff" * 6
+    decoder.receive_data(memoryview(encode(4, b"abc")[6:]))
+    assert decoder.next_packets() == [Packet(4, b"abc")]
+
+
+def test_packets_left_by_a_limit_are_decoded_on_the_next_call() -> None:
+    """A batch limit leaves whole packets in the chunk; later chunks extend it in order."""
+    decoder = FrameDecoder()
+    decoder.receive_data(encode(1, b"a") + encode(2, b"b") + encode(3, b"c")[:4])
+    assert decoder.next_packets(1) == [Packet(1, b"a")]
+    decoder.receive_data(encode(3, b"c")[4:] + encode(5, b"e"))
+    assert decoder.next_packets() == [Packet(2, b"b"), Packet(3, b"c"), Packet(5, b"e")]
+    assert decoder.pending == 0
 
 
 def _drain_one_by_one(decoder: FrameDecoder) -> tuple[list[object], str | None]:

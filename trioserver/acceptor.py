@@ -28,6 +28,7 @@ from .http import HttpConnectionState, StaticSite, refuse_http_connection, serve
 from .http.websocket import WebSocketPolicy
 from .netcaps import NetworkCaps
 from .nursery_pool import ConnectionPool, Slot
+from .parking import ReadParking
 from .peer import Peer
 from .sockets import BoundListener, Listener, addresses_of, open_listeners, stop_queueing
 from .stats import Counters
@@ -224,7 +225,7 @@ class Acceptor:
                             burst = 0
                             await trio.lowlevel.wait_readable(listener.sock)
                             continue
-                        transport: Transport = _socket_transport(raw)
+                        transport: Transport = _socket_transport(raw, self.shared.parking)
                         peer = Peer.from_sockaddr(address)
                         burst += 1
                     else:
@@ -272,7 +273,12 @@ class Acceptor:
                 raw, address = listener.sock.accept()
             except OSError:  # BlockingIOError: the queue is empty
                 break
-            self._admit(_socket_transport(raw), Peer.from_sockaddr(address), http, upgrade)
+            self._admit(
+                _socket_transport(raw, self.shared.parking),
+                Peer.from_sockaddr(address),
+                http,
+                upgrade,
+            )
             taken += 1
         if taken:
             log.info("worker %d: %d queued connections accepted for the drain", self.index, taken)
@@ -398,11 +404,11 @@ class Acceptor:
         await conn.serve(proxy_header=False)  # it rests the slot when it closes
 
 
-def _socket_transport(raw: stdlib_socket.socket) -> SocketTransport:
+def _socket_transport(raw: stdlib_socket.socket, parking: ReadParking | None) -> SocketTransport:
     """The transport of a freshly accepted socket."""
     raw.setblocking(False)
     raw.setsockopt(stdlib_socket.IPPROTO_TCP, stdlib_socket.TCP_NODELAY, 1)
-    return SocketTransport(raw)
+    return SocketTransport(raw, parking)
 
 
 @attrs.frozen

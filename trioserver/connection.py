@@ -64,6 +64,7 @@ from .messages import MessageCode
 from .netcaps import NetworkCaps
 from .nursery_pool import Slot
 from .outbox import DeferredFlusher, Outbox
+from .parking import ReadParking
 from .peer import Peer
 from .proxy_protocol import ProxyPolicy, ProxyProtocolError, read_proxy_header
 from .reasons import CloseReason, DropReason, HandoffKept, KickReason
@@ -97,6 +98,8 @@ _CLOSED: Final = State.CLOSED
 _HANDING_OFF: Final = State.HANDING_OFF
 _MOVED: Final = State.MOVED
 _PING: Final = int(MessageCode.PING)
+#: One shared float: a connection made a float of its own for ``-math.inf`` otherwise.
+_NEVER: Final = -math.inf
 
 #: Seconds a draining worker waits for the first request of a connection that has
 #: sent nothing yet (accepted just before the drain began) before closing it.
@@ -217,6 +220,9 @@ class Shared:
     id_prefix: str = "local-0.0-"
     #: The handoff under way (set once, by ``Worker.hand_over``; the worker is stopping).
     handoff: HandoffPort | None = None
+    #: Where quiet readers of the worker's sockets wait (set as the worker serves; None:
+    #: trio's own wait, as on a platform without epoll).
+    parking: ReadParking | None = None
     _nursery: trio.Nursery | None = None
 
     @property
@@ -285,10 +291,10 @@ class Connection:
         #: True while the connection sits in the message queue or a handler drains it.
         self.scheduled = False
         self.outbox = Outbox(self)
-        #: Wakes the reader: inbox space, or work finished.
-        self.wakeup = Wakeup()
+        #: Wakes the reader (inbox space, or work finished); made when it first waits.
+        self.wakeup: Wakeup | None = None
         #: Flood rule: arrival time of the previous packet and the fast-packet run length.
-        self.last_packet_at = -math.inf
+        self.last_packet_at = _NEVER
         self.flood_count = 0
         #: Hard session-lifetime deadline (inf when off); the heartbeat never extends past it.
         self.hard_deadline = math.inf
@@ -372,7 +378,7 @@ class Connection:
     def settle(self) -> None:
         """Some work for this connection finished: wake its reader, and during a drain
         close it once it is idle with nothing in hand (a busy reader stops by itself)."""
-        self.wakeup.wake()
+        self._wake()
         if self.shared.stopping and self.state is _IDLE and not self.busy:
             self.reason = CloseReason.DRAINED
             self._move(_CLOSING)
@@ -464,13 +470,13 @@ class Connection:
         if record.reannounce:
             self.reason = CloseReason.HANDED_OFF  # on_close runs; on_connect runs there
         self._move(_MOVED)
-        self.wakeup.wake()
+        self._wake()
 
     def resume(self) -> None:
         """The handoff did not take this connection: it drains here."""
         if self.state is _HANDING_OFF:
             self._move(_FINISHING)
-            self.wakeup.wake()
+            self._wake()
 
     def adopt_record(self, record: ConnectionRecord, now: float) -> ConnectionRecord:
         """Take the state a handed-over connection had (before :meth:`serve`); the
@@ -529,7 +535,7 @@ class Connection:
         assert port is not None
         outbox = self.outbox
         while self.scheduled or self.inbox or outbox.writing:
-            await self.wakeup.wait()  # handlers finish; a writer puts back what it did not send
+            await self._wakeup().wait()  # handlers finish; a writer puts back what it did not send
             if self.state is not _HANDING_OFF:
                 return False
         transport = movable(self.transport)
@@ -549,7 +555,7 @@ class Connection:
         # touch the socket (a deadline passing now is the new worker's to enforce).
         with trio.CancelScope(shield=True):
             while self.state is _HANDING_OFF:
-                await self.wakeup.wait()
+                await self._wakeup().wait()
         if self.state is _MOVED:
             return True
         outbox.release()
@@ -650,6 +656,7 @@ class Connection:
                     if self.state is _NEW:
                         self._move(_READING)
                     decoder.receive_data(data)
+                    data = None  # the decoder holds what it still needs; a parked reader, nothing
                     # Take at most what the inbox has room for; the rest stays as bytes.
                     while True:
                         room = inbox_size - len(self.inbox)
@@ -670,7 +677,7 @@ class Connection:
                                 self._finish(KickReason.BAD_LENGTH)
                             break  # the buffer holds no further whole packet
                         while len(self.inbox) >= inbox_size:
-                            await self.wakeup.wait()
+                            await self._wakeup().wait()
                         if self.outbox.writing:
                             # Let the writer run between batches: replies pile up only
                             # while the peer really does not read (then it is kicked).
@@ -687,7 +694,7 @@ class Connection:
                     if self.state is not _FINISHING:
                         self._move(_FINISHING)
                     while self.busy:  # answer and send everything that was read
-                        await self.wakeup.wait()
+                        await self._wakeup().wait()
                     if transport.lingers and not peer_eof:
                         self._move(State.LINGERING)
                         transport.closing(self._ending())
@@ -698,6 +705,17 @@ class Connection:
             clean = True
         finally:
             await self._close(clean)
+
+    def _wakeup(self) -> Wakeup:
+        """The reader's wakeup, made the first time it waits for one (most never do)."""
+        if self.wakeup is None:
+            self.wakeup = Wakeup()
+        return self.wakeup
+
+    def _wake(self) -> None:
+        """Wake the reader if it waits for its wakeup (no wakeup yet: it never waited)."""
+        if self.wakeup is not None:
+            self.wakeup.wake()
 
     def _ending(self) -> KickReason | CloseReason | None:
         """Why it ends, as the transport is told: a drain's end is the drain's."""

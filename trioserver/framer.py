@@ -156,6 +156,12 @@ class FrameDecoder:
 
     ``max_packet_length`` caps pkgLen (header included); it is also the most this
     object ever buffers beyond what one ``receive_data`` call hands it.
+
+    With nothing buffered, a received ``bytes`` chunk is decoded where it is (no
+    copy) and nothing is kept once it is all taken: an idle connection's decoder
+    holds no buffer. Only the start of a packet that the chunk left unfinished is
+    copied (into a ``bytearray`` that the next chunks extend), so a parked
+    connection never keeps a whole large read alive.
     """
 
     __slots__ = ("_buf", "_eof", "_error", "_max", "_pos")
@@ -167,7 +173,8 @@ class FrameDecoder:
                 f"{HEADER_SIZE}..{ABSOLUTE_MAX_PACKET_LENGTH}"
             )
         self._max = max_packet_length
-        self._buf = bytearray()
+        #: ``b""`` when nothing is buffered; a received chunk; or a growing bytearray.
+        self._buf: bytes | bytearray = b""
         self._pos = 0  # start of unconsumed bytes in _buf
         self._eof = False
         self._error: RemoteProtocolError | None = None
@@ -205,15 +212,19 @@ class FrameDecoder:
         if not data:
             self._eof = True
             return
-        if self._pos:
-            # Compact lazily: only once the consumed prefix is most of the buffer.
-            if self._pos >= len(self._buf):
-                self._buf.clear()
+        buf = self._buf
+        if not buf:  # nothing buffered: decode the chunk where it is
+            self._buf = data if type(data) is bytes else bytes(data)
+            return
+        if isinstance(buf, bytearray):
+            if self._pos > 65536 or self._pos * 2 > len(buf):
+                # Compact lazily: only once the consumed prefix is most of the buffer.
+                del buf[: self._pos]
                 self._pos = 0
-            elif self._pos > 65536 or self._pos * 2 > len(self._buf):
-                del self._buf[: self._pos]
-                self._pos = 0
-        self._buf += data
+        else:  # a chunk with more in it: its rest becomes a buffer
+            buf = self._buf = bytearray(memoryview(buf)[self._pos :])
+            self._pos = 0
+        buf += data
 
     def next_packet(self) -> Event | NeedData:
         """The next event, or :data:`NEED_DATA` when more bytes are needed.
@@ -245,8 +256,11 @@ class FrameDecoder:
         if self._eof and avail:
             self._error = TruncatedPacketError(avail)
             raise self._error
-        if not avail and pos:
-            buf.clear()  # all taken: an idle connection keeps no buffer
+        if not avail:
+            self._buf = b""  # all taken: an idle connection keeps no buffer
+            self._pos = 0
+        elif pos and type(buf) is bytes:
+            self._buf = buf[pos:]  # keep the unfinished packet, not the whole chunk
             self._pos = 0
         return NEED_DATA
 
@@ -294,13 +308,15 @@ class FrameDecoder:
                 return out  # the error is raised by the next call
             raise self._error
         if pos == end:
-            if pos:
-                buf.clear()  # all taken: an idle connection keeps no buffer
-                self._pos = 0
+            self._buf = b""  # all taken: an idle connection keeps no buffer
+            self._pos = 0
         elif self._eof and remaining:
             self._error = TruncatedPacketError(end - pos)
             if not out:
                 raise self._error
+        elif remaining and pos and type(buf) is bytes:
+            self._buf = buf[pos:]  # keep the unfinished packet, not the whole chunk
+            self._pos = 0
         return out
 
     def receive_packets(self, data: bytes | bytearray | memoryview) -> list[Event]:

@@ -303,7 +303,7 @@ class HandoffSender:
 
 def _transport_for(sock: socket.socket, record: ConnectionRecord, shared: Shared) -> Transport:
     """The transport a handed-over socket is served with again."""
-    base = SocketTransport(sock)
+    base = SocketTransport(sock, shared.parking)
     if not record.websocket:
         return base
     return WebSocketTransport(

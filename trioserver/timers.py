@@ -86,7 +86,9 @@ class ConnectionRules:
 
     def refresh(self, conn: Ruled, now: float) -> None:
         """A refreshing packet arrived: push the heartbeat deadline out again."""
-        conn.scope.deadline = min(now + self.heartbeat_timeout, conn.hard_deadline)
+        # The hard deadline first: when the two are equal (both inf, the heartbeat
+        # off) min() keeps it, a shared float, instead of a new one per connection.
+        conn.scope.deadline = min(conn.hard_deadline, now + self.heartbeat_timeout)
 
     def logged_in(self, conn: Ruled, now: float) -> None:
         """The connection logged in: the login deadline gives way to the lifetime's.

@@ -14,6 +14,7 @@ Shape::
     └─ shielded root nursery
        ├─ recycle timer                    (timers.RecycleTimer)
        ├─ deferred flusher                 (outbox.DeferredFlusher)
+       ├─ read parking: idle readers' epoll (parking.ReadParking)
        ├─ handler tasks                    (dispatch.MessageQueue)
        ├─ the hub's remote, if any          (mesh.Mesh: the other workers; bus.RedisBus)
        ├─ application tasks                (router.on_worker_start; cancelled at the drain)
@@ -71,6 +72,7 @@ from .messages import MessageCode
 from .netcaps import NetworkCaps
 from .nursery_pool import ConnectionPool
 from .outbox import DeferredFlusher
+from .parking import ReadParking, parking_supported
 from .proxy_protocol import ProxyPolicy
 from .reasons import HandoffKept
 from .sockets import BoundListener, Listener, open_listeners
@@ -438,6 +440,9 @@ class Worker:
                 async with trio.open_nursery() as services:
                     services.start_soon(self.recycler.run)
                     services.start_soon(self._flusher.run)
+                    if parking_supported():
+                        self.shared.parking = parking = ReadParking()
+                        services.start_soon(parking.run)
                     services.start_soon(self.counters.connection_log.run)
                     await services.start(self.queue.run)
                     if self._mesh is not None:

@@ -359,3 +359,25 @@ def test_any_split_gives_the_same_events(data: bytes, cuts: list[int]) -> None:
     pieces += conn.receive_events(data[start:])
     assert pieces == whole
     _check_event_stream(whole)
+
+
+def test_between_feeds_the_parser_keeps_no_request_alive() -> None:
+    """An idle keep-alive connection holds no events of its last request (memory)."""
+    conn = HttpConnection()
+    (request,) = conn.receive_events(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert isinstance(request, Request)
+    assert conn._events == [] and conn._pending is None  # no deque unless next_event is used
+    (second,) = conn.receive_events(b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert isinstance(second, Request) and second.target == b"/b"
+
+
+def test_the_event_api_still_gives_every_event_in_order() -> None:
+    conn = HttpConnection()
+    conn.receive_data(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\n")
+    first = conn.next_event()
+    assert isinstance(first, Request) and first.target == b"/a"
+    assert conn.next_event() is NEED_HTTP_DATA
+    conn.receive_data(b"Host: x\r\n\r\n")
+    second = conn.next_event()
+    assert isinstance(second, Request) and second.target == b"/b"
+    assert conn.next_event() is NEED_HTTP_DATA

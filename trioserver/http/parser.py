@@ -155,6 +155,9 @@ _HEAD: Final = _State.HEAD
 _BODY: Final = _State.BODY
 _DONE: Final = _State.DONE
 _ERROR: Final = _State.ERROR
+#: ``HttpConnection._events`` between feeds: shared, and nothing appends to it (the
+#: callbacks run only inside ``feed_data``, which has a list of its own by then).
+_NO_EVENTS: Final[list[Event]] = []
 
 
 class _Reject(Exception):
@@ -214,8 +217,12 @@ class HttpConnection:
         )
         self._parser = httptools.HttpRequestParser(callbacks)
         self._state = _IDLE
-        self._events: list[Event] = []
-        self._pending: deque[Event] = deque()
+        #: The events of the feed under way (callbacks append to it); between feeds
+        #: the shared empty list, so an idle connection keeps no request alive.
+        self._events: list[Event] = _NO_EVENTS
+        #: What ``next_event`` still has to give (made on first ``receive_data``:
+        #: the adapter uses ``receive_events``, and an empty deque is 600 bytes).
+        self._pending: deque[Event] | None = None
         self._error: Rejected | None = None
         self._closed = False
         self._url = b""
@@ -251,7 +258,11 @@ class HttpConnection:
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """Parse bytes from the peer (``b""`` is EOF); take the events with :meth:`next_event`."""
-        self._pending.extend(self.receive_events(data))
+        events = self.receive_events(data)
+        if self._pending is None:
+            self._pending = deque(events)
+        else:
+            self._pending.extend(events)
 
     def next_event(self) -> Event | NeedHttpData:
         """The next event, or :data:`NEED_HTTP_DATA`."""
@@ -297,6 +308,7 @@ class HttpConnection:
                     self._stall += len(data)
                     if self._head_bytes + self._stall > self._max_header:
                         self._reject(_too_large_head(self._max_header))
+        self._events = _NO_EVENTS
         return events
 
     # -- internals --------------------------------------------------------------
