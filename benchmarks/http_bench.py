@@ -40,7 +40,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import trio
 
 ROOT = Path(__file__).resolve().parent.parent
 NGINX_CONF = """\
@@ -69,6 +74,12 @@ http {{
         index index.html;
     }}
 }}
+"""
+#: Added to NGINX_CONF's http block for nginx with its open-file cache (run.py nginx-cache).
+NGINX_OPEN_FILE_CACHE = """\
+    open_file_cache max=1000 inactive=60s;
+    open_file_cache_valid 60s;
+    open_file_cache_min_uses 1;
 """
 
 
@@ -112,8 +123,8 @@ def serve_stream(port: int, root: str) -> None:
     trio.run(main)
 
 
-def serve_bare(port: int, root: str) -> None:
-    """The ceiling on this machine: trio + httptools, cached bytes, no features."""
+def bare_handler(root: str) -> Callable[[trio.SocketStream], Awaitable[None]]:
+    """The bare baseline's connection handler: trio + httptools, cached bytes, no features."""
     import httptools
     import trio
 
@@ -146,6 +157,15 @@ def serve_bare(port: int, root: str) -> None:
             pass
         finally:
             await stream.aclose()
+
+    return handle
+
+
+def serve_bare(port: int, root: str) -> None:
+    """The ceiling on this machine: trio + httptools, cached bytes, no features."""
+    import trio
+
+    handle = bare_handler(root)
 
     async def main() -> None:
         listeners = await trio.open_tcp_listeners(port, host="127.0.0.1", backlog=4096)

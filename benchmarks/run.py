@@ -47,6 +47,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -152,17 +153,23 @@ TRIOSERVER_TAGS: Mapping[str, tuple[str, ...]] = {
 TRIOSERVER_PROBE = ("{python}", "-m", "trioserver", "serve", "--help")
 
 
-def write_nginx_conf(values: dict[str, Any]) -> None:
+def write_nginx_conf(values: dict[str, Any], *, file_cache: bool = False) -> None:
     """nginx.conf for one nginx on {port}: http_bench.py's (1 worker, sendfile, tcp_nopush,
-    access_log off), with its pid file and temp paths in a directory of its own."""
+    access_log off), with its pid file and temp paths in a directory of its own.
+    ``file_cache``: with ``open_file_cache`` on (descriptors and stat results kept, so a
+    request opens no file: what trioserver's cache does for small files)."""
     sys.path.insert(0, str(BENCH))
     try:
-        from http_bench import NGINX_CONF
+        from http_bench import NGINX_CONF, NGINX_OPEN_FILE_CACHE
     finally:
         sys.path.remove(str(BENCH))
     prefix = Path(values["workdir"]) / f"nginx-{values['port']}"
     prefix.mkdir(mode=0o755, exist_ok=True)
     conf = NGINX_CONF.format(tmp=prefix, port=values["port"], root=values["docroot"])
+    if file_cache:
+        conf = conf.replace(
+            "    access_log off;\n", "    access_log off;\n" + NGINX_OPEN_FILE_CACHE
+        )
     (prefix / "nginx.conf").write_text(conf)
 
 
@@ -246,6 +253,14 @@ TARGETS: dict[str, Target] = {
             "(http_bench.NGINX_CONF)",
         ),
         Target(
+            "nginx-cache",
+            ("{nginx}", "-c", "{workdir}/nginx-{port}/nginx.conf", "-p", "{workdir}/nginx-{port}"),
+            needs=("nginx", "wrk"),
+            forks_workers=True,
+            prepare=partial(write_nginx_conf, file_cache=True),
+            description="nginx as above with open_file_cache on (http_bench.NGINX_OPEN_FILE_CACHE)",
+        ),
+        Target(
             "trioserver-http",
             trioserver_command(
                 1,
@@ -285,7 +300,7 @@ TARGETS: dict[str, Target] = {
 
 BINARY_TARGETS = ("bare-trio", "uvloop", "trioserver")
 ACCOUNT_TARGETS = (*BINARY_TARGETS, "trioserver-sqlite")
-HTTP_TARGETS = ("nginx", "trioserver-http", "bare-httptools")
+HTTP_TARGETS = ("nginx", "nginx-cache", "trioserver-http", "bare-httptools")
 # Ratios printed for a case (numerator, denominator), when both ran.
 RATIOS: tuple[tuple[str, str], ...] = (
     ("trioserver", "bare-trio"),
@@ -294,6 +309,7 @@ RATIOS: tuple[tuple[str, str], ...] = (
 )
 HTTP_RATIOS: tuple[tuple[str, str], ...] = (
     ("trioserver-http", "nginx"),
+    ("trioserver-http", "nginx-cache"),
     ("trioserver-http", "bare-httptools"),
     ("bare-httptools", "nginx"),
 )

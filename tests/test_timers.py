@@ -1,5 +1,5 @@
-"""The time rules on their own: the recycle timer in virtual time, and ConnectionRules'
-arithmetic on a stand-in connection (no worker, no socket)."""
+"""The time rules on their own: the recycle timer and the expiry timer in virtual time, and
+ConnectionRules' arithmetic on a stand-in connection (no worker, no socket)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,133 @@ import trio.testing
 from trioserver.config import ConnectionSettings
 from trioserver.nursery_pool import ConnectionPool, Slot, SlotState
 from trioserver.reasons import KickReason
-from trioserver.timers import ConnectionRules, RecycleTimer
+from trioserver.timers import ConnectionRules, ExpiryTimer, RecycleTimer
+
+# -- the expiry timer ----------------------------------------------------------------------------
+
+
+class Owner:
+    """A stand-in for an HTTP connection: notes when (virtual time) it expired."""
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.armed = math.inf
+        self.timer_entry: list[object] | None = None
+        self.expired: list[float] = []
+
+    def expire(self) -> None:
+        self.expired.append(trio.current_time())
+
+
+async def test_owners_expire_exactly_at_their_deadlines_in_order(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    timer = ExpiryTimer()
+    start = trio.current_time()
+    owners = [Owner(start + d) for d in (5.0, 3.0, 8.0, 3.0)]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(timer.run)
+        for owner in owners:
+            timer.arm(owner)
+        assert len(timer) == 4
+        await trio.sleep(10)
+        nursery.cancel_scope.cancel()
+    assert [[t - start for t in o.expired] for o in owners] == [[5.0], [3.0], [8.0], [3.0]]
+    assert len(timer) == 0
+
+
+async def test_a_deadline_moved_later_needs_no_word_and_expires_at_the_new_time(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The keep-alive path: each request moves the deadline with a float store."""
+    timer = ExpiryTimer()
+    start = trio.current_time()
+    owner = Owner(start + 5.0)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(timer.run)
+        timer.arm(owner)
+        for step in (2.0, 4.0, 6.0, 8.0):  # moved on before each expiry
+            await trio.sleep_until(start + step)
+            owner.deadline = trio.current_time() + 5.0
+        await trio.sleep(20)
+        nursery.cancel_scope.cancel()
+    assert [t - start for t in owner.expired] == [13.0]
+
+
+async def test_a_deadline_moved_earlier_is_armed_again_and_expires_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The drain's first-request grace: the earlier time wakes the sleeping task."""
+    timer = ExpiryTimer()
+    start = trio.current_time()
+    owner, other = Owner(start + 10.0), Owner(start + 20.0)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(timer.run)
+        timer.arm(owner)
+        timer.arm(other)
+        await trio.sleep(1)
+        owner.deadline = start + 2.5
+        timer.arm(owner)
+        timer.arm(owner)  # again: no second entry
+        assert len(timer) == 2
+        await trio.sleep(30)
+        nursery.cancel_scope.cancel()
+    assert [t - start for t in owner.expired] == [2.5]
+    assert [t - start for t in other.expired] == [20.0]
+
+
+async def test_an_owner_armed_while_the_timer_has_nothing_wakes_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    timer = ExpiryTimer()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(timer.run)
+        await trio.sleep(100)  # the task waits for an owner, with no deadline of its own
+        start = trio.current_time()
+        owner = Owner(start + 1.5)
+        timer.arm(owner)
+        await trio.sleep(5)
+        nursery.cancel_scope.cancel()
+    assert [t - start for t in owner.expired] == [1.5]
+
+
+async def test_discarded_owners_never_expire_and_their_entries_do_not_pile_up(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Short connections close long before their deadline: 10,000 of them leave a heap
+    no bigger than about twice the open ones, and drop their owners at once."""
+    timer = ExpiryTimer()
+    start = trio.current_time()
+    kept = Owner(start + 50.0)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(timer.run)
+        timer.arm(kept)
+        for n in range(10_000):
+            owner = Owner(start + 10.0 + n / 1000)
+            timer.arm(owner)
+            timer.discard(owner)
+            assert owner.timer_entry is None and owner.armed == math.inf
+            assert len(timer._heap) <= 2 * len(timer) + 130
+        await trio.sleep(60)
+        nursery.cancel_scope.cancel()
+    assert owner.expired == []
+    assert [t - start for t in kept.expired] == [50.0]
+
+
+async def test_discard_after_expiry_and_twice_is_harmless(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    timer = ExpiryTimer()
+    owner = Owner(trio.current_time() + 1.0)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(timer.run)
+        timer.arm(owner)
+        await trio.sleep(2)
+        timer.discard(owner)
+        timer.discard(owner)
+        nursery.cancel_scope.cancel()
+    assert len(owner.expired) == 1 and len(timer) == 0
+
 
 # -- the recycle timer ---------------------------------------------------------------------------
 

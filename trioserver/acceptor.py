@@ -32,7 +32,7 @@ from .parking import ReadParking
 from .peer import Peer
 from .sockets import BoundListener, Listener, addresses_of, open_listeners, stop_queueing
 from .stats import Counters
-from .timers import RecycleTimer
+from .timers import ExpiryTimer, RecycleTimer
 from .tls import ServerTls
 from .tls_transport import TlsUpgrade
 from .transport import SocketTransport, Transport, as_transport, peer_of_stream
@@ -76,6 +76,7 @@ class Acceptor:
         shared: Shared,
         caps: NetworkCaps,
         tls: ServerTls | None,
+        timer: ExpiryTimer,
     ) -> None:
         self.config = config
         self.index = index
@@ -85,6 +86,8 @@ class Acceptor:
         self.shared = shared
         self.caps = caps
         self.tls = tls
+        #: The HTTP connections' deadlines (run by the worker).
+        self.timer = timer
         self.listeners: list[Listener] = []
         self.http_listeners: list[Listener] = []
         self.tls_listeners: list[Listener] = []
@@ -377,7 +380,13 @@ class Acceptor:
                     return
                 transport = secured
             websocket = await serve_http(
-                transport, self.site, self.config.http, state, peer=peer, websocket=self.websocket
+                transport,
+                self.site,
+                self.config.http,
+                state,
+                peer=peer,
+                websocket=self.websocket,
+                timer=self.timer,
             )
         finally:
             del self.http_connections[slot.index]

@@ -1,4 +1,5 @@
-"""Connection time rules: heartbeat deadline, hard lifetime, login deadline, flood, recycle.
+"""Connection time rules: heartbeat deadline, hard lifetime, login deadline, flood, recycle;
+and one worker-wide timer for the deadlines of many short-lived connections.
 
 None of these polls. The heartbeat, the hard lifetime and the login deadline are
 the deadline of the connection's cancel scope: a ping moves it (``refresh``), and
@@ -12,13 +13,23 @@ worker sleeping until the oldest resting slot is due.
 A header that never completes (a client dripping a byte now and then) sends no
 valid ping, so the heartbeat deadline closes it: no separate read timeout is
 needed for the binary protocol.
+
+HTTP connections keep their deadlines (header, keep-alive, send) with
+:class:`ExpiryTimer`: a trio cancel scope entered and left per connection costs
+about as much as answering its request (a ``CancelStatus``, trio's deadline heap
+and its ``contextlib`` helpers, once more on every deadline move), and a short
+connection has little else. The timer is one heap and one task per worker; a
+connection's deadline is a float it moves freely.
 """
 
 from __future__ import annotations
 
 import collections
+import heapq
+import itertools
+import logging
 import math
-from typing import Protocol
+from typing import Any, Protocol
 
 import attrs
 import trio
@@ -28,7 +39,9 @@ from .nursery_pool import ConnectionPool, Slot
 from .reasons import KickReason
 from .wakeup import Wakeup
 
-__all__ = ["ConnectionRules", "RecycleTimer"]
+__all__ = ["ConnectionRules", "Expiring", "ExpiryTimer", "RecycleTimer"]
+
+log = logging.getLogger("trioserver.worker")
 
 
 class Ruled(Protocol):
@@ -184,3 +197,126 @@ class RecycleTimer:
                 continue
             resting.popleft()
             self._pool.recycle(slot)
+
+
+class Expiring(Protocol):
+    """What :class:`ExpiryTimer` keeps the deadline of (an HTTP connection).
+
+    The owner sets ``deadline`` as it likes; moving it later costs nothing more
+    (the timer finds out when the earlier time comes), moving it earlier than
+    ``armed`` needs :meth:`ExpiryTimer.arm`. ``armed`` and ``timer_entry`` are the
+    timer's. ``expire`` is called once the deadline has passed; it must not raise.
+    """
+
+    deadline: float
+    #: When the timer looks at this owner next (inf: never, it is not armed).
+    armed: float
+    timer_entry: list[Any] | None
+
+    def expire(self) -> None: ...
+
+
+class ExpiryTimer:
+    """The deadlines of many owners (:class:`Expiring`), kept by one heap and one task.
+
+    ::
+
+        conn.deadline = now + 10.0; timer.arm(conn)   # a new connection
+        conn.deadline = now + 15.0                    # later: nothing else to do
+        timer.discard(conn)                           # it closed
+
+    Exact: an owner expires when the clock reaches its deadline, not a tick later
+    (the task sleeps until the earliest entry's time). Lazy: an entry whose owner
+    moved its deadline later is pushed again at the new time when it comes up, so
+    a keep-alive request costs a float store, not a heap operation. An entry is
+    ``[when, sequence, owner]``; discarding an owner only empties its entry (a
+    closed connection is not kept alive by it), and empty entries are dropped
+    from the top as the task goes and all at once when they outnumber the live
+    ones, so the heap stays under about twice the open connections.
+    """
+
+    def __init__(self) -> None:
+        self._heap: list[list[Any]] = []
+        self._sequence = itertools.count()
+        self._empty = 0
+        #: When the task wakes next (inf: when an owner is armed).
+        self._due = math.inf
+        self._sleep: trio.CancelScope | None = None
+        self._wakeup = Wakeup()
+
+    def __len__(self) -> int:
+        """Owners armed (entries that are not empty)."""
+        return len(self._heap) - self._empty
+
+    def arm(self, owner: Expiring) -> None:
+        """Make sure ``owner`` expires at its ``deadline`` (call after moving it earlier)."""
+        deadline = owner.deadline
+        if deadline >= owner.armed:
+            return  # its entry comes up no later than the deadline
+        old = owner.timer_entry
+        if old is not None:
+            old[2] = None
+            self._empty += 1
+        entry = [deadline, next(self._sequence), owner]
+        owner.timer_entry = entry
+        owner.armed = deadline
+        heapq.heappush(self._heap, entry)
+        if deadline < self._due:
+            self._due = deadline
+            if self._sleep is not None:
+                self._sleep.deadline = deadline
+            else:
+                self._wakeup.wake()
+
+    def discard(self, owner: Expiring) -> None:
+        """``owner`` is done: it never expires."""
+        entry = owner.timer_entry
+        if entry is None:
+            return
+        entry[2] = None
+        owner.timer_entry = None
+        owner.armed = math.inf
+        self._empty += 1
+        heap = self._heap
+        if self._empty > 64 and 2 * self._empty > len(heap):
+            heap[:] = [e for e in heap if e[2] is not None]
+            heapq.heapify(heap)
+            self._empty = 0
+
+    async def run(self) -> None:
+        """Expire owners as their deadlines pass; runs until cancelled."""
+        heap = self._heap
+        heappop, heappush = heapq.heappop, heapq.heappush
+        while True:
+            now = trio.current_time()
+            while heap:
+                entry = heap[0]
+                owner = entry[2]
+                if owner is None:
+                    heappop(heap)
+                    self._empty -= 1
+                    continue
+                if entry[0] > now:
+                    break
+                heappop(heap)
+                if owner.deadline <= now:
+                    entry[2] = None
+                    owner.timer_entry = None
+                    owner.armed = math.inf
+                    try:
+                        owner.expire()
+                    except Exception:
+                        log.exception("bug expiring %r", owner)
+                else:  # moved later since: look again then
+                    entry[0] = owner.armed = owner.deadline
+                    heappush(heap, entry)
+            if not heap:
+                self._due = math.inf
+                await self._wakeup.wait()
+                continue
+            self._due = heap[0][0]
+            with trio.CancelScope(deadline=self._due) as self._sleep:
+                try:
+                    await trio.sleep_forever()
+                finally:
+                    self._sleep = None

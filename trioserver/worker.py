@@ -13,6 +13,7 @@ Shape::
     serve
     └─ shielded root nursery
        ├─ recycle timer                    (timers.RecycleTimer)
+       ├─ HTTP connections' deadlines       (timers.ExpiryTimer)
        ├─ deferred flusher                 (outbox.DeferredFlusher)
        ├─ read parking: idle readers' epoll (parking.ReadParking)
        ├─ handler tasks                    (dispatch.MessageQueue)
@@ -77,7 +78,7 @@ from .proxy_protocol import ProxyPolicy
 from .reasons import HandoffKept
 from .sockets import BoundListener, Listener, open_listeners
 from .stats import Counters, WorkerStatistics
-from .timers import ConnectionRules, RecycleTimer
+from .timers import ConnectionRules, ExpiryTimer, RecycleTimer
 from .tls import ServerTls, load_config_tls
 
 __all__ = ["BoundListener", "Worker", "open_listeners", "run_worker", "serve_until_signalled"]
@@ -123,6 +124,8 @@ class Worker:
         self.counters = Counters()
         self.counters.limit_connection_lines(config.logging)
         self.recycler = RecycleTimer(self.pool, conn.recycle_delay, conn.max_resting)
+        #: The HTTP connections' header, keep-alive and send deadlines.
+        self.http_timer = ExpiryTimer()
         #: Pushes to users, connections and groups (``ctx.hub`` in handlers).
         self.hub = Hub(instance or secrets.token_hex(4), index, os.getpid())
         self.queue = MessageQueue(
@@ -216,6 +219,7 @@ class Worker:
             shared=self.shared,
             caps=self.caps,
             tls=tls,
+            timer=self.http_timer,
         )
         self._drain_deadline = math.inf
         self._stopped = trio.Event()
@@ -439,6 +443,7 @@ class Worker:
             with trio.CancelScope(shield=True):
                 async with trio.open_nursery() as services:
                     services.start_soon(self.recycler.run)
+                    services.start_soon(self.http_timer.run)
                     services.start_soon(self._flusher.run)
                     if parking_supported():
                         self.shared.parking = parking = ReadParking()

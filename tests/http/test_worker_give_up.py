@@ -99,11 +99,24 @@ async def test_connections_with_no_request_yet_are_not_given_up(
             assert not await closed(stream)
 
 
+class _Connection:
+    """A connection as its state sees it: it records being interrupted."""
+
+    def __init__(self) -> None:
+        self.interrupted = 0
+
+    def interrupt(self) -> None:
+        self.interrupted += 1
+
+    def shorten(self, deadline: float) -> None:
+        raise AssertionError("only a fresh connection is shortened")
+
+
 def test_which_states_are_idle() -> None:
     """Idle: answered at least once, not sending, not stopping, and serving."""
     state = HttpConnectionState()
     assert not state.idle  # not serving yet (an HTTPS handshake)
-    state.scope = trio.CancelScope()
+    state.connection = connection = _Connection()
     assert not state.idle  # fresh: no request yet
     state.fresh = False
     assert state.idle
@@ -111,4 +124,4 @@ def test_which_states_are_idle() -> None:
     assert not state.idle
     state.sending = False
     state.give_up()
-    assert state.scope.cancel_called and state.draining and not state.idle
+    assert connection.interrupted == 1 and state.draining and not state.idle

@@ -26,7 +26,9 @@ scheduler pass, and the only checkpoint: timeouts and fairness hang on it), one
 ``recv`` and one ``send``; a receive waits before it reads, because after an
 answer the next request is never there yet (see :class:`_Receiver`).
 
-Time limits are one cancel scope whose deadline moves (no timer tasks):
+Time limits are one deadline per connection, kept by the worker's
+:class:`~trioserver.timers.ExpiryTimer` (one heap, one task: no cancel scope per
+connection):
 
 ==========================  ================================================  ==========
 while                       deadline                                          then
@@ -40,8 +42,12 @@ sending from memory         the deadline of the wait before (at least half    cl
                             ``keep_alive_timeout`` away when sending starts)
 ==========================  ================================================  ==========
 
-The deadline is moved lazily, because moving a trio deadline costs as much as
-parsing a request (see ``_Connection.serve``).
+Moving the deadline later is a float store; the timer finds out when the earlier
+time comes. When it passes, the timer wakes the connection from whatever it waits
+for: on a raw socket by ``notify_closing`` (and, when nothing more is to be said,
+``shutdown``, so whatever the task does next fails at once), on other transports
+by cancelling the connection's one cancel scope. A connection served without a
+worker (:func:`serve_http_connection`) gets a timer of its own.
 
 Failures: a policy exception is our bug: logged on ``trioserver.http`` with its
 traceback, answered 500, and the connection closes; any other exception from the
@@ -57,17 +63,20 @@ the error instead of a reset.
 from __future__ import annotations
 
 import collections
+import contextlib
 import enum
 import logging
+import math
 import os
 import socket
 import time
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import attrs
 import trio
 
 from ..peer import Peer
+from ..timers import ExpiryTimer
 from ..transport import SocketTransport, StreamTransport, Transport, as_transport, linger
 from .files import FileRange
 from .parser import HttpConnection, Rejected, Request
@@ -111,6 +120,16 @@ class _FileShrank(Exception):
     """A file got shorter while it was being sent: the promised length cannot be kept."""
 
 
+class Stoppable(Protocol):
+    """What :class:`HttpConnectionState` asks of the connection it stands for."""
+
+    def interrupt(self) -> None:
+        """Close now without a word (the worker drains, or gives the slot up)."""
+
+    def shorten(self, deadline: float) -> None:
+        """Expire no later than ``deadline``."""
+
+
 @attrs.define(eq=False)
 class HttpConnectionState:
     """What the worker sees of one HTTP connection, and how it asks it to finish.
@@ -127,30 +146,34 @@ class HttpConnectionState:
     draining: bool = False
     fresh: bool = True
     by_status: collections.Counter[int] | None = None
-    #: The connection's current deadline scope (the adapter's own: one per connection).
-    scope: trio.CancelScope | None = None
+    #: The connection while it serves HTTP (None before, and after its loop ended).
+    connection: Stoppable | None = None
 
     @property
     def idle(self) -> bool:
         """Between requests, waiting for the next (or in its head): safe to give up."""
-        return not self.sending and not self.fresh and not self.draining and self.scope is not None
+        return (
+            not self.sending
+            and not self.fresh
+            and not self.draining
+            and self.connection is not None
+        )
 
     def give_up(self) -> None:
         """Close an idle keep-alive connection now (the pool runs low); it says nothing."""
         self.draining = True
-        assert self.scope is not None
-        self.scope.cancel()
+        assert self.connection is not None
+        self.connection.interrupt()
 
     def stop(self) -> None:
         """Finish: at once if idle or mid-head, after the answers in hand if sending."""
         self.draining = True
-        if self.sending or self.scope is None:
+        if self.sending or self.connection is None:
             return
         if self.fresh:
-            grace = trio.current_time() + FIRST_REQUEST_GRACE
-            self.scope.deadline = min(self.scope.deadline, grace)
+            self.connection.shorten(trio.current_time() + FIRST_REQUEST_GRACE)
         else:
-            self.scope.cancel()
+            self.connection.interrupt()
 
 
 @attrs.frozen
@@ -171,16 +194,29 @@ async def serve_http(
     *,
     peer: Peer | None = None,
     websocket: WebSocketPolicy | None = None,
+    timer: ExpiryTimer | None = None,
 ) -> Upgraded | None:
     """Serve HTTP/1.1 requests on ``transport`` until the connection ends; then close it.
 
     Returns normally on every peer behaviour and on our own bugs (logged); only
     cancellation propagates. The transport is closed when this returns, unless a
     request for ``websocket``'s path was accepted: then the 101 is sent and the
-    :class:`Upgraded` returned, and the open transport is the caller's.
+    :class:`Upgraded` returned, and the open transport is the caller's. ``timer``
+    keeps the connection's deadlines (a worker's, running); without one the
+    connection runs a timer of its own.
     """
+    if timer is None:
+        async with trio.open_nursery() as nursery:
+            timer = ExpiryTimer()
+            nursery.start_soon(timer.run)
+            try:
+                return await serve_http(
+                    transport, app, settings, state, peer=peer, websocket=websocket, timer=timer
+                )
+            finally:
+                nursery.cancel_scope.cancel()
     connection = _Connection(
-        transport, app, settings, state or HttpConnectionState(), peer, websocket
+        transport, app, settings, state or HttpConnectionState(), peer, websocket, timer
     )
     upgraded = None
     try:
@@ -241,7 +277,8 @@ async def refuse_http_connection(transport: Transport | trio.abc.Stream) -> None
 
 class _Receiver:
     """``receive(size)`` over a transport, always a checkpoint (timeouts and fairness
-    hang on it).
+    hang on it); once ``owner.woken`` (the timer or the worker woke the connection)
+    it raises ``ClosedResourceError`` instead of waiting.
 
     It either yields to the scheduler once and then reads ("eager"), or waits for
     readability and then reads. Eager is right under load: by the time every
@@ -252,16 +289,20 @@ class _Receiver:
     wait, and waits right away after an eager read that found nothing.
     """
 
-    __slots__ = ("eager", "transport")
+    __slots__ = ("eager", "owner", "transport")
 
-    def __init__(self, transport: Transport) -> None:
+    def __init__(self, transport: Transport, owner: _Connection) -> None:
         self.transport = transport
+        self.owner = owner
         self.eager = True
 
     async def receive(self, size: int) -> bytes:
         transport = self.transport
+        owner = self.owner
         if self.eager:
             await trio.lowlevel.checkpoint()
+            if owner.woken:
+                raise trio.ClosedResourceError("the connection's time is up")
             data = transport.receive_nowait(size)
             if data is not None:
                 return data
@@ -269,6 +310,8 @@ class _Receiver:
         else:
             self.eager = True
         while True:
+            if owner.woken:
+                raise trio.ClosedResourceError("the connection's time is up")
             await transport.wait_readable()
             data = transport.receive_nowait(size)
             if data is not None:
@@ -276,7 +319,7 @@ class _Receiver:
 
 
 class _Connection:
-    """One connection: its loop, its parser and its lazily moved deadline.
+    """One connection: its loop, its parser and its deadline (an ``ExpiryTimer`` owner).
 
     ``sock`` is the transport's socket (standard or trio) when files may go by
     ``os.sendfile``, else None.
@@ -289,16 +332,28 @@ class _Connection:
         settings: HttpSettings,
         state: HttpConnectionState,
         peer: Peer | None,
-        websocket: WebSocketPolicy | None = None,
+        websocket: WebSocketPolicy | None,
+        timer: ExpiryTimer,
     ) -> None:
         self.state = state
         self.websocket = websocket
         #: Set once a WebSocket handshake was answered 101 (the loop then ends).
         self.upgraded: Upgraded | None = None
         self.transport = transport
-        self.receive = _Receiver(transport).receive
+        self.receive = _Receiver(transport, self).receive
         self.send_all = transport.send_all
         self.sock = sock = transport.socket
+        self.timer = timer
+        #: The timer's (see ``Expiring``).
+        self.armed = math.inf
+        self.timer_entry: list[Any] | None = None
+        #: Woken by the timer or the worker: every wait from now on raises.
+        self.woken = False
+        #: Woken because the deadline passed (not by the worker).
+        self.expired = False
+        #: What a wake cancels on a transport other than a raw socket; a raw socket is
+        #: woken through trio's ``notify_closing`` instead (no cancel scope to pay for).
+        self.scope = None if type(transport) is SocketTransport else trio.CancelScope()
         self.site = site
         self.settings = settings
         self.parser = HttpConnection(
@@ -310,43 +365,39 @@ class _Connection:
             self.peer = "-"
         else:
             self.peer = peer.host if peer is not None else _peer_name(sock)
-        #: When the current wait really ends (header or idle deadline). The scope's
-        #: deadline is never later than this while reading (see :meth:`serve`).
+        #: When the current wait ends: header, idle or send deadline (see the module
+        #: docstring's table).
         self.deadline = 0.0
-        #: The current deadline scope: entered by :meth:`serve` before the loop reads it.
-        self.scope: trio.CancelScope
         #: The number of the request whose header clock is running.
         self.head_started = 1
         self.outcome = _Outcome.CLOSE
 
     async def serve(self) -> None:
-        """Run the loop under a cancel scope; re-arm it when it fired early.
-
-        Moving a trio deadline costs about as much as parsing a request, so the
-        scope is moved lazily: before answering, only when less than half the
-        keep-alive timeout is left; while waiting, only when the real deadline is
-        earlier than the scope's. The scope may therefore fire before the real
-        deadline; a receive cancelled that way loses no bytes, so a new scope is
-        entered with the real deadline and the loop goes on. Timeouts stay exact.
-        """
-        parser = self.parser
+        """Run the loop with the connection's deadline armed; after a timeout, say 408 if
+        a request head was cut short, else close without a word."""
+        state = self.state
+        timer = self.timer
         now = trio.current_time()
         self.deadline = now + self.settings.header_timeout
-        if self.state.draining:  # accepted just before the drain began
+        if state.draining:  # accepted just before the drain began
             self.deadline = min(self.deadline, now + FIRST_REQUEST_GRACE)
-        while True:
-            with trio.CancelScope(deadline=self.deadline) as scope:
-                self.scope = self.state.scope = scope
+        timer.arm(self)
+        state.connection = self
+        scope = self.scope
+        try:
+            if scope is None:
                 await self._loop()
-            if not scope.cancelled_caught:
-                break
-            if self.state.sending:
-                return  # the client stopped reading: nothing more can be said
-            if self.state.draining:
-                return  # the worker is stopping (HttpConnectionState.stop)
-            if trio.current_time() < self.deadline:
-                continue  # fired early; re-arm
-            if parser.in_request:
+            else:
+                with scope:
+                    await self._loop()
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            if not self.woken:
+                raise
+        finally:
+            timer.discard(self)
+            state.connection = None
+        if self.woken:
+            if self.expired and self._says_408():
                 timeout = self.site.error(408)
                 assert isinstance(timeout.body, bytes)
                 with trio.move_on_after(FAREWELL_TIMEOUT):
@@ -354,15 +405,55 @@ class _Connection:
                     # The client is still sending its head: closing on unread bytes
                     # would reset the connection and could destroy the 408.
                     await linger(self.transport, FAREWELL_TIMEOUT, LINGER_BYTES)
-            return  # an idle connection closes without a word
+            return  # an idle, stopped or stuck connection closes without a word
         if self.outcome is _Outcome.LINGER:
             await linger(self.transport, FAREWELL_TIMEOUT, LINGER_BYTES)
+
+    def _says_408(self) -> bool:
+        """A timeout is answered 408 when a request head was cut short, nothing was being
+        sent, and the worker is not stopping (then the close says it all)."""
+        state = self.state
+        return self.parser.in_request and not state.sending and not state.draining
+
+    # -- what the timer and the worker call (never from this connection's task) ----------
+
+    def expire(self) -> None:
+        """The deadline passed (the timer calls it)."""
+        self.expired = True
+        self._wake(talk=self._says_408())
+
+    def interrupt(self) -> None:
+        """Close now without a word (the worker drains, or gives the slot up)."""
+        self._wake(talk=False)
+
+    def shorten(self, deadline: float) -> None:
+        """Expire no later than ``deadline``."""
+        if deadline < self.deadline:
+            self.deadline = deadline
+            self.timer.arm(self)
+
+    def _wake(self, *, talk: bool) -> None:
+        """Make the task's current and every later wait raise; ``talk``: it still sends a
+        408 (a raw socket stays usable; otherwise it is shut down both ways, so even a
+        task that was not waiting fails at its next send or wait)."""
+        if self.woken:
+            return
+        self.woken = True
+        if self.scope is not None:
+            self.scope.cancel()
+            return
+        sock = self.transport.socket
+        assert isinstance(sock, socket.socket)
+        if not talk:
+            with contextlib.suppress(OSError):  # the peer reset it already
+                sock.shutdown(socket.SHUT_RDWR)
+        trio.lowlevel.notify_closing(sock)
 
     async def _loop(self) -> None:
         """Receive, parse, answer everything the bytes completed, in one write; repeat."""
         parser = self.parser
         site = self.site
-        scope = self.scope
+        timer = self.timer
         receive_some = self.receive
         send_all = self.send_all
         receive_events = parser.receive_events
@@ -378,14 +469,14 @@ class _Connection:
         upgraded: Upgraded | None = None
         state = self.state
         by_status = state.by_status
-        # Our copy of scope.deadline: reading the property costs more than comparing.
-        scope_deadline = scope.deadline
         while True:
             events = receive_events(await receive_some(RECEIVE_SIZE))
             if events:
                 arrived = now()
-                if scope_deadline < arrived + half_idle and not state.draining:
-                    scope_deadline = scope.deadline = arrived + idle
+                # Answers from memory go out before this deadline (moved only later: the
+                # timer needs no word of it).
+                if self.deadline < arrived + half_idle and not state.draining:
+                    self.deadline = arrived + idle
                 state.sending = True
                 state.fresh = False
                 out: list[bytes] = []
@@ -422,7 +513,6 @@ class _Connection:
                             out = []
                             size = 0
                             arrived = now()  # the idle clock starts after the file
-                            scope_deadline = scope.deadline  # moved while sending
                         if by_status is not None:
                             by_status[response.status] += 1
                         if access:
@@ -462,8 +552,8 @@ class _Connection:
             elif parser.in_request and parser.requests_started > self.head_started:
                 self.head_started = parser.requests_started
                 self.deadline = now() + header_timeout
-            if scope_deadline > self.deadline:
-                scope_deadline = scope.deadline = self.deadline
+            if self.deadline < self.armed:
+                timer.arm(self)
 
     def _handshake(
         self, request: Request, policy: WebSocketPolicy
@@ -501,7 +591,7 @@ class _Connection:
                 await self.send_all(b"".join((*pending, response.head, body)))
                 return response
         assert fd is not None and isinstance(body, FileRange)
-        self.scope.deadline = trio.current_time() + self.settings.send_timeout
+        self._send_deadline(trio.current_time() + self.settings.send_timeout)
         try:
             head = b"".join((*pending, response.head))
             sock = self.sock
@@ -528,7 +618,6 @@ class _Connection:
         turned into BrokenResourceError like every other transport error.
         """
         try:
-            scope = self.scope
             send_timeout = self.settings.send_timeout
             await self.transport.send_all(head, more=True)
             out = sock.fileno()
@@ -543,7 +632,7 @@ class _Connection:
                     raise _FileShrank(f"file shrank by {length} bytes while being sent")
                 offset += sent
                 length -= sent
-                scope.deadline = trio.current_time() + send_timeout
+                self.deadline = trio.current_time() + send_timeout  # later: a float store
                 since_checkpoint += sent
                 if since_checkpoint >= SENDFILE_CHUNK:
                     since_checkpoint = 0
@@ -553,7 +642,6 @@ class _Connection:
 
     async def _copy(self, fd: int, offset: int, length: int) -> None:
         """Send a file range over a stream that is not a socket: read in a thread, send."""
-        scope = self.scope
         send_timeout = self.settings.send_timeout
         while length:
             chunk = await trio.to_thread.run_sync(os.pread, fd, min(length, COPY_CHUNK), offset)
@@ -562,7 +650,13 @@ class _Connection:
             await self.send_all(chunk)
             offset += len(chunk)
             length -= len(chunk)
-            scope.deadline = trio.current_time() + send_timeout
+            self.deadline = trio.current_time() + send_timeout
+
+    def _send_deadline(self, deadline: float) -> None:
+        """The deadline while a file goes out (it may be earlier than the one before)."""
+        self.deadline = deadline
+        if deadline < self.armed:
+            self.timer.arm(self)
 
     def _log_access(self, request: Request, response: Response, duration: float) -> None:
         """One access line; ``ops.logs`` formats it (combined log format, or JSON fields)."""
