@@ -18,7 +18,8 @@ from __future__ import annotations
 import errno
 import logging
 import socket as stdlib_socket
-from typing import TYPE_CHECKING, Final
+import sys
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 import trio
@@ -218,12 +219,16 @@ class Acceptor:
     ) -> None:
         backoff = _BACKOFF_START
         burst = 0
+        accept = None
+        if isinstance(listener, BoundListener):
+            accept = _Accept(listener.sock)
         try:
             while True:
                 try:
                     if isinstance(listener, BoundListener):
+                        assert accept is not None
                         try:
-                            raw, address = listener.sock.accept()
+                            raw, address = accept()
                         except BlockingIOError:
                             burst = 0
                             await trio.lowlevel.wait_readable(listener.sock)
@@ -271,9 +276,10 @@ class Acceptor:
         most ``server.backlog`` connections and the few whose handshake was under way.
         """
         taken = 0
+        accept = _Accept(listener.sock)
         for _ in range(self.config.server.backlog + _ACCEPT_BURST):
             try:
-                raw, address = listener.sock.accept()
+                raw, address = accept()
             except OSError:  # BlockingIOError: the queue is empty
                 break
             self._admit(
@@ -413,10 +419,35 @@ class Acceptor:
         await conn.serve(proxy_header=False)  # it rests the slot when it closes
 
 
+#: Linux copies TCP_NODELAY from the listening socket to each accepted one, so it is set
+#: once per listener there (one system call fewer per connection).
+_NODELAY_INHERITED: Final = sys.platform == "linux"
+
+
+class _Accept:
+    """``accept()`` on a listening socket, without the standard library's per-call
+    detour (``socket.accept`` converts the listener's family and type to enums and
+    back for each connection it wraps)."""
+
+    __slots__ = ("_accept", "_family", "_type")
+
+    def __init__(self, sock: stdlib_socket.socket) -> None:
+        self._accept = sock._accept  # type: ignore[attr-defined]  # what socket.accept calls
+        self._family = int(sock.family)
+        self._type = int(sock.type)
+        if _NODELAY_INHERITED and self._family in (stdlib_socket.AF_INET, stdlib_socket.AF_INET6):
+            sock.setsockopt(stdlib_socket.IPPROTO_TCP, stdlib_socket.TCP_NODELAY, 1)
+
+    def __call__(self) -> tuple[stdlib_socket.socket, Any]:
+        fd, address = self._accept()
+        return stdlib_socket.socket(self._family, self._type, 0, fd), address
+
+
 def _socket_transport(raw: stdlib_socket.socket, parking: ReadParking | None) -> SocketTransport:
     """The transport of a freshly accepted socket."""
     raw.setblocking(False)
-    raw.setsockopt(stdlib_socket.IPPROTO_TCP, stdlib_socket.TCP_NODELAY, 1)
+    if not _NODELAY_INHERITED:
+        raw.setsockopt(stdlib_socket.IPPROTO_TCP, stdlib_socket.TCP_NODELAY, 1)
     return SocketTransport(raw, parking)
 
 

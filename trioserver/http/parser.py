@@ -65,7 +65,6 @@ from __future__ import annotations
 
 import enum
 import re
-import types
 from collections import deque
 from collections.abc import Mapping
 from typing import Final, NoReturn
@@ -197,25 +196,24 @@ class HttpConnection:
         max_header_size: int = 16384,
         max_body_size: int = 16384,
     ) -> None:
-        for name, value in (
-            ("max_request_line", max_request_line),
-            ("max_header_size", max_header_size),
-            ("max_body_size", max_body_size),
+        # One of these is made per connection: the common case is checked in one line.
+        if not (
+            type(max_request_line) is int
+            and type(max_header_size) is int
+            and type(max_body_size) is int
+            and min(max_request_line, max_header_size, max_body_size) >= 0
         ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name}={value!r} must be a non-negative integer")
+            for name, value in (
+                ("max_request_line", max_request_line),
+                ("max_header_size", max_header_size),
+                ("max_body_size", max_body_size),
+            ):
+                if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                    raise ValueError(f"{name}={value!r} must be a non-negative integer")
         self._max_line = max_request_line
         self._max_header = max_header_size
         self._max_body = max_body_size
-        callbacks = types.SimpleNamespace(
-            on_message_begin=self._on_message_begin,
-            on_url=self._on_url,
-            on_header=self._on_header,
-            on_headers_complete=self._on_headers_complete,
-            on_body=self._on_body,
-            on_message_complete=self._on_message_complete,
-        )
-        self._parser = httptools.HttpRequestParser(callbacks)
+        self._parser = httptools.HttpRequestParser(self)  # its callbacks: the on_* below
         self._state = _IDLE
         #: The events of the feed under way (callbacks append to it); between feeds
         #: the shared empty list, so an idle connection keeps no request alive.
@@ -395,6 +393,14 @@ class HttpConnection:
         self._url = b""
         self._headers = {}
         self._head_bytes = self._body_bytes = 0
+
+    # httptools looks its callbacks up by these names on the object it is given.
+    on_message_begin = _on_message_begin
+    on_url = _on_url
+    on_header = _on_header
+    on_headers_complete = _on_headers_complete
+    on_body = _on_body
+    on_message_complete = _on_message_complete
 
 
 #: ``uri-host [ ":" port ]`` (RFC 9110 §7.2, RFC 3986 §3.2.2): an IP literal in brackets
