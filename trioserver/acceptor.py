@@ -26,6 +26,7 @@ import trio
 
 from .connection import Connection, Shared
 from .http import HttpConnectionState, StaticSite, refuse_http_connection, serve_http
+from .http.server import Begun, answer_at_once, finish_answer
 from .http.websocket import WebSocketPolicy
 from .netcaps import NetworkCaps
 from .nursery_pool import ConnectionPool, Slot
@@ -103,6 +104,10 @@ class Acceptor:
         #: Free slots below which idle HTTP keep-alive connections are given up.
         self._http_reserve = int(config.server.max_connections * config.http.keep_alive_reserve)
         self._http_closed = trio.lowlevel.ParkingLot()
+        #: A plain HTTP connection whose request asks to close is answered as it is
+        #: accepted, without a task (``http.server.answer_at_once``); the access log
+        #: (a duration and a peer per line) needs the task.
+        self._answer_at_once = not config.http.access_log
         self._scope = trio.CancelScope()
         #: The accept loops take what is queued before they close their sockets.
         self._take_queued = False
@@ -322,8 +327,39 @@ class Acceptor:
             return
         self.counters.accepted += 1
         if http:
+            begun = None
+            if upgrade is None and type(transport) is SocketTransport and self._answer_at_once:
+                assert self.site is not None
+                first = answer_at_once(
+                    transport.sock,
+                    self.site,
+                    self.config.http,
+                    self.counters.http_by_status,
+                    self.websocket,
+                )
+                if first is None or type(first) is bytes:
+                    if first is not None:  # the socket took part of it: a task sends the rest
+                        nursery.start_soon(
+                            self._finish_answer, transport, first, slot, key, name=_HTTP_TASK_NAME
+                        )
+                        return
+                    # Answered and closed, never seen by anything else: the slot needs no rest.
+                    if key is not None:
+                        self.caps.release(key)
+                    self.pool.release(slot)
+                    self.pool.recycle(slot)
+                    return
+                assert isinstance(first, Begun)
+                begun = first
             nursery.start_soon(
-                self._http_connection, transport, peer, slot, upgrade, key, name=_HTTP_TASK_NAME
+                self._http_connection,
+                transport,
+                peer,
+                slot,
+                upgrade,
+                key,
+                begun,
+                name=_HTTP_TASK_NAME,
             )
         else:
             conn = Connection(slot, transport, peer, self.shared, upgrade)
@@ -360,6 +396,18 @@ class Acceptor:
         else:
             nursery.start_soon(transport.aclose)
 
+    async def _finish_answer(
+        self, transport: SocketTransport, rest: bytes, slot: Slot, cap_key: str | None
+    ) -> None:
+        """The rest of an answer ``answer_at_once`` began, then the close; the slot is held
+        until then."""
+        try:
+            await finish_answer(transport.sock, rest, self.config.http)
+        finally:
+            if cap_key is not None:
+                self.caps.release(cap_key)
+            self.recycler.rest(slot)
+
     async def _http_connection(
         self,
         transport: Transport,
@@ -367,6 +415,7 @@ class Acceptor:
         slot: Slot,
         upgrade: TlsUpgrade | None = None,
         cap_key: str | None = None,
+        begun: Begun | None = None,
     ) -> None:
         """One HTTP connection: it holds a slot of the shared pool, and its count
         under ``cap_key`` in the network caps, while it lives (an HTTPS one
@@ -393,6 +442,7 @@ class Acceptor:
                 peer=peer,
                 websocket=self.websocket,
                 timer=self.timer,
+                begun=begun,
             )
         finally:
             del self.http_connections[slot.index]

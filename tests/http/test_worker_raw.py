@@ -24,6 +24,7 @@ import trio.testing
 from trioserver.config import Address, Config
 from trioserver.worker import Worker
 
+from ..polling import wait_until
 from .conftest import INDEX, download, parse_responses, raw_request
 
 T = TypeVar("T")
@@ -233,3 +234,72 @@ async def test_waiting_for_the_http_connections_to_close_wakes_at_the_last_close
         assert worker.http_connection_count == 0
     finally:
         sock.close()
+
+
+class Spy:
+    """Counts the calls to an acceptor coroutine method, and runs it."""
+
+    def __init__(self, worker: Worker, name: str) -> None:
+        self.calls = 0
+        original = getattr(worker.acceptor, name)
+
+        async def counted(*args: object, **kwargs: object) -> None:
+            self.calls += 1
+            await original(*args, **kwargs)
+
+        setattr(worker.acceptor, name, counted)
+
+
+def defer_accept(worker: Worker) -> None:
+    """The HTTP listener wakes only once a request is there (so the worker finds it
+    there at accept, as a loaded worker does)."""
+    sock = worker.acceptor.http_listeners[0].sock  # type: ignore[union-attr]
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, 5)
+
+
+async def test_a_request_that_asks_to_close_and_is_there_is_answered_without_a_task(
+    worker: Worker,
+) -> None:
+    """HTTP/1.0 and Connection: close, from memory: one recv, one send and the close in
+    the accept loop; keep-alive and a file from disk go to a connection task, which
+    answers what was read as if it had read it itself."""
+    defer_accept(worker)
+    tasks = Spy(worker, "_http_connection")
+    port = http_port(worker)
+    for request_bytes in (
+        raw_request("/a.txt", version="1.0"),
+        raw_request("/a.txt", headers=[("Connection", "close")]),
+        raw_request("/missing", version="1.0"),
+    ):
+        wire, _ = await in_thread(lambda: exchange(port, request_bytes))  # noqa: B023
+        [response] = parse_responses(wire)
+        assert response.headers["connection"] == "close"
+    assert tasks.calls == 0
+    for request_bytes in (
+        raw_request("/a.txt") + raw_request("/a.txt", version="1.0"),  # keep-alive first
+        raw_request("/big.bin", version="1.0"),  # from disk
+        b"GET /a.txt HTTP/1.0\r\nHost: x\r\n",  # incomplete, then closed
+    ):
+        wire, _ = await in_thread(lambda: exchange(port, request_bytes, half_close=True))  # noqa: B023
+    assert tasks.calls == 3
+    await wait_closed(worker)
+    stats = worker.counters.http_by_status
+    assert (stats[200], stats[404]) == (5, 1)
+    assert worker.counters.accepted == 6 and worker.pool.statistics().in_use == 0
+
+
+async def test_an_answer_the_socket_takes_in_part_is_finished_by_a_task(
+    worker: Worker, docroot: Path
+) -> None:
+    (docroot / "60k.bin").write_bytes(bytes(range(256)) * 240)  # cached: from memory
+    defer_accept(worker)
+    listener = worker.acceptor.http_listeners[0].sock  # type: ignore[union-attr]
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # copied to accepted ones
+    finishes = Spy(worker, "_finish_answer")
+    wire, _ = await in_thread(
+        lambda: exchange(http_port(worker), raw_request("/60k.bin", version="1.0"))
+    )
+    [response] = parse_responses(wire)
+    assert response.status == 200 and response.body == bytes(range(256)) * 240
+    assert finishes.calls == 1
+    await wait_until(lambda: worker.pool.statistics().in_use == 0)

@@ -79,7 +79,7 @@ from ..peer import Peer
 from ..timers import ExpiryTimer
 from ..transport import SocketTransport, StreamTransport, Transport, as_transport, linger
 from .files import FileRange
-from .parser import HttpConnection, Rejected, Request
+from .parser import ConnectionClosed, Event, HttpConnection, Rejected, Request
 from .policy import Response, StaticSite, service_unavailable
 from .websocket import Accepted, WebSocketPolicy
 
@@ -87,8 +87,11 @@ if TYPE_CHECKING:
     from trioserver.config import HttpSettings
 
 __all__ = [
+    "Begun",
     "HttpConnectionState",
     "Upgraded",
+    "answer_at_once",
+    "finish_answer",
     "refuse_http_connection",
     "serve_http",
     "serve_http_connection",
@@ -177,6 +180,93 @@ class HttpConnectionState:
 
 
 @attrs.frozen
+class Begun:
+    """What :func:`answer_at_once` read of a connection it could not answer by itself:
+    :func:`serve_http` goes on from here (``events`` first, then the socket)."""
+
+    parser: HttpConnection
+    events: list[Event]
+
+
+def answer_at_once(
+    sock: socket.socket,
+    site: StaticSite,
+    settings: HttpSettings,
+    by_status: collections.Counter[int] | None = None,
+    websocket: WebSocketPolicy | None = None,
+) -> Begun | bytes | None:
+    """Answer a just-accepted raw-socket connection without a task of its own, if it can be.
+
+    The common case of connection-per-request traffic (HTTP/1.0, ``Connection:
+    close``): by the time a loaded worker accepts a connection its request is there,
+    and the whole exchange is one ``recv``, one ``send`` and the close, as nginx does
+    it. So when the bytes there are exactly one complete request that asks to close,
+    and its answer is in memory, it is answered here: None (done, closed), or the bytes
+    the socket did not take (:func:`finish_answer` sends them). Anything else (nothing
+    there yet, keep-alive, a file from disk, a WebSocket path, a protocol error) is a
+    :class:`Begun` for :func:`serve_http`, which then behaves exactly as if it had read
+    those bytes itself. The access log needs the task (a duration, a peer): with it on,
+    the caller does not come here.
+    """
+    parser = HttpConnection(
+        max_request_line=settings.max_request_line,
+        max_header_size=settings.max_header_size,
+        max_body_size=settings.max_body_size,
+    )
+    try:
+        data = sock.recv(RECEIVE_SIZE)
+    except BlockingIOError:
+        return Begun(parser, [])
+    except OSError:  # reset before a word
+        sock.close()
+        return None
+    events = parser.receive_events(data)
+    if len(events) != 1 or parser.in_request:
+        return Begun(parser, events)
+    request = events[0]
+    if type(request) is not Request:
+        if type(request) is ConnectionClosed:  # EOF before a request: nothing to say
+            sock.close()
+            return None
+        return Begun(parser, events)  # Rejected: answered, then a lingering close
+    if request.keep_alive or (websocket is not None and request.target.startswith(websocket.path)):
+        return Begun(parser, events)
+    try:
+        response = site.respond(request)
+    except Exception:
+        log.exception("bug answering %r; sent 500", request)
+        response = site.error(500)
+    body = response.body
+    if type(body) is not bytes or not response.close:
+        return Begun(parser, events)  # decided again there (the policy is pure)
+    if by_status is not None:
+        by_status[response.status] += 1
+    payload = response.head + body
+    try:
+        sent = sock.send(payload)
+    except BlockingIOError:
+        sent = 0
+    except OSError:  # the peer went away
+        sent = len(payload)
+    if sent == len(payload):
+        sock.close()
+        return None
+    return payload[sent:]
+
+
+async def finish_answer(sock: socket.socket, rest: bytes, settings: HttpSettings) -> None:
+    """Send what :func:`answer_at_once` could not, then close (a response from memory must
+    be taken within the keep-alive timeout)."""
+    try:
+        with trio.move_on_after(settings.keep_alive_timeout):
+            await SocketTransport(sock).send_all(rest)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+    finally:
+        sock.close()
+
+
+@attrs.frozen
 class Upgraded:
     """A WebSocket handshake was accepted (its 101 sent): the connection speaks it now."""
 
@@ -195,6 +285,7 @@ async def serve_http(
     peer: Peer | None = None,
     websocket: WebSocketPolicy | None = None,
     timer: ExpiryTimer | None = None,
+    begun: Begun | None = None,
 ) -> Upgraded | None:
     """Serve HTTP/1.1 requests on ``transport`` until the connection ends; then close it.
 
@@ -203,7 +294,7 @@ async def serve_http(
     request for ``websocket``'s path was accepted: then the 101 is sent and the
     :class:`Upgraded` returned, and the open transport is the caller's. ``timer``
     keeps the connection's deadlines (a worker's, running); without one the
-    connection runs a timer of its own.
+    connection runs a timer of its own. ``begun``: what :func:`answer_at_once` read.
     """
     if timer is None:
         async with trio.open_nursery() as nursery:
@@ -211,12 +302,19 @@ async def serve_http(
             nursery.start_soon(timer.run)
             try:
                 return await serve_http(
-                    transport, app, settings, state, peer=peer, websocket=websocket, timer=timer
+                    transport,
+                    app,
+                    settings,
+                    state,
+                    peer=peer,
+                    websocket=websocket,
+                    timer=timer,
+                    begun=begun,
                 )
             finally:
                 nursery.cancel_scope.cancel()
     connection = _Connection(
-        transport, app, settings, state or HttpConnectionState(), peer, websocket, timer
+        transport, app, settings, state or HttpConnectionState(), peer, websocket, timer, begun
     )
     upgraded = None
     try:
@@ -334,13 +432,15 @@ class _Connection:
         peer: Peer | None,
         websocket: WebSocketPolicy | None,
         timer: ExpiryTimer,
+        begun: Begun | None = None,
     ) -> None:
         self.state = state
         self.websocket = websocket
         #: Set once a WebSocket handshake was answered 101 (the loop then ends).
         self.upgraded: Upgraded | None = None
         self.transport = transport
-        self.receive = _Receiver(transport, self).receive
+        receiver = _Receiver(transport, self)
+        self.receive = receiver.receive
         self.send_all = transport.send_all
         self.sock = sock = transport.socket
         self.timer = timer
@@ -356,11 +456,20 @@ class _Connection:
         self.scope = None if type(transport) is SocketTransport else trio.CancelScope()
         self.site = site
         self.settings = settings
-        self.parser = HttpConnection(
-            max_request_line=settings.max_request_line,
-            max_header_size=settings.max_header_size,
-            max_body_size=settings.max_body_size,
-        )
+        #: Events already parsed (by ``answer_at_once``), answered before reading.
+        self.begun_events: list[Event] | None = None
+        if begun is not None:
+            self.parser = begun.parser
+            if begun.events:
+                self.begun_events = begun.events
+            else:
+                receiver.eager = False  # it just found nothing there: wait at once
+        else:
+            self.parser = HttpConnection(
+                max_request_line=settings.max_request_line,
+                max_header_size=settings.max_header_size,
+                max_body_size=settings.max_body_size,
+            )
         if not settings.access_log:
             self.peer = "-"
         else:
@@ -469,8 +578,12 @@ class _Connection:
         upgraded: Upgraded | None = None
         state = self.state
         by_status = state.by_status
+        begun, self.begun_events = self.begun_events, None
         while True:
-            events = receive_events(await receive_some(RECEIVE_SIZE))
+            if begun is None:
+                events = receive_events(await receive_some(RECEIVE_SIZE))
+            else:
+                events, begun = begun, None
             if events:
                 arrived = now()
                 # Answers from memory go out before this deadline (moved only later: the
