@@ -57,7 +57,7 @@ REQUEST_11 = b"GET /index.html HTTP/1.1\r\nHost: bench\r\n\r\n"
 BODY = b"x" * 1024
 #: Seconds between the client's requests: long enough for the server, slowed down
 #: about 50 times by callgrind, to finish the last and wait for the next.
-PAUSE = 0.004
+PAUSE = 0.01
 
 
 def _serve(server: str, root: str, port_file: str) -> None:

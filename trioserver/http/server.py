@@ -565,6 +565,7 @@ class _Connection:
         timer = self.timer
         receive_some = self.receive
         send_all = self.send_all
+        send_nowait = self.transport.send_nowait
         receive_events = parser.receive_events
         respond = site.respond
         now = trio.lowlevel.current_clock().current_time
@@ -646,7 +647,11 @@ class _Connection:
                         outcome = close
                         break
                 if out:
-                    await send_all(b"".join(out))
+                    # Tried before awaiting: a reply that fits (nearly all) costs no coroutine.
+                    data = b"".join(out)
+                    sent = send_nowait(data)
+                    if sent != len(data):
+                        await send_all(memoryview(data)[sent:])
                 state.sending = False
                 if upgraded is not None:
                     self.upgraded = upgraded
