@@ -17,8 +17,9 @@ Loads:
 
 The count is the same on every run only if the server's path is: the listener has
 ``TCP_DEFER_ACCEPT`` (a connection is accepted with its request there, the path of a
-loaded server), and the client pauses ``PAUSE`` after each reply, so the server has
-finished and waits in ``epoll`` when the next request comes (on a keep-alive
+loaded server), and after each reply the client waits until the server's threads
+are all asleep, one in ``epoll_wait`` (``/proc``), so the server has finished and
+waits when the next request comes, however busy the machine is (on a keep-alive
 connection that is the quiet path: one eager read that finds nothing, then a wait).
 
 Servers: ``trioserver`` (a ``Worker`` with an HTTP listener only, every HTTP setting at
@@ -55,9 +56,9 @@ ROOT = BENCH.parent
 REQUEST_10 = b"GET /index.html HTTP/1.0\r\nHost: bench\r\n\r\n"
 REQUEST_11 = b"GET /index.html HTTP/1.1\r\nHost: bench\r\n\r\n"
 BODY = b"x" * 1024
-#: Seconds between the client's requests: long enough for the server, slowed down
-#: about 50 times by callgrind, to finish the last and wait for the next.
-PAUSE = 0.01
+#: Seconds the client pauses after each reply before it looks whether the server waits
+#: (``_wait_idle``: every thread asleep, one in ``epoll_wait``).
+PAUSE = 0.002
 
 
 def _serve(server: str, root: str, port_file: str) -> None:
@@ -128,15 +129,36 @@ def _read_reply(sock: socket.socket, until_eof: bool) -> None:
         raise RuntimeError(f"unexpected reply {data[:80]!r}")
 
 
-def _drive(port: int, load: str, count: int) -> None:
-    """``count`` connections or requests, one at a time, each after the server had time
-    to finish the one before and wait (so the server's path is the same every time)."""
+def _wait_idle(pid: int) -> None:
+    """Until every thread of the server is asleep in ``epoll_wait`` or a futex (its loop
+    waits for the next request; valgrind's own threads sleep), at most a second."""
+    deadline = time.monotonic() + 1.0
+    tasks = Path(f"/proc/{pid}/task")
+    while time.monotonic() < deadline:
+        try:
+            states = [
+                ((t / "stat").read_text().rpartition(")")[2].split()[0], (t / "wchan").read_text())
+                for t in tasks.iterdir()
+            ]
+        except OSError:
+            return
+        if all(state == "S" for state, _ in states) and any(
+            "epoll" in wchan for _, wchan in states
+        ):
+            return
+        time.sleep(PAUSE / 10)
+
+
+def _drive(port: int, load: str, count: int, pid: int) -> None:
+    """``count`` connections or requests, one at a time, each after the server has
+    finished the one before and waits (so the server's path is the same every time)."""
     if load == "close":
         for _ in range(count):
             with socket.create_connection(("127.0.0.1", port)) as sock:
                 sock.sendall(REQUEST_10)
                 _read_reply(sock, until_eof=True)
             time.sleep(PAUSE)
+            _wait_idle(pid)
         return
     with socket.create_connection(("127.0.0.1", port)) as sock:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -144,6 +166,7 @@ def _drive(port: int, load: str, count: int) -> None:
             sock.sendall(REQUEST_11)
             _read_reply(sock, until_eof=False)
             time.sleep(PAUSE)
+            _wait_idle(pid)
 
 
 def _count(server: str, load: str, count: int, tree: Path, root: str) -> int:
@@ -175,7 +198,7 @@ def _count(server: str, load: str, count: int, tree: Path, root: str) -> int:
                     raise SystemExit(f"server did not start:\n{proc.communicate()[1][-2000:]}")
                 time.sleep(0.2)
             time.sleep(0.5)  # let it reach its accept loop (not counted either way)
-            _drive(int(Path(port_file).read_text()), load, count)
+            _drive(int(Path(port_file).read_text()), load, count, proc.pid)
             proc.send_signal(signal.SIGTERM)
             _, err = proc.communicate(timeout=600)
         finally:
