@@ -26,6 +26,7 @@ import trio
 
 from .connection import Connection, Shared
 from .http import HttpConnectionState, StaticSite, refuse_http_connection, serve_http
+from .http.parser import HttpConnection
 from .http.server import Begun, answer_at_once, finish_answer
 from .http.websocket import WebSocketPolicy
 from .netcaps import NetworkCaps
@@ -227,6 +228,8 @@ class Acceptor:
         accept = None
         if isinstance(listener, BoundListener):
             accept = _Accept(listener.sock)
+        #: Plain HTTP connections of this burst waiting for a second look (``_admit``).
+        later: list[_Later] | None = [] if http and upgrade is None else None
         try:
             while True:
                 try:
@@ -236,6 +239,8 @@ class Acceptor:
                             raw, address = accept()
                         except BlockingIOError:
                             burst = 0
+                            if later:
+                                self._second_look(later)
                             await trio.lowlevel.wait_readable(listener.sock)
                             continue
                         transport: Transport = _socket_transport(raw, self.shared.parking)
@@ -259,11 +264,15 @@ class Acceptor:
                     backoff = min(backoff * 2, _BACKOFF_MAX)
                     continue
                 backoff = _BACKOFF_START
-                self._admit(transport, peer, http, upgrade)
+                self._admit(transport, peer, http, upgrade, later)
                 if burst >= _ACCEPT_BURST:  # fairness in an accept storm
                     burst = 0
+                    if later:
+                        self._second_look(later)
                     await trio.lowlevel.checkpoint()
         finally:
+            if later:
+                self._second_look(later)
             if self._take_queued and isinstance(listener, BoundListener):
                 self._accept_queued(listener, http, upgrade)
             with trio.CancelScope(shield=True):
@@ -298,13 +307,19 @@ class Acceptor:
             log.info("worker %d: %d queued connections accepted for the drain", self.index, taken)
 
     def _admit(
-        self, transport: Transport, peer: Peer, http: bool, upgrade: TlsUpgrade | None = None
+        self,
+        transport: Transport,
+        peer: Peer,
+        http: bool,
+        upgrade: TlsUpgrade | None = None,
+        later: list[_Later] | None = None,
     ) -> None:
         """Give a new connection a slot and its task, or refuse it (counted).
 
         Its network is counted against ``max_connections_per_network`` here, before
         a slot is taken, unless a PROXY header is to name the client: then the
-        connection counts it once the header is read.
+        connection counts it once the header is read. ``later``: where an HTTP
+        connection whose request is not there yet waits for a second look.
         """
         nursery = self.nursery
         assert nursery is not None
@@ -327,40 +342,7 @@ class Acceptor:
             return
         self.counters.accepted += 1
         if http:
-            begun = None
-            if upgrade is None and type(transport) is SocketTransport and self._answer_at_once:
-                assert self.site is not None
-                first = answer_at_once(
-                    transport.sock,
-                    self.site,
-                    self.config.http,
-                    self.counters.http_by_status,
-                    self.websocket,
-                )
-                if first is None or type(first) is bytes:
-                    if first is not None:  # the socket took part of it: a task sends the rest
-                        nursery.start_soon(
-                            self._finish_answer, transport, first, slot, key, name=_HTTP_TASK_NAME
-                        )
-                        return
-                    # Answered and closed, never seen by anything else: the slot needs no rest.
-                    if key is not None:
-                        self.caps.release(key)
-                    self.pool.release(slot)
-                    self.pool.recycle(slot)
-                    return
-                assert isinstance(first, Begun)
-                begun = first
-            nursery.start_soon(
-                self._http_connection,
-                transport,
-                peer,
-                slot,
-                upgrade,
-                key,
-                begun,
-                name=_HTTP_TASK_NAME,
-            )
+            self._start_http(transport, peer, slot, upgrade, key, later)
         else:
             conn = Connection(slot, transport, peer, self.shared, upgrade)
             conn.cap_key = key
@@ -368,6 +350,68 @@ class Acceptor:
             if self.shared.stopping:  # taken from the queue in the drain: its first request
                 conn.drain(trio.current_time())
             nursery.start_soon(conn.serve, name=_TASK_NAME)
+
+    def _start_http(
+        self,
+        transport: Transport,
+        peer: Peer,
+        slot: Slot,
+        upgrade: TlsUpgrade | None,
+        key: str | None,
+        later: list[_Later] | None = None,
+        parser: HttpConnection | None = None,
+    ) -> None:
+        """Answer an admitted HTTP connection at once (``answer_at_once``), or start its
+        task; with ``later``, one whose request is not there yet waits in it for
+        :meth:`_second_look` instead."""
+        nursery = self.nursery
+        assert nursery is not None
+        begun = None
+        if upgrade is None and type(transport) is SocketTransport and self._answer_at_once:
+            assert self.site is not None
+            first = answer_at_once(
+                transport.sock,
+                self.site,
+                self.config.http,
+                self.counters.http_by_status,
+                self.websocket,
+                parser,
+            )
+            if first is None:
+                # Answered and closed, never seen by anything else: the slot needs no rest.
+                if key is not None:
+                    self.caps.release(key)
+                self.pool.release(slot)
+                self.pool.recycle(slot)
+                return
+            if type(first) is bytes:  # the socket took part of it: a task sends the rest
+                nursery.start_soon(
+                    self._finish_answer, transport, first, slot, key, name=_HTTP_TASK_NAME
+                )
+                return
+            assert isinstance(first, Begun)
+            if not first.events and later is not None:
+                later.append((transport, peer, slot, key, first.parser))
+                return
+            begun = first
+        nursery.start_soon(
+            self._http_connection,
+            transport,
+            peer,
+            slot,
+            upgrade,
+            key,
+            begun,
+            name=_HTTP_TASK_NAME,
+        )
+
+    def _second_look(self, later: list[_Later]) -> None:
+        """The HTTP connections of an accept burst whose request was not there at accept,
+        looked at once more at the burst's end (by then it mostly is); the others get
+        their task."""
+        for transport, peer, slot, key, parser in later:
+            self._start_http(transport, peer, slot, None, key, None, parser)
+        later.clear()
 
     def _give_up_idle_http(self, most: int = 2, scan: int = 64) -> None:
         """Close up to ``most`` idle HTTP keep-alive connections, oldest first.
@@ -499,6 +543,11 @@ def _socket_transport(raw: stdlib_socket.socket, parking: ReadParking | None) ->
     if not _NODELAY_INHERITED:
         raw.setsockopt(stdlib_socket.IPPROTO_TCP, stdlib_socket.TCP_NODELAY, 1)
     return SocketTransport(raw, parking)
+
+
+#: An HTTP connection waiting for its second look: transport, peer, slot, network key and
+#: the parser made for it.
+_Later = tuple[SocketTransport, Peer, Slot, str | None, HttpConnection]
 
 
 @attrs.frozen

@@ -194,6 +194,7 @@ def answer_at_once(
     settings: HttpSettings,
     by_status: collections.Counter[int] | None = None,
     websocket: WebSocketPolicy | None = None,
+    parser: HttpConnection | None = None,
 ) -> Begun | bytes | None:
     """Answer a just-accepted raw-socket connection without a task of its own, if it can be.
 
@@ -206,13 +207,14 @@ def answer_at_once(
     there yet, keep-alive, a file from disk, a WebSocket path, a protocol error) is a
     :class:`Begun` for :func:`serve_http`, which then behaves exactly as if it had read
     those bytes itself. The access log needs the task (a duration, a peer): with it on,
-    the caller does not come here.
+    the caller does not come here. ``parser``: the one a look before found nothing for.
     """
-    parser = HttpConnection(
-        max_request_line=settings.max_request_line,
-        max_header_size=settings.max_header_size,
-        max_body_size=settings.max_body_size,
-    )
+    if parser is None:
+        parser = HttpConnection(
+            max_request_line=settings.max_request_line,
+            max_header_size=settings.max_header_size,
+            max_body_size=settings.max_body_size,
+        )
     try:
         data = sock.recv(RECEIVE_SIZE)
     except BlockingIOError:
