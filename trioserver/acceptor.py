@@ -240,7 +240,11 @@ class Acceptor:
                         except BlockingIOError:
                             burst = 0
                             if later:
+                                # One pass of the scheduler first: requests on their way
+                                # arrive meanwhile (a client sends right after connecting).
+                                await trio.lowlevel.checkpoint()
                                 self._second_look(later)
+                                continue
                             await trio.lowlevel.wait_readable(listener.sock)
                             continue
                         transport: Transport = _socket_transport(raw, self.shared.parking)
