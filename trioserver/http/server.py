@@ -7,11 +7,14 @@
     await serve_http_connection(stream, site, config.http)   # the same on a trio stream
     await serve_http_socket(sock, site, config.http)         # the same on a raw socket
     await refuse_http_connection(transport)                  # worker full: 503 and close
+    begun = answer_at_once(sock, site, config.http)          # just accepted: answered here
+    # (None: done) unless it returns what it read: then serve_http(..., begun=begun)
     upgraded = await serve_http(transport, site, settings, websocket=policy)
     # not None: a WebSocket handshake was answered 101; the transport is the caller's now
 
-One task per connection, one loop: receive, parse every request the bytes
-completed, decide every response, send them in one write, repeat. Pipelined
+One task per connection (none for one answered at accept), one loop: receive,
+parse every request the bytes completed, decide every response, send them in one
+write, repeat. Pipelined
 requests are therefore answered in order with one ``send_all`` for all the small
 responses of one receive; a file too large for the cache flushes what is pending
 together with its head and goes out with ``os.sendfile`` (see :func:`_send_file`).
