@@ -1,5 +1,6 @@
 """HTTP deadlines kept by the worker-wide timer, in virtual time with exact assertions,
-on a raw socket (woken through ``notify_closing``/``shutdown``) and on a trio stream
+on a raw socket (woken through ``notify_closing``/``shutdown``), on one whose reader
+waits in the worker's read parking, and on a trio stream
 (woken by cancelling the connection's scope): the drain's first-request grace, the drain
 and give-up of an idle connection, the send timeout of a file, and many connections on
 one timer."""
@@ -16,6 +17,7 @@ import trio.testing
 
 from trioserver.config import HttpSettings
 from trioserver.http import HttpConnectionState, StaticSite, serve_http
+from trioserver.parking import ReadParking
 from trioserver.timers import ExpiryTimer
 from trioserver.transport import SocketTransport, StreamTransport, Transport
 
@@ -64,11 +66,12 @@ class Connection:
         self.finished: list[float] = []
         self.done = trio.Event()
         self.state = HttpConnectionState()
-        if kind == "socket":
+        self.parking = ReadParking() if kind == "parked" else None
+        if kind in ("socket", "parked"):
             client, server = socket_pair()
             CLIENTS.append(client)
             self.client: trio.abc.Stream = trio.SocketStream(trio.socket.from_stdlib_socket(client))
-            self.transport: Transport = SocketTransport(server)
+            self.transport: Transport = SocketTransport(server, self.parking)
         else:
             client_end, server_end = trio.testing.memory_stream_pair()
             self.client = client_end
@@ -76,9 +79,12 @@ class Connection:
 
     async def serve(self, root: Path, timer: ExpiryTimer | None) -> None:
         http = settings(root)
-        await serve_http(
-            self.transport, StaticSite.from_settings(http), http, self.state, timer=timer
-        )
+        site = StaticSite.from_settings(http)
+        async with trio.open_nursery() as nursery:
+            if self.parking is not None:  # the worker's read parking, as a worker runs it
+                nursery.start_soon(self.parking.run)
+            await serve_http(self.transport, site, http, self.state, timer=timer)
+            nursery.cancel_scope.cancel()
         self.finished.append(trio.current_time())
         self.done.set()
 
@@ -89,7 +95,7 @@ class Connection:
         return bytes(data), trio.current_time()
 
 
-@pytest.fixture(params=["socket", "stream"])
+@pytest.fixture(params=["socket", "parked", "stream"])
 def kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
@@ -131,6 +137,24 @@ async def test_a_fresh_connections_request_in_the_grace_is_answered_then_closed(
     wire, _ = await conn.read_to_eof()
     [response] = parse_responses(wire)
     assert response.status == 200
+
+
+async def test_a_head_cut_short_while_its_reader_is_parked_gets_408_at_the_timeout(
+    docroot: Path, nursery: trio.Nursery, timer: ExpiryTimer, kind: str,
+    autojump_clock: trio.testing.MockClock,
+) -> None:  # fmt: skip
+    """The part of a head is there before the connection's first wait, so that wait is a
+    quiet one: with the worker's read parking the reader waits there, and the timer
+    must wake it there too."""
+    conn = Connection(kind)
+    start = trio.current_time()
+    await conn.client.send_all(b"GET /a.txt HTTP/1.1\r\nHost: x\r\n")
+    nursery.start_soon(conn.serve, docroot, timer)
+    with trio.fail_after(HEADER_TIMEOUT * 3):
+        wire, eof_at = await conn.read_to_eof()
+    [response] = parse_responses(wire)
+    assert response.status == 408
+    assert eof_at - start == HEADER_TIMEOUT
 
 
 async def test_stop_and_give_up_close_an_idle_connection_at_that_instant(

@@ -47,10 +47,11 @@ sending from memory         the deadline of the wait before (at least half    cl
 
 Moving the deadline later is a float store; the timer finds out when the earlier
 time comes. When it passes, the timer wakes the connection from whatever it waits
-for: on a raw socket by ``notify_closing`` (and, when nothing more is to be said,
-``shutdown``, so whatever the task does next fails at once), on other transports
-by cancelling the connection's one cancel scope. A connection served without a
-worker (:func:`serve_http_connection`) gets a timer of its own.
+for: on a raw socket by ``notify_closing`` (trio's, and the worker's read parking's)
+and, when nothing more is to be said, ``shutdown``, so whatever the task does next
+fails at once; on other transports by cancelling the connection's one cancel scope.
+A connection served without a worker (:func:`serve_http_connection`) gets a timer
+of its own.
 
 Failures: a policy exception is our bug: logged on ``trioserver.http`` with its
 traceback, answered 500, and the connection closes; any other exception from the
@@ -513,11 +514,14 @@ class _Connection:
         if self.scope is not None:
             self.scope.cancel()
             return
-        sock = self.transport.socket
-        assert isinstance(sock, socket.socket)
+        transport = self.transport
+        assert isinstance(transport, SocketTransport)
+        sock = transport.sock
         if not talk:
             with contextlib.suppress(OSError):  # the peer reset it already
                 sock.shutdown(socket.SHUT_RDWR)
+        if transport.parking is not None:  # a quiet reader waits in the worker's parking
+            transport.parking.notify_closing(sock)
         trio.lowlevel.notify_closing(sock)
 
     async def _receive_waiting(self) -> bytes:
