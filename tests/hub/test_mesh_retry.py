@@ -20,11 +20,12 @@ pytestmark = pytest.mark.skipif(not mesh_supported(), reason="abstract Unix sock
 
 
 class Recorder(Hub):
-    """A hub that records the group packets other workers send it."""
+    """A hub that records the group packets (and connection ids) other workers send it."""
 
     def __init__(self, instance: str, worker: int) -> None:
         super().__init__(instance, worker)
         self.got: list[bytes] = []
+        self.to_ids: list[str] = []
         self._changed = trio.Event()
 
     def deliver(self, message: ToGroup | ToUser | ToConnection) -> None:
@@ -33,6 +34,8 @@ class Recorder(Hub):
             self.got.append(message.packet)
             self._changed.set()
             self._changed = trio.Event()
+        elif type(message) is ToConnection:
+            self.to_ids.append(message.connection_id)
 
     async def wait_for(self, count: int) -> None:
         while len(self.got) < count:
@@ -92,6 +95,10 @@ async def test_a_peer_that_comes_back_gets_everything_sent_meanwhile_in_order() 
                 await failed.wait()  # slot 2 has no listener now: held, not dropped
                 for i in range(2, 50):
                     mesh.publish("g", b"%d" % i, ())
+                # A connection the old worker of slot 2 had (another process): it routes
+                # to the slot, and the new worker answers to the ids it adopted.
+                moved = f"{name}-2.a-0-7"
+                assert mesh.to_connection(moved, b"to a moved connection")
                 old_scope.cancel()
                 async with running(Mesh(new, [1, 2, 3])):
                     for i in range(50, 60):
@@ -99,6 +106,7 @@ async def test_a_peer_that_comes_back_gets_everything_sent_meanwhile_in_order() 
                     await new.wait_for(59)
                     await third.wait_for(60)
     assert old.got == [b"0"]
+    assert new.to_ids == [moved]
     assert new.got == [b"%d" % i for i in range(1, 60)]
     assert third.got == [b"%d" % i for i in range(60)]
     assert sender.statistics().remote_dropped == 0
