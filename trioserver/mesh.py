@@ -193,7 +193,7 @@ class _Link:
                 self.pending_bytes += sum(map(len, rest))
                 break
             done = end
-        log.info("hub: the link to worker %d broke (%s); reconnecting", self.peer, exc.strerror)
+        log.debug("hub: the link to worker %d broke (%s); reconnecting", self.peer, exc.strerror)
 
     async def _connect(self) -> bool:
         sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
