@@ -22,7 +22,9 @@ Delivery rules:
 
 - **At most once.** A push is delivered once or not at all: what was in flight
   to a worker that crashed, or to a connection that closed meanwhile, is lost;
-  nothing is retried or duplicated.
+  nothing is duplicated. Between the workers of a machine a link that cannot
+  reach its peer holds what waits and retries for a few seconds (a reload's
+  gap loses nothing, :mod:`trioserver.mesh`); nothing else is retried.
 - **In order per sender and target.** Pushes one task makes to one connection
   arrive in the order made, interleaved in order with that connection's replies
   (one outbox; one datagram socket or one bus connection between two workers).

@@ -25,15 +25,20 @@ Rules:
 
 - Nothing waits on a peer: a message is appended to that peer's pending bytes
   (at most ``bus.max_pending_bytes``; beyond that it is dropped and counted as
-  ``remote_dropped``) and a writer task per peer sends everything pending in one
-  ``send_all``. A peer that is not there (not started yet, restarting) costs a
-  failed connect, and what was pending for it is dropped, counted, and retried
-  only for new messages after ``RETRY`` seconds.
+  ``remote_dropped``) and a writer task per peer sends everything pending at
+  once. A peer that is not there (not started yet, a reload between its
+  old and new worker, restarting) or whose link breaks keeps what waits for it,
+  in order, and is tried again after 5 ms, doubling up to ``RETRY``; only after
+  ``GIVE_UP`` seconds without it is that dropped and counted, and then each new
+  message within ``RETRY`` of a failed connect too, until it answers again.
+  Frames a broken link had not wholly sent go again; none twice.
 - Only this user's processes may connect (``SO_PEERCRED``): an abstract socket
   has no file permissions.
-- A worker that drains stops listening and closes the links into it, so the next
-  worker of its slot can listen under the same name and the others reconnect to
-  it. During a reload's overlap, messages for that slot reach the old worker.
+- A worker that drains stops listening and shuts reading on the links into it
+  (it still reads what they hold), so the next worker of its slot, which tries
+  to listen every ``LISTEN_RETRY``, takes the name and the others reconnect to
+  it. During a reload's overlap, messages for that slot reach the old worker;
+  after it, the new one, which answers to the ids of the connections it adopted.
 - ``hub.members`` asks every reachable worker and waits at most
   ``bus.members_timeout`` for the answers.
 
@@ -70,17 +75,25 @@ from .hub_wire import (
 )
 from .wakeup import Wakeup
 
-__all__ = ["RETRY", "Mesh", "mesh_address", "mesh_supported"]
+__all__ = ["GIVE_UP", "RETRY", "Mesh", "mesh_address", "mesh_supported"]
 
 log = logging.getLogger("trioserver.hub")
 
 _FRAME: Final = struct.Struct(">I")
 #: Largest frame a link accepts (a members answer for a whole worker fits easily).
 MAX_FRAME: Final = 64 << 20
-#: Seconds before a peer that refused a connect is tried again.
+#: Seconds before the first retry of a connect that failed; each next wait doubles.
+FIRST_BACKOFF: Final = 0.005
+#: The longest wait between connects to an unreachable peer.
 RETRY: Final = 0.5
-#: Seconds between attempts to listen while the previous worker of this slot still does.
-LISTEN_RETRY: Final = 0.1
+#: Seconds a link holds what waits for a peer it cannot reach before dropping it.
+#: A reload leaves a slot without a listener for one ``LISTEN_RETRY`` plus a scheduling
+#: delay (tens of ms, under a second on a loaded 2-core machine); 5 s covers that many
+#: times over and a worker restarted after a crash, while not keeping pushes minutes old.
+GIVE_UP: Final = 5.0
+#: Seconds between attempts to listen while the previous worker of this slot still does
+#: (one failing bind each: cheap, and the slot's gap after a reload is at most this).
+LISTEN_RETRY: Final = 0.02
 _RECEIVE: Final = 1 << 18
 
 
@@ -94,7 +107,14 @@ def mesh_address(instance: str, index: int) -> bytes:
 
 
 class _Link:
-    """The outgoing connection to one peer worker, and what waits to be sent on it."""
+    """The outgoing connection to one peer worker, and what waits to be sent on it.
+
+    ``pending`` holds frames as header, message, header, message, ... (no copy per
+    message). While the peer cannot be reached the link keeps them and tries again
+    after ``FIRST_BACKOFF`` doubling up to ``RETRY``, for ``give_up`` seconds; then it
+    drops them (counted) and, until it connects again, drops each new message that
+    comes within ``RETRY`` of a failed attempt.
+    """
 
     def __init__(self, mesh: Mesh, peer: int) -> None:
         self.mesh = mesh
@@ -103,15 +123,25 @@ class _Link:
         self.pending: list[bytes] = []
         self.pending_bytes = 0
         self.wakeup = Wakeup()
-        self.stream: trio.SocketStream | None = None
+        self.sock: trio.socket.SocketType | None = None
+        #: When the current outage's first connect failed (None: not failing now).
+        self.failing_since: float | None = None
+        self.backoff = FIRST_BACKOFF
+        #: After ``give_up``: no holding, new messages dropped until this time.
+        self.given_up = False
         self.down_until = -1.0
+
+    @property
+    def reachable(self) -> bool:
+        """Worth waiting for an answer from (connected, or not known to be away)."""
+        return self.sock is not None or self.failing_since is None
 
     def queue(self, message: bytes) -> bool:
         """Hand ``message`` to the writer; False if it was dropped (counted)."""
         size = len(message) + 4
         hub = self.mesh.hub
         if self.pending_bytes + size > self.mesh.max_pending_bytes or (
-            self.stream is None and trio.current_time() < self.down_until
+            self.given_up and trio.current_time() < self.down_until
         ):
             hub.remote_dropped += 1
             return False
@@ -127,19 +157,43 @@ class _Link:
             while True:
                 while not self.pending:
                     await self.wakeup.wait()
-                if self.stream is None and not await self._connect():
+                if self.sock is None and not await self._connect():
                     continue
-                assert self.stream is not None
-                data = b"".join(self.pending)
+                assert self.sock is not None
+                batch = self.pending
+                data = b"".join(batch)
                 self.pending = []
                 self.pending_bytes = 0
+                sent = 0
                 try:
-                    await self.stream.send_all(data)
-                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                    await self._lost("its connection broke")
+                    with memoryview(data) as view:
+                        while sent < len(data):
+                            sent += await self.sock.send(view[sent:])
+                except OSError as exc:
+                    self._broken(batch, sent, exc)
         finally:
-            if self.stream is not None:
-                await trio.aclose_forcefully(self.stream)
+            if self.sock is not None:
+                self.sock.close()
+
+    def _broken(self, batch: list[bytes], sent: int, exc: OSError) -> None:
+        """The link broke mid-batch: put back, in order, the frames not wholly sent.
+
+        Whole frames before ``sent`` are in the peer's socket buffer, and a worker
+        that stops listening reads its links to the end (``stop_listening``); a frame
+        cut in two is discarded there, so it goes again whole."""
+        assert self.sock is not None
+        self.sock.close()
+        self.sock = None
+        done = 0
+        for i in range(0, len(batch), 2):
+            end = done + len(batch[i]) + len(batch[i + 1])
+            if end > sent:
+                rest = batch[i:]
+                self.pending = rest + self.pending
+                self.pending_bytes += sum(map(len, rest))
+                break
+            done = end
+        log.debug("hub: the link to worker %d broke (%s); reconnecting", self.peer, exc.strerror)
 
     async def _connect(self) -> bool:
         sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -147,24 +201,41 @@ class _Link:
             await sock.connect(self.address)
         except OSError as exc:
             sock.close()
-            await self._lost(f"cannot connect ({exc.strerror})")
+            await self._failed(exc.strerror or str(exc))
             return False
-        self.stream = trio.SocketStream(sock)
+        if self.failing_since is not None or self.given_up:
+            log.info("hub: worker %d is reachable again", self.peer)
+        self.sock = sock
+        self.failing_since = None
+        self.given_up = False
+        self.backoff = FIRST_BACKOFF
         return True
 
-    async def _lost(self, why: str) -> None:
-        """Drop what was pending (counted); tell waiting members() calls not to wait."""
-        if self.stream is not None:
-            await trio.aclose_forcefully(self.stream)
-            self.stream = None
-        dropped = len(self.pending) // 2
-        self.mesh.hub.remote_dropped += dropped
+    async def _failed(self, why: str) -> None:
+        """A connect failed: hold and back off, or (past ``give_up``) drop as counted."""
+        now = trio.current_time()
+        mesh = self.mesh
+        mesh._unreachable(self.peer)
+        if not self.given_up:
+            if self.failing_since is None:
+                self.failing_since = now
+                self.backoff = FIRST_BACKOFF
+                log.info("hub: worker %d is unreachable (%s); holding its messages", self.peer, why)
+            left = self.failing_since + mesh.give_up - now
+            if left > 0:
+                await trio.sleep(min(self.backoff, left))
+                self.backoff = min(self.backoff * 2, RETRY)
+                return
+            log.warning(
+                "hub: worker %d unreachable for %.1f s; dropping what waits for it",
+                self.peer,
+                mesh.give_up,
+            )
+            self.given_up = True
+        mesh.hub.remote_dropped += len(self.pending) // 2
         self.pending = []
         self.pending_bytes = 0
-        if trio.current_time() >= self.down_until:
-            log.info("hub: worker %d is unreachable (%s)", self.peer, why)
-        self.down_until = trio.current_time() + RETRY
-        self.mesh._unreachable(self.peer)
+        self.down_until = now + RETRY
 
 
 class Mesh:
@@ -177,15 +248,19 @@ class Mesh:
         *,
         members_timeout: float = 1.0,
         max_pending_bytes: int = 16 << 20,
+        give_up: float = GIVE_UP,
     ) -> None:
         self.hub = hub
         self.instance = hub.instance
         self.index = hub.worker
         self.members_timeout = members_timeout
         self.max_pending_bytes = max_pending_bytes
+        self.give_up = give_up
         self._links = {peer: _Link(self, peer) for peer in peers if peer != hub.worker}
         self._listen_scope = trio.CancelScope()
         self._readers: set[trio.SocketStream] = set()
+        self._listener: trio.socket.SocketType | None = None
+        self._nursery: trio.Nursery | None = None
         self._asks: dict[int, tuple[set[int], list[Member], trio.Event]] = {}
         self._next_ask = 0
         hub.remote = self
@@ -202,10 +277,31 @@ class Mesh:
             task_status.started()
 
     def stop_listening(self) -> None:
-        """The worker drains: free the name for the next worker of this slot (see above)."""
+        """The worker drains: free the name for the next worker of this slot (see above).
+
+        The name is free when this returns. Connections the kernel had queued but this
+        worker not yet accepted are taken first (they may already hold messages)."""
         self._listen_scope.cancel()
+        listener, self._listener = self._listener, None
+        if listener is not None and self._nursery is not None:
+            with socket.socket(fileno=os.dup(listener.fileno())) as queued:
+                queued.setblocking(False)
+                while True:
+                    try:
+                        conn, _ = queued.accept()
+                    except OSError:
+                        break
+                    self._adopt(trio.socket.from_stdlib_socket(conn), self._nursery)
+        if listener is not None:
+            listener.close()
         for stream in list(self._readers):
-            stream.socket.close()  # the peers' writers see it break and reconnect later
+            # Shutting reading down makes the peers' next send fail (they reconnect, to
+            # the next worker), while this reader still takes what is already buffered
+            # and then sees the end: nothing sent to this worker is lost unread.
+            try:
+                stream.socket.shutdown(socket.SHUT_RD)
+            except OSError:
+                stream.socket.close()
 
     async def _listen(self, nursery: trio.Nursery) -> None:
         address = mesh_address(self.instance, self.index)
@@ -228,23 +324,28 @@ class Mesh:
                             waited = True
                         await trio.sleep(LISTEN_RETRY)
                 sock.listen(128)
-                uid = os.getuid()
+                self._listener = sock
+                self._nursery = nursery
                 while True:
                     conn, _ = await sock.accept()
-                    creds = conn.getsockopt(
-                        socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")
-                    )
-                    _, peer_uid, _ = struct.unpack("3i", creds)
-                    if peer_uid != uid:
-                        log.warning("hub: refused a mesh connection from uid %d", peer_uid)
-                        conn.close()
-                        continue
-                    nursery.start_soon(self._read, trio.SocketStream(conn))
+                    self._adopt(conn, nursery)
             finally:
+                self._listener = None
                 sock.close()
 
+    def _adopt(self, conn: trio.socket.SocketType, nursery: trio.Nursery) -> None:
+        """Read a link another worker opened, if it runs as this user."""
+        creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        _, peer_uid, _ = struct.unpack("3i", creds)
+        if peer_uid != os.getuid():
+            log.warning("hub: refused a mesh connection from uid %d", peer_uid)
+            conn.close()
+            return
+        stream = trio.SocketStream(conn)
+        self._readers.add(stream)  # now, so that stop_listening sees it before it runs
+        nursery.start_soon(self._read, stream)
+
     async def _read(self, stream: trio.SocketStream) -> None:
-        self._readers.add(stream)
         buffer = b""
         try:
             while True:
@@ -331,7 +432,7 @@ class Mesh:
         message = encode_ask(request, self.index, group)
         try:
             for peer, link in self._links.items():
-                if link.queue(message):
+                if link.queue(message) and link.reachable:
                     waiting.add(peer)
             if waiting:
                 with trio.move_on_after(self.members_timeout):
