@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import signal
-from collections.abc import Iterator
 
 import pytest
 from fake_system import FakeSystem
@@ -20,24 +19,6 @@ from trioserver.prefork.master import Master
 @pytest.fixture
 def h() -> Harness:
     return Harness(make_config())
-
-
-@pytest.fixture
-def records() -> Iterator[list[logging.LogRecord]]:
-    """Log records of trioserver.master."""
-    got: list[logging.LogRecord] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            got.append(record)
-
-    logger = logging.getLogger("trioserver.master")
-    handler, old_level = Keep(logging.DEBUG), logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    yield got
-    logger.removeHandler(handler)
-    logger.setLevel(old_level)
 
 
 def reload_to(h: Harness, workers: int, **master: object) -> list[int]:

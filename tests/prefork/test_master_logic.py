@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 from fake_system import FakeSystem
@@ -93,25 +93,6 @@ class Harness:
 @pytest.fixture
 def h() -> Harness:
     return Harness(make_config())
-
-
-@pytest.fixture
-def records() -> Iterator[list[logging.LogRecord]]:
-    """Log records of trioserver.prefork.master, whatever the 'trioserver' logger's set-up."""
-    got: list[logging.LogRecord] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            got.append(record)
-
-    logger = logging.getLogger("trioserver.master")
-    handler = Keep(logging.DEBUG)
-    old_level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    yield got
-    logger.removeHandler(handler)
-    logger.setLevel(old_level)
 
 
 def messages(records: list[logging.LogRecord]) -> str:
