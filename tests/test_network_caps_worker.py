@@ -14,10 +14,10 @@ import trio
 import trio.testing
 
 from trioserver.client import Client, ConnectionClosed
-from trioserver.testing import MemoryListener, memory_config, serve_in_memory
+from trioserver.testing import memory_config, serve_in_memory
 from trioserver.worker import Worker
 
-from .http.conftest import docroot, parse_responses, raw_request
+from .http.conftest import docroot, memory_worker, parse_responses, raw_request, read_to_eof
 from .proxy.headers import v1
 
 __all__ = ["docroot"]  # the HTTP tests' document root, as a fixture here too
@@ -156,19 +156,8 @@ async def test_a_connection_refused_for_its_proxy_header_holds_no_count(
 @asynccontextmanager
 async def both_worker(docroot: Path, **settings: Any) -> AsyncIterator[tuple[Worker, Any, Any]]:
     config = memory_config(http__document_root=docroot, http__keep_alive_timeout=300.0, **settings)
-    binary, http = MemoryListener(), MemoryListener()
-    worker = Worker(config, listeners=[binary], http_listeners=[http])
-    async with trio.open_nursery() as nursery:
-        await nursery.start(worker.serve)
-        yield worker, binary, http
-        worker.stop(grace=0)
-
-
-async def read_to_eof(stream: trio.abc.Stream) -> bytes:
-    received = bytearray()
-    while chunk := await stream.receive_some(65536):
-        received += chunk
-    return bytes(received)
+    async with memory_worker(config) as started:
+        yield started
 
 
 async def test_idle_http_connections_count_against_binary_ones(

@@ -6,14 +6,19 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import attrs
 import httptools
 import pytest
+import trio
 
+from trioserver.config import Config
 from trioserver.http import Request
+from trioserver.testing import MemoryListener
+from trioserver.worker import Worker
 
 SECRET = b"TOP SECRET: outside the document root"
 INDEX = b"<!doctype html><title>home</title>hello\n"
@@ -133,3 +138,25 @@ def download(port: int, path: str, headers: dict[str, str] | None = None) -> tup
         return response.status, digest.hexdigest()
     finally:
         conn.close()
+
+
+@asynccontextmanager
+async def memory_worker(
+    config: Config,
+) -> AsyncIterator[tuple[Worker, MemoryListener, MemoryListener]]:
+    """A real worker serving ``config`` on two memory listeners (binary, HTTP); stopped
+    at once on exit."""
+    binary, http = MemoryListener(), MemoryListener()
+    worker = Worker(config, listeners=[binary], http_listeners=[http])
+    async with trio.open_nursery() as nursery:
+        await nursery.start(worker.serve)
+        yield worker, binary, http
+        worker.stop(grace=0)
+
+
+async def read_to_eof(stream: trio.abc.Stream) -> bytes:
+    """Everything ``stream`` delivers until the server closes it."""
+    received = bytearray()
+    while chunk := await stream.receive_some(65536):
+        received += chunk
+    return bytes(received)

@@ -13,19 +13,12 @@ from trioserver.client import Client
 from trioserver.testing import MemoryListener, memory_config
 from trioserver.worker import Worker
 
-from .conftest import parse_responses, raw_request
+from .conftest import parse_responses, raw_request, read_to_eof
 
 MAX_CONNECTIONS = 4
 RECYCLE_DELAY = 1.0
 #: Connections per recycle delay: 50 times what the pool admits at once.
 CONNECTIONS = 200
-
-
-async def read_to_eof(stream: trio.abc.Stream) -> bytes:
-    received = bytearray()
-    while chunk := await stream.receive_some(65536):
-        received += chunk
-    return bytes(received)
 
 
 async def test_a_connection_rate_far_above_the_pool_per_recycle_delay_is_never_refused(

@@ -12,25 +12,14 @@ import trio.testing
 from trioserver.testing import MemoryListener, memory_config
 from trioserver.worker import Worker
 
-from .conftest import parse_responses, raw_request
+from .conftest import memory_worker, parse_responses, raw_request, read_to_eof
 
 
 @asynccontextmanager
 async def http_worker(docroot: Path) -> AsyncIterator[tuple[Worker, MemoryListener]]:
     config = memory_config(http__document_root=docroot, http__keep_alive_timeout=30.0)
-    listener = MemoryListener()
-    worker = Worker(config, listeners=[], http_listeners=[listener])
-    async with trio.open_nursery() as nursery:
-        await nursery.start(worker.serve)
-        yield worker, listener
-        worker.stop(grace=0)
-
-
-async def read_to_eof(stream: trio.abc.Stream) -> bytes:
-    received = bytearray()
-    while chunk := await stream.receive_some(65536):
-        received += chunk
-    return bytes(received)
+    async with memory_worker(config) as (worker, _, http):
+        yield worker, http
 
 
 async def test_a_new_connection_gets_a_grace_for_its_first_request(

@@ -16,7 +16,7 @@ from trioserver.http import HttpConnectionState
 from trioserver.testing import MemoryListener, memory_config
 from trioserver.worker import Worker
 
-from .conftest import parse_responses, raw_request
+from .conftest import memory_worker, parse_responses, raw_request
 
 
 @asynccontextmanager
@@ -27,12 +27,8 @@ async def worker(docroot: Path, **settings: Any) -> AsyncIterator[tuple[Worker, 
         server__max_connections=10,
         **settings,
     )
-    binary, http = MemoryListener(), MemoryListener()
-    w = Worker(config, listeners=[binary], http_listeners=[http])
-    async with trio.open_nursery() as nursery:
-        await nursery.start(w.serve)
-        yield w, binary, http
-        w.stop(grace=0)
+    async with memory_worker(config) as started:
+        yield started
 
 
 async def idle_keep_alive(http: MemoryListener, n: int) -> trio.abc.Stream:
