@@ -360,13 +360,7 @@ class Worker:
             counters.handoff_kept.update(counts.kept)
             self.stop()  # what stays drains
             log.info(
-                "worker %d handed over %d connections in %.3f s; %d drain here%s%s",
-                self.index,
-                counts.moved,
-                counts.seconds,
-                sum(counts.kept.values()) + counts.failed,
-                "".join(f", {n} {reason}" for reason, n in sorted(counts.kept.items())),
-                f", {counts.failed} failed (the channel ended)" if counts.failed else "",
+                "worker %d handed over in %.3f s: %s", self.index, counts.seconds, counts.describe()
             )
         return counts
 
